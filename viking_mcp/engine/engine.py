@@ -1,0 +1,521 @@
+"""The session engine: every operation the product offers, as a plain Python library.
+
+The MCP server, the HTTP API, the CLI and the embedded `Client` are thin adapters over
+this class. Validation, naming and behaviour live here, once. Methods are synchronous
+and thread-safe (each thread gets its own store connection); async faces call them on
+worker threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal
+
+from viking_mcp.config import Settings
+from viking_mcp.engine.context import assemble_context
+from viking_mcp.engine.messages import build_message, check_encodable, describe_validation_error
+from viking_mcp.engine.phase2 import MemoryExtractor, run_phase2
+from viking_mcp.errors import InvalidArgument, NotFound
+from viking_mcp.models import (
+    MEMORY_CATEGORIES,
+    ArchiveDetail,
+    CommitResult,
+    CommitTaskResult,
+    LlmTokenUsage,
+    MessageAdded,
+    MetadataUpdated,
+    RetryResult,
+    SessionContext,
+    SessionCreated,
+    SessionDeleted,
+    SessionInfo,
+    SessionPage,
+    SessionSummary,
+    SkillUse,
+    TaskList,
+    TaskRecord,
+    UsageRecorded,
+    UserRef,
+    archive_id,
+    archive_uri,
+    message_text,
+    parse_archive_id,
+    session_uri,
+    utc_now,
+    validate_id,
+)
+from viking_mcp.store import Store, open_store
+from viking_mcp.store.base import Owner, SessionRow, TaskRow
+from viking_mcp.summarize.base import Summariser
+from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float, float, str], None]
+
+_HOST = socket.gethostname()
+# Owners (one per Engine) alive in this process; a task claimed by an owner of this
+# process that is not in the set was claimed by an engine that is gone.
+_LIVE_OWNERS: set[str] = set()
+_LIVE_OWNERS_LOCK = threading.Lock()
+# A claim lasts this long without its owner finishing before anyone may take it over,
+# even when the owner's process cannot be checked (another host).
+PHASE2_LEASE_SECONDS = 600.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def owner_is_gone(owner: str | None, lease_until: float) -> bool:
+    """Whether a running task's owner can no longer finish it."""
+    if owner is None or lease_until < time.time():
+        return True
+    host, _, rest = owner.partition("|")
+    pid_text, _, _ = rest.partition("|")
+    if host != _HOST or not pid_text.isdigit():
+        return False  # another machine: only its lease tells
+    pid = int(pid_text)
+    if pid == os.getpid():
+        with _LIVE_OWNERS_LOCK:
+            return owner not in _LIVE_OWNERS
+    return not _pid_alive(pid)
+
+
+def _encode_cursor(row: SessionRow) -> str:
+    raw = json.dumps([row.created_at, row.session_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_at, session_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(created_at, str) or not isinstance(session_id, str):
+            raise ValueError
+        return created_at, session_id
+    except (ValueError, TypeError, binascii.Error, UnicodeError):
+        raise InvalidArgument("cursor is not one this server gave out; pass next_cursor unchanged") from None
+
+
+def _task_record(row: TaskRow) -> TaskRecord:
+    return TaskRecord(
+        task_id=row.task_id,
+        task_type=row.task_type,
+        status=row.status,
+        resource_id=row.session_id,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        result=CommitTaskResult.model_validate(row.result) if row.result else None,
+        error=row.error,
+    )
+
+
+class Engine:
+    """Sessions, messages, commits, tasks and context over one store."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        summariser: Summariser | None = None,
+        extractor: MemoryExtractor | None = None,
+        owner: Owner | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store: Store = store if store is not None else open_store(settings)
+        self.tokens = TokenCounter(settings.encoding)
+        if summariser is None:
+            from viking_mcp.summarize.extractive import ExtractiveSummariser
+
+            summariser = ExtractiveSummariser(
+                self.tokens,
+                overview_max_tokens=settings.overview_max_tokens,
+                abstract_max_tokens=settings.abstract_max_tokens,
+            )
+        self.summariser = summariser
+        self.extractor = extractor
+        self.owner = owner or Owner()
+        self.worker_id = f"{_HOST}|{os.getpid()}|{uuid.uuid4().hex[:12]}"
+        with _LIVE_OWNERS_LOCK:
+            _LIVE_OWNERS.add(self.worker_id)
+        # Signalled whenever this process finishes a Phase 2 task or queues one.
+        self._task_changed = threading.Condition()
+        self.has_worker = False
+        # Set by a Phase2Worker so that a commit wakes it at once.
+        self.on_task_queued: Callable[[], None] | None = None
+        self._closed = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with _LIVE_OWNERS_LOCK:
+            _LIVE_OWNERS.discard(self.worker_id)
+        self.store.close()
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    def _session_info(self, row: SessionRow) -> SessionInfo:
+        memories = {c: row.memories_extracted.get(c, 0) for c in MEMORY_CATEGORIES}
+        memories["total"] = sum(memories.values())
+        return SessionInfo(
+            session_id=row.session_id,
+            uri=session_uri(row.session_id),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            message_count=row.live_message_count,
+            total_message_count=row.total_message_count,
+            commit_count=row.commit_count,
+            memories_extracted=memories,
+            last_commit_at=row.last_commit_at,
+            llm_token_usage=LlmTokenUsage(
+                prompt=row.llm_prompt_tokens,
+                completion=row.llm_completion_tokens,
+                total=row.llm_prompt_tokens + row.llm_completion_tokens,
+            ),
+            pending_tokens=row.pending_tokens,
+            contexts_used=row.contexts_used,
+            skills_used=row.skills_used,
+            metadata=row.metadata,
+            user=UserRef(**vars(row.owner)),
+        )
+
+    def _check_metadata(self, metadata: object) -> dict[str, Any]:
+        if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+            raise InvalidArgument("metadata must be an object with string keys")
+        check_encodable(metadata, self.settings.limits.max_metadata_bytes, "metadata")
+        return metadata
+
+    def _require_session(self, session_id: str) -> SessionRow:
+        row = self.store.get_session(validate_id(session_id))
+        if row is None:
+            raise NotFound(f"session {session_id} not found; create it with create_session or add_message")
+        return row
+
+    def create_session(
+        self,
+        session_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        user_id: str | None = None,
+    ) -> SessionCreated:
+        session_id = validate_id(session_id) if session_id is not None else uuid.uuid4().hex
+        owner = self.owner
+        if user_id is not None:
+            owner = Owner(self.owner.account_id, validate_id(user_id, "user_id"), self.owner.agent_id)
+        row = self.store.create_session(session_id, owner, self._check_metadata(metadata or {}), utc_now())
+        return SessionCreated(
+            session_id=row.session_id,
+            uri=session_uri(row.session_id),
+            created_at=row.created_at,
+            user=UserRef(**vars(row.owner)),
+            metadata=row.metadata,
+        )
+
+    def list_sessions(self, limit: int = 50, cursor: str | None = None) -> SessionPage:
+        if not isinstance(limit, int) or not 1 <= limit <= 500:
+            raise InvalidArgument(f"limit {limit!r} is out of range; use 1..500")
+        after = _decode_cursor(cursor) if cursor else None
+        rows = self.store.list_sessions(limit + 1, after)
+        page = rows[:limit]
+        return SessionPage(
+            sessions=[
+                SessionSummary(
+                    session_id=r.session_id,
+                    uri=session_uri(r.session_id),
+                    created_at=r.created_at,
+                    updated_at=r.updated_at,
+                    message_count=r.live_message_count,
+                    metadata=r.metadata,
+                )
+                for r in page
+            ],
+            next_cursor=_encode_cursor(page[-1]) if len(rows) > limit else None,
+        )
+
+    def get_session(self, session_id: str, auto_create: bool = False) -> SessionInfo:
+        validate_id(session_id)
+        row = self.store.get_session(session_id)
+        if row is None and auto_create:
+            try:
+                row = self.store.create_session(session_id, self.owner, {}, utc_now())
+            except Exception:  # created meanwhile by another caller: read theirs
+                row = self.store.get_session(session_id)
+        if row is None:
+            raise NotFound(f"session {session_id} not found; pass auto_create=true to create it")
+        return self._session_info(row)
+
+    def update_session(self, session_id: str, metadata: dict[str, Any]) -> MetadataUpdated:
+        validate_id(session_id)
+        patch = self._check_metadata(metadata)
+        merged = self.store.merge_metadata(session_id, patch, utc_now())
+        return MetadataUpdated(session_id=session_id, metadata=merged)
+
+    def delete_session(self, session_id: str) -> SessionDeleted:
+        validate_id(session_id)
+        if not self.store.delete_session(session_id, utc_now()):
+            raise NotFound(f"session {session_id} not found")
+        return SessionDeleted(session_id=session_id)
+
+    # --- messages and usage ---------------------------------------------------------------------
+
+    def add_message(
+        self,
+        session_id: str,
+        role: str,
+        content: str | None = None,
+        parts: list[Any] | None = None,
+        created_at: str | None = None,
+        message_id: str | None = None,
+        *,
+        parts_win: bool = False,
+    ) -> MessageAdded:
+        """Append a message, creating the session if it does not exist yet."""
+        validate_id(session_id)
+        message = build_message(
+            role=role,
+            content=content,
+            parts=parts,
+            created_at=created_at,
+            message_id=message_id,
+            limits=self.settings.limits,
+            parts_win=parts_win,
+        )
+        tokens = self.tokens.count(message_text(message)) + MESSAGE_OVERHEAD_TOKENS
+        outcome = self.store.append_message(session_id, message, tokens, utc_now(), self.owner)
+        return MessageAdded(
+            session_id=session_id,
+            message_id=outcome.message_id,
+            message_count=outcome.live_message_count,
+            session_created=outcome.session_created,
+            duplicate=outcome.duplicate,
+        )
+
+    def record_usage(
+        self,
+        session_id: str,
+        contexts: list[str] | None = None,
+        skill: SkillUse | dict[str, Any] | None = None,
+    ) -> UsageRecorded:
+        validate_id(session_id)
+        uris = list(contexts or [])
+        if not all(isinstance(u, str) and u for u in uris):
+            raise InvalidArgument("contexts must be a list of non-empty URI strings")
+        skill_data: dict[str, Any] | None = None
+        if skill is not None:
+            from pydantic import ValidationError
+
+            try:
+                skill_data = SkillUse.model_validate(skill).model_dump()
+            except ValidationError as exc:
+                raise InvalidArgument(describe_validation_error(exc, "skill")) from None
+        check_encodable({"contexts": uris, "skill": skill_data}, self.settings.limits.max_message_bytes, "usage")
+        contexts_used, skills_used = self.store.record_usage(session_id, uris, skill_data, utc_now())
+        return UsageRecorded(session_id=session_id, contexts_used=contexts_used, skills_used=skills_used)
+
+    # --- commit -----------------------------------------------------------------------------------
+
+    def commit(
+        self,
+        session_id: str,
+        abstract: str | None = None,
+        overview: str | None = None,
+        keep_recent_count: int = 0,
+        wait: bool = False,
+        on_progress: ProgressCallback | None = None,
+    ) -> CommitResult:
+        """Phase 1 now (archive the live messages, atomically); Phase 2 in the background."""
+        validate_id(session_id)
+        if not isinstance(keep_recent_count, int) or keep_recent_count < 0:
+            raise InvalidArgument("keep_recent_count must be a whole number >= 0")
+        supplied: dict[str, Any] = {}
+        for name, value in (("abstract", abstract), ("overview", overview)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidArgument(f"{name} must be a string")
+            if value and value.strip():
+                check_encodable(value, self.settings.limits.max_summary_bytes, name)
+                supplied[name] = value.strip()
+        task_id = uuid.uuid4().hex
+        outcome = self.store.commit_phase1(session_id, keep_recent_count, supplied, task_id, utc_now())
+        if outcome.archive_number is None:
+            return CommitResult(
+                session_id=session_id,
+                status="skipped",
+                task_id=None,
+                archive_id=None,
+                archive_uri=None,
+                archived=0,
+                reason="no_messages",
+            )
+        self._notify()
+        result = CommitResult(
+            session_id=session_id,
+            status="accepted",
+            task_id=outcome.task_id,
+            archive_id=archive_id(outcome.archive_number),
+            archive_uri=archive_uri(session_id, outcome.archive_number),
+            archived=outcome.archived,
+        )
+        if wait:
+            task = self.wait_for_task(task_id, self.settings.commit_wait_seconds, on_progress)
+            result.task_status = task.status
+        return result
+
+    # --- tasks ------------------------------------------------------------------------------------
+
+    def get_task(self, task_id: str) -> TaskRecord:
+        row = self.store.get_task(validate_id(task_id, "task_id"))
+        if row is None:
+            raise NotFound(f"task {task_id} not found")
+        return _task_record(row)
+
+    def list_tasks(
+        self,
+        task_type: str | None = None,
+        status: str | None = None,
+        resource_id: str | None = None,
+        limit: int = 50,
+    ) -> TaskList:
+        if task_type is not None and task_type not in ("session_commit", "session_extract"):
+            raise InvalidArgument(f"task_type {task_type!r}: use session_commit or session_extract")
+        if status is not None and status not in ("pending", "running", "completed", "failed"):
+            raise InvalidArgument(f"status {status!r}: use pending, running, completed or failed")
+        if resource_id is not None:
+            validate_id(resource_id, "resource_id")
+        if not isinstance(limit, int) or not 1 <= limit <= 500:
+            raise InvalidArgument(f"limit {limit!r} is out of range; use 1..500")
+        rows = self.store.list_tasks(task_type, status, resource_id, limit)
+        return TaskList(tasks=[_task_record(r) for r in rows])
+
+    def wait_for_task(self, task_id: str, timeout: float, on_progress: ProgressCallback | None = None) -> TaskRecord:
+        """Block until the task completes or fails, or `timeout` seconds pass.
+
+        Without a Phase 2 worker in this process, the waiting thread does the work itself.
+        """
+        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        while True:
+            task = self.get_task(task_id)
+            if task.status in ("completed", "failed"):
+                return task
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return task
+            if on_progress is not None:
+                elapsed = time.monotonic() - started
+                on_progress(elapsed, timeout, f"Phase 2 {task.status}")
+            if not self.has_worker and self.run_phase2_once():
+                continue
+            with self._task_changed:
+                self._task_changed.wait(min(0.25, remaining))
+
+    def _notify(self) -> None:
+        with self._task_changed:
+            self._task_changed.notify_all()
+        if self.on_task_queued is not None:
+            self.on_task_queued()
+
+    def run_phase2_once(self) -> bool:
+        """Claim one runnable Phase 2 task and run it. False when there was none."""
+        task = self.store.claim_phase2(self.worker_id, utc_now(), time.time() + PHASE2_LEASE_SECONDS, owner_is_gone)
+        if task is None:
+            return False
+        try:
+            run_phase2(self.store, task, self.summariser, self.tokens, self.extractor, utc_now())
+        except Exception:
+            logger.exception("Phase 2 of task %s could not be written; it goes back to the queue", task.task_id)
+            try:
+                self.store.release_phase2(task, utc_now())
+            except Exception:
+                logger.exception("could not release task %s; its lease will expire", task.task_id)
+            raise
+        finally:
+            self._notify()
+        return True
+
+    def run_pending_phase2(self) -> int:
+        """Run every runnable Phase 2 task now, in this thread. Returns how many ran."""
+        count = 0
+        while self.run_phase2_once():
+            count += 1
+        return count
+
+    # --- archives ---------------------------------------------------------------------------------
+
+    def retry_archive(
+        self, session_id: str, archive_id_: str, action: Literal["retry", "skip"] = "retry"
+    ) -> RetryResult:
+        """Queue a failed archive's Phase 2 again, or mark it skipped so later commits proceed."""
+        validate_id(session_id)
+        number = parse_archive_id(archive_id_)
+        self._require_session(session_id)
+        now = utc_now()
+        if action == "retry":
+            task_id = uuid.uuid4().hex
+            self.store.retry_archive(session_id, number, task_id, now)
+            self._notify()
+            return RetryResult(session_id=session_id, archive_id=archive_id_, status="pending", task_id=task_id)
+        if action == "skip":
+            self.store.skip_archive(session_id, number, now)
+            self._notify()
+            return RetryResult(session_id=session_id, archive_id=archive_id_, status="skipped", task_id=None)
+        raise InvalidArgument(f"action {action!r}: use 'retry' or 'skip'")
+
+    def expand_archive(
+        self, session_id: str, archive_id_: str, offset: int = 0, limit: int | None = None
+    ) -> ArchiveDetail:
+        """One archive with its status, summaries and raw messages (paged with offset/limit)."""
+        validate_id(session_id)
+        number = parse_archive_id(archive_id_)
+        if not isinstance(offset, int) or offset < 0:
+            raise InvalidArgument("offset must be a whole number >= 0")
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise InvalidArgument("limit must be a whole number >= 1")
+        self._require_session(session_id)
+        archive = self.store.get_archive(session_id, number)
+        if archive is None:
+            raise NotFound(f"{archive_id_} of session {session_id} not found; see get_context for archive ids")
+        stored = self.store.read_messages(session_id, archive.first_seq - 1, archive.last_seq, offset, limit)
+        end = offset + len(stored)
+        done = archive.status == "completed"
+        return ArchiveDetail(
+            session_id=session_id,
+            archive_id=archive_id(number),
+            uri=archive_uri(session_id, number),
+            status=archive.status,
+            abstract=archive.abstract if done else "",
+            overview=archive.overview if done else "",
+            message_count=archive.message_count,
+            messages=[m.message for m in stored],
+            offset=offset,
+            next_offset=end if end < archive.message_count else None,
+            error=archive.error,
+        )
+
+    # --- context ----------------------------------------------------------------------------------
+
+    def get_context(self, session_id: str, token_budget: int) -> SessionContext:
+        """Rebuild a context window: archive overview and abstracts within budget, plus messages."""
+        validate_id(session_id)
+        if isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 0:
+            raise InvalidArgument(f"token_budget must be a whole number >= 0, got {token_budget!r}")
+        snapshot = self.store.context_snapshot(session_id)
+        if snapshot is None:
+            raise NotFound(f"session {session_id} not found")
+        return assemble_context(snapshot, token_budget)

@@ -1,0 +1,114 @@
+"""The viking:// tree: every session, message file, archive and summary by URI.
+
+The tree is logical, as in OpenViking: the store keeps rows, and this module renders
+the node a URI names (MCP resources read through it; export will write it as files).
+
+    viking://session/{session_id}/
+      messages.jsonl  .meta.json  .abstract.md  .overview.md  .relations.json
+      tools/{tool_id}/tool.json
+      history/archive_001/ messages.jsonl .abstract.md .overview.md memory_diff.json .done
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from viking_mcp.errors import InvalidArgument, NotFound
+from viking_mcp.models import Message, archive_id, archive_uri, parse_archive_id, session_uri, validate_id
+
+if TYPE_CHECKING:
+    from viking_mcp.engine.engine import Engine
+
+SESSION_FILES = ("messages.jsonl", ".meta.json", ".abstract.md", ".overview.md", ".relations.json")
+ARCHIVE_FILES = ("messages.jsonl", ".abstract.md", ".overview.md", "memory_diff.json", ".done")
+
+JSON = "application/json"
+JSONL = "application/jsonl"
+MARKDOWN = "text/markdown"
+
+
+def _jsonl(messages: list[Message]) -> str:
+    return "".join(m.model_dump_json() + "\n" for m in messages)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=2)
+
+
+def read_node(engine: Engine, uri: str) -> tuple[str, str]:
+    """The content and MIME type of the node at `uri`; NOT_FOUND for anything else."""
+    prefix = "viking://session/"
+    if not uri.startswith(prefix):
+        raise InvalidArgument(f"{uri[:80]!r} is not a viking://session/ URI")
+    segments = uri[len(prefix) :].rstrip("/").split("/")
+    session_id = validate_id(segments[0])
+    rest = segments[1:]
+    store = engine.store
+    info = engine.get_session(session_id)  # NOT_FOUND for an unknown session
+
+    if not rest:
+        children = [f"{session_uri(session_id)}/{name}" for name in SESSION_FILES]
+        children += [f"{session_uri(session_id)}/history", f"{session_uri(session_id)}/tools"]
+        return _dumps({"uri": session_uri(session_id), "children": children, **info.model_dump()}), JSON
+    name = rest[0]
+    if len(rest) == 1:
+        if name == ".meta.json":
+            return info.model_dump_json(indent=2), JSON
+        if name == "messages.jsonl":
+            return _jsonl([m.message for m in store.live_messages(session_id)]), JSONL
+        if name in (".abstract.md", ".overview.md"):
+            latest = next((a for a in reversed(store.list_archives(session_id)) if a.status == "completed"), None)
+            if latest is None:
+                return "", MARKDOWN
+            return (latest.abstract if name == ".abstract.md" else latest.overview), MARKDOWN
+        if name == ".relations.json":
+            usage = store.usage(session_id)
+            return _dumps({"contexts": usage.contexts, "skills": usage.skills}), JSON
+        if name == "history":
+            archives = [
+                {"archive_id": archive_id(a.number), "uri": archive_uri(session_id, a.number), "status": a.status,
+                 "message_count": a.message_count, "abstract": a.abstract}
+                for a in store.list_archives(session_id)
+            ]  # fmt: skip
+            return _dumps({"uri": f"{session_uri(session_id)}/history", "archives": archives}), JSON
+        if name == "tools":
+            tools = [asdict(t) for t in store.tool_records(session_id)]
+            return _dumps({"uri": f"{session_uri(session_id)}/tools", "tools": tools}), JSON
+    if name == "tools" and len(rest) in (2, 3) and (len(rest) == 2 or rest[2] == "tool.json"):
+        tool_id = rest[1]
+        for record in store.tool_records(session_id):
+            if record.tool_id == tool_id:
+                return _dumps(asdict(record)), JSON
+        raise NotFound(f"tool call {tool_id[:80]!r} not found in session {session_id}")
+    if name == "history" and len(rest) in (2, 3):
+        number = parse_archive_id(rest[1])
+        archive = store.get_archive(session_id, number)
+        if archive is None:
+            raise NotFound(f"{rest[1]} of session {session_id} not found")
+        done = archive.status == "completed"
+        if len(rest) == 2:
+            detail = {
+                "uri": archive_uri(session_id, number),
+                "archive_id": archive_id(number),
+                "status": archive.status,
+                "message_count": archive.message_count,
+                "abstract": archive.abstract if done else "",
+                "error": archive.error,
+                "children": [f"{archive_uri(session_id, number)}/{f}" for f in ARCHIVE_FILES],
+            }
+            return _dumps(detail), JSON
+        file = rest[2]
+        if file == "messages.jsonl":
+            messages = store.read_messages(session_id, archive.first_seq - 1, archive.last_seq, 0, None)
+            return _jsonl([m.message for m in messages]), JSONL
+        if file == ".abstract.md":
+            return (archive.abstract if done else ""), MARKDOWN
+        if file == ".overview.md":
+            return (archive.overview if done else ""), MARKDOWN
+        if file == "memory_diff.json" and archive.memory_diff is not None:
+            return _dumps(archive.memory_diff), JSON
+        if file == ".done" and archive.done_at is not None and done:
+            return archive.done_at, "text/plain"
+    raise NotFound(f"nothing at {uri[:120]}")

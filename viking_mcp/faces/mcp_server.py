@@ -1,0 +1,446 @@
+"""The MCP face: the engine's operations as MCP tools, resources and a prompt.
+
+Thin by design: each tool validates its arguments through its typed signature, calls
+one engine method on a worker thread, and returns the engine's pydantic model as
+structured output. Engine errors become `ToolError`s whose text starts with the code
+(`NOT_FOUND: session a1b2 not found`), the one kind of error whose message reaches the
+model.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
+
+import anyio
+import anyio.from_thread
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError, UnexpectedToolError
+from mcp.server.mcpserver.prompts.base import Message as PromptMessage
+from mcp.server.mcpserver.prompts.base import UserMessage
+from mcp.types import CallToolResult, ToolAnnotations
+from pydantic import Field, ValidationError
+
+from viking_mcp import __version__
+from viking_mcp.config import Settings, settings_from_env
+from viking_mcp.engine import Engine, Phase2Worker
+from viking_mcp.engine.context import render_context_text
+from viking_mcp.engine.messages import describe_validation_error
+from viking_mcp.engine.tree import read_node
+from viking_mcp.errors import VikingError
+from viking_mcp.models import (
+    ArchiveDetail,
+    CommitResult,
+    MessageAdded,
+    MetadataUpdated,
+    Part,
+    RetryResult,
+    SessionContext,
+    SessionCreated,
+    SessionDeleted,
+    SessionInfo,
+    SessionPage,
+    SkillUse,
+    TaskList,
+    TaskRecord,
+    UsageRecorded,
+)
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+INSTRUCTIONS = """\
+viking-mcp keeps this conversation's memory across context windows.
+- Record every turn with add_message (the session is created on first use).
+- When the window fills (get_session.pending_tokens is large), call commit: the live
+  messages are archived and summarised in the background. Pass your own abstract and
+  overview to commit when you can: you summarise better than the built-in summariser.
+- To rebuild your window, call get_context(session_id, token_budget): the latest
+  archive overview, earlier archive abstracts and the live messages, within budget.
+- expand_archive(session_id, archive_id) returns any archive's full messages.
+"""
+
+SessionId = Annotated[
+    str,
+    Field(
+        description="The session's id: 1-128 characters from A-Z a-z 0-9 . _ - (e.g. one per conversation).",
+        max_length=128,
+    ),
+]
+ArchiveId = Annotated[
+    str, Field(description="An archive of the session, as get_context or commit named it: 'archive_001'.")
+]
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+
+
+def _writes(*, destructive: bool = False, idempotent: bool = False) -> ToolAnnotations:
+    return ToolAnnotations(
+        read_only_hint=False, destructive_hint=destructive, idempotent_hint=idempotent, open_world_hint=False
+    )
+
+
+def coded(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn engine errors into ToolErrors the model can read; hide the text of crashes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except VikingError as exc:
+            raise ToolError(str(exc)) from exc
+
+    return wrapper
+
+
+@dataclass
+class ServerState:
+    """What the lifespan owns: the engine and its Phase 2 worker."""
+
+    settings: Settings
+    engine: Engine | None = None
+    worker: Phase2Worker | None = None
+    external_engine: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def require_engine(self) -> Engine:
+        if self.engine is None:
+            raise ToolError("UNAVAILABLE: the server is starting or stopping; retry in a moment")
+        return self.engine
+
+
+class VikingMCPServer(MCPServer[ServerState]):
+    """MCPServer whose argument-validation errors carry the INVALID_ARGUMENT code too."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[ServerState, Any] | None = None
+    ) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError:
+            raise
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ValidationError):
+                message = describe_validation_error(cause, "arguments")
+                raise ToolError(f"Error executing tool {name}: INVALID_ARGUMENT: {message}") from cause
+            raise
+
+
+def build_server(settings: Settings | None = None, engine: Engine | None = None) -> VikingMCPServer:
+    """The MCP server. Give `engine` to serve an engine you own (tests, embedding)."""
+    state = ServerState(settings=settings or (engine.settings if engine else settings_from_env()))
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[ServerState]) -> AsyncIterator[ServerState]:
+        if engine is not None:
+            state.engine, state.external_engine = engine, True
+        else:
+            state.engine = await anyio.to_thread.run_sync(Engine, state.settings)
+        state.worker = Phase2Worker(state.engine, threads=state.settings.phase2_workers)
+        state.worker.start()
+        logger.info("viking-mcp %s serving data in %s", __version__, state.settings.home)
+        try:
+            yield state
+        finally:
+            worker, current = state.worker, state.engine
+            state.worker = None
+            await anyio.to_thread.run_sync(worker.stop)
+            if not state.external_engine:
+                state.engine = None
+                await anyio.to_thread.run_sync(current.close)
+
+    server = VikingMCPServer(
+        "viking-mcp",
+        title="viking-mcp: conversation memory",
+        instructions=INSTRUCTIONS,
+        version=__version__,
+        lifespan=lifespan,
+    )
+    budget_default = state.settings.mcp_default_token_budget
+
+    # --- sessions -------------------------------------------------------------------------
+
+    @server.tool(title="Create session", annotations=_writes())
+    @coded
+    def create_session(
+        session_id: Annotated[
+            str | None, Field(description="Id to use; omit it to get a fresh random id.", max_length=128)
+        ] = None,
+        metadata: Annotated[
+            dict[str, Any] | None, Field(description="Free-form JSON object stored with the session.")
+        ] = None,
+        user_id: Annotated[str | None, Field(description="The user this session belongs to.", max_length=128)] = None,
+    ) -> SessionCreated:
+        """Create a session to record a conversation in. Optional: add_message creates sessions on
+        first use. Fails with ALREADY_EXISTS if the id is taken."""
+        return state.require_engine().create_session(session_id, metadata, user_id)
+
+    @server.tool(title="List sessions", annotations=READ_ONLY)
+    @coded
+    def list_sessions(
+        limit: Annotated[int, Field(description="Sessions per page.", ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
+    ) -> SessionPage:
+        """List sessions, newest first, a page at a time; pass next_cursor back for the next page."""
+        return state.require_engine().list_sessions(limit, cursor)
+
+    @server.tool(title="Get session", annotations=_writes(idempotent=True))
+    @coded
+    def get_session(
+        session_id: SessionId,
+        auto_create: Annotated[bool, Field(description="Create the session if it does not exist.")] = False,
+    ) -> SessionInfo:
+        """A session's counters: live and total messages, commits, pending_tokens (tokens of
+        the live messages: commit when it grows large), extracted memories, metadata."""
+        return state.require_engine().get_session(session_id, auto_create)
+
+    @server.tool(title="Update session metadata", annotations=_writes(destructive=True, idempotent=True))
+    @coded
+    def update_session(
+        session_id: SessionId,
+        metadata: Annotated[
+            dict[str, Any],
+            Field(description="Keys to set; merged into the existing metadata. A null value removes it."),
+        ],
+    ) -> MetadataUpdated:
+        """Merge keys into a session's metadata (other keys are kept) and return the result."""
+        return state.require_engine().update_session(session_id, metadata)
+
+    @server.tool(title="Delete session", annotations=_writes(destructive=True, idempotent=True))
+    @coded
+    def delete_session(session_id: SessionId) -> SessionDeleted:
+        """Delete a session: its messages, archives, summaries, tool records and metadata.
+        Long-term memories extracted from it stay. This cannot be undone."""
+        return state.require_engine().delete_session(session_id)
+
+    # --- messages ---------------------------------------------------------------------------
+
+    @server.tool(title="Add message", annotations=_writes())
+    @coded
+    def add_message(
+        session_id: SessionId,
+        role: Annotated[Literal["user", "assistant"], Field(description="Who said it: 'user' or 'assistant'.")],
+        content: Annotated[str | None, Field(description="The message text. Give this or parts, not both.")] = None,
+        parts: Annotated[
+            list[Part] | None,
+            Field(description="The message as parts (text, context, tool). Give this or content, not both."),
+        ] = None,
+        created_at: Annotated[str | None, Field(description="When it was said (ISO 8601); default now.")] = None,
+        message_id: Annotated[
+            str | None,
+            Field(
+                description="Your id for the message; retrying with the same id stores it once.",
+                max_length=128,
+            ),
+        ] = None,
+    ) -> MessageAdded:
+        """Record one turn of the conversation. Creates the session if needed (session_created
+        tells). Use a message_id to make retries safe."""
+        return state.require_engine().add_message(session_id, role, content, parts, created_at, message_id)
+
+    @server.tool(title="Record usage", annotations=_writes())
+    @coded
+    def record_usage(
+        session_id: SessionId,
+        contexts: Annotated[list[str] | None, Field(description="URIs of resources or memories the turn used.")] = None,
+        skill: Annotated[SkillUse | None, Field(description="A skill the turn used, and how it went.")] = None,
+    ) -> UsageRecorded:
+        """Record which contexts and skills were used, so commit can credit them."""
+        return state.require_engine().record_usage(session_id, contexts, skill)
+
+    # --- commit and tasks ------------------------------------------------------------------------
+
+    @server.tool(title="Commit session", annotations=_writes())
+    async def commit(
+        ctx: Context[ServerState, Any],
+        session_id: SessionId,
+        abstract: Annotated[
+            str | None, Field(description="Your one- or two-sentence summary of the messages being archived.")
+        ] = None,
+        overview: Annotated[
+            str | None,
+            Field(description="Your markdown overview of the conversation so far (carry forward what matters)."),
+        ] = None,
+        keep_recent_count: Annotated[
+            int, Field(description="Leave this many newest messages live (not archived).", ge=0)
+        ] = 0,
+        wait: Annotated[bool, Field(description="Wait (up to ~40 s) until the archive is summarised.")] = False,
+    ) -> CommitResult:
+        """Archive the live messages now and summarise them in the background (task_id tracks
+        it). Call when the window fills. status 'skipped' means there was nothing to archive.
+        FAILED_PRECONDITION means an earlier archive failed: retry_archive it first."""
+        engine = state.require_engine()
+
+        def progress(done: float, total: float, message: str) -> None:
+            anyio.from_thread.run(functools.partial(ctx.report_progress, done, total, message))
+
+        def run() -> CommitResult:
+            return engine.commit(session_id, abstract, overview, keep_recent_count, wait, progress)
+
+        try:
+            return await anyio.to_thread.run_sync(run)
+        except VikingError as exc:
+            raise ToolError(str(exc)) from exc
+
+    @server.tool(title="Get task", annotations=READ_ONLY)
+    @coded
+    def get_task(task_id: Annotated[str, Field(description="task_id returned by commit.")]) -> TaskRecord:
+        """A background task's status (pending, running, completed, failed), result and error."""
+        return state.require_engine().get_task(task_id)
+
+    @server.tool(title="List tasks", annotations=READ_ONLY)
+    @coded
+    def list_tasks(
+        task_type: Annotated[
+            Literal["session_commit", "session_extract"] | None, Field(description="Only tasks of this type.")
+        ] = None,
+        status: Annotated[
+            Literal["pending", "running", "completed", "failed"] | None,
+            Field(description="Only tasks in this state."),
+        ] = None,
+        resource_id: Annotated[str | None, Field(description="Only tasks of this session id.")] = None,
+        limit: Annotated[int, Field(description="At most this many tasks.", ge=1, le=500)] = 50,
+    ) -> TaskList:
+        """Background tasks, newest first, optionally filtered."""
+        return state.require_engine().list_tasks(task_type, status, resource_id, limit)
+
+    # --- context and archives ---------------------------------------------------------------------
+
+    @server.tool(title="Get context", annotations=READ_ONLY)
+    @coded
+    def get_context(
+        session_id: SessionId,
+        token_budget: Annotated[
+            int,
+            Field(
+                description="Tokens you can spend on this context; the live messages are always returned.",
+                ge=0,
+            ),
+        ] = budget_default,
+    ) -> SessionContext:
+        """Rebuild your context window: the latest archive's overview and earlier archives'
+        abstracts (as many as fit the budget after the messages), plus the messages not yet
+        summarised. Use expand_archive for any archive's full text."""
+        return state.require_engine().get_context(session_id, token_budget)
+
+    @server.tool(title="Expand archive", annotations=READ_ONLY)
+    @coded
+    def expand_archive(
+        session_id: SessionId,
+        archive_id: ArchiveId,
+        offset: Annotated[int, Field(description="Skip this many messages (for paging).", ge=0)] = 0,
+        limit: Annotated[int, Field(description="At most this many messages.", ge=1, le=1000)] = 200,
+    ) -> ArchiveDetail:
+        """An archive's status, abstract, overview and raw messages (paged: pass next_offset back
+        as offset). Pending and failed archives have their messages and empty summaries."""
+        return state.require_engine().expand_archive(session_id, archive_id, offset, limit)
+
+    @server.tool(title="Retry or skip a failed archive", annotations=_writes())
+    @coded
+    def retry_archive(
+        session_id: SessionId,
+        archive_id: ArchiveId,
+        action: Annotated[
+            Literal["retry", "skip"],
+            Field(description="'retry' summarises it again; 'skip' gives up on its summary."),
+        ] = "retry",
+    ) -> RetryResult:
+        """Recover an archive whose background summarising failed, so that commits proceed. Its
+        messages are kept either way (expand_archive)."""
+        return state.require_engine().retry_archive(session_id, archive_id, action)
+
+    # --- resources ------------------------------------------------------------------------------
+
+    def read(uri: str) -> str:
+        try:
+            return read_node(state.require_engine(), uri)[0]
+        except VikingError as exc:
+            raise ResourceError(str(exc)) from exc
+
+    def resource(template: str, description: str, mime_type: str) -> None:
+        # One reader per shape of template; the SDK reads parameter names off the signature.
+        register = server.resource(template, description=description, mime_type=mime_type)
+        if "{archive_id}" in template:
+
+            def archive_reader(session_id: str, archive_id: str) -> str:
+                return read(template.format(session_id=session_id, archive_id=archive_id))
+
+            register(archive_reader)
+        elif "{tool_id}" in template:
+
+            def tool_reader(session_id: str, tool_id: str) -> str:
+                return read(template.format(session_id=session_id, tool_id=tool_id))
+
+            register(tool_reader)
+        else:
+
+            def session_reader(session_id: str) -> str:
+                return read(template.format(session_id=session_id))
+
+            register(session_reader)
+
+    resource("viking://session/{session_id}", "A session: its counters, metadata and files.", "application/json")
+    for name, mime in (
+        (".meta.json", "application/json"),
+        ("messages.jsonl", "application/jsonl"),
+        (".abstract.md", "text/markdown"),
+        (".overview.md", "text/markdown"),
+        (".relations.json", "application/json"),
+    ):
+        resource(f"viking://session/{{session_id}}/{name}", f"The session's {name}.", mime)
+    resource("viking://session/{session_id}/history", "The session's archives.", "application/json")
+    resource("viking://session/{session_id}/tools", "The session's tool calls.", "application/json")
+    resource(
+        "viking://session/{session_id}/tools/{tool_id}/tool.json",
+        "One tool call of a session.",
+        "application/json",
+    )
+    resource(
+        "viking://session/{session_id}/history/{archive_id}",
+        "An archive: status, abstract, files.",
+        "application/json",
+    )
+    for name, mime in (
+        ("messages.jsonl", "application/jsonl"),
+        (".abstract.md", "text/markdown"),
+        (".overview.md", "text/markdown"),
+        ("memory_diff.json", "application/json"),
+        (".done", "text/plain"),
+    ):
+        resource(f"viking://session/{{session_id}}/history/{{archive_id}}/{name}", f"The archive's {name}.", mime)
+
+    # --- prompts --------------------------------------------------------------------------------
+
+    @server.prompt(title="Rebuild context from a session")
+    def rebuild_context(session_id: str, token_budget: str = str(budget_default)) -> list[PromptMessage]:
+        """Rebuild an agent's context window from a session within a token budget."""
+        try:
+            budget = int(token_budget)
+        except ValueError:
+            raise ValueError(f"INVALID_ARGUMENT: token_budget {token_budget!r} is not a whole number") from None
+        try:
+            context = state.require_engine().get_context(session_id, budget)
+        except VikingError as exc:
+            raise ValueError(str(exc)) from exc
+        text = render_context_text(session_id, context)
+        return [
+            UserMessage(
+                "Continue our conversation. Here is what viking-mcp kept of it "
+                f"(session {session_id}, within {budget} tokens):\n\n{text}"
+            )
+        ]
+
+    return server
+
+
+def result_text(result: CallToolResult) -> str:
+    """The text of a tool result (for tests and examples)."""
+    return "".join(getattr(block, "text", "") for block in result.content)

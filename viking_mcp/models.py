@@ -1,0 +1,329 @@
+"""The shapes that cross a boundary: parts, messages, sessions, archives, tasks, context.
+
+Pydantic models here are the single definition of each shape: the MCP tools' input and
+output schemas, the embedded API's return values and (later) the HTTP bodies all come
+from them.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from viking_mcp.errors import InvalidArgument
+
+# --- identifiers -------------------------------------------------------------------
+
+ID_MAX_LENGTH = 128
+# A safe alphabet that is never a path: no separators, no "..", no NUL, no spaces.
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_ARCHIVE_RE = re.compile(r"archive_(\d{3,9})")
+
+MEMORY_CATEGORIES = ("profile", "preferences", "entities", "events", "cases", "patterns", "tools", "skills")
+
+Role = Literal["user", "assistant"]
+
+
+def validate_id(value: object, what: str = "session_id") -> str:
+    """Return `value` if it is a safe id, else raise INVALID_ARGUMENT saying what is allowed."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be a string, got {type(value).__name__}")
+    if not value:
+        raise InvalidArgument(f"{what} is empty; use 1-{ID_MAX_LENGTH} characters from A-Z a-z 0-9 . _ -")
+    if len(value) > ID_MAX_LENGTH:
+        raise InvalidArgument(f"{what} is {len(value)} characters long; the limit is {ID_MAX_LENGTH}")
+    if not _ID_RE.fullmatch(value) or ".." in value:
+        raise InvalidArgument(
+            f"{what} {value[:40]!r} is not allowed: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit (no '/', '..', spaces or control characters)"
+        )
+    return value
+
+
+def archive_id(number: int) -> str:
+    """archive_001, archive_002, ... (wider past 999)."""
+    return f"archive_{number:03d}"
+
+
+def parse_archive_id(value: object) -> int:
+    if not isinstance(value, str) or not (match := _ARCHIVE_RE.fullmatch(value)):
+        shown = value[:40] if isinstance(value, str) else type(value).__name__
+        raise InvalidArgument(f"archive_id {shown!r} is not an archive id; they look like 'archive_001'")
+    number = int(match.group(1))
+    if number < 1:
+        raise InvalidArgument("archive ids are numbered from archive_001")
+    return number
+
+
+def session_uri(session_id: str) -> str:
+    return f"viking://session/{session_id}"
+
+
+def archive_uri(session_id: str, number: int) -> str:
+    return f"viking://session/{session_id}/history/{archive_id(number)}"
+
+
+# --- time ----------------------------------------------------------------------------
+
+
+def format_time(moment: datetime) -> str:
+    """ISO 8601 in UTC with a fixed width, so that strings sort like times."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def utc_now() -> str:
+    return format_time(datetime.now(UTC))
+
+
+def normalize_time(value: str) -> str:
+    """Accept any ISO 8601 timestamp (naive means UTC) and return it in our UTC form."""
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except (ValueError, AttributeError):
+        raise InvalidArgument(
+            f"created_at {str(value)[:40]!r} is not an ISO 8601 timestamp; e.g. '2026-11-22T10:00:00Z'"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return format_time(moment)
+
+
+# --- parts and messages ----------------------------------------------------------------
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class TextPart(BaseModel):
+    model_config = _STRICT
+    type: Literal["text"] = "text"
+    text: str = Field(description="The text of the message.")
+
+
+class ContextPart(BaseModel):
+    """A resource, memory or skill the message used, by URI."""
+
+    model_config = _STRICT
+    type: Literal["context"] = "context"
+    uri: str = Field(description="viking:// URI (or any URI) of the context that was used.")
+    context_type: Literal["resource", "memory", "skill"] = Field(
+        default="resource", description="What kind of context it is."
+    )
+    abstract: str = Field(default="", description="One-line summary of that context.")
+
+
+class ToolPart(BaseModel):
+    """A tool call and (once known) its output."""
+
+    model_config = _STRICT
+    type: Literal["tool"] = "tool"
+    tool_id: str = Field(description="Id of this tool call, unique in the session; the same id updates it.")
+    tool_name: str = Field(description="Name of the tool that was called.")
+    skill_uri: str | None = Field(default=None, description="URI of the skill the tool belongs to, if any.")
+    tool_input: dict[str, Any] = Field(default_factory=dict, description="Arguments the tool was called with.")
+    tool_output: str = Field(default="", description="What the tool returned, as text.")
+    tool_status: Literal["pending", "running", "completed", "error"] = Field(
+        default="pending", description="Where the call is: pending, running, completed or error."
+    )
+
+
+Part = Annotated[TextPart | ContextPart | ToolPart, Field(discriminator="type")]
+
+
+class Message(BaseModel):
+    id: str
+    role: Role
+    parts: list[Part]
+    created_at: str
+
+
+def message_text(message: Message) -> str:
+    """The text a model would read for this message; what its token count measures."""
+    lines: list[str] = []
+    for part in message.parts:
+        if isinstance(part, TextPart):
+            lines.append(part.text)
+        elif isinstance(part, ContextPart):
+            lines.append(f"[{part.context_type}: {part.uri}] {part.abstract}".rstrip())
+        else:
+            lines.append(f"[tool {part.tool_name} ({part.tool_status})] {part.tool_input} -> {part.tool_output}")
+    return "\n".join(lines)
+
+
+# --- sessions ------------------------------------------------------------------------------
+
+
+class UserRef(BaseModel):
+    account_id: str
+    user_id: str
+    agent_id: str
+
+
+class LlmTokenUsage(BaseModel):
+    prompt: int = 0
+    completion: int = 0
+    total: int = 0
+
+
+class SessionCreated(BaseModel):
+    session_id: str
+    uri: str
+    created_at: str
+    user: UserRef
+    metadata: dict[str, Any]
+
+
+class SessionSummary(BaseModel):
+    session_id: str
+    uri: str
+    created_at: str
+    updated_at: str
+    message_count: int = Field(description="Live (not yet committed) messages.")
+    metadata: dict[str, Any]
+
+
+class SessionPage(BaseModel):
+    sessions: list[SessionSummary]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    uri: str
+    created_at: str
+    updated_at: str
+    message_count: int = Field(description="Live messages, not yet committed.")
+    total_message_count: int = Field(description="Every message ever added, live or archived.")
+    commit_count: int
+    memories_extracted: dict[str, int] = Field(description="Per memory category, plus 'total'.")
+    last_commit_at: str | None
+    llm_token_usage: LlmTokenUsage
+    pending_tokens: int = Field(description="Tokens of the live messages: how full the window is.")
+    contexts_used: int
+    skills_used: int
+    metadata: dict[str, Any]
+    user: UserRef
+
+
+class MetadataUpdated(BaseModel):
+    session_id: str
+    metadata: dict[str, Any]
+
+
+class SessionDeleted(BaseModel):
+    session_id: str
+    deleted: bool = True
+
+
+class MessageAdded(BaseModel):
+    session_id: str
+    message_id: str
+    message_count: int = Field(description="Live messages after this one.")
+    session_created: bool = Field(description="True when this call created the session.")
+    duplicate: bool = Field(default=False, description="True when message_id was already stored.")
+
+
+class UsageRecorded(BaseModel):
+    session_id: str
+    contexts_used: int
+    skills_used: int
+
+
+class SkillUse(BaseModel):
+    model_config = _STRICT
+    uri: str = Field(description="URI of the skill that was used.")
+    input: str = Field(default="", description="What the skill was given.")
+    output: str = Field(default="", description="What it produced.")
+    success: bool = Field(default=True, description="Whether it worked.")
+
+
+# --- commit, archives, tasks -------------------------------------------------------------
+
+ArchiveStatus = Literal["pending", "completed", "failed", "skipped"]
+TaskStatus = Literal["pending", "running", "completed", "failed"]
+TaskType = Literal["session_commit", "session_extract"]
+
+
+class CommitResult(BaseModel):
+    session_id: str
+    status: Literal["accepted", "skipped"]
+    task_id: str | None
+    archive_id: str | None
+    archive_uri: str | None
+    archived: int = Field(description="How many messages moved into the archive.")
+    reason: str | None = Field(default=None, description="Why nothing was archived, when skipped.")
+    task_status: TaskStatus | None = Field(
+        default=None, description="With wait=true: the task's status when the call returned."
+    )
+
+
+class CommitTaskResult(BaseModel):
+    session_id: str
+    archive_id: str
+    archive_uri: str
+    memories_extracted: dict[str, int]
+    active_count_updated: int = 0
+
+
+class TaskRecord(BaseModel):
+    task_id: str
+    task_type: TaskType
+    status: TaskStatus
+    resource_id: str = Field(description="The session id the task works on.")
+    created_at: str
+    updated_at: str
+    result: CommitTaskResult | None = None
+    error: str | None = None
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskRecord]
+
+
+class ArchiveDetail(BaseModel):
+    session_id: str
+    archive_id: str
+    uri: str
+    status: ArchiveStatus
+    abstract: str
+    overview: str
+    message_count: int
+    messages: list[Message]
+    offset: int = 0
+    next_offset: int | None = Field(default=None, description="Pass as `offset` for more messages; null at the end.")
+    error: str | None = None
+
+
+class RetryResult(BaseModel):
+    session_id: str
+    archive_id: str
+    status: ArchiveStatus
+    task_id: str | None
+
+
+# --- context -------------------------------------------------------------------------------
+
+
+class ArchiveAbstract(BaseModel):
+    archive_id: str
+    abstract: str
+
+
+class ContextStats(BaseModel):
+    totalArchives: int = Field(description="Completed and failed archives (pending ones appear as messages).")
+    includedArchives: int = Field(description="Archives whose abstract was returned.")
+    droppedArchives: int = Field(description="Completed archives left out for lack of budget.")
+    failedArchives: int = Field(description="Archives whose Phase 2 failed; retry them with retry_archive.")
+    activeTokens: int = Field(description="Tokens of the returned messages.")
+    archiveTokens: int = Field(description="Tokens of the returned overview and abstracts.")
+
+
+class SessionContext(BaseModel):
+    latest_archive_id: str | None
+    latest_archive_overview: str
+    pre_archive_abstracts: list[ArchiveAbstract]
+    messages: list[Message]
+    estimatedTokens: int
+    stats: ContextStats

@@ -1,0 +1,204 @@
+"""The store's interface: the logical viking:// tree as transactional operations.
+
+The engine validates, counts tokens and decides; a store only keeps bytes and makes
+each operation atomic. The embedded SQLite store implements this; a PostgreSQL store
+will implement the same methods with the same guarantees:
+
+- every method is one transaction: it happens entirely or not at all;
+- appends cost the same however long the session is (no method reads a whole session
+  to add to it);
+- commit Phase 1 is O(1) in the number of messages: an archive is a range of message
+  sequence numbers, so moving the live buffer into an archive rewrites no message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from viking_mcp.models import ArchiveStatus, Message, TaskStatus, TaskType
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who a session belongs to."""
+
+    account_id: str = "default"
+    user_id: str = "default"
+    agent_id: str = "default"
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    session_id: str
+    owner: Owner
+    created_at: str
+    updated_at: str
+    metadata: dict[str, Any]
+    total_message_count: int
+    live_message_count: int
+    pending_tokens: int
+    commit_count: int
+    last_commit_at: str | None
+    llm_prompt_tokens: int
+    llm_completion_tokens: int
+    memories_extracted: dict[str, int]
+    contexts_used: int
+    skills_used: int
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    seq: int
+    message: Message
+    tokens: int
+
+
+@dataclass(frozen=True)
+class AppendOutcome:
+    message_id: str
+    live_message_count: int
+    session_created: bool
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class OverviewRendering:
+    tokens: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ArchiveRow:
+    session_id: str
+    number: int
+    first_seq: int
+    last_seq: int
+    message_count: int
+    tokens: int
+    status: ArchiveStatus
+    created_at: str
+    done_at: str | None
+    abstract: str
+    abstract_tokens: int
+    overview: str
+    # Every stored rendering of the overview, longest first (the first is `overview`).
+    overview_renderings: list[OverviewRendering]
+    memory_diff: dict[str, Any] | None
+    supplied: dict[str, Any]
+    error: str | None
+    task_id: str | None
+
+
+@dataclass(frozen=True)
+class Phase1Outcome:
+    archive_number: int | None  # None: nothing to archive
+    archived: int
+    task_id: str | None
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    task_id: str
+    task_type: TaskType
+    status: TaskStatus
+    session_id: str
+    archive_number: int | None
+    created_at: str
+    updated_at: str
+    result: dict[str, Any] | None
+    error: str | None
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class Phase2Output:
+    """Everything Phase 2 writes, in one transaction, ending with the `.done` marker."""
+
+    abstract: str
+    abstract_tokens: int
+    overview_renderings: list[OverviewRendering]
+    memory_diff: dict[str, Any]
+    memories_extracted: dict[str, int]
+    result: dict[str, Any]
+    llm_prompt_tokens: int = 0
+    llm_completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ContextSnapshot:
+    """What get_context needs, read in one consistent transaction."""
+
+    archives: list[ArchiveRow]  # without overview renderings, except for the latest completed
+    messages: list[StoredMessage]
+
+
+@dataclass(frozen=True)
+class ToolRecord:
+    tool_id: str
+    tool_name: str
+    skill_uri: str | None
+    tool_input: dict[str, Any]
+    tool_output: str
+    tool_status: str
+    message_id: str
+    created_at: str
+    updated_at: str
+
+
+@dataclass
+class UsageRecord:
+    contexts: list[str] = field(default_factory=list)
+    skills: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Store(Protocol):
+    def close(self) -> None: ...
+
+    # sessions
+    def create_session(self, session_id: str, owner: Owner, metadata: dict[str, Any], now: str) -> SessionRow: ...
+    def get_session(self, session_id: str) -> SessionRow | None: ...
+    def list_sessions(self, limit: int, after: tuple[str, str] | None) -> list[SessionRow]: ...
+    def merge_metadata(self, session_id: str, patch: dict[str, Any], now: str) -> dict[str, Any]: ...
+    def delete_session(self, session_id: str, now: str) -> bool: ...
+
+    # messages
+    def append_message(
+        self, session_id: str, message: Message, tokens: int, now: str, create_as: Owner | None
+    ) -> AppendOutcome: ...
+    def read_messages(
+        self, session_id: str, after_seq: int, through_seq: int | None, offset: int, limit: int | None
+    ) -> list[StoredMessage]: ...
+    def live_messages(self, session_id: str) -> list[StoredMessage]: ...
+
+    # usage and tool records
+    def record_usage(
+        self, session_id: str, contexts: list[str], skill: dict[str, Any] | None, now: str
+    ) -> tuple[int, int]: ...
+    def usage(self, session_id: str) -> UsageRecord: ...
+    def tool_records(self, session_id: str) -> list[ToolRecord]: ...
+
+    # commit and archives
+    def commit_phase1(
+        self, session_id: str, keep_recent: int, supplied: dict[str, Any], task_id: str, now: str
+    ) -> Phase1Outcome: ...
+    def list_archives(self, session_id: str) -> list[ArchiveRow]: ...
+    def get_archive(self, session_id: str, number: int) -> ArchiveRow | None: ...
+    def context_snapshot(self, session_id: str) -> ContextSnapshot | None: ...
+
+    # tasks and Phase 2
+    def get_task(self, task_id: str) -> TaskRow | None: ...
+    def list_tasks(
+        self, task_type: str | None, status: str | None, session_id: str | None, limit: int
+    ) -> list[TaskRow]: ...
+    def claim_phase2(
+        self, owner: str, now: str, lease_until: float, owner_is_gone: Callable[[str | None, float], bool]
+    ) -> TaskRow | None: ...
+    def previous_overview(self, session_id: str, number: int) -> str: ...
+    def finish_phase2(self, task: TaskRow, output: Phase2Output, now: str) -> bool: ...
+    def release_phase2(self, task: TaskRow, now: str) -> None: ...
+    def fail_phase2(self, task: TaskRow, error: str, now: str) -> None: ...
+    def retry_archive(self, session_id: str, number: int, task_id: str, now: str) -> None: ...
+    def skip_archive(self, session_id: str, number: int, now: str) -> None: ...
+    def unfinished_phase2_count(self) -> int: ...

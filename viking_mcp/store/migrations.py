@@ -1,0 +1,109 @@
+"""The SQLite schema, as numbered migrations. `PRAGMA user_version` records how far a
+database has come; each migration runs once, inside the same transaction that bumps it.
+
+Never edit a released migration: add the next one.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[list[str]] = [
+    # 1: sessions, messages, archives, tasks, tool records, usage.
+    [
+        """CREATE TABLE sessions (
+            session_id TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            agent_id TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            next_seq INTEGER NOT NULL DEFAULT 1,
+            archived_through INTEGER NOT NULL DEFAULT 0,
+            total_tokens INTEGER NOT NULL DEFAULT 0,
+            archived_tokens INTEGER NOT NULL DEFAULT 0,
+            commit_count INTEGER NOT NULL DEFAULT 0,
+            last_commit_at TEXT,
+            llm_prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            llm_completion_tokens INTEGER NOT NULL DEFAULT 0,
+            memories_extracted TEXT NOT NULL DEFAULT '{}',
+            contexts_used INTEGER NOT NULL DEFAULT 0,
+            skills_used INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX sessions_by_created ON sessions (created_at, session_id)",
+        # Messages are numbered per session (seq); an archive is a range of seq.
+        # cum_tokens is the running total, so any range's tokens is one subtraction.
+        """CREATE TABLE messages (
+            session_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            message_id TEXT NOT NULL,
+            role TEXT NOT NULL,
+            parts TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            tokens INTEGER NOT NULL,
+            cum_tokens INTEGER NOT NULL,
+            PRIMARY KEY (session_id, seq)
+        ) WITHOUT ROWID""",
+        "CREATE UNIQUE INDEX messages_by_id ON messages (session_id, message_id)",
+        """CREATE TABLE archives (
+            session_id TEXT NOT NULL,
+            archive_no INTEGER NOT NULL,
+            first_seq INTEGER NOT NULL,
+            last_seq INTEGER NOT NULL,
+            message_count INTEGER NOT NULL,
+            tokens INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            done_at TEXT,
+            abstract TEXT NOT NULL DEFAULT '',
+            abstract_tokens INTEGER NOT NULL DEFAULT 0,
+            overview TEXT NOT NULL DEFAULT '',
+            overview_renderings TEXT NOT NULL DEFAULT '[]',
+            memory_diff TEXT,
+            supplied TEXT NOT NULL DEFAULT '{}',
+            error TEXT,
+            task_id TEXT,
+            PRIMARY KEY (session_id, archive_no)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE tasks (
+            task_id TEXT PRIMARY KEY,
+            task_type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            session_id TEXT NOT NULL,
+            archive_no INTEGER,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            result TEXT,
+            error TEXT,
+            owner TEXT,
+            lease_until REAL,
+            attempts INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX tasks_by_status ON tasks (status, created_at)",
+        "CREATE INDEX tasks_by_session ON tasks (session_id, created_at)",
+        "CREATE INDEX tasks_by_created ON tasks (created_at)",
+        """CREATE TABLE tool_calls (
+            session_id TEXT NOT NULL,
+            tool_id TEXT NOT NULL,
+            tool_name TEXT NOT NULL,
+            skill_uri TEXT,
+            tool_input TEXT NOT NULL,
+            tool_output TEXT NOT NULL,
+            tool_status TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (session_id, tool_id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE usage (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            session_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            uri TEXT NOT NULL,
+            payload TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX usage_by_session ON usage (session_id, id)",
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)

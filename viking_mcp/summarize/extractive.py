@@ -1,0 +1,236 @@
+"""The offline default: an extractive summariser that needs no network and is deterministic.
+
+It picks the sentences that carry facts (names, numbers, dates, places, things that
+recur) and drops chit-chat. The overview is markdown prose, one section per archive,
+oldest first: it carries the previous overview forward and, when the whole would pass
+its token bound, gives up the least informative sentences of the oldest sections first.
+The overview is rendered at several lengths so that get_context can always return the
+longest one that fits what is left of a budget.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from viking_mcp.models import ContextPart, Message, TextPart, ToolPart
+from viking_mcp.summarize.base import ArchiveInput, ArchiveSummary
+from viking_mcp.tokens import TokenCounter
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
+_WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*|\d+(?:[.,:/-]\d+)*")
+_SECTION = re.compile(r"^## (.+)$", re.MULTILINE)
+_SPEAKER_PREFIX = re.compile(r"^[A-Z][\w .'-]{0,40}:\s")
+_MONTHS = {
+    "january", "february", "march", "april", "may", "june", "july", "august", "september",
+    "october", "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday",
+    "saturday", "sunday", "yesterday", "today", "tomorrow", "week", "month", "year",
+}  # fmt: skip
+_STOPWORDS = {
+    "a", "about", "after", "again", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be",
+    "because", "been", "before", "being", "but", "by", "can", "could", "did", "do", "does", "doing",
+    "don't", "for", "from", "get", "got", "had", "has", "have", "having", "he", "her", "here", "him",
+    "his", "how", "i", "i'm", "i've", "if", "in", "into", "is", "it", "it's", "its", "just", "know",
+    "like", "me", "more", "my", "no", "not", "now", "of", "oh", "on", "one", "or", "our", "out", "really",
+    "so", "some", "such", "than", "that", "that's", "the", "their", "them", "then", "there", "these",
+    "they", "this", "those", "to", "too", "up", "us", "very", "was", "we", "well", "were", "what",
+    "when", "where", "which", "who", "why", "will", "with", "would", "yeah", "yes", "you", "you're",
+    "your", "thanks", "thank", "great", "good", "awesome", "cool", "wow", "hey", "hi", "hello", "lol",
+    "sure", "okay", "ok", "totally", "glad", "nice", "amazing", "love", "think", "feel", "thing",
+    "things", "lot", "much", "way", "going", "make", "see", "want", "let", "say", "said", "tell",
+}  # fmt: skip
+
+OVERVIEW_TITLE = "# Session overview"
+_MIN_RENDERING_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class _Sentence:
+    section: int  # index of the section it belongs to, oldest first
+    order: int  # position inside its section
+    text: str
+    score: float
+    tokens: int
+
+
+@dataclass
+class _Section:
+    heading: str
+    sentences: list[str]
+
+
+def split_sentences(text: str) -> list[str]:
+    pieces = (p.strip() for p in _SENTENCE_END.split(text))
+    return [p for p in pieces if p]
+
+
+def _message_sentences(message: Message) -> list[str]:
+    speaker = "User" if message.role == "user" else "Assistant"
+    sentences: list[str] = []
+    for part in message.parts:
+        if isinstance(part, TextPart):
+            text = part.text
+            # Keep "Name: ..." when the text already says who speaks.
+            prefix = "" if _SPEAKER_PREFIX.match(text) else f"{speaker}: "
+            for i, sentence in enumerate(split_sentences(text)):
+                sentences.append(prefix + sentence if i == 0 and prefix else sentence)
+        elif isinstance(part, ToolPart):
+            output = " ".join(part.tool_output.split())[:200]
+            sentences.append(f"Tool {part.tool_name} ({part.tool_status}): {output}".rstrip(": "))
+        elif isinstance(part, ContextPart) and part.abstract:
+            sentences.append(f"Used {part.context_type} {part.uri}: {part.abstract}")
+    return sentences
+
+
+def _content_words(sentence: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(sentence) if w.lower() not in _STOPWORDS and len(w) > 1]
+
+
+def _score(sentence: str, frequency: Counter[str]) -> float:
+    """How much a sentence is worth keeping: facts and recurring topics up, chit-chat down."""
+    sentence = _SPEAKER_PREFIX.sub("", sentence, count=1)  # "User: " says who, not what
+    words = _WORD.findall(sentence)
+    if len(words) < 4:
+        return 0.0
+    content = _content_words(sentence)
+    if not content:
+        return 0.0
+    score = 0.0
+    for word in set(content):
+        score += 1.0 + math.log1p(frequency.get(word, 0))
+    body = words[1:]  # the first word is capitalised anyway
+    score += 1.5 * sum(1 for w in body if w[0].isupper())
+    score += 1.5 * sum(1 for w in words if w[0].isdigit())
+    score += 1.0 * sum(1 for w in words if w.lower() in _MONTHS)
+    if sentence.rstrip().endswith("?"):
+        score *= 0.6
+    return score / math.sqrt(len(words))
+
+
+def _parse_sections(overview: str) -> list[_Section]:
+    if not overview.strip():
+        return []
+    matches = list(_SECTION.finditer(overview))
+    if not matches:
+        body = overview.replace(OVERVIEW_TITLE, "").strip()
+        return [_Section("Earlier", split_sentences(body))] if body else []
+    sections = []
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(overview)
+        body = overview[match.end() : end].strip()
+        sections.append(_Section(match.group(1).strip(), split_sentences(body)))
+    return sections
+
+
+def _date_span(messages: list[Message]) -> str:
+    days = sorted({m.created_at[:10] for m in messages})
+    if not days:
+        return ""
+    return days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
+
+
+class ExtractiveSummariser:
+    """Deterministic sentence extraction; see the module docstring."""
+
+    name = "extractive"
+
+    def __init__(self, tokens: TokenCounter, *, overview_max_tokens: int = 2000, abstract_max_tokens: int = 80):
+        self.tokens = tokens
+        self.overview_max_tokens = overview_max_tokens
+        self.abstract_max_tokens = abstract_max_tokens
+
+    def summarise(self, archive: ArchiveInput) -> ArchiveSummary:
+        sentences = [s for m in archive.messages for s in _message_sentences(m)]
+        frequency = Counter(w for s in sentences for w in _content_words(s))
+        span = _date_span(archive.messages)
+        count = len(archive.messages)
+        heading = f"{archive.archive_id} · {span} · {count} message{'s' if count != 1 else ''}".replace(" ·  ·", " ·")
+        sections = [*_parse_sections(archive.previous_overview), _Section(heading, sentences)]
+        abstract = self._abstract(count, span, sentences, frequency)
+        return ArchiveSummary(abstract=abstract, overviews=self.render_overviews(sections, frequency))
+
+    # --- abstract ---------------------------------------------------------------------------
+
+    def _abstract(self, count: int, span: str, sentences: list[str], frequency: Counter[str]) -> str:
+        lead = f"{count} message{'s' if count != 1 else ''}" + (f" on {span}" if span else "") + "."
+        ranked = sorted(range(len(sentences)), key=lambda i: (-_score(sentences[i], frequency), i))
+        if not ranked or _score(sentences[ranked[0]], frequency) == 0:
+            return lead
+        best = sentences[ranked[0]].rstrip()
+        if best[-1] not in ".!?":
+            best += "."
+        return self._fit(f"{lead} {best}", self.abstract_max_tokens)
+
+    def _fit(self, text: str, max_tokens: int) -> str:
+        if self.tokens.count(text) <= max_tokens:
+            return text
+        words = text.split()
+        low, high = 1, len(words)
+        while low < high:  # the longest word prefix that fits, with an ellipsis
+            middle = (low + high + 1) // 2
+            if self.tokens.count(" ".join(words[:middle]) + "…") <= max_tokens:
+                low = middle
+            else:
+                high = middle - 1
+        return " ".join(words[:low]).rstrip(",;:") + "…"
+
+    # --- overview ---------------------------------------------------------------------------
+
+    def render_overviews(self, sections: list[_Section], frequency: Counter[str]) -> list[str]:
+        """The overview at its bound and at halvings of it, longest first, each distinct."""
+        newest = len(sections) - 1
+        candidates: list[_Sentence] = []
+        for index, section in enumerate(sections):
+            recency = 0.8 ** (newest - index)
+            for order, text in enumerate(section.sentences):
+                score = _score(text, frequency) * recency
+                if score > 0:
+                    candidates.append(_Sentence(index, order, text, score, self.tokens.count(text) + 1))
+        ranked = sorted(candidates, key=lambda s: (-s.score, -s.section, s.order))
+        renderings: list[str] = []
+        target = self.overview_max_tokens
+        while target >= _MIN_RENDERING_TOKENS:
+            text = self._render_within(sections, ranked, target)
+            if text and (not renderings or text != renderings[-1]):
+                renderings.append(text)
+            target //= 2
+        if not renderings:
+            renderings.append(self._render(sections, []))
+        return renderings
+
+    def _render(self, sections: list[_Section], chosen: list[_Sentence]) -> str:
+        by_section: dict[int, list[_Sentence]] = {}
+        for sentence in chosen:
+            by_section.setdefault(sentence.section, []).append(sentence)
+        blocks = [OVERVIEW_TITLE]
+        omitted = 0
+        for index, section in enumerate(sections):
+            picked = sorted(by_section.get(index, []), key=lambda s: s.order)
+            if not picked and index != len(sections) - 1:
+                omitted += 1
+                continue
+            if omitted:
+                blocks.append(f"_{omitted} earlier archive{'s' if omitted > 1 else ''} not shown._")
+                omitted = 0
+            blocks.append(f"## {section.heading}")
+            if picked:
+                blocks.append(" ".join(s.text for s in picked))
+        return "\n\n".join(blocks) + "\n"
+
+    def _render_within(self, sections: list[_Section], ranked: list[_Sentence], target: int) -> str:
+        headings = sum(self.tokens.count(f"## {s.heading}") + 2 for s in sections) + 8
+        budget = target - min(headings, target // 3)
+        chosen: list[_Sentence] = []
+        used = 0
+        for sentence in ranked:
+            if used + sentence.tokens <= budget:
+                chosen.append(sentence)
+                used += sentence.tokens
+        text = self._render(sections, chosen)
+        # The estimate above is close but not exact: drop the weakest until it truly fits.
+        while self.tokens.count(text) > target and chosen:
+            chosen.pop()
+            text = self._render(sections, chosen)
+        return text if self.tokens.count(text) <= target else ""

