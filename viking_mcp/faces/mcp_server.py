@@ -10,6 +10,7 @@ model.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -88,7 +89,7 @@ def _writes(*, destructive: bool = False, idempotent: bool = False) -> ToolAnnot
 
 
 def coded(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn engine errors into ToolErrors the model can read; hide the text of crashes."""
+    """Turn engine errors into ToolErrors the model can read (crashes keep their text private)."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -97,7 +98,13 @@ def coded(fn: Callable[P, R]) -> Callable[P, R]:
         except VikingError as exc:
             raise ToolError(str(exc)) from exc
 
-    return wrapper
+    return clean_doc(wrapper)
+
+
+def clean_doc(fn: Callable[P, R]) -> Callable[P, R]:
+    """The docstring is the tool's description for the model: without source indentation."""
+    fn.__doc__ = inspect.cleandoc(fn.__doc__ or "")
+    return fn
 
 
 @dataclass
@@ -259,6 +266,7 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
     # --- commit and tasks ------------------------------------------------------------------------
 
     @server.tool(title="Commit session", annotations=_writes())
+    @clean_doc
     async def commit(
         ctx: Context[ServerState, Any],
         session_id: SessionId,

@@ -2,10 +2,11 @@
 
 It picks the sentences that carry facts (names, numbers, dates, places, things that
 recur) and drops chit-chat. The overview is markdown prose, one section per archive,
-oldest first: it carries the previous overview forward and, when the whole would pass
-its token bound, gives up the least informative sentences of the oldest sections first.
-The overview is rendered at several lengths so that get_context can always return the
-longest one that fits what is left of a budget.
+oldest first, each sentence attributed to its speaker. It carries the previous overview
+forward: every archive keeps at least its best sentence while there is room, and when
+the whole would pass its token bound the least informative sentences of the oldest
+sections go first. The overview is rendered at several lengths so that get_context can
+always return the longest one that fits what is left of a budget.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from viking_mcp.tokens import TokenCounter
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*|\d+(?:[.,:/-]\d+)*")
 _SECTION = re.compile(r"^## (.+)$", re.MULTILINE)
-_SPEAKER_PREFIX = re.compile(r"^[A-Z][\w .'-]{0,40}:\s")
+_SPEAKER_PREFIX = re.compile(r"^([A-Z][\w .'-]{0,40}):\s")
 _MONTHS = {
     "january", "february", "march", "april", "may", "june", "july", "august", "september",
     "october", "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday",
@@ -44,13 +45,26 @@ _STOPWORDS = {
 
 OVERVIEW_TITLE = "# Session overview"
 _MIN_RENDERING_TOKENS = 64
+# Each step back in time weighs a section's sentences this much less.
+_RECENCY = 0.8
 
 
 @dataclass(frozen=True)
-class _Sentence:
-    section: int  # index of the section it belongs to, oldest first
-    order: int  # position inside its section
+class _Unit:
+    """A sentence and who said it ("" when unknown, e.g. carried forward from an overview)."""
+
+    speaker: str
     text: str
+
+    def attributed(self) -> str:
+        return f"{self.speaker}: {self.text}" if self.speaker else self.text
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    section: int  # index of its section, oldest first
+    order: int  # position inside its section
+    unit: _Unit
     score: float
     tokens: int
 
@@ -58,7 +72,7 @@ class _Sentence:
 @dataclass
 class _Section:
     heading: str
-    sentences: list[str]
+    units: list[_Unit]
 
 
 def split_sentences(text: str) -> list[str]:
@@ -66,22 +80,22 @@ def split_sentences(text: str) -> list[str]:
     return [p for p in pieces if p]
 
 
-def _message_sentences(message: Message) -> list[str]:
-    speaker = "User" if message.role == "user" else "Assistant"
-    sentences: list[str] = []
+def _message_units(message: Message) -> list[_Unit]:
+    default = "User" if message.role == "user" else "Assistant"
+    units: list[_Unit] = []
     for part in message.parts:
         if isinstance(part, TextPart):
-            text = part.text
-            # Keep "Name: ..." when the text already says who speaks.
-            prefix = "" if _SPEAKER_PREFIX.match(text) else f"{speaker}: "
-            for i, sentence in enumerate(split_sentences(text)):
-                sentences.append(prefix + sentence if i == 0 and prefix else sentence)
+            text, speaker = part.text.strip(), default
+            # "Name: ..." says who speaks better than the role does.
+            if match := _SPEAKER_PREFIX.match(text):
+                speaker, text = match.group(1), text[match.end() :]
+            units += [_Unit(speaker, s) for s in split_sentences(text)]
         elif isinstance(part, ToolPart):
             output = " ".join(part.tool_output.split())[:200]
-            sentences.append(f"Tool {part.tool_name} ({part.tool_status}): {output}".rstrip(": "))
+            units.append(_Unit("", f"Tool {part.tool_name} ({part.tool_status}): {output}".rstrip(": ")))
         elif isinstance(part, ContextPart) and part.abstract:
-            sentences.append(f"Used {part.context_type} {part.uri}: {part.abstract}")
-    return sentences
+            units.append(_Unit("", f"Used {part.context_type} {part.uri}: {part.abstract}"))
+    return units
 
 
 def _content_words(sentence: str) -> list[str]:
@@ -90,7 +104,7 @@ def _content_words(sentence: str) -> list[str]:
 
 def _score(sentence: str, frequency: Counter[str]) -> float:
     """How much a sentence is worth keeping: facts and recurring topics up, chit-chat down."""
-    sentence = _SPEAKER_PREFIX.sub("", sentence, count=1)  # "User: " says who, not what
+    sentence = _SPEAKER_PREFIX.sub("", sentence, count=1)  # "Name: " says who, not what
     words = _WORD.findall(sentence)
     if len(words) < 4:
         return 0.0
@@ -110,17 +124,19 @@ def _score(sentence: str, frequency: Counter[str]) -> float:
 
 
 def _parse_sections(overview: str) -> list[_Section]:
+    """Sections of a previous overview (ours, or an agent's free-form one as 'Earlier')."""
     if not overview.strip():
         return []
     matches = list(_SECTION.finditer(overview))
     if not matches:
         body = overview.replace(OVERVIEW_TITLE, "").strip()
-        return [_Section("Earlier", split_sentences(body))] if body else []
+        return [_Section("Earlier", [_Unit("", s) for s in split_sentences(body)])] if body else []
     sections = []
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(overview)
         body = overview[match.end() : end].strip()
-        sections.append(_Section(match.group(1).strip(), split_sentences(body)))
+        units = [_Unit("", s) for s in split_sentences(body) if not (s.startswith("_") and s.endswith("_"))]
+        sections.append(_Section(match.group(1).strip(), units))
     return sections
 
 
@@ -142,23 +158,26 @@ class ExtractiveSummariser:
         self.abstract_max_tokens = abstract_max_tokens
 
     def summarise(self, archive: ArchiveInput) -> ArchiveSummary:
-        sentences = [s for m in archive.messages for s in _message_sentences(m)]
-        frequency = Counter(w for s in sentences for w in _content_words(s))
+        units = [u for m in archive.messages for u in _message_units(m)]
+        frequency = Counter(w for u in units for w in _content_words(u.text))
         span = _date_span(archive.messages)
         count = len(archive.messages)
-        heading = f"{archive.archive_id} · {span} · {count} message{'s' if count != 1 else ''}".replace(" ·  ·", " ·")
-        sections = [*_parse_sections(archive.previous_overview), _Section(heading, sentences)]
-        abstract = self._abstract(count, span, sentences, frequency)
-        return ArchiveSummary(abstract=abstract, overviews=self.render_overviews(sections, frequency))
+        label = f"{count} message{'s' if count != 1 else ''}"
+        heading = " · ".join(p for p in (archive.archive_id, span, label) if p)
+        sections = [*_parse_sections(archive.previous_overview), _Section(heading, units)]
+        return ArchiveSummary(
+            abstract=self._abstract(label, span, units, frequency),
+            overviews=self.render_overviews(sections, frequency),
+        )
 
-    # --- abstract ---------------------------------------------------------------------------
+    # --- abstract -----------------------------------------------------------------------------
 
-    def _abstract(self, count: int, span: str, sentences: list[str], frequency: Counter[str]) -> str:
-        lead = f"{count} message{'s' if count != 1 else ''}" + (f" on {span}" if span else "") + "."
-        ranked = sorted(range(len(sentences)), key=lambda i: (-_score(sentences[i], frequency), i))
-        if not ranked or _score(sentences[ranked[0]], frequency) == 0:
+    def _abstract(self, label: str, span: str, units: list[_Unit], frequency: Counter[str]) -> str:
+        lead = label + (f" on {span}" if span else "") + "."
+        scores = [_score(u.text, frequency) for u in units]
+        if not units or max(scores) == 0:
             return lead
-        best = sentences[ranked[0]].rstrip()
+        best = units[max(range(len(units)), key=lambda i: (scores[i], -i))].attributed().rstrip()
         if best[-1] not in ".!?":
             best += "."
         return self._fit(f"{lead} {best}", self.abstract_max_tokens)
@@ -176,19 +195,11 @@ class ExtractiveSummariser:
                 high = middle - 1
         return " ".join(words[:low]).rstrip(",;:") + "…"
 
-    # --- overview ---------------------------------------------------------------------------
+    # --- overview -----------------------------------------------------------------------------
 
     def render_overviews(self, sections: list[_Section], frequency: Counter[str]) -> list[str]:
         """The overview at its bound and at halvings of it, longest first, each distinct."""
-        newest = len(sections) - 1
-        candidates: list[_Sentence] = []
-        for index, section in enumerate(sections):
-            recency = 0.8 ** (newest - index)
-            for order, text in enumerate(section.sentences):
-                score = _score(text, frequency) * recency
-                if score > 0:
-                    candidates.append(_Sentence(index, order, text, score, self.tokens.count(text) + 1))
-        ranked = sorted(candidates, key=lambda s: (-s.score, -s.section, s.order))
+        ranked = self._rank(sections, frequency)
         renderings: list[str] = []
         target = self.overview_max_tokens
         while target >= _MIN_RENDERING_TOKENS:
@@ -200,14 +211,36 @@ class ExtractiveSummariser:
             renderings.append(self._render(sections, []))
         return renderings
 
-    def _render(self, sections: list[_Section], chosen: list[_Sentence]) -> str:
-        by_section: dict[int, list[_Sentence]] = {}
-        for sentence in chosen:
-            by_section.setdefault(sentence.section, []).append(sentence)
+    def _rank(self, sections: list[_Section], frequency: Counter[str]) -> list[_Candidate]:
+        """Every section's best sentence first (newest section first), then the rest by
+        score weighed by recency: so the past is kept in outline before the present in detail."""
+        newest = len(sections) - 1
+        leaders: list[_Candidate] = []
+        rest: list[_Candidate] = []
+        for index in range(newest, -1, -1):
+            recency = _RECENCY ** (newest - index)
+            candidates = [
+                _Candidate(index, order, unit, _score(unit.text, frequency) * recency, 0)
+                for order, unit in enumerate(sections[index].units)
+            ]
+            candidates = [c for c in candidates if c.score > 0]
+            candidates.sort(key=lambda c: (-c.score, c.order))
+            leaders += candidates[:1]
+            rest += candidates[1:]
+        rest.sort(key=lambda c: (-c.score, -c.section, c.order))
+        return [
+            _Candidate(c.section, c.order, c.unit, c.score, self.tokens.count(c.unit.attributed()) + 1)
+            for c in leaders + rest
+        ]
+
+    def _render(self, sections: list[_Section], chosen: list[_Candidate]) -> str:
+        by_section: dict[int, list[_Candidate]] = {}
+        for candidate in chosen:
+            by_section.setdefault(candidate.section, []).append(candidate)
         blocks = [OVERVIEW_TITLE]
         omitted = 0
         for index, section in enumerate(sections):
-            picked = sorted(by_section.get(index, []), key=lambda s: s.order)
+            picked = sorted(by_section.get(index, []), key=lambda c: c.order)
             if not picked and index != len(sections) - 1:
                 omitted += 1
                 continue
@@ -215,19 +248,25 @@ class ExtractiveSummariser:
                 blocks.append(f"_{omitted} earlier archive{'s' if omitted > 1 else ''} not shown._")
                 omitted = 0
             blocks.append(f"## {section.heading}")
-            if picked:
-                blocks.append(" ".join(s.text for s in picked))
+            sentences, speaker = [], None
+            for candidate in picked:
+                unit = candidate.unit
+                # Name the speaker when it changes, not on every sentence.
+                sentences.append(unit.attributed() if unit.speaker and unit.speaker != speaker else unit.text)
+                speaker = unit.speaker or None
+            if sentences:
+                blocks.append(" ".join(sentences))
         return "\n\n".join(blocks) + "\n"
 
-    def _render_within(self, sections: list[_Section], ranked: list[_Sentence], target: int) -> str:
+    def _render_within(self, sections: list[_Section], ranked: list[_Candidate], target: int) -> str:
         headings = sum(self.tokens.count(f"## {s.heading}") + 2 for s in sections) + 8
         budget = target - min(headings, target // 3)
-        chosen: list[_Sentence] = []
+        chosen: list[_Candidate] = []
         used = 0
-        for sentence in ranked:
-            if used + sentence.tokens <= budget:
-                chosen.append(sentence)
-                used += sentence.tokens
+        for candidate in ranked:
+            if used + candidate.tokens <= budget:
+                chosen.append(candidate)
+                used += candidate.tokens
         text = self._render(sections, chosen)
         # The estimate above is close but not exact: drop the weakest until it truly fits.
         while self.tokens.count(text) > target and chosen:
