@@ -23,7 +23,10 @@ from viking_mcp.tokens import TokenCounter
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*|\d+(?:[.,:/-]\d+)*")
 _SECTION = re.compile(r"^## (.+)$", re.MULTILINE)
-_SPEAKER_PREFIX = re.compile(r"^([A-Z][\w .'-]{0,40}):\s")
+# "Caroline: ..." (a transcript line that names its speaker): one to three capitalised words.
+_SPEAKER_PREFIX = re.compile(r"^([A-Z][\w'-]*(?: [A-Z][\w'-]*){0,2}):\s")
+# What the summariser itself puts before a sentence; only this is stripped for scoring.
+_ROLE_PREFIX = re.compile(r"^(?:User|Assistant): ")
 _MONTHS = {
     "january", "february", "march", "april", "may", "june", "july", "august", "september",
     "october", "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday",
@@ -47,6 +50,10 @@ OVERVIEW_TITLE = "# Session overview"
 _MIN_RENDERING_TOKENS = 64
 # Each step back in time weighs a section's sentences this much less.
 _RECENCY = 0.8
+# A sentence under this fraction of its section's best is filler.
+_FILLER_RATIO = 0.25
+# The newest archive's section may always use this many tokens, however short the archive.
+_SECTION_FLOOR_TOKENS = 120
 
 
 @dataclass(frozen=True)
@@ -80,14 +87,25 @@ def split_sentences(text: str) -> list[str]:
     return [p for p in pieces if p]
 
 
-def _message_units(message: Message) -> list[_Unit]:
+def _speaker_names(messages: list[Message]) -> set[str]:
+    """Prefixes that name a speaker: used by two or more messages of the archive, so that
+    a one-off lead-in ("Updated:", "Day One:") is not mistaken for a name."""
+    seen: Counter[str] = Counter()
+    for message in messages:
+        for part in message.parts:
+            if isinstance(part, TextPart) and (match := _SPEAKER_PREFIX.match(part.text.strip())):
+                seen[match.group(1)] += 1
+    return {name for name, count in seen.items() if count >= 2}
+
+
+def _message_units(message: Message, names: set[str]) -> list[_Unit]:
     default = "User" if message.role == "user" else "Assistant"
     units: list[_Unit] = []
     for part in message.parts:
         if isinstance(part, TextPart):
             text, speaker = part.text.strip(), default
             # "Name: ..." says who speaks better than the role does.
-            if match := _SPEAKER_PREFIX.match(text):
+            if (match := _SPEAKER_PREFIX.match(text)) and match.group(1) in names:
                 speaker, text = match.group(1), text[match.end() :]
             units += [_Unit(speaker, s) for s in split_sentences(text)]
         elif isinstance(part, ToolPart):
@@ -104,7 +122,7 @@ def _content_words(sentence: str) -> list[str]:
 
 def _score(sentence: str, frequency: Counter[str]) -> float:
     """How much a sentence is worth keeping: facts and recurring topics up, chit-chat down."""
-    sentence = _SPEAKER_PREFIX.sub("", sentence, count=1)  # "Name: " says who, not what
+    sentence = _ROLE_PREFIX.sub("", sentence, count=1)  # says who, not what
     words = _WORD.findall(sentence)
     if len(words) < 4:
         return 0.0
@@ -158,7 +176,8 @@ class ExtractiveSummariser:
         self.abstract_max_tokens = abstract_max_tokens
 
     def summarise(self, archive: ArchiveInput) -> ArchiveSummary:
-        units = [u for m in archive.messages for u in _message_units(m)]
+        names = _speaker_names(archive.messages)
+        units = [u for m in archive.messages for u in _message_units(m, names)]
         frequency = Counter(w for u in units for w in _content_words(u.text))
         span = _date_span(archive.messages)
         count = len(archive.messages)
@@ -213,25 +232,39 @@ class ExtractiveSummariser:
 
     def _rank(self, sections: list[_Section], frequency: Counter[str]) -> list[_Candidate]:
         """Every section's best sentence first (newest section first), then the rest by
-        score weighed by recency: so the past is kept in outline before the present in detail."""
+        score weighed by recency: so the past is kept in outline before the present in detail.
+
+        Sentences worth less than a quarter of their section's best are not candidates (they
+        would only fill gaps), and the newest section offers at most a third of its archive's
+        tokens, so that even the longest overview is a summary, not the transcript again.
+        """
         newest = len(sections) - 1
         leaders: list[_Candidate] = []
         rest: list[_Candidate] = []
         for index in range(newest, -1, -1):
             recency = _RECENCY ** (newest - index)
-            candidates = [
-                _Candidate(index, order, unit, _score(unit.text, frequency) * recency, 0)
-                for order, unit in enumerate(sections[index].units)
-            ]
-            candidates = [c for c in candidates if c.score > 0]
+            candidates = []
+            for order, unit in enumerate(sections[index].units):
+                score = _score(unit.text, frequency) * recency
+                if score > 0:
+                    candidates.append(_Candidate(index, order, unit, score, self.tokens.count(unit.attributed()) + 1))
+            if not candidates:
+                continue
             candidates.sort(key=lambda c: (-c.score, c.order))
-            leaders += candidates[:1]
-            rest += candidates[1:]
+            best = candidates[0]
+            leaders.append(best)
+            others = [c for c in candidates[1:] if c.score >= _FILLER_RATIO * best.score]
+            if index == newest:
+                cap = max(_SECTION_FLOOR_TOKENS, sum(c.tokens for c in candidates) // 3) - best.tokens
+                kept = []
+                for candidate in others:
+                    if candidate.tokens <= cap:
+                        kept.append(candidate)
+                        cap -= candidate.tokens
+                others = kept
+            rest += others
         rest.sort(key=lambda c: (-c.score, -c.section, c.order))
-        return [
-            _Candidate(c.section, c.order, c.unit, c.score, self.tokens.count(c.unit.attributed()) + 1)
-            for c in leaders + rest
-        ]
+        return leaders + rest
 
     def _render(self, sections: list[_Section], chosen: list[_Candidate]) -> str:
         by_section: dict[int, list[_Candidate]] = {}
