@@ -1,0 +1,111 @@
+"""The MCP face in process: tools, resources and the prompt, as a model would use them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from mcp import Client, MCPError
+
+from viking_mcp.faces.mcp_server import result_text
+
+pytestmark = pytest.mark.anyio
+
+
+async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
+    result = await client.call_tool(tool, arguments)
+    assert not result.is_error, result_text(result)
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def error(client: Client, tool: str, **arguments: Any) -> str:
+    result = await client.call_tool(tool, arguments)
+    assert result.is_error
+    return result_text(result)
+
+
+async def test_errors_carry_their_code_first(mcp: Client) -> None:
+    assert "NOT_FOUND: session nope not found" in await error(mcp, "get_session", session_id="nope")
+    assert "INVALID_ARGUMENT" in await error(mcp, "add_message", session_id="a/b", role="user", content="x")
+    assert "INVALID_ARGUMENT" in await error(mcp, "add_message", session_id="s", role="robot", content="x")
+    await call(mcp, "create_session", session_id="s")
+    assert "ALREADY_EXISTS" in await error(mcp, "create_session", session_id="s")
+    assert "NOT_FOUND" in await error(mcp, "expand_archive", session_id="s", archive_id="archive_001")
+    assert "INVALID_ARGUMENT" in await error(mcp, "get_context", session_id="s", token_budget=-5)
+
+
+async def test_commit_with_wait_reports_the_finished_task(mcp: Client) -> None:
+    await call(mcp, "add_message", session_id="s", role="user", content="Ada's flat in Lisbon has a blue door.")
+    committed = await call(mcp, "commit", session_id="s", wait=True)
+    assert committed["task_status"] == "completed"
+    context = await call(mcp, "get_context", session_id="s")
+    assert "blue door" in context["latest_archive_overview"]
+
+
+async def test_default_budget_is_20000(mcp: Client) -> None:
+    tools = {t.name: t for t in (await mcp.list_tools()).tools}
+    assert tools["get_context"].input_schema["properties"]["token_budget"]["default"] == 20_000
+
+
+async def test_list_sessions_pages(mcp: Client) -> None:
+    for i in range(5):
+        await call(mcp, "create_session", session_id=f"s{i}")
+    first = await call(mcp, "list_sessions", limit=2)
+    second = await call(mcp, "list_sessions", limit=2, cursor=first["next_cursor"])
+    third = await call(mcp, "list_sessions", limit=2, cursor=second["next_cursor"])
+    ids = [s["session_id"] for page in (first, second, third) for s in page["sessions"]]
+    assert ids == ["s4", "s3", "s2", "s1", "s0"]
+    assert third["next_cursor"] is None
+
+
+async def test_sessions_and_archives_read_as_resources(mcp: Client) -> None:
+    tool = {"type": "tool", "tool_id": "c1", "tool_name": "weather", "tool_input": {"city": "Lisbon"},
+            "tool_output": "sunny", "tool_status": "completed"}  # fmt: skip
+    await call(
+        mcp, "add_message", session_id="s", role="user", content="What will the weather be like in Lisbon this weekend?"
+    )
+    await call(mcp, "add_message", session_id="s", role="assistant", parts=[tool])
+    await call(mcp, "record_usage", session_id="s", contexts=["viking://resources/guide"])
+    await call(mcp, "commit", session_id="s", wait=True)
+    await call(mcp, "add_message", session_id="s", role="user", content="Thanks!")
+
+    async def read(uri: str) -> str:
+        contents = (await mcp.read_resource(uri)).contents
+        return contents[0].text  # type: ignore[union-attr]
+
+    meta = json.loads(await read("viking://session/s/.meta.json"))
+    assert meta["commit_count"] == 1 and meta["message_count"] == 1
+    live = [json.loads(line) for line in (await read("viking://session/s/messages.jsonl")).splitlines()]
+    assert [m["parts"][0]["text"] for m in live] == ["Thanks!"]
+    archived = (await read("viking://session/s/history/archive_001/messages.jsonl")).splitlines()
+    assert len(archived) == 2
+    assert (await read("viking://session/s/history/archive_001/.abstract.md")).startswith("2 messages")
+    assert "Lisbon" in await read("viking://session/s/history/archive_001/.overview.md")
+    assert await read("viking://session/s/.overview.md") == await read(
+        "viking://session/s/history/archive_001/.overview.md"
+    )
+    diff = json.loads(await read("viking://session/s/history/archive_001/memory_diff.json"))
+    assert diff["archive_id"] == "archive_001"
+    assert json.loads(await read("viking://session/s/tools/c1/tool.json"))["tool_output"] == "sunny"
+    assert json.loads(await read("viking://session/s/.relations.json"))["contexts"] == ["viking://resources/guide"]
+    listing = json.loads(await read("viking://session/s"))
+    assert "viking://session/s/messages.jsonl" in listing["children"]
+    history = json.loads(await read("viking://session/s/history"))
+    assert [a["archive_id"] for a in history["archives"]] == ["archive_001"]
+    with pytest.raises(MCPError, match="NOT_FOUND"):
+        await read("viking://session/s/history/archive_002/.done")
+    with pytest.raises(MCPError):
+        await read("viking://session/..%2Fetc/.meta.json")
+
+
+async def test_rebuild_context_prompt(mcp: Client) -> None:
+    await call(mcp, "add_message", session_id="s", role="user", content="My sister Bea lives in Porto since 2019.")
+    await call(mcp, "commit", session_id="s", wait=True)
+    await call(mcp, "add_message", session_id="s", role="user", content="Where does Bea live?")
+    prompt = await mcp.get_prompt("rebuild_context", {"session_id": "s", "token_budget": "2000"})
+    text = prompt.messages[0].content.text  # type: ignore[union-attr]
+    assert "Porto" in text and "Where does Bea live?" in text and "expand_archive" in text
+    with pytest.raises(MCPError):
+        await mcp.get_prompt("rebuild_context", {"session_id": "nope"})
