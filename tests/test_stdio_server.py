@@ -191,3 +191,18 @@ def test_nothing_but_protocol_on_stdout(tmp_path: Path) -> None:
     assert [line.get("id") for line in lines] == [1, 2]
     assert len(lines[1]["result"]["tools"]) == 13
     assert "viking-mcp" in stderr  # the start-up line went to stderr
+
+
+def test_sigterm_stops_the_server_promptly(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "viking_mcp"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=server_env(tmp_path / "home", VIKING_MCP_LOG_LEVEL="INFO"),
+    )
+    assert proc.stderr is not None
+    assert b"serving data" in proc.stderr.readline()  # started: stdin still open, nothing sent
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert b"stopping (SIGTERM)" in proc.stderr.read()

@@ -24,7 +24,7 @@ from viking_mcp.config import Settings
 from viking_mcp.engine.context import assemble_context
 from viking_mcp.engine.messages import build_message, check_encodable, describe_validation_error
 from viking_mcp.engine.phase2 import MemoryExtractor, run_phase2
-from viking_mcp.errors import InvalidArgument, NotFound
+from viking_mcp.errors import AlreadyExists, InvalidArgument, NotFound
 from viking_mcp.models import (
     MEMORY_CATEGORIES,
     ArchiveDetail,
@@ -255,7 +255,7 @@ class Engine:
         if row is None and auto_create:
             try:
                 row = self.store.create_session(session_id, self.owner, {}, utc_now())
-            except Exception:  # created meanwhile by another caller: read theirs
+            except AlreadyExists:  # created meanwhile by another caller: read theirs
                 row = self.store.get_session(session_id)
         if row is None:
             raise NotFound(f"session {session_id} not found; pass auto_create=true to create it")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from viking_mcp import __version__
@@ -72,8 +74,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VikingError as exc:
         sys.stderr.write(f"viking-mcp: {exc}\n")
         return 2
+    except OSError as exc:
+        sys.stderr.write(f"viking-mcp: cannot use the data directory: {exc}; set VIKING_MCP_HOME or --home\n")
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _stop_on_signal(signum: int, _frame: object) -> None:
+    """Ctrl-C or SIGTERM: stop at once. The stdin reader thread cannot be interrupted, so
+    if shutting down takes longer than a moment, leave anyway: every acknowledged write
+    is already committed, and unfinished Phase 2 work resumes at the next start."""
+    sys.stderr.write(f"viking-mcp: stopping ({signal.Signals(signum).name})\n")
+    timer = threading.Timer(2.0, os._exit, args=(0,))
+    timer.daemon = True
+    timer.start()
+    raise KeyboardInterrupt
 
 
 def _serve_stdio(settings: object) -> int:
@@ -81,9 +97,19 @@ def _serve_stdio(settings: object) -> int:
     from viking_mcp.faces.mcp_server import build_server
 
     assert isinstance(settings, Settings)
+    signal.signal(signal.SIGINT, _stop_on_signal)
+    signal.signal(signal.SIGTERM, _stop_on_signal)
     if sys.stdin.isatty():
         command = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else "viking-mcp"
         sys.stderr.write(_TTY_HELP.format(version=__version__, command=command, home=settings.home))
         sys.stderr.flush()
-    build_server(settings).run("stdio")
+    from viking_mcp.engine import Engine
+
+    # Open the store before serving, so that a bad data directory is a clear message
+    # here rather than a traceback from inside the server.
+    engine = Engine(settings)
+    try:
+        build_server(engine=engine).run("stdio")
+    finally:
+        engine.close()
     return 0
