@@ -162,6 +162,10 @@ class Engine:
         self.on_task_queued: Callable[[], None] | None = None
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         if self._closed:
             return

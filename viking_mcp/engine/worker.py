@@ -48,7 +48,7 @@ class Phase2Worker:
         self.engine.on_task_queued = None
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not self.engine.closed:
             try:
                 worked = self.engine.run_phase2_once()
             except Exception:

@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 
 from viking_mcp import __version__
@@ -82,14 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _stop_on_signal(signum: int, _frame: object) -> None:
-    """Ctrl-C or SIGTERM: stop at once. The stdin reader thread cannot be interrupted, so
-    if shutting down takes longer than a moment, leave anyway: every acknowledged write
-    is already committed, and unfinished Phase 2 work resumes at the next start."""
+    """Ctrl-C or SIGTERM: leave at once. The stdin reader thread cannot be interrupted, so a
+    graceful shutdown could hang; nothing is lost by not waiting, since every acknowledged
+    write is already committed and unfinished Phase 2 work resumes at the next start."""
     sys.stderr.write(f"viking-mcp: stopping ({signal.Signals(signum).name})\n")
-    timer = threading.Timer(2.0, os._exit, args=(0,))
-    timer.daemon = True
-    timer.start()
-    raise KeyboardInterrupt
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _serve_stdio(settings: object) -> int:
