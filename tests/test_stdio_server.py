@@ -206,3 +206,23 @@ def test_sigterm_stops_the_server_promptly(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
     assert b"stopping (SIGTERM)" in proc.stderr.read()
+
+
+@pytest.mark.parametrize(
+    ("make_home", "expected"),
+    [
+        (lambda home: home.write_text("a file, not a folder"), "cannot use the data directory"),
+        (lambda home: (home.mkdir(), (home / "viking.db").write_text("not sqlite")), "database file is damaged"),
+    ],
+)
+def test_a_bad_data_directory_is_one_clear_line(tmp_path: Path, make_home: Any, expected: str) -> None:
+    home = tmp_path / "home"
+    make_home(home)
+    proc = subprocess.run(
+        [sys.executable, "-m", "viking_mcp"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        env=server_env(home), timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("viking-mcp: ") and expected in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -70,14 +70,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.home:
             settings = settings.with_home(args.home)
         return _serve_stdio(settings)
-    except VikingError as exc:
-        sys.stderr.write(f"viking-mcp: {exc}\n")
-        return 2
-    except OSError as exc:
-        sys.stderr.write(f"viking-mcp: cannot use the data directory: {exc}; set VIKING_MCP_HOME or --home\n")
+    except (VikingError, OSError, BaseExceptionGroup) as exc:
+        # The store is opened by the server's lifespan; its errors may arrive in a group.
+        cause = _first_cause(exc)
+        if cause is None:
+            raise
+        if isinstance(cause, OSError):
+            sys.stderr.write(f"viking-mcp: cannot use the data directory: {cause}; set VIKING_MCP_HOME or --home\n")
+        else:
+            sys.stderr.write(f"viking-mcp: {cause}\n")
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _first_cause(exc: BaseException) -> VikingError | OSError | None:
+    if isinstance(exc, VikingError | OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _first_cause(inner)) is not None:
+                return found
+    return None
 
 
 def _stop_on_signal(signum: int, _frame: object) -> None:
@@ -100,13 +114,5 @@ def _serve_stdio(settings: object) -> int:
         command = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else "viking-mcp"
         sys.stderr.write(_TTY_HELP.format(version=__version__, command=command, home=settings.home))
         sys.stderr.flush()
-    from viking_mcp.engine import Engine
-
-    # Open the store before serving, so that a bad data directory is a clear message
-    # here rather than a traceback from inside the server.
-    engine = Engine(settings)
-    try:
-        build_server(engine=engine).run("stdio")
-    finally:
-        engine.close()
+    build_server(settings).run("stdio")
     return 0

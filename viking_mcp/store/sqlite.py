@@ -149,7 +149,9 @@ def _translate(exc: sqlite3.Error) -> VikingError:
     if isinstance(exc, sqlite3.OperationalError) and ("full" in text or "disk I/O" in text):
         return Unavailable(f"the data directory cannot be written ({text}); free disk space and retry")
     if isinstance(exc, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text):
-        return Internal(f"the database file is damaged ({text}); move it aside to start afresh, or restore it from a backup")
+        return Internal(
+            f"the database file is damaged ({text}); move it aside to start afresh, or restore it from a backup"
+        )
     return Internal(f"storage error: {text}")
 
 
