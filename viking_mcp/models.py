@@ -20,7 +20,7 @@ from viking_mcp.errors import InvalidArgument
 ID_MAX_LENGTH = 128
 # A safe alphabet that is never a path: no separators, no "..", no NUL, no spaces.
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_ARCHIVE_RE = re.compile(r"archive_(\d{3,9})")
+_ARCHIVE_RE = re.compile(r"archive_([0-9]{3,9})")  # ASCII digits only, no look-alikes
 
 MEMORY_CATEGORIES = ("profile", "preferences", "entities", "events", "cases", "patterns", "tools", "skills")
 
@@ -88,7 +88,10 @@ def normalize_time(value: str) -> str:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return format_time(moment)
+    try:
+        return format_time(moment)
+    except (OverflowError, ValueError):  # e.g. year 1 at UTC+1 falls before the calendar starts
+        raise InvalidArgument(f"created_at {value[:40]!r} is out of range; use a year between 1 and 9999") from None
 
 
 # --- parts and messages ----------------------------------------------------------------
@@ -119,7 +122,12 @@ class ToolPart(BaseModel):
 
     model_config = _STRICT
     type: Literal["tool"] = "tool"
-    tool_id: str = Field(description="Id of this tool call, unique in the session; the same id updates it.")
+    tool_id: str = Field(
+        description="Id of this tool call, unique in the session; the same id updates it.",
+        min_length=1,
+        max_length=ID_MAX_LENGTH,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    )
     tool_name: str = Field(description="Name of the tool that was called.")
     skill_uri: str | None = Field(default=None, description="URI of the skill the tool belongs to, if any.")
     tool_input: dict[str, Any] = Field(default_factory=dict, description="Arguments the tool was called with.")

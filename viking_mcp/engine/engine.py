@@ -105,9 +105,10 @@ def _encode_cursor(row: SessionRow) -> str:
 def _decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        created_at, session_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not isinstance(created_at, str) or not isinstance(session_id, str):
+        decoded = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(decoded, list) or len(decoded) != 2 or not all(isinstance(v, str) for v in decoded):
             raise ValueError
+        created_at, session_id = decoded
         return created_at, session_id
     except (ValueError, TypeError, binascii.Error, UnicodeError):
         raise InvalidArgument("cursor is not one this server gave out; pass next_cursor unchanged") from None
@@ -204,7 +205,8 @@ class Engine:
     def _check_metadata(self, metadata: object) -> dict[str, Any]:
         if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
             raise InvalidArgument("metadata must be an object with string keys")
-        check_encodable(metadata, self.settings.limits.max_metadata_bytes, "metadata")
+        limits = self.settings.limits
+        check_encodable(metadata, limits.max_metadata_bytes, "metadata", limits.max_json_depth)
         return metadata
 
     def _require_session(self, session_id: str) -> SessionRow:
@@ -233,7 +235,7 @@ class Engine:
         )
 
     def list_sessions(self, limit: int = 50, cursor: str | None = None) -> SessionPage:
-        if not isinstance(limit, int) or not 1 <= limit <= 500:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
             raise InvalidArgument(f"limit {limit!r} is out of range; use 1..500")
         after = _decode_cursor(cursor) if cursor else None
         rows = self.store.list_sessions(limit + 1, after)
@@ -402,7 +404,7 @@ class Engine:
             raise InvalidArgument(f"status {status!r}: use pending, running, completed or failed")
         if resource_id is not None:
             validate_id(resource_id, "resource_id")
-        if not isinstance(limit, int) or not 1 <= limit <= 500:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
             raise InvalidArgument(f"limit {limit!r} is out of range; use 1..500")
         rows = self.store.list_tasks(task_type, status, resource_id, limit)
         return TaskList(tasks=[_task_record(r) for r in rows])

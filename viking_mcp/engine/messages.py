@@ -10,17 +10,20 @@ import json
 import uuid
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from viking_mcp.config import Limits
 from viking_mcp.errors import InvalidArgument, ResourceExhausted
-from viking_mcp.models import Message, Part, TextPart, normalize_time, utc_now, validate_id
+from viking_mcp.models import Message, Part, normalize_time, utc_now, validate_id
 
 _PARTS = TypeAdapter(list[Part])
 
 
-def json_depth(value: Any, limit: int) -> int:
-    """Nesting depth of a JSON-like value, counted without recursion; stops past `limit`."""
+def json_depth(value: Any, limit: int, what: str = "the value") -> int:
+    """Nesting depth of a JSON-like value, counted without recursion; stops past `limit`.
+
+    Also rejects object keys that are not strings (JSON would silently turn them into
+    strings, and what is stored must be what was sent)."""
     deepest = 0
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -29,8 +32,12 @@ def json_depth(value: Any, limit: int) -> int:
             deepest = max(deepest, depth)
             if deepest > limit:
                 return deepest
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
+            if isinstance(item, dict):
+                if bad := next((key for key in item if not isinstance(key, str)), None):
+                    raise InvalidArgument(f"{what}: object keys must be strings, got {bad!r}")
+                stack.extend((child, depth + 1) for child in item.values())
+            else:
+                stack.extend((child, depth + 1) for child in item)
     return deepest
 
 
@@ -43,18 +50,44 @@ def describe_validation_error(exc: ValidationError, what: str) -> str:
     return f"invalid {what}: " + "; ".join(problems) + more
 
 
-def parse_parts(parts: list[Any], limits: Limits) -> list[Part]:
+def _canonical_json(raw: Any, limit_bytes: int, what: str) -> str:
+    """`raw` as the JSON text we would store; rejects what cannot be stored intact."""
+    try:
+        text = json.dumps(raw, ensure_ascii=False, allow_nan=False)
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what} contains a lone surrogate (invalid Unicode); send valid UTF-8 text") from None
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{what} is not JSON: {exc}") from None
+    if size > limit_bytes:
+        raise ResourceExhausted(f"{what} is {size} bytes; the limit is {limit_bytes} (VIKING_MCP_MAX_*)")
+    return text
+
+
+def check_encodable(payload: Any, limit_bytes: int, what: str, max_depth: int = 32) -> None:
+    """Raise unless `payload` can be stored as JSON, intact, within `limit_bytes` and `max_depth`."""
+    if json_depth(payload, max_depth, what) > max_depth:
+        raise ResourceExhausted(f"{what} is nested deeper than {max_depth} levels")
+    _canonical_json(payload, limit_bytes, what)
+
+
+def parse_parts(parts: object, limits: Limits) -> list[Part]:
+    """Validate parts from JSON-like data. They are checked as the JSON text that will be
+    stored, so that what is stored is exactly what was validated (no bytes or objects
+    hiding in tool_input)."""
     if not isinstance(parts, list):
         raise InvalidArgument(f"parts must be a list of part objects, got {type(parts).__name__}")
     if not parts:
         raise InvalidArgument("parts is empty; give at least one part, e.g. {'type': 'text', 'text': '...'}")
     if len(parts) > limits.max_parts:
         raise ResourceExhausted(f"{len(parts)} parts is more than the limit of {limits.max_parts} per message")
-    raw = [p.model_dump() if hasattr(p, "model_dump") else p for p in parts]
-    if json_depth(raw, limits.max_json_depth + 2) > limits.max_json_depth + 2:
+    raw = [p.model_dump() if isinstance(p, BaseModel) else p for p in parts]
+    # Checked without recursion before anything recursive (json.dumps, pydantic) sees it.
+    if json_depth(raw, limits.max_json_depth + 2, "parts (tool_input)") > limits.max_json_depth + 2:
         raise ResourceExhausted(f"a part is nested deeper than {limits.max_json_depth} levels; flatten tool_input")
+    text = _canonical_json(raw, limits.max_message_bytes, "the message")
     try:
-        return _PARTS.validate_python(raw)
+        return _PARTS.validate_json(text)
     except ValidationError as exc:
         raise InvalidArgument(
             describe_validation_error(exc, "parts")
@@ -63,24 +96,11 @@ def parse_parts(parts: list[Any], limits: Limits) -> list[Part]:
         ) from None
 
 
-def check_encodable(payload: Any, limit_bytes: int, what: str) -> int:
-    """Size in UTF-8 bytes as stored; rejects text that cannot be stored intact."""
-    try:
-        size = len(json.dumps(payload, ensure_ascii=False).encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidArgument(f"{what} contains a lone surrogate (invalid Unicode); send valid UTF-8 text") from None
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"{what} is not JSON-serialisable: {exc}") from None
-    if size > limit_bytes:
-        raise ResourceExhausted(f"{what} is {size} bytes; the limit is {limit_bytes} (VIKING_MCP_MAX_*)")
-    return size
-
-
 def build_message(
     *,
     role: object,
     content: object | None,
-    parts: list[Any] | None,
+    parts: object | None,
     created_at: str | None,
     message_id: str | None,
     limits: Limits,
@@ -95,19 +115,15 @@ def build_message(
         raise InvalidArgument(f"role {str(role)[:20]!r} is not allowed; use 'user' or 'assistant'")
     if content is not None and parts is not None and not parts_win:
         raise InvalidArgument("give either content or parts, not both (content is shorthand for one text part)")
-    if parts is not None:
-        parsed = parse_parts(parts, limits)
-    elif content is not None:
+    if parts is None:
+        if content is None:
+            raise InvalidArgument("give the message as content (text) or parts (a list of parts)")
         if not isinstance(content, str):
             raise InvalidArgument(f"content must be a string, got {type(content).__name__}")
-        parsed = [TextPart(text=content)]
-    else:
-        raise InvalidArgument("give the message as content (text) or parts (a list of parts)")
-    message = Message(
+        parts = [{"type": "text", "text": content}]
+    return Message(
         id=validate_id(message_id, "message_id") if message_id is not None else f"msg_{uuid.uuid4().hex}",
-        role=role,
-        parts=parsed,
+        role=role,  # checked above
+        parts=parse_parts(parts, limits),
         created_at=normalize_time(created_at) if created_at is not None else utc_now(),
     )
-    check_encodable([p.model_dump(mode="json") for p in parsed], limits.max_message_bytes, "the message")
-    return message
