@@ -242,6 +242,7 @@ def test_commit_wait_returns_after_phase_2(engine: Engine) -> None:
     progress: list[str] = []
     result = engine.commit("s", wait=True, on_progress=lambda done, total, message: progress.append(message))
     assert result.task_status == "completed"
+    assert progress and progress[0] == "Phase 2 pending"  # reported while it waited
     assert engine.expand_archive("s", "archive_001").status == "completed"
 
 
@@ -343,3 +344,65 @@ def test_archive_n_plus_1_waits_for_archive_n(engine: Engine) -> None:
     engine.store.release_phase2(claimed, utc_now())
     assert engine.run_pending_phase2() == 2
     assert [a.status for a in engine.store.list_archives("s")] == ["completed", "completed"]
+
+
+def test_a_blocked_session_does_not_starve_others(settings: Settings) -> None:
+    class Failing:
+        name = "failing"
+
+        def summarise(self, archive: ArchiveInput) -> ArchiveSummary:
+            if archive.session_id == "blocked":
+                raise RuntimeError("down")
+            return ArchiveSummary(abstract="ok", overviews=["ok"])
+
+    engine = Engine(settings, summariser=Failing())
+    try:
+        # 210 archives queued; the first fails, and the other 209 (more than a page of the
+        # queue) wait behind it, older than the other session's work.
+        for i in range(210):
+            engine.add_message("blocked", "user", content=f"message {i}")
+            engine.commit("blocked")
+        assert engine.run_phase2_once() is True
+        assert engine.list_tasks(status="failed").tasks[0].resource_id == "blocked"
+        engine.add_message("free", "user", content="another session")
+        commit = engine.commit("free")
+        engine.run_pending_phase2()
+        assert engine.get_task(commit.task_id or "").status == "completed"
+    finally:
+        engine.close()
+
+
+def test_phase_2_that_keeps_breaking_fails_instead_of_spinning(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from viking_mcp.engine.engine import MAX_PHASE2_ATTEMPTS
+    from viking_mcp.errors import Unavailable
+
+    def broken(*_: object) -> bool:
+        raise Unavailable("disk full")
+
+    monkeypatch.setattr(engine.store, "finish_phase2", broken)
+    engine.add_message("s", "user", content="x")
+    commit = engine.commit("s")
+    attempts = 0
+    while engine.get_task(commit.task_id or "").status != "failed":
+        with pytest.raises(Unavailable):
+            engine.run_phase2_once()
+        attempts += 1
+        assert attempts <= MAX_PHASE2_ATTEMPTS
+    task = engine.get_task(commit.task_id or "")
+    assert attempts == MAX_PHASE2_ATTEMPTS and task.error is not None and "disk full" in task.error
+    assert engine.get_context("s", 100).stats.failedArchives == 1  # visible, and retry_archive clears it
+    monkeypatch.undo()
+    engine.retry_archive("s", "archive_001")
+    assert engine.run_pending_phase2() == 1
+
+
+def test_threads_that_end_do_not_leave_connections_open(engine: Engine) -> None:
+    import gc
+
+    engine.create_session("s")
+    for _ in range(40):
+        thread = threading.Thread(target=engine.get_session, args=("s",))
+        thread.start()
+        thread.join()
+    gc.collect()
+    assert len(engine.store._holders) <= 2  # type: ignore[attr-defined]

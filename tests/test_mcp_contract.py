@@ -65,7 +65,7 @@ TOOLS: dict[str, tuple[set[str], set[str], tuple[bool, bool, bool], set[str]]] =
     ),
     "commit": (
         {"session_id"},
-        {"abstract", "overview", "keep_recent_count", "wait"},
+        {"abstract", "overview", "keep_recent_count", "wait", "memories"},
         (False, False, False),
         {"session_id", "status", "task_id", "archive_id", "archive_uri", "archived", "reason", "task_status"},
     ),
@@ -107,10 +107,17 @@ TOOLS: dict[str, tuple[set[str], set[str], tuple[bool, bool, bool], set[str]]] =
             "error",
         },
     ),
+    "extract": (
+        {"session_id"},
+        set(),
+        (False, False, False),
+        {"session_id", "task_id", "memories", "memories_extracted"},
+    ),
+    "search_memories": ({"query"}, {"category", "limit"}, (True, False, True), {"query", "memories"}),
     "retry_archive": (
         {"session_id", "archive_id"},
         {"action"},
-        (False, False, False),
+        (False, True, False),
         {"session_id", "archive_id", "status", "task_id"},
     ),
 }
@@ -176,6 +183,13 @@ async def test_resources_and_prompts_are_listed(mcp: Client) -> None:
         "viking://session/{session_id}/history/{archive_id}/.overview.md",
         "viking://session/{session_id}/history/{archive_id}/memory_diff.json",
         "viking://session/{session_id}/history/{archive_id}/.done",
+    ):
+        assert uri in templates
+    for uri in (
+        "viking://user/{owner_id}/memories",
+        "viking://user/{owner_id}/memories/profile.md",
+        "viking://user/{owner_id}/memories/{category}/{name}",
+        "viking://agent/{owner_id}/memories/{category}/{name}",
     ):
         assert uri in templates
     prompts = {p.name: p for p in (await mcp.list_prompts()).prompts}

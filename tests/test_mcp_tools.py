@@ -26,14 +26,27 @@ async def error(client: Client, tool: str, **arguments: Any) -> str:
     return result_text(result)
 
 
+async def coded_error(client: Client, tool: str, **arguments: Any) -> str:
+    """The code that starts the message, after the SDK's 'Error executing tool X: ' prefix."""
+    text = await error(client, tool, **arguments)
+    prefix = f"Error executing tool {tool}: "
+    assert text.startswith(prefix), text
+    return text[len(prefix) :].split(":", 1)[0]
+
+
 async def test_errors_carry_their_code_first(mcp: Client) -> None:
-    assert "NOT_FOUND: session nope not found" in await error(mcp, "get_session", session_id="nope")
-    assert "INVALID_ARGUMENT" in await error(mcp, "add_message", session_id="a/b", role="user", content="x")
-    assert "INVALID_ARGUMENT" in await error(mcp, "add_message", session_id="s", role="robot", content="x")
+    assert await error(mcp, "get_session", session_id="nope") == (
+        "Error executing tool get_session: NOT_FOUND: session nope not found; pass auto_create=true to create it"
+    )
+    assert await coded_error(mcp, "add_message", session_id="a/b", role="user", content="x") == "INVALID_ARGUMENT"
+    assert await coded_error(mcp, "add_message", session_id="s", role="robot", content="x") == "INVALID_ARGUMENT"
     await call(mcp, "create_session", session_id="s")
-    assert "ALREADY_EXISTS" in await error(mcp, "create_session", session_id="s")
-    assert "NOT_FOUND" in await error(mcp, "expand_archive", session_id="s", archive_id="archive_001")
-    assert "INVALID_ARGUMENT" in await error(mcp, "get_context", session_id="s", token_budget=-5)
+    assert await coded_error(mcp, "create_session", session_id="s") == "ALREADY_EXISTS"
+    assert await coded_error(mcp, "expand_archive", session_id="s", archive_id="archive_001") == "NOT_FOUND"
+    assert await coded_error(mcp, "expand_archive", session_id="s", archive_id="archive_0001") == "INVALID_ARGUMENT"
+    assert await coded_error(mcp, "get_context", session_id="s", token_budget=-5) == "INVALID_ARGUMENT"
+    await call(mcp, "add_message", session_id="s", role="user", content="x")
+    assert await coded_error(mcp, "retry_archive", session_id="s", archive_id="archive_001") == "NOT_FOUND"
 
 
 async def test_commit_with_wait_reports_the_finished_task(mcp: Client) -> None:
@@ -109,3 +122,23 @@ async def test_rebuild_context_prompt(mcp: Client) -> None:
     assert "Porto" in text and "Where does Bea live?" in text and "expand_archive" in text
     with pytest.raises(MCPError):
         await mcp.get_prompt("rebuild_context", {"session_id": "nope"})
+
+
+async def test_memories_over_mcp(mcp: Client) -> None:
+    await call(mcp, "add_message", session_id="s", role="user", content="I'm a nurse and I live in Porto.")
+    memories = [{"category": "entities", "name": "Bea", "abstract": "Bea: my sister, a nurse in Porto."}]
+    committed = await call(mcp, "commit", session_id="s", wait=True, memories=memories)
+    assert committed["task_status"] == "completed"
+    found = await call(mcp, "search_memories", query="Who is Bea?")
+    [hit] = found["memories"]
+    assert hit["uri"] == "viking://user/default/memories/entities/bea.md" and hit["category"] == "entities"
+    text = (await mcp.read_resource(hit["uri"])).contents[0].text  # type: ignore[union-attr]
+    assert "# Bea: my sister, a nurse in Porto." in text
+    listing = json.loads((await mcp.read_resource("viking://user/default/memories")).contents[0].text)  # type: ignore[union-attr]
+    assert [m["uri"] for m in listing["memories"]] == [hit["uri"]]
+
+    await call(mcp, "add_message", session_id="s", role="user", content="Yesterday I ran my first 10k in Porto.")
+    extracted = await call(mcp, "extract", session_id="s")
+    assert {m["category"] for m in extracted["memories"]} >= {"events"}
+    bad = await mcp.call_tool("search_memories", {"query": "x", "category": "hobbies"})
+    assert bad.is_error and "INVALID_ARGUMENT" in result_text(bad)

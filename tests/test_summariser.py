@@ -111,3 +111,30 @@ def test_a_summariser_alone_is_usable_without_an_engine() -> None:
     summary = summariser.summarise(ArchiveInput("s", "archive_001", [message], previous_overview=""))
     assert "Tekla" in summary.abstract and "2022-05-03" in summary.abstract
     assert summary.overviews[0].startswith("# Session overview")
+
+
+def test_summaries_do_not_depend_on_the_hash_seed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, hashlib\n"
+        "from pathlib import Path\n"
+        "from tests.test_summariser import locomo, ingest\n"
+        "from viking_mcp.config import Settings\n"
+        "from viking_mcp.engine import Engine\n"
+        "e = Engine(Settings(home=Path(sys.argv[1])))\n"
+        "sid = ingest(e, locomo('30'), 3)\n"
+        "text = ''.join(a.abstract + a.overview for a in e.store.list_archives(sid))\n"
+        "print(hashlib.sha256(text.encode()).hexdigest())\n"
+    )
+    digests = set()
+    for seed in ("0", "1", "42"):
+        run = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / seed)],
+            capture_output=True, text=True, timeout=120, cwd=REPO,
+            env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": seed, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        digests.add(run.stdout.strip())
+    assert len(digests) == 1

@@ -10,9 +10,12 @@ import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from viking_mcp.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from viking_mcp.memory.llm import LlmSettings
 
 DurabilityMode = Literal["normal", "full"]
 
@@ -57,6 +60,8 @@ class Settings:
     commit_wait_seconds: float = 40.0
     mcp_default_token_budget: int = 20_000
     limits: Limits = field(default_factory=Limits)
+    # An LLM endpoint for Phase 2 (VIKING_MCP_LLM_*); None: the offline default, no network.
+    llm: LlmSettings | None = None
 
     @property
     def database_path(self) -> Path:
@@ -66,7 +71,7 @@ class Settings:
         return replace(self, home=Path(home).expanduser())
 
 
-def _int_env(name: str, default: int, minimum: int = 0) -> int:
+def _int_env(name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -76,6 +81,8 @@ def _int_env(name: str, default: int, minimum: int = 0) -> int:
         raise InvalidArgument(f"{name}={raw!r} is not an integer; set it to a whole number") from None
     if value < minimum:
         raise InvalidArgument(f"{name}={value} is below its minimum {minimum}")
+    if maximum is not None and value > maximum:
+        raise InvalidArgument(f"{name}={value} is above its maximum {maximum}")
     return value
 
 
@@ -102,7 +109,17 @@ def settings_from_env() -> Settings:
         overview_max_tokens=_int_env("VIKING_MCP_OVERVIEW_MAX_TOKENS", base.overview_max_tokens, 64),
         abstract_max_tokens=_int_env("VIKING_MCP_ABSTRACT_MAX_TOKENS", base.abstract_max_tokens, 16),
         phase2_workers=_int_env("VIKING_MCP_PHASE2_WORKERS", base.phase2_workers, 0),
-        commit_wait_seconds=float(_int_env("VIKING_MCP_COMMIT_WAIT_SECONDS", int(base.commit_wait_seconds), 1)),
+        # Bounded well under the ~60 s a desktop host waits for a tool call.
+        commit_wait_seconds=float(_int_env("VIKING_MCP_COMMIT_WAIT_SECONDS", int(base.commit_wait_seconds), 1, 50)),
         mcp_default_token_budget=_int_env("VIKING_MCP_DEFAULT_TOKEN_BUDGET", base.mcp_default_token_budget, 0),
         limits=limits,
+        llm=_llm_from_env(),
     )
+
+
+def _llm_from_env() -> LlmSettings | None:
+    if not os.environ.get("VIKING_MCP_LLM_MODEL"):
+        return None  # the default: nothing of the LLM client is even imported
+    from viking_mcp.memory.llm import llm_settings_from_env
+
+    return llm_settings_from_env()

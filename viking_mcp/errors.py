@@ -63,3 +63,7 @@ class Unavailable(VikingError):
 
 class Internal(VikingError):
     code = ErrorCode.INTERNAL
+
+
+class Conflict(Unavailable):
+    """Someone else changed what this write was planned against; redo the work and retry."""

@@ -55,6 +55,8 @@ def parse_archive_id(value: object) -> int:
     number = int(match.group(1))
     if number < 1:
         raise InvalidArgument("archive ids are numbered from archive_001")
+    if archive_id(number) != value:  # one spelling per archive: archive_0001 is not archive_001
+        raise InvalidArgument(f"archive_id {value!r} is not canonical; it is spelt {archive_id(number)!r}")
     return number
 
 
@@ -247,6 +249,59 @@ class SkillUse(BaseModel):
     success: bool = Field(default=True, description="Whether it worked.")
 
 
+# --- memories ------------------------------------------------------------------------------
+
+MemoryCategory = Literal["profile", "preferences", "entities", "events", "cases", "patterns", "tools", "skills"]
+
+
+class MemoryInput(BaseModel):
+    """A long-term memory as a caller (or an LLM) states it; merged by its category's rule."""
+
+    model_config = _STRICT
+    category: MemoryCategory = Field(
+        description="profile (about the user, one memory), preferences (by topic), entities (people, places, "
+        "things, by name), events (dated, never merged), cases (problem and solution), patterns (recurring "
+        "ways of working), tools and skills (by name)."
+    )
+    abstract: str = Field(min_length=1, max_length=1000, description="One line: the memory itself (L0).")
+    overview: str = Field(default="", max_length=20_000, description="A short paragraph of detail (L1).")
+    content: str = Field(default="", max_length=200_000, description="The full text (L2).")
+    name: str | None = Field(
+        default=None,
+        max_length=200,
+        description="What it is about: the topic of a preference, the entity's name, the tool's or skill's "
+        "name, the pattern's name. Memories with the same category and name are merged.",
+    )
+    when: str | None = Field(default=None, max_length=40, description="For events: when it happened (ISO date).")
+
+
+class MemoryWriteResult(BaseModel):
+    uri: str
+    category: MemoryCategory
+    abstract: str
+    action: Literal["add", "update"]
+
+
+class ExtractResult(BaseModel):
+    session_id: str
+    task_id: str
+    memories: list[MemoryWriteResult] = Field(description="Memories added or updated (unchanged ones are left out).")
+    memories_extracted: dict[str, int] = Field(description="Per memory category, plus 'total'.")
+
+
+class MemoryHit(BaseModel):
+    uri: str = Field(description="Read the whole memory as an MCP resource at this URI.")
+    category: MemoryCategory
+    abstract: str
+    score: float = Field(description="Relevance (BM25); higher is better.")
+    active_count: int = Field(description="How often the memory was used (record_usage).")
+
+
+class MemorySearchResult(BaseModel):
+    query: str
+    memories: list[MemoryHit]
+
+
 # --- commit, archives, tasks -------------------------------------------------------------
 
 ArchiveStatus = Literal["pending", "completed", "failed", "skipped"]
@@ -268,9 +323,11 @@ class CommitResult(BaseModel):
 
 
 class CommitTaskResult(BaseModel):
+    """A task's result: a commit's archive (session_commit) or an extraction (session_extract)."""
+
     session_id: str
-    archive_id: str
-    archive_uri: str
+    archive_id: str | None = None
+    archive_uri: str | None = None
     memories_extracted: dict[str, int]
     active_count_updated: int = 0
 

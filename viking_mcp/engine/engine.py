@@ -17,20 +17,29 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import ValidationError
 
 from viking_mcp.config import Settings
 from viking_mcp.engine.context import assemble_context
 from viking_mcp.engine.messages import build_message, check_encodable, describe_validation_error
-from viking_mcp.engine.phase2 import MemoryExtractor, run_phase2
-from viking_mcp.errors import AlreadyExists, InvalidArgument, NotFound
+from viking_mcp.engine.phase2 import candidates_from, plan_memories, run_phase2
+from viking_mcp.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable, VikingError
+from viking_mcp.memory.offline import extract_offline, extract_usage
+from viking_mcp.memory.search import fts_query
 from viking_mcp.models import (
     MEMORY_CATEGORIES,
     ArchiveDetail,
     CommitResult,
     CommitTaskResult,
+    ExtractResult,
     LlmTokenUsage,
+    MemoryHit,
+    MemoryInput,
+    MemorySearchResult,
+    MemoryWriteResult,
     MessageAdded,
     MetadataUpdated,
     RetryResult,
@@ -55,8 +64,11 @@ from viking_mcp.models import (
 )
 from viking_mcp.store import Store, open_store
 from viking_mcp.store.base import Owner, SessionRow, TaskRow
-from viking_mcp.summarize.base import Summariser
+from viking_mcp.summarize.base import ArchiveInput, Summariser
 from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
+
+if TYPE_CHECKING:
+    from viking_mcp.memory.llm import LlmPhase2
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +82,8 @@ _LIVE_OWNERS_LOCK = threading.Lock()
 # A claim lasts this long without its owner finishing before anyone may take it over,
 # even when the owner's process cannot be checked (another host).
 PHASE2_LEASE_SECONDS = 600.0
+# Tries of one Phase 2 task that breaks outside the summariser before it is marked failed.
+MAX_PHASE2_ATTEMPTS = 3
 
 
 def _pid_alive(pid: int) -> bool:
@@ -136,7 +150,7 @@ class Engine:
         *,
         store: Store | None = None,
         summariser: Summariser | None = None,
-        extractor: MemoryExtractor | None = None,
+        llm: LlmPhase2 | None = None,
         owner: Owner | None = None,
     ) -> None:
         self.settings = settings
@@ -151,7 +165,12 @@ class Engine:
                 abstract_max_tokens=settings.abstract_max_tokens,
             )
         self.summariser = summariser
-        self.extractor = extractor
+        if llm is None and settings.llm is not None:
+            from viking_mcp.memory.llm import LlmPhase2
+
+            llm = LlmPhase2(settings.llm, self.tokens)
+        # The LLM endpoint for Phase 2, when one is configured; None means offline.
+        self.llm = llm
         self.owner = owner or Owner()
         self.worker_id = f"{_HOST}|{os.getpid()}|{uuid.uuid4().hex[:12]}"
         with _LIVE_OWNERS_LOCK:
@@ -345,8 +364,12 @@ class Engine:
         keep_recent_count: int = 0,
         wait: bool = False,
         on_progress: ProgressCallback | None = None,
+        memories: Sequence[MemoryInput | dict[str, Any]] | None = None,
     ) -> CommitResult:
-        """Phase 1 now (archive the live messages, atomically); Phase 2 in the background."""
+        """Phase 1 now (archive the live messages, atomically); Phase 2 in the background.
+
+        `abstract`, `overview` and `memories` are the calling agent's own; they are stored
+        verbatim (memories merged by their category's rule) and need no LLM."""
         validate_id(session_id)
         if not isinstance(keep_recent_count, int) or keep_recent_count < 0:
             raise InvalidArgument("keep_recent_count must be a whole number >= 0")
@@ -357,6 +380,8 @@ class Engine:
             if value and value.strip():
                 check_encodable(value, self.settings.limits.max_summary_bytes, name)
                 supplied[name] = value.strip()
+        if memories is not None:
+            supplied["memories"] = [m.model_dump() for m in self._memory_inputs(memories)]
         task_id = uuid.uuid4().hex
         outcome = self.store.commit_phase1(session_id, keep_recent_count, supplied, task_id, utc_now())
         if outcome.archive_number is None:
@@ -379,8 +404,11 @@ class Engine:
             archived=outcome.archived,
         )
         if wait:
-            task = self.wait_for_task(task_id, self.settings.commit_wait_seconds, on_progress)
-            result.task_status = task.status
+            try:
+                task = self.wait_for_task(task_id, self.settings.commit_wait_seconds, on_progress)
+                result.task_status = task.status
+            except Exception:  # Phase 1 is committed: the caller must still get its task_id
+                logger.exception("waiting for task %s failed; it stays queued", task_id)
         return result
 
     # --- tasks ------------------------------------------------------------------------------------
@@ -431,28 +459,42 @@ class Engine:
             with self._task_changed:
                 self._task_changed.wait(min(0.25, remaining))
 
-    def _notify(self) -> None:
+    def _notify_waiters(self) -> None:
         with self._task_changed:
             self._task_changed.notify_all()
+
+    def _notify(self) -> None:
+        """Work was queued: wake the waiters and this process's Phase 2 worker."""
+        self._notify_waiters()
         if self.on_task_queued is not None:
             self.on_task_queued()
 
     def run_phase2_once(self) -> bool:
-        """Claim one runnable Phase 2 task and run it. False when there was none."""
+        """Claim one runnable Phase 2 task and run it. False when there was none.
+
+        If Phase 2 itself breaks (not the summariser, whose failures fail the archive at
+        once, but say the store), the task goes back to the queue for a later try; after
+        MAX_PHASE2_ATTEMPTS it fails, visibly and retryably, instead of looping forever.
+        The error is re-raised so that the worker backs off.
+        """
         task = self.store.claim_phase2(self.worker_id, utc_now(), time.time() + PHASE2_LEASE_SECONDS, owner_is_gone)
         if task is None:
             return False
         try:
-            run_phase2(self.store, task, self.summariser, self.tokens, self.extractor, utc_now())
-        except Exception:
-            logger.exception("Phase 2 of task %s could not be written; it goes back to the queue", task.task_id)
+            run_phase2(self.store, task, self.summariser, self.tokens, self.llm, utc_now())
+        except Exception as exc:
+            logger.exception("Phase 2 of task %s broke (attempt %d)", task.task_id, task.attempts)
             try:
-                self.store.release_phase2(task, utc_now())
+                if task.attempts >= MAX_PHASE2_ATTEMPTS:
+                    reason = f"gave up after {task.attempts} attempts: {type(exc).__name__}: {exc}"
+                    self.store.fail_phase2(task, reason, utc_now())
+                else:
+                    self.store.release_phase2(task, utc_now())
             except Exception:
-                logger.exception("could not release task %s; its lease will expire", task.task_id)
+                logger.exception("could not give task %s back; its lease will expire", task.task_id)
             raise
         finally:
-            self._notify()
+            self._notify_waiters()
         return True
 
     def run_pending_phase2(self) -> int:
@@ -525,3 +567,100 @@ class Engine:
         if snapshot is None:
             raise NotFound(f"session {session_id} not found")
         return assemble_context(snapshot, token_budget)
+
+    # --- long-term memories -----------------------------------------------------------------------
+
+    def _memory_inputs(self, memories: object) -> list[MemoryInput]:
+        if not isinstance(memories, list | tuple):
+            raise InvalidArgument("memories must be a list of memory objects")
+        check_encodable(
+            [m.model_dump() if isinstance(m, MemoryInput) else m for m in memories],
+            self.settings.limits.max_summary_bytes,
+            "memories",
+            self.settings.limits.max_json_depth,
+        )
+        try:
+            return [MemoryInput.model_validate(m) for m in memories]
+        except ValidationError as exc:
+            raise InvalidArgument(describe_validation_error(exc, "memories")) from None
+
+    def extract(self, session_id: str) -> ExtractResult:
+        """Extract memories from the live messages now, without a commit.
+
+        Uses the LLM endpoint if one is configured, else the offline rules; the memories
+        merge like Phase 2's (so extracting again, or committing later, adds no duplicates).
+        """
+        row = self._require_session(session_id)
+        messages = [m.message for m in self.store.live_messages(session_id)]
+        archive = ArchiveInput(session_id=session_id, archive_id="live", messages=messages, previous_overview="")
+        task_id = uuid.uuid4().hex
+        started = utc_now()
+        try:
+            if self.llm is not None and messages:
+                candidates = candidates_from(self.llm.run(archive).memories)
+            else:
+                candidates = extract_offline(messages)
+            candidates += extract_usage(messages, self.store.usage(session_id).skills)
+            plan = plan_memories(self.store, row.owner, candidates)
+            counts = plan.counts()
+            self.store.finish_extract(
+                session_id, row.owner.account_id, task_id, plan.writes, counts, started, utc_now()
+            )
+        except Conflict:
+            raise
+        except VikingError:
+            raise
+        except Exception as exc:
+            self.store.fail_extract(session_id, task_id, f"{type(exc).__name__}: {exc}", started, utc_now())
+            raise Unavailable(
+                f"extraction failed: {type(exc).__name__}: {exc}; task {task_id} has the details"
+            ) from exc
+        written = {w.memory.uri: w.action for w in plan.writes}
+        return ExtractResult(
+            session_id=session_id,
+            task_id=task_id,
+            memories=[
+                MemoryWriteResult(
+                    uri=w.memory.uri,
+                    category=w.memory.category,
+                    abstract=w.memory.abstract,
+                    action=written[w.memory.uri],
+                )
+                for w in plan.writes
+            ],
+            memories_extracted={**counts, "total": sum(counts.values())},
+        )
+
+    def search_memories(
+        self, query: str, category: str | None = None, limit: int = 10, user_id: str | None = None
+    ) -> MemorySearchResult:
+        """Ranked full-text search (BM25) over this user's and agent's memories; works offline."""
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidArgument("query is empty; give some words to look for")
+        if category is not None and category not in MEMORY_CATEGORIES:
+            raise InvalidArgument(f"category {category!r}: use one of {', '.join(MEMORY_CATEGORIES)}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
+            raise InvalidArgument(f"limit {limit!r} is out of range; use 1..100")
+        owner = (
+            self.owner
+            if user_id is None
+            else Owner(self.owner.account_id, validate_id(user_id, "user_id"), self.owner.agent_id)
+        )
+        match = fts_query(query)
+        if match is None:
+            return MemorySearchResult(query=query, memories=[])
+        owners = {"user": owner.user_id, "agent": owner.agent_id}
+        rows = self.store.search_memories(owner.account_id, owners, match, category, limit)
+        return MemorySearchResult(
+            query=query,
+            memories=[
+                MemoryHit(
+                    uri=m.uri,
+                    category=m.category,
+                    abstract=m.abstract,
+                    score=round(score, 6),
+                    active_count=m.active_count,
+                )
+                for m, score in rows
+            ],
+        )

@@ -1,59 +1,157 @@
-"""Commit Phase 2: summarise an archive and mark it done, in the background.
+"""Commit Phase 2: summarise an archive, extract its memories, and mark it done.
 
-Summaries come from, in order: what the calling agent passed to `commit` (the host
-model is the best summariser and costs nothing extra), then the configured summariser
-(the offline extractive one by default). Memory extraction plugs in through
-`MemoryExtractor`; until one is configured, the archive's memory diff is empty.
+Summaries and memories come from, in order:
+1. what the calling agent passed to `commit` (`abstract`, `overview`, `memories`):
+   stored verbatim, no model needed (the host model is the best summariser and costs
+   the user nothing extra);
+2. the configured LLM endpoint, if any (`VIKING_MCP_LLM_*`), for whatever the agent
+   did not supply;
+3. the offline default: the extractive summariser and the rule-based extractor.
+Tool and skill usage statistics are always counted from the archive itself.
 
-Everything Phase 2 produces is written in one transaction that also sets the `.done`
-marker, so a crash at any point leaves either nothing or everything; the task is then
-claimed again (its owner is gone) and Phase 2 runs from the start.
+Everything Phase 2 produces (summaries, memory writes, the memory diff, active counts)
+is written in one transaction that also sets the `.done` marker, so a crash at any point
+leaves either nothing or everything; the task is then claimed again and Phase 2 runs
+from the start.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
-from viking_mcp.models import MEMORY_CATEGORIES, CommitTaskResult, archive_id, archive_uri
-from viking_mcp.store.base import OverviewRendering, Phase2Output, Store, TaskRow
+from viking_mcp.errors import Conflict, VikingError
+from viking_mcp.memory.categories import Candidate, Scope
+from viking_mcp.memory.merge import MergePlan, StoredMemory, plan_merge
+from viking_mcp.memory.offline import extract_offline, extract_usage
+from viking_mcp.models import CommitTaskResult, MemoryInput, Message, archive_id, archive_uri
+from viking_mcp.store.base import OverviewRendering, Owner, Phase2Output, Store, TaskRow
 from viking_mcp.summarize.base import ArchiveInput, ArchiveSummary, Summariser
+from viking_mcp.summarize.extractive import ExtractiveSummariser
 from viking_mcp.tokens import TokenCounter
+
+if TYPE_CHECKING:
+    from viking_mcp.memory.llm import LlmPhase2
 
 logger = logging.getLogger(__name__)
 
 
-class MemoryExtractor(Protocol):
-    """Turns an archive into long-term memory changes (adds, updates, deletes)."""
+@dataclass(frozen=True)
+class StoreLookup:
+    """The store's memories of one account, as the merge planner reads them."""
 
-    def extract(self, archive: ArchiveInput, summary: ArchiveSummary) -> dict[str, Any]: ...
+    store: Store
+    account_id: str
 
+    def memories_by_uri(self, uris: list[str]) -> dict[str, StoredMemory]:
+        return self.store.memories_by_uri(self.account_id, uris)
 
-def empty_memory_diff(archive: str) -> dict[str, Any]:
-    return {"archive_id": archive, "adds": [], "updates": [], "deletes": []}
-
-
-def count_memories(diff: dict[str, Any]) -> dict[str, int]:
-    counts = dict.fromkeys(MEMORY_CATEGORIES, 0)
-    for change in [*diff.get("adds", []), *diff.get("updates", [])]:
-        category = change.get("category")
-        if category in counts:
-            counts[category] += 1
-    return counts
+    def memories_in_category(self, scope: Scope, owner_id: str, category: str) -> list[StoredMemory]:
+        return self.store.memories_in_category(self.account_id, scope, owner_id, category)
 
 
-def summarise_archive(archive: ArchiveInput, supplied: dict[str, Any], summariser: Summariser) -> ArchiveSummary:
-    """The agent's own abstract and overview where given; the summariser fills the rest."""
+@dataclass(frozen=True)
+class Extraction:
+    summary: ArchiveSummary
+    candidates: list[Candidate]
+
+
+def owners_of(owner: Owner) -> dict[Scope, str]:
+    return {"user": owner.user_id, "agent": owner.agent_id}
+
+
+def candidates_from(memories: list[MemoryInput]) -> list[Candidate]:
+    return [Candidate(**m.model_dump()) for m in memories]
+
+
+def extract(
+    archive: ArchiveInput,
+    supplied: dict[str, Any],
+    skills: list[dict[str, Any]],
+    summariser: Summariser,
+    llm: LlmPhase2 | None,
+) -> Extraction:
+    """Summary and memory candidates for an archive, from the best source available.
+
+    An overview written by the agent or an LLM is kept verbatim as the longest rendering;
+    the extractive summariser adds shorter ones beside it, so one fits a tight budget."""
+    found = _extract(archive, supplied, skills, summariser, llm)
+    overviews = found.summary.overviews
+    if len(overviews) == 1 and isinstance(summariser, ExtractiveSummariser):
+        summary = replace(found.summary, overviews=overviews + summariser.shorter_renderings(overviews[0]))
+        return Extraction(summary, found.candidates)
+    return found
+
+
+def _extract(
+    archive: ArchiveInput,
+    supplied: dict[str, Any],
+    skills: list[dict[str, Any]],
+    summariser: Summariser,
+    llm: LlmPhase2 | None,
+) -> Extraction:
     abstract = (supplied.get("abstract") or "").strip()
     overview = (supplied.get("overview") or "").strip()
+    given = supplied.get("memories")
+    agent_memories = candidates_from([MemoryInput.model_validate(m) for m in given]) if given is not None else None
+    usage = extract_usage(archive.messages, skills)
+
+    if abstract and overview and agent_memories is not None:
+        return Extraction(ArchiveSummary(abstract=abstract, overviews=[overview]), agent_memories + usage)
+    if llm is not None:
+        result = llm.run(archive)
+        summary = ArchiveSummary(
+            abstract=abstract or result.abstract,
+            overviews=[overview or result.overview],
+            llm_prompt_tokens=result.prompt_tokens,
+            llm_completion_tokens=result.completion_tokens,
+        )
+        memories = agent_memories if agent_memories is not None else candidates_from(result.memories)
+        return Extraction(summary, memories + usage)
     if abstract and overview:
-        return ArchiveSummary(abstract=abstract, overviews=[overview])
-    generated = summariser.summarise(archive)
-    return ArchiveSummary(
-        abstract=abstract or generated.abstract,
-        overviews=[overview] if overview else generated.overviews,
-        llm_prompt_tokens=generated.llm_prompt_tokens,
-        llm_completion_tokens=generated.llm_completion_tokens,
+        summary = ArchiveSummary(abstract=abstract, overviews=[overview])
+    else:
+        generated = summariser.summarise(archive)
+        summary = ArchiveSummary(
+            abstract=abstract or generated.abstract, overviews=[overview] if overview else generated.overviews
+        )
+    if agent_memories is not None:
+        return Extraction(summary, agent_memories + usage)
+    return Extraction(summary, extract_offline(archive.messages) + usage)
+
+
+def plan_memories(store: Store, owner: Owner, candidates: list[Candidate]) -> MergePlan:
+    return plan_merge(candidates, owners_of(owner), StoreLookup(store, owner.account_id))
+
+
+def _output(
+    task: TaskRow, name: str, owner: Owner, summary: ArchiveSummary, plan: MergePlan, tokens: TokenCounter
+) -> Phase2Output:
+    assert task.archive_number is not None
+    renderings = sorted(
+        (OverviewRendering(tokens=tokens.count(text), text=text) for text in summary.overviews),
+        key=lambda r: -r.tokens,
+    )
+    counts = plan.counts()
+    result = CommitTaskResult(
+        session_id=task.session_id,
+        archive_id=name,
+        archive_uri=archive_uri(task.session_id, task.archive_number),
+        memories_extracted={**counts, "total": sum(counts.values())},
+        active_count_updated=0,  # the store sets it, in the same transaction
+    )
+    return Phase2Output(
+        abstract=summary.abstract,
+        abstract_tokens=tokens.count(summary.abstract),
+        overview_renderings=renderings,
+        memory_diff=plan.diff(name),
+        memories_extracted=counts,
+        result=result.model_dump(),
+        llm_prompt_tokens=summary.llm_prompt_tokens,
+        llm_completion_tokens=summary.llm_completion_tokens,
+        account_id=owner.account_id,
+        memory_writes=plan.writes,
     )
 
 
@@ -62,22 +160,23 @@ def run_phase2(
     task: TaskRow,
     summariser: Summariser,
     tokens: TokenCounter,
-    extractor: MemoryExtractor | None,
+    llm: LlmPhase2 | None,
     now: str,
 ) -> bool:
     """Run Phase 2 for a claimed task. Returns True when the archive was completed.
 
-    A failure of the summariser or extractor marks the archive and task failed with the
-    reason (the raw messages stay, and retry_archive queues it again). A storage failure
-    gives the task back to the queue.
+    A failure of the summariser, the LLM or the extractor marks the archive and task
+    failed with the reason (the raw messages stay, and retry_archive queues it again).
+    A conflicting memory write by another process gives the task back to the queue.
     """
     assert task.archive_number is not None
     name = archive_id(task.archive_number)
     archive = store.get_archive(task.session_id, task.archive_number)
-    if archive is None:
+    session = store.get_session(task.session_id)
+    if archive is None or session is None:
         store.fail_phase2(task, f"{name} no longer exists (session deleted?)", now)
         return False
-    messages = [
+    messages: list[Message] = [
         m.message for m in store.read_messages(task.session_id, archive.first_seq - 1, archive.last_seq, 0, None)
     ]
     archive_input = ArchiveInput(
@@ -87,30 +186,19 @@ def run_phase2(
         previous_overview=store.previous_overview(task.session_id, task.archive_number),
     )
     try:
-        summary = summarise_archive(archive_input, archive.supplied, summariser)
-        diff = extractor.extract(archive_input, summary) if extractor else empty_memory_diff(name)
-    except Exception as exc:  # a summariser or extractor failure is the archive's, not the worker's
-        logger.warning("Phase 2 of %s/%s failed: %s", task.session_id, name, exc, exc_info=True)
+        skills = store.archive_usage(task.session_id, task.archive_number).skills
+        extraction = extract(archive_input, archive.supplied, skills, summariser, llm)
+        plan = plan_memories(store, session.owner, extraction.candidates)
+        output = _output(task, name, session.owner, extraction.summary, plan, tokens)
+    except VikingError:
+        raise  # the store's trouble (locked, full, read-only), not the archive's: try again later
+    except Exception as exc:  # a summariser, LLM or extractor failure is the archive's, not the worker's
+        logger.warning("Phase 2 of %s/%s failed: %s", task.session_id, name, exc)
         store.fail_phase2(task, f"{type(exc).__name__}: {exc}", now)
         return False
-    renderings = [OverviewRendering(tokens=tokens.count(text), text=text) for text in summary.overviews]
-    renderings.sort(key=lambda r: -r.tokens)
-    memories = count_memories(diff)
-    result = CommitTaskResult(
-        session_id=task.session_id,
-        archive_id=name,
-        archive_uri=archive_uri(task.session_id, task.archive_number),
-        memories_extracted={**memories, "total": sum(memories.values())},
-        active_count_updated=0,
-    )
-    output = Phase2Output(
-        abstract=summary.abstract,
-        abstract_tokens=tokens.count(summary.abstract),
-        overview_renderings=renderings,
-        memory_diff=diff,
-        memories_extracted=memories,
-        result=result.model_dump(),
-        llm_prompt_tokens=summary.llm_prompt_tokens,
-        llm_completion_tokens=summary.llm_completion_tokens,
-    )
-    return store.finish_phase2(task, output, now)
+    try:
+        return store.finish_phase2(task, output, now)
+    except Conflict as exc:
+        logger.info("Phase 2 of %s/%s raced another writer (%s); it will run again", task.session_id, name, exc)
+        store.release_phase2(task, now)
+        return False

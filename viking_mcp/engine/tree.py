@@ -16,6 +16,8 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from viking_mcp.errors import InvalidArgument, NotFound
+from viking_mcp.memory.categories import SCOPES
+from viking_mcp.memory.merge import StoredMemory
 from viking_mcp.models import Message, archive_id, archive_uri, parse_archive_id, session_uri, validate_id
 
 if TYPE_CHECKING:
@@ -37,11 +39,57 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=2)
 
 
+def render_memory(memory: StoredMemory) -> str:
+    """A memory as markdown: its facts up front, then L0 (abstract), L1 (overview), L2 (content)."""
+    header = {
+        "uri": memory.uri,
+        "category": memory.category,
+        "name": memory.name,
+        "created_at": memory.created_at,
+        "updated_at": memory.updated_at,
+        "active_count": memory.active_count,
+        **({"stats": memory.stats} if memory.stats else {}),
+    }
+    front = "\n".join(f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in header.items() if v not in (None, ""))
+    blocks = [f"---\n{front}\n---", f"# {memory.abstract}"]
+    if memory.overview:
+        blocks.append(memory.overview)
+    if memory.content and memory.content != memory.abstract:
+        blocks.append(memory.content)
+    return "\n\n".join(blocks) + "\n"
+
+
+def _read_memory_node(engine: Engine, uri: str) -> tuple[str, str]:
+    """viking://{user|agent}/{id}/memories[/{category}[/{name}.md]] and .../profile.md"""
+    scope, _, rest = uri[len("viking://") :].partition("/")
+    owner_id, _, path = rest.partition("/")
+    validate_id(owner_id, f"{scope}_id")
+    segments = [s for s in path.split("/") if s]
+    if not segments or segments[0] != "memories":
+        raise NotFound(f"nothing at {uri[:120]}")
+    account = engine.owner.account_id
+    if len(segments) <= 2 and not (len(segments) == 2 and segments[1].endswith(".md")):
+        category = segments[1] if len(segments) == 2 else None
+        if category is not None and SCOPES.get(category) != scope:
+            raise NotFound(f"no {category!r} memories under viking://{scope}/")
+        listing = [
+            {"uri": m.uri, "category": m.category, "abstract": m.abstract}
+            for m in engine.store.list_memories(account, scope, owner_id, category, 1000)
+        ]
+        return _dumps({"uri": uri.rstrip("/"), "memories": listing}), JSON
+    found = engine.store.memories_by_uri(account, [uri.rstrip("/")])
+    if not found:
+        raise NotFound(f"no memory at {uri[:120]}")
+    return render_memory(next(iter(found.values()))), MARKDOWN
+
+
 def read_node(engine: Engine, uri: str) -> tuple[str, str]:
     """The content and MIME type of the node at `uri`; NOT_FOUND for anything else."""
+    if uri.startswith(("viking://user/", "viking://agent/")):
+        return _read_memory_node(engine, uri)
     prefix = "viking://session/"
     if not uri.startswith(prefix):
-        raise InvalidArgument(f"{uri[:80]!r} is not a viking://session/ URI")
+        raise InvalidArgument(f"{uri[:80]!r} is not a viking:// session or memory URI")
     segments = uri[len(prefix) :].rstrip("/").split("/")
     session_id = validate_id(segments[0])
     rest = segments[1:]

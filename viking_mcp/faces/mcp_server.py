@@ -37,6 +37,10 @@ from viking_mcp.errors import VikingError
 from viking_mcp.models import (
     ArchiveDetail,
     CommitResult,
+    ExtractResult,
+    MemoryCategory,
+    MemoryInput,
+    MemorySearchResult,
     MessageAdded,
     MetadataUpdated,
     Part,
@@ -66,6 +70,8 @@ viking-mcp keeps this conversation's memory across context windows.
 - To rebuild your window, call get_context(session_id, token_budget): the latest
   archive overview, earlier archive abstracts and the live messages, within budget.
 - expand_archive(session_id, archive_id) returns any archive's full messages.
+- search_memories(query) finds long-term memories (profile, preferences, people, events,
+  cases, patterns, tools, skills) kept across sessions.
 """
 
 SessionId = Annotated[
@@ -281,6 +287,14 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
             int, Field(description="Leave this many newest messages live (not archived).", ge=0)
         ] = 0,
         wait: Annotated[bool, Field(description="Wait (up to ~40 s) until the archive is summarised.")] = False,
+        memories: Annotated[
+            list[MemoryInput] | None,
+            Field(
+                description="Long-term memories you took from these messages (facts about the user, preferences, "
+                "people, dated events, solved cases...). Stored verbatim and merged by category; omit to let "
+                "the server extract them."
+            ),
+        ] = None,
     ) -> CommitResult:
         """Archive the live messages now and summarise them in the background (task_id tracks
         it). Call when the window fills. status 'skipped' means there was nothing to archive.
@@ -291,7 +305,7 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
             anyio.from_thread.run(functools.partial(ctx.report_progress, done, total, message))
 
         def run() -> CommitResult:
-            return engine.commit(session_id, abstract, overview, keep_recent_count, wait, progress)
+            return engine.commit(session_id, abstract, overview, keep_recent_count, wait, progress, memories)
 
         try:
             return await anyio.to_thread.run_sync(run)
@@ -319,6 +333,27 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
     ) -> TaskList:
         """Background tasks, newest first, optionally filtered."""
         return state.require_engine().list_tasks(task_type, status, resource_id, limit)
+
+    # --- long-term memory ----------------------------------------------------------------------------
+
+    @server.tool(title="Extract memories now", annotations=_writes())
+    @coded
+    def extract(session_id: SessionId) -> ExtractResult:
+        """Extract long-term memories from the session's live messages now, without committing.
+        Memories merge by category, so extracting again or committing later adds no duplicates."""
+        return state.require_engine().extract(session_id)
+
+    @server.tool(title="Search memories", annotations=READ_ONLY)
+    @coded
+    def search_memories(
+        query: Annotated[str, Field(description="What to look for, in plain words.", min_length=1, max_length=2000)],
+        category: Annotated[MemoryCategory | None, Field(description="Only memories of this category.")] = None,
+        limit: Annotated[int, Field(description="At most this many results.", ge=1, le=100)] = 10,
+    ) -> MemorySearchResult:
+        """Search long-term memories (the user's profile, preferences, people, events, and the
+        agent's cases, patterns, tools, skills), best match first. Read a whole memory as a
+        resource at its uri."""
+        return state.require_engine().search_memories(query, category, limit)
 
     # --- context and archives ---------------------------------------------------------------------
 
@@ -351,7 +386,8 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
         as offset). Pending and failed archives have their messages and empty summaries."""
         return state.require_engine().expand_archive(session_id, archive_id, offset, limit)
 
-    @server.tool(title="Retry or skip a failed archive", annotations=_writes())
+    # Destructive: skipping gives up an archive's summaries for good.
+    @server.tool(title="Retry or skip a failed archive", annotations=_writes(destructive=True))
     @coded
     def retry_archive(
         session_id: SessionId,
@@ -425,6 +461,9 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
     ):
         resource(f"viking://session/{{session_id}}/history/{{archive_id}}/{name}", f"The archive's {name}.", mime)
 
+    for scope in ("user", "agent"):
+        _memory_resources(server, read, scope)
+
     # --- prompts --------------------------------------------------------------------------------
 
     @server.prompt(title="Rebuild context from a session")
@@ -447,6 +486,36 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
         ]
 
     return server
+
+
+def _memory_resources(server: VikingMCPServer, read: Callable[[str], str], scope: str) -> None:
+    """Templates for one owner's memories: the listing, a category, one memory (and the profile)."""
+    base = f"viking://{scope}/{{owner_id}}/memories"
+    whose = "user's" if scope == "user" else "agent's"
+
+    def listing(owner_id: str) -> str:
+        return read(base.format(owner_id=owner_id))
+
+    def category_listing(owner_id: str, category: str) -> str:
+        return read(f"{base.format(owner_id=owner_id)}/{category}")
+
+    def memory(owner_id: str, category: str, name: str) -> str:
+        return read(f"{base.format(owner_id=owner_id)}/{category}/{name}")
+
+    def profile(owner_id: str) -> str:
+        return read(f"{base.format(owner_id=owner_id)}/profile.md")
+
+    server.resource(base, description=f"The {whose} long-term memories.", mime_type="application/json")(listing)
+    if scope == "user":
+        server.resource(f"{base}/profile.md", description="The user's profile.", mime_type="text/markdown")(profile)
+    server.resource(
+        f"{base}/{{category}}", description=f"The {whose} memories of one category.", mime_type="application/json"
+    )(category_listing)
+    server.resource(
+        f"{base}/{{category}}/{{name}}",
+        description=f"One of the {whose} memories: abstract, overview and content.",
+        mime_type="text/markdown",
+    )(memory)
 
 
 def result_text(result: CallToolResult) -> str:

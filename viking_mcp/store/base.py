@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from viking_mcp.memory.merge import MemoryWrite, StoredMemory
 from viking_mcp.models import ArchiveStatus, Message, TaskStatus, TaskType
 
 
@@ -110,6 +111,7 @@ class TaskRow:
     result: dict[str, Any] | None
     error: str | None
     owner: str | None = None
+    attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,8 @@ class Phase2Output:
     result: dict[str, Any]
     llm_prompt_tokens: int = 0
     llm_completion_tokens: int = 0
+    account_id: str = "default"
+    memory_writes: list[MemoryWrite] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -202,3 +206,26 @@ class Store(Protocol):
     def retry_archive(self, session_id: str, number: int, task_id: str, now: str) -> None: ...
     def skip_archive(self, session_id: str, number: int, now: str) -> None: ...
     def unfinished_phase2_count(self) -> int: ...
+    def archive_usage(self, session_id: str, number: int) -> UsageRecord: ...
+
+    # long-term memories
+    def memories_by_uri(self, account_id: str, uris: list[str]) -> dict[str, StoredMemory]: ...
+    def memories_in_category(self, account_id: str, scope: str, owner_id: str, category: str) -> list[StoredMemory]: ...
+    def list_memories(
+        self, account_id: str, scope: str, owner_id: str, category: str | None, limit: int
+    ) -> list[StoredMemory]: ...
+    def write_memories(self, account_id: str, writes: list[MemoryWrite], source: dict[str, Any], now: str) -> None: ...
+    def finish_extract(
+        self,
+        session_id: str,
+        account_id: str,
+        task_id: str,
+        writes: list[MemoryWrite],
+        counts: dict[str, int],
+        created_at: str,
+        now: str,
+    ) -> None: ...
+    def fail_extract(self, session_id: str, task_id: str, error: str, created_at: str, now: str) -> None: ...
+    def search_memories(
+        self, account_id: str, owners: dict[str, str], match: str, category: str | None, limit: int
+    ) -> list[tuple[StoredMemory, float]]: ...

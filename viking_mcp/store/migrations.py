@@ -106,4 +106,44 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 
+MIGRATIONS.append(
+    # 2: long-term memories with full-text search; usage rows tied to the archive that
+    # consumed them; how often each context (memory or resource) was used.
+    [
+        """CREATE TABLE memories (
+            id INTEGER PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            uri TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            owner_id TEXT NOT NULL,
+            category TEXT NOT NULL,
+            key TEXT NOT NULL,
+            name TEXT,
+            abstract TEXT NOT NULL,
+            overview TEXT NOT NULL,
+            content TEXT NOT NULL,
+            stats TEXT NOT NULL DEFAULT '{}',
+            version INTEGER NOT NULL DEFAULT 1,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            source TEXT NOT NULL DEFAULT '{}'
+        )""",
+        "CREATE UNIQUE INDEX memories_by_uri ON memories (account_id, uri)",
+        "CREATE INDEX memories_by_owner ON memories (account_id, scope, owner_id, category)",
+        # Written in the same transaction as the memory; rowid = memories.id.
+        """CREATE VIRTUAL TABLE memories_fts USING fts5 (
+            name, abstract, overview, content, tokenize = 'porter unicode61'
+        )""",
+        "ALTER TABLE usage ADD COLUMN archive_no INTEGER",
+        "CREATE INDEX usage_by_archive ON usage (session_id, archive_no)",
+        """CREATE TABLE context_usage (
+            account_id TEXT NOT NULL,
+            uri TEXT NOT NULL,
+            active_count INTEGER NOT NULL DEFAULT 0,
+            last_used_at TEXT,
+            PRIMARY KEY (account_id, uri)
+        ) WITHOUT ROWID""",
+    ]
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -19,6 +19,7 @@ import json
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -26,12 +27,14 @@ from typing import Any
 
 from viking_mcp.errors import (
     AlreadyExists,
+    Conflict,
     FailedPrecondition,
     Internal,
     NotFound,
     Unavailable,
     VikingError,
 )
+from viking_mcp.memory.merge import MemoryWrite, StoredMemory
 from viking_mcp.models import MEMORY_CATEGORIES, Message, archive_id
 from viking_mcp.store.base import (
     AppendOutcome,
@@ -59,9 +62,37 @@ _ARCHIVE_COLUMNS = (
     "abstract, abstract_tokens, overview, overview_renderings, memory_diff, supplied, error, task_id"
 )
 # The same, without the renderings: get_context reads them for one archive only.
-_ARCHIVE_LIGHT_COLUMNS = _ARCHIVE_COLUMNS.replace("overview, overview_renderings", "'' AS overview, '[]'")
-_TASK_COLUMNS = "task_id, task_type, status, session_id, archive_no, created_at, updated_at, result, error, owner"
+_ARCHIVE_LIGHT_COLUMNS = _ARCHIVE_COLUMNS.replace(
+    "overview, overview_renderings", "'' AS overview, '[]' AS overview_renderings"
+)
+_TASK_COLUMNS = (
+    "task_id, task_type, status, session_id, archive_no, created_at, updated_at, result, error, owner, attempts"
+)
 _MESSAGE_COLUMNS = "seq, message_id, role, parts, created_at, tokens"
+_MEMORY_COLUMNS = (
+    "m.id, m.uri, m.scope, m.owner_id, m.category, m.key, m.name, m.abstract, m.overview, m.content, m.stats, "
+    "m.version, m.created_at, m.updated_at, COALESCE(u.active_count, 0) AS active_count"
+)
+_MEMORY_FROM = "memories m LEFT JOIN context_usage u ON u.account_id = m.account_id AND u.uri = m.uri"
+
+
+def _memory_row(row: sqlite3.Row) -> StoredMemory:
+    return StoredMemory(
+        uri=row["uri"],
+        scope=row["scope"],
+        owner_id=row["owner_id"],
+        category=row["category"],
+        key=row["key"],
+        name=row["name"],
+        abstract=row["abstract"],
+        overview=row["overview"],
+        content=row["content"],
+        stats=json.loads(row["stats"]),
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        active_count=row["active_count"],
+    )
 
 
 def _dumps(value: Any) -> str:
@@ -101,7 +132,7 @@ def _message_row(row: sqlite3.Row) -> StoredMessage:
 
 
 def _archive_row(row: sqlite3.Row) -> ArchiveRow:
-    renderings = [OverviewRendering(tokens=t, text=s) for t, s in json.loads(row[12])]
+    renderings = [OverviewRendering(tokens=t, text=s) for t, s in json.loads(row["overview_renderings"])]
     return ArchiveRow(
         session_id=row["session_id"],
         number=row["archive_no"],
@@ -114,7 +145,7 @@ def _archive_row(row: sqlite3.Row) -> ArchiveRow:
         done_at=row["done_at"],
         abstract=row["abstract"],
         abstract_tokens=row["abstract_tokens"],
-        overview=row[11],
+        overview=row["overview"],
         overview_renderings=renderings,
         memory_diff=json.loads(row["memory_diff"]) if row["memory_diff"] else None,
         supplied=json.loads(row["supplied"]),
@@ -135,6 +166,7 @@ def _task_row(row: sqlite3.Row) -> TaskRow:
         result=json.loads(row["result"]) if row["result"] else None,
         error=row["error"],
         owner=row["owner"],
+        attempts=row["attempts"],
     )
 
 
@@ -156,6 +188,15 @@ def _translate(exc: sqlite3.Error) -> VikingError:
     return Internal(f"storage error: {text}")
 
 
+class _Holder:
+    """A thread's connection, owned by that thread's `threading.local`."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+
 class SQLiteStore:
     """The `Store` interface over one SQLite file."""
 
@@ -164,8 +205,7 @@ class SQLiteStore:
         self._busy_timeout_ms = busy_timeout_ms
         self._synchronous = "FULL" if durability == "full" else "NORMAL"
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
+        self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
         self._closed = False
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -177,11 +217,16 @@ class SQLiteStore:
     # --- connections and transactions ------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use.
+
+        A connection belongs to its thread's `_Holder`; when the thread ends (worker pools
+        retire idle threads) the holder is collected and the connection closed with it.
+        """
         if self._closed:
             raise Unavailable("the store is closed")
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
+        holder: _Holder | None = getattr(self._local, "holder", None)
+        if holder is not None:
+            return holder.conn
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -195,9 +240,10 @@ class SQLiteStore:
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
-        self._local.conn = conn
-        with self._connections_lock:
-            self._connections.append(conn)
+        holder = _Holder(conn)
+        weakref.finalize(holder, conn.close)
+        self._local.holder = holder
+        self._holders.add(holder)
         return conn
 
     def _ensure_wal(self, conn: sqlite3.Connection) -> None:
@@ -277,11 +323,9 @@ class SQLiteStore:
 
     def close(self) -> None:
         self._closed = True
-        with self._connections_lock:
-            for conn in self._connections:
-                with suppress(sqlite3.Error):
-                    conn.close()
-            self._connections.clear()
+        for holder in list(self._holders):
+            with suppress(sqlite3.Error):
+                holder.conn.close()
 
     # --- sessions -------------------------------------------------------------------------
 
@@ -562,6 +606,9 @@ class SQLiteStore:
                 (task_id, session_id, number, now, now),
             )
             conn.execute(
+                "UPDATE usage SET archive_no = ? WHERE session_id = ? AND archive_no IS NULL", (number, session_id)
+            )
+            conn.execute(
                 "UPDATE sessions SET archived_through = ?, archived_tokens = ?, commit_count = ?, "
                 "last_commit_at = ?, updated_at = ? WHERE session_id = ?",
                 (last_seq, cum, number, now, now, session_id),
@@ -641,29 +688,32 @@ class SQLiteStore:
         A task is runnable only when every earlier archive of its session is done, so that
         Phase 2 of archive N+1 never finishes before archive N's.
         """
+        runnable = (
+            "SELECT t.task_id, t.status, t.owner, t.lease_until FROM tasks t "
+            "WHERE t.task_type = 'session_commit' AND t.status IN ('pending', 'running') "
+            "AND NOT EXISTS (SELECT 1 FROM archives b WHERE b.session_id = t.session_id "
+            "AND b.archive_no < t.archive_no AND b.status NOT IN ('completed', 'skipped')) "
+            "ORDER BY t.created_at, t.rowid LIMIT 64"
+        )
+        # Look first without the write lock: an idle server must not take it every few seconds.
+        with self._read() as conn:
+            found = [
+                (task_id, status, current)
+                for task_id, status, current, lease in conn.execute(runnable)
+                if status == "pending" or owner_is_gone(current, lease or 0.0)
+            ]
+        if not found:
+            return None
         with self._write() as conn:
-            candidates = conn.execute(
-                "SELECT task_id, status, session_id, archive_no, owner, lease_until FROM tasks "
-                "WHERE task_type = 'session_commit' AND status IN ('pending', 'running') "
-                "ORDER BY created_at, rowid LIMIT 200"
-            ).fetchall()
-            for task_id, status, session_id, number, current_owner, lease in candidates:
-                if status == "running" and not owner_is_gone(current_owner, lease or 0.0):
-                    continue
-                blocked = conn.execute(
-                    "SELECT 1 FROM archives WHERE session_id = ? AND archive_no < ? "
-                    "AND status NOT IN ('completed', 'skipped') LIMIT 1",
-                    (session_id, number),
-                ).fetchone()
-                if blocked:
-                    continue
-                conn.execute(
+            for task_id, status, current in found:
+                claimed = conn.execute(
                     "UPDATE tasks SET status = 'running', owner = ?, lease_until = ?, updated_at = ?, "
-                    "attempts = attempts + 1 WHERE task_id = ?",
-                    (owner, lease_until, now, task_id),
-                )
-                row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-                return _task_row(row)
+                    "attempts = attempts + 1 WHERE task_id = ? AND status = ? AND owner IS ?",
+                    (owner, lease_until, now, task_id, status, current),
+                ).rowcount
+                if claimed:  # nobody took it between the look and the lock
+                    row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+                    return _task_row(row)
         return None
 
     def previous_overview(self, session_id: str, number: int) -> str:
@@ -716,31 +766,86 @@ class SQLiteStore:
                     (now, task.task_id),
                 )
                 return False
-            row = conn.execute(
-                "SELECT memories_extracted FROM sessions WHERE session_id = ?", (task.session_id,)
-            ).fetchone()
-            totals: dict[str, int] = json.loads(row[0]) if row else {}
-            for category in MEMORY_CATEGORIES:
-                totals[category] = totals.get(category, 0) + output.memories_extracted.get(category, 0)
+            self._apply_memory_writes(
+                conn,
+                output.account_id,
+                output.memory_writes,
+                {"session_id": task.session_id, "archive_id": archive_id(task.archive_number or 0)},
+                now,
+            )
+            used = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT uri FROM usage WHERE session_id = ? AND archive_no = ? AND kind = 'context'",
+                    (task.session_id, task.archive_number),
+                )
+            ]
+            for uri in used:
+                conn.execute(
+                    "INSERT INTO context_usage (account_id, uri, active_count, last_used_at) VALUES (?, ?, 1, ?) "
+                    "ON CONFLICT (account_id, uri) DO UPDATE SET active_count = active_count + 1, "
+                    "last_used_at = excluded.last_used_at",
+                    (output.account_id, uri, now),
+                )
+            result = {**output.result, "active_count_updated": len(set(used))}
+            self._add_memory_counts(conn, task.session_id, output.memories_extracted)
             conn.execute(
-                "UPDATE sessions SET memories_extracted = ?, llm_prompt_tokens = llm_prompt_tokens + ?, "
+                "UPDATE sessions SET llm_prompt_tokens = llm_prompt_tokens + ?, "
                 "llm_completion_tokens = llm_completion_tokens + ? WHERE session_id = ?",
-                (_dumps(totals), output.llm_prompt_tokens, output.llm_completion_tokens, task.session_id),
+                (output.llm_prompt_tokens, output.llm_completion_tokens, task.session_id),
             )
             conn.execute(
                 "UPDATE tasks SET status = 'completed', result = ?, error = NULL, updated_at = ?, owner = NULL "
                 "WHERE task_id = ?",
-                (_dumps(output.result), now, task.task_id),
+                (_dumps(result), now, task.task_id),
             )
         return True
 
-    def fail_phase2(self, task: TaskRow, error: str, now: str) -> None:
+    def _add_memory_counts(self, conn: sqlite3.Connection, session_id: str, counts: dict[str, int]) -> None:
+        row = conn.execute("SELECT memories_extracted FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+        totals: dict[str, int] = json.loads(row[0]) if row else {}
+        for category in MEMORY_CATEGORIES:
+            totals[category] = totals.get(category, 0) + counts.get(category, 0)
+        conn.execute("UPDATE sessions SET memories_extracted = ? WHERE session_id = ?", (_dumps(totals), session_id))
+
+    def finish_extract(
+        self,
+        session_id: str,
+        account_id: str,
+        task_id: str,
+        writes: list[MemoryWrite],
+        counts: dict[str, int],
+        created_at: str,
+        now: str,
+    ) -> None:
+        """An immediate extraction: its memories, a completed session_extract task, the counters."""
+        result = {"session_id": session_id, "memories_extracted": {**counts, "total": sum(counts.values())}}
+        with self._write() as conn:
+            self._apply_memory_writes(conn, account_id, writes, {"session_id": session_id, "task_id": task_id}, now)
+            self._add_memory_counts(conn, session_id, counts)
+            conn.execute(
+                "INSERT INTO tasks (task_id, task_type, status, session_id, created_at, updated_at, result) "
+                "VALUES (?, 'session_extract', 'completed', ?, ?, ?, ?)",
+                (task_id, session_id, created_at, now, _dumps(result)),
+            )
+
+    def fail_extract(self, session_id: str, task_id: str, error: str, created_at: str, now: str) -> None:
         with self._write() as conn:
             conn.execute(
-                "UPDATE tasks SET status = 'failed', error = ?, updated_at = ?, owner = NULL "
-                "WHERE task_id = ? AND status = 'running'",
-                (error, now, task.task_id),
+                "INSERT INTO tasks (task_id, task_type, status, session_id, created_at, updated_at, error) "
+                "VALUES (?, 'session_extract', 'failed', ?, ?, ?, ?)",
+                (task_id, session_id, created_at, now, error),
             )
+
+    def fail_phase2(self, task: TaskRow, error: str, now: str) -> None:
+        with self._write() as conn:
+            failed = conn.execute(
+                "UPDATE tasks SET status = 'failed', error = ?, updated_at = ?, owner = NULL "
+                "WHERE task_id = ? AND status = 'running' AND owner IS ?",
+                (error, now, task.task_id, task.owner),
+            ).rowcount
+            if not failed:
+                return  # someone else owns it now; their outcome stands
             conn.execute(
                 "UPDATE archives SET status = 'failed', error = ? "
                 "WHERE session_id = ? AND archive_no = ? AND status = 'pending' AND task_id = ?",
@@ -787,3 +892,106 @@ class SQLiteStore:
                 "SELECT COUNT(*) FROM tasks WHERE task_type = 'session_commit' AND status IN ('pending', 'running')"
             ).fetchone()
         return int(row[0])
+
+    def archive_usage(self, session_id: str, number: int) -> UsageRecord:
+        record = UsageRecord()
+        with self._read() as conn:
+            for row in conn.execute(
+                "SELECT kind, uri, payload FROM usage WHERE session_id = ? AND archive_no = ? ORDER BY id",
+                (session_id, number),
+            ):
+                if row["kind"] == "context":
+                    record.contexts.append(row["uri"])
+                else:
+                    record.skills.append(json.loads(row["payload"]))
+        return record
+
+    # --- long-term memories ------------------------------------------------------------------------
+
+    def memories_by_uri(self, account_id: str, uris: list[str]) -> dict[str, StoredMemory]:
+        if not uris:
+            return {}
+        marks = ", ".join("?" for _ in uris)
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_MEMORY_COLUMNS} FROM {_MEMORY_FROM} WHERE m.account_id = ? AND m.uri IN ({marks})",
+                (account_id, *uris),
+            ).fetchall()
+        return {row["uri"]: _memory_row(row) for row in rows}
+
+    def memories_in_category(self, account_id: str, scope: str, owner_id: str, category: str) -> list[StoredMemory]:
+        return self.list_memories(account_id, scope, owner_id, category, None)
+
+    def list_memories(
+        self, account_id: str, scope: str, owner_id: str, category: str | None, limit: int | None
+    ) -> list[StoredMemory]:
+        clause = " AND m.category = ?" if category else ""
+        params: tuple[Any, ...] = (account_id, scope, owner_id, *((category,) if category else ()))
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_MEMORY_COLUMNS} FROM {_MEMORY_FROM} WHERE m.account_id = ? AND m.scope = ? "
+                f"AND m.owner_id = ?{clause} ORDER BY m.category, m.key LIMIT ?",
+                (*params, -1 if limit is None else limit),
+            ).fetchall()
+        return [_memory_row(r) for r in rows]
+
+    def write_memories(self, account_id: str, writes: list[MemoryWrite], source: dict[str, Any], now: str) -> None:
+        with self._write() as conn:
+            self._apply_memory_writes(conn, account_id, writes, source, now)
+
+    def _apply_memory_writes(
+        self, conn: sqlite3.Connection, account_id: str, writes: list[MemoryWrite], source: dict[str, Any], now: str
+    ) -> None:
+        """Apply planned writes; any that was planned against a stale version aborts them all."""
+        for write in writes:
+            memory = write.memory
+            values = (
+                memory.name, memory.abstract, memory.overview, memory.content, _dumps(memory.stats),
+            )  # fmt: skip
+            if write.action == "add":
+                try:
+                    cursor = conn.execute(
+                        "INSERT INTO memories (account_id, uri, scope, owner_id, category, key, name, abstract, "
+                        "overview, content, stats, created_at, updated_at, source) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (account_id, memory.uri, memory.scope, memory.owner_id, memory.category, memory.key,
+                         *values, now, now, _dumps(source)),
+                    )  # fmt: skip
+                except sqlite3.IntegrityError:
+                    raise Conflict(f"memory {memory.uri} was created meanwhile") from None
+                rowid = cursor.lastrowid
+            else:
+                row = conn.execute(
+                    "SELECT id FROM memories WHERE account_id = ? AND uri = ? AND version = ?",
+                    (account_id, memory.uri, write.expected_version),
+                ).fetchone()
+                if row is None:
+                    raise Conflict(f"memory {memory.uri} changed meanwhile")
+                rowid = row[0]
+                conn.execute(
+                    "UPDATE memories SET name = ?, abstract = ?, overview = ?, content = ?, stats = ?, "
+                    "version = version + 1, updated_at = ?, source = ? WHERE id = ?",
+                    (*values, now, _dumps(source), rowid),
+                )
+                conn.execute("DELETE FROM memories_fts WHERE rowid = ?", (rowid,))
+            conn.execute(
+                "INSERT INTO memories_fts (rowid, name, abstract, overview, content) VALUES (?, ?, ?, ?, ?)",
+                (rowid, memory.name or "", memory.abstract, memory.overview, memory.content),
+            )
+
+    def search_memories(
+        self, account_id: str, owners: dict[str, str], match: str, category: str | None, limit: int
+    ) -> list[tuple[StoredMemory, float]]:
+        """BM25-ranked full-text search (name and abstract weigh most); use breaks ties."""
+        clause = " AND m.category = ?" if category else ""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_MEMORY_COLUMNS}, bm25(memories_fts, 4.0, 3.0, 1.5, 1.0) AS rank "
+                "FROM memories_fts JOIN memories m ON m.id = memories_fts.rowid "
+                "LEFT JOIN context_usage u ON u.account_id = m.account_id AND u.uri = m.uri "
+                "WHERE memories_fts MATCH ? AND m.account_id = ? "
+                "AND ((m.scope = 'user' AND m.owner_id = ?) OR (m.scope = 'agent' AND m.owner_id = ?))"
+                f"{clause} ORDER BY rank, active_count DESC, m.uri LIMIT ?",
+                (match, account_id, owners["user"], owners["agent"], *((category,) if category else ()), limit),
+            ).fetchall()
+        return [(_memory_row(r), -float(r["rank"])) for r in rows]

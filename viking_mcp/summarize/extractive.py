@@ -57,7 +57,7 @@ _SECTION_FLOOR_TOKENS = 120
 
 
 @dataclass(frozen=True)
-class _Unit:
+class Unit:
     """A sentence and who said it ("" when unknown, e.g. carried forward from an overview)."""
 
     speaker: str
@@ -71,7 +71,7 @@ class _Unit:
 class _Candidate:
     section: int  # index of its section, oldest first
     order: int  # position inside its section
-    unit: _Unit
+    unit: Unit
     score: float
     tokens: int
 
@@ -79,7 +79,7 @@ class _Candidate:
 @dataclass
 class _Section:
     heading: str
-    units: list[_Unit]
+    units: list[Unit]
 
 
 def split_sentences(text: str) -> list[str]:
@@ -87,7 +87,7 @@ def split_sentences(text: str) -> list[str]:
     return [p for p in pieces if p]
 
 
-def _speaker_names(messages: list[Message]) -> set[str]:
+def speaker_names(messages: list[Message]) -> set[str]:
     """Prefixes that name a speaker: used by two or more messages of the archive, so that
     a one-off lead-in ("Updated:", "Day One:") is not mistaken for a name."""
     seen: Counter[str] = Counter()
@@ -98,21 +98,21 @@ def _speaker_names(messages: list[Message]) -> set[str]:
     return {name for name, count in seen.items() if count >= 2}
 
 
-def _message_units(message: Message, names: set[str]) -> list[_Unit]:
+def message_units(message: Message, names: set[str]) -> list[Unit]:
     default = "User" if message.role == "user" else "Assistant"
-    units: list[_Unit] = []
+    units: list[Unit] = []
     for part in message.parts:
         if isinstance(part, TextPart):
             text, speaker = part.text.strip(), default
             # "Name: ..." says who speaks better than the role does.
             if (match := _SPEAKER_PREFIX.match(text)) and match.group(1) in names:
                 speaker, text = match.group(1), text[match.end() :]
-            units += [_Unit(speaker, s) for s in split_sentences(text)]
+            units += [Unit(speaker, s) for s in split_sentences(text)]
         elif isinstance(part, ToolPart):
             output = " ".join(part.tool_output.split())[:200]
-            units.append(_Unit("", f"Tool {part.tool_name} ({part.tool_status}): {output}".rstrip(": ")))
+            units.append(Unit("", f"Tool {part.tool_name} ({part.tool_status}): {output}".rstrip(": ")))
         elif isinstance(part, ContextPart) and part.abstract:
-            units.append(_Unit("", f"Used {part.context_type} {part.uri}: {part.abstract}"))
+            units.append(Unit("", f"Used {part.context_type} {part.uri}: {part.abstract}"))
     return units
 
 
@@ -130,7 +130,7 @@ def _score(sentence: str, frequency: Counter[str]) -> float:
     if not content:
         return 0.0
     score = 0.0
-    for word in set(content):
+    for word in sorted(set(content)):  # a fixed order: float sums must not depend on hash seeds
         score += 1.0 + math.log1p(frequency.get(word, 0))
     body = words[1:]  # the first word is capitalised anyway
     score += 1.5 * sum(1 for w in body if w[0].isupper())
@@ -148,12 +148,12 @@ def _parse_sections(overview: str) -> list[_Section]:
     matches = list(_SECTION.finditer(overview))
     if not matches:
         body = overview.replace(OVERVIEW_TITLE, "").strip()
-        return [_Section("Earlier", [_Unit("", s) for s in split_sentences(body)])] if body else []
+        return [_Section("Earlier", [Unit("", s) for s in split_sentences(body)])] if body else []
     sections = []
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(overview)
         body = overview[match.end() : end].strip()
-        units = [_Unit("", s) for s in split_sentences(body) if not (s.startswith("_") and s.endswith("_"))]
+        units = [Unit("", s) for s in split_sentences(body) if not (s.startswith("_") and s.endswith("_"))]
         sections.append(_Section(match.group(1).strip(), units))
     return sections
 
@@ -176,8 +176,8 @@ class ExtractiveSummariser:
         self.abstract_max_tokens = abstract_max_tokens
 
     def summarise(self, archive: ArchiveInput) -> ArchiveSummary:
-        names = _speaker_names(archive.messages)
-        units = [u for m in archive.messages for u in _message_units(m, names)]
+        names = speaker_names(archive.messages)
+        units = [u for m in archive.messages for u in message_units(m, names)]
         frequency = Counter(w for u in units for w in _content_words(u.text))
         span = _date_span(archive.messages)
         count = len(archive.messages)
@@ -191,7 +191,7 @@ class ExtractiveSummariser:
 
     # --- abstract -----------------------------------------------------------------------------
 
-    def _abstract(self, label: str, span: str, units: list[_Unit], frequency: Counter[str]) -> str:
+    def _abstract(self, label: str, span: str, units: list[Unit], frequency: Counter[str]) -> str:
         lead = label + (f" on {span}" if span else "") + "."
         scores = [_score(u.text, frequency) for u in units]
         if not units or max(scores) == 0:
@@ -216,11 +216,23 @@ class ExtractiveSummariser:
 
     # --- overview -----------------------------------------------------------------------------
 
-    def render_overviews(self, sections: list[_Section], frequency: Counter[str]) -> list[str]:
-        """The overview at its bound and at halvings of it, longest first, each distinct."""
+    def shorter_renderings(self, overview: str) -> list[str]:
+        """Shorter renderings of an overview written elsewhere (by the agent or an LLM), so
+        that get_context can fit one to a tight budget. The original stays the longest."""
+        sections = _parse_sections(overview)
+        frequency = Counter(w for s in sections for u in s.units for w in _content_words(u.text))
+        size = self.tokens.count(overview)
+        empty = self._render(sections, [])  # headings alone are no overview
+        renderings = self.render_overviews(sections, frequency, start=size // 2)
+        return [r for r in renderings if r != empty and r.strip() != overview.strip()]
+
+    def render_overviews(
+        self, sections: list[_Section], frequency: Counter[str], start: int | None = None
+    ) -> list[str]:
+        """The overview at its bound (or `start`) and at halvings of it, longest first, each distinct."""
         ranked = self._rank(sections, frequency)
         renderings: list[str] = []
-        target = self.overview_max_tokens
+        target = self.overview_max_tokens if start is None else start
         while target >= _MIN_RENDERING_TOKENS:
             text = self._render_within(sections, ranked, target)
             if text and (not renderings or text != renderings[-1]):
@@ -305,4 +317,5 @@ class ExtractiveSummariser:
         while self.tokens.count(text) > target and chosen:
             chosen.pop()
             text = self._render(sections, chosen)
-        return text if self.tokens.count(text) <= target else ""
+        # Headings alone are no overview.
+        return text if chosen and self.tokens.count(text) <= target else ""

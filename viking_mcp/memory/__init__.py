@@ -1,0 +1,1 @@
+"""Long-term memory: categories and merge rules, extraction (agent, LLM, offline), search."""

@@ -1,0 +1,114 @@
+"""The eight memory categories: whose they are, where they live, and how they merge.
+
+    viking://user/{user_id}/memories/   profile.md  preferences/  entities/  events/
+    viking://agent/{agent_id}/memories/ cases/  patterns/  tools/  skills/
+
+| category    | owner | merged                                   |
+|-------------|-------|------------------------------------------|
+| profile     | user  | always: one memory per user              |
+| preferences | user  | by topic (or when the statement is similar) |
+| entities    | user  | by name: the same entity is one memory   |
+| events      | user  | never (an identical event is not stored twice) |
+| cases       | agent | never (likewise)                         |
+| patterns    | agent | by name, or when similar                 |
+| tools       | agent | by name, usage statistics summed         |
+| skills      | agent | by name, usage statistics summed         |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Literal
+
+from viking_mcp.models import MemoryCategory
+
+Scope = Literal["user", "agent"]
+MergeRule = Literal["always", "by_name", "similar", "never"]
+
+SCOPES: dict[str, Scope] = {
+    "profile": "user",
+    "preferences": "user",
+    "entities": "user",
+    "events": "user",
+    "cases": "agent",
+    "patterns": "agent",
+    "tools": "agent",
+    "skills": "agent",
+}
+RULES: dict[str, MergeRule] = {
+    "profile": "always",
+    "preferences": "similar",
+    "entities": "by_name",
+    "events": "never",
+    "cases": "never",
+    "patterns": "similar",
+    "tools": "by_name",
+    "skills": "by_name",
+}
+
+_SLUG_STRIP = re.compile(r"[^a-z0-9]+")
+_WORD = re.compile(r"[a-z0-9]+")
+_FILLER = {"a", "an", "the", "to", "of", "and", "or", "in", "on", "at", "for", "with", "my", "i", "is", "it", "be"}
+
+
+def slug(text: str, limit: int = 60) -> str:
+    """A safe, stable file name from any text: 'Café Lisboa!' -> 'cafe-lisboa'."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    cleaned = _SLUG_STRIP.sub("-", ascii_text).strip("-")[:limit].strip("-")
+    return cleaned or "x" + hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+
+
+def words(text: str) -> set[str]:
+    """Content words, for similarity."""
+    return {w for w in _WORD.findall(text.lower()) if w not in _FILLER}
+
+
+def similar(a: str, b: str, threshold: float = 0.5) -> bool:
+    """Jaccard similarity of content words, at or above `threshold`."""
+    left, right = words(a), words(b)
+    if not left or not right:
+        return False
+    return len(left & right) / len(left | right) >= threshold
+
+
+def normalized(text: str) -> str:
+    return " ".join(_WORD.findall(text.lower()))
+
+
+@dataclass
+class Candidate:
+    """A memory to merge in, from whichever source: the agent, an LLM or the offline rules."""
+
+    category: MemoryCategory
+    abstract: str
+    overview: str = ""
+    content: str = ""
+    name: str | None = None
+    when: str | None = None
+    # tools and skills: counters summed on merge (calls, completed, errors, successes, failures)
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def memory_key(candidate: Candidate) -> str:
+    """The file name (without .md) a candidate merges into, before similarity is considered."""
+    rule = RULES[candidate.category]
+    if rule == "always":
+        return "profile"
+    if rule == "never":
+        # The same event stated twice has the same key, so it is stored once.
+        digest = hashlib.sha1(
+            f"{candidate.when or ''}|{normalized(candidate.abstract)}".encode("utf-8", "surrogatepass")
+        ).hexdigest()[:10]
+        prefix = slug(candidate.when or "", 10) + "-" if candidate.when else ""
+        return f"{prefix}{slug(candidate.abstract, 40)}-{digest}"
+    return slug(candidate.name or candidate.abstract)
+
+
+def memory_uri(scope: Scope, owner_id: str, category: str, key: str) -> str:
+    base = f"viking://{scope}/{owner_id}/memories"
+    if category == "profile":
+        return f"{base}/profile.md"
+    return f"{base}/{category}/{key}.md"

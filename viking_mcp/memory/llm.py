@@ -1,0 +1,702 @@
+"""Phase 2 from a configured LLM endpoint: an archive in, abstract, overview and memories out.
+
+Two wire protocols cover the endpoints people run: OpenAI-compatible chat completions
+(OpenAI, Ollama, vLLM, LM Studio, OpenRouter) and Anthropic's Messages API. HTTP is the
+standard library's, so the offline default pulls in nothing.
+
+The prompt is bounded: an archive longer than `max_prompt_tokens` is sent in consecutive
+parts, each carrying the overview and abstract returned for the parts before it, so the
+last reply summarises the whole span. Transient failures (429, 5xx, timeouts, refused
+connections) are retried with backoff; anything else fails at once with a reason a
+person can act on. Output that does not parse or validate is an error, never an empty
+result: Phase 2 then marks the archive failed and it can be retried.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal, NoReturn
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from viking_mcp.errors import InvalidArgument
+from viking_mcp.models import MEMORY_CATEGORIES, MemoryInput, Message, message_text
+from viking_mcp.summarize.base import ArchiveInput
+from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
+
+logger = logging.getLogger(__name__)
+
+Provider = Literal["openai", "anthropic"]
+
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+}
+ANTHROPIC_VERSION = "2023-06-01"
+# A server asking us to wait longer than this is treated as asking for this long.
+MAX_RETRY_DELAY_SECONDS = 30.0
+# Below this the fixed part of the prompt leaves too little room for the transcript.
+MIN_PROMPT_TOKENS = 2_000
+# The transcript share of each prompt never drops below this many tokens.
+_MIN_TRANSCRIPT_TOKENS = 400
+_ERROR_EXCERPT_CHARS = 300
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    provider: Provider
+    # e.g. https://api.openai.com/v1, http://127.0.0.1:11434/v1 (Ollama), https://api.anthropic.com
+    base_url: str
+    model: str
+    api_key: str | None
+    timeout_seconds: float = 60.0
+    # First try plus retries, on 429, 5xx, timeouts and connection errors.
+    max_attempts: int = 4
+    # Doubles each retry; a Retry-After header (seconds) wins when given, capped at 30 s.
+    backoff_seconds: float = 0.5
+    # Archives longer than this are sent in parts.
+    max_prompt_tokens: int = 12_000
+    max_output_tokens: int = 4_000
+
+    def __repr__(self) -> str:  # the key never reaches a log line through repr()
+        key = "None" if self.api_key is None else "'***'"
+        return (
+            f"LlmSettings(provider={self.provider!r}, base_url={self.base_url!r}, model={self.model!r}, "
+            f"api_key={key}, timeout_seconds={self.timeout_seconds}, max_attempts={self.max_attempts}, "
+            f"max_prompt_tokens={self.max_prompt_tokens}, max_output_tokens={self.max_output_tokens})"
+        )
+
+
+class LlmError(Exception):
+    """Why Phase 2 could not get a summary from the LLM endpoint; shown to users in the task error."""
+
+
+@dataclass(frozen=True)
+class LlmResult:
+    abstract: str
+    overview: str
+    memories: list[MemoryInput]
+    prompt_tokens: int
+    completion_tokens: int
+    # Completed model calls: one per part of the archive (retries not counted).
+    calls: int
+
+
+# --- settings from the environment ---------------------------------------------------
+
+
+def llm_settings_from_env(environ: Mapping[str, str] = os.environ) -> LlmSettings | None:
+    """None unless VIKING_MCP_LLM_MODEL is set. VIKING_MCP_LLM_PROVIDER (openai|anthropic, default openai),
+    VIKING_MCP_LLM_BASE_URL (defaults per provider), VIKING_MCP_LLM_API_KEY (else OPENAI_API_KEY /
+    ANTHROPIC_API_KEY), VIKING_MCP_LLM_TIMEOUT_SECONDS, VIKING_MCP_LLM_MAX_ATTEMPTS,
+    VIKING_MCP_LLM_MAX_PROMPT_TOKENS, VIKING_MCP_LLM_MAX_OUTPUT_TOKENS. Bad values raise
+    viking_mcp.errors.InvalidArgument naming the variable."""
+    model = environ.get("VIKING_MCP_LLM_MODEL", "").strip()
+    if not model:
+        return None
+    provider = environ.get("VIKING_MCP_LLM_PROVIDER", "").strip().lower() or "openai"
+    if provider not in DEFAULT_BASE_URLS:
+        raise InvalidArgument(
+            f"VIKING_MCP_LLM_PROVIDER={provider!r}: use 'openai' (also for Ollama, vLLM, LM Studio, "
+            "OpenRouter and other OpenAI-compatible servers) or 'anthropic'"
+        )
+    base_url = environ.get("VIKING_MCP_LLM_BASE_URL", "").strip() or DEFAULT_BASE_URLS[provider]
+    parsed = urllib.parse.urlsplit(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise InvalidArgument(
+            f"VIKING_MCP_LLM_BASE_URL={base_url[:80]!r} is not an http(s) URL; "
+            f"e.g. {DEFAULT_BASE_URLS[provider]!r} or 'http://127.0.0.1:11434/v1' for Ollama"
+        )
+    fallback_key = "OPENAI_API_KEY" if provider == "openai" else "ANTHROPIC_API_KEY"
+    api_key = environ.get("VIKING_MCP_LLM_API_KEY", "").strip() or environ.get(fallback_key, "").strip() or None
+    defaults = LlmSettings(provider="openai", base_url="", model="", api_key=None)
+    timeout = _float_var(environ, "VIKING_MCP_LLM_TIMEOUT_SECONDS", defaults.timeout_seconds)
+    if not 0 < timeout <= 3600:
+        raise InvalidArgument(f"VIKING_MCP_LLM_TIMEOUT_SECONDS={timeout} must be above 0 and at most 3600")
+    return LlmSettings(
+        provider="anthropic" if provider == "anthropic" else "openai",
+        base_url=base_url.rstrip("/"),
+        model=model,
+        api_key=api_key,
+        timeout_seconds=timeout,
+        max_attempts=_int_var(environ, "VIKING_MCP_LLM_MAX_ATTEMPTS", defaults.max_attempts, 1, 20),
+        max_prompt_tokens=_int_var(
+            environ, "VIKING_MCP_LLM_MAX_PROMPT_TOKENS", defaults.max_prompt_tokens, MIN_PROMPT_TOKENS, 10_000_000
+        ),
+        max_output_tokens=_int_var(
+            environ, "VIKING_MCP_LLM_MAX_OUTPUT_TOKENS", defaults.max_output_tokens, 256, 1_000_000
+        ),
+    )
+
+
+def _int_var(environ: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidArgument(f"{name}={raw[:40]!r} is not an integer; set it to a whole number") from None
+    if not minimum <= value <= maximum:
+        raise InvalidArgument(f"{name}={value} is out of range; use {minimum} to {maximum}")
+    return value
+
+
+def _float_var(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidArgument(f"{name}={raw[:40]!r} is not a number of seconds, e.g. '60' or '2.5'") from None
+    if not math.isfinite(value):
+        raise InvalidArgument(f"{name}={raw[:40]!r} is not a finite number of seconds")
+    return value
+
+
+# --- the prompt ----------------------------------------------------------------------
+
+SYSTEM_PROMPT = """\
+You maintain the long-term memory of an AI assistant. You are given one part of an archived \
+conversation between a user and the assistant, the overview of the conversation so far, and \
+the abstract so far. Reply with one JSON object and nothing else:
+
+{"abstract": "...", "overview": "...", "memories": [...]}
+
+- abstract: one or two sentences about the whole archived span so far (this part and the \
+parts before it).
+- overview: a markdown summary of the conversation so far, at most about 1500 tokens. Carry \
+forward what still matters from the overview so far, add what this part brings, and drop \
+what no longer matters. Keep names, numbers, dates, decisions and open questions.
+- memories: what is worth remembering beyond this conversation, taken from this part's \
+transcript only (earlier parts were already processed). Use [] when there is nothing. Each \
+memory is an object {"category", "name", "abstract", "overview", "content", "when"}:
+  - category, one of:
+    - profile: facts about the user (name, job, where they live, family, background);
+    - preferences: what the user likes, wants or avoids; name = the topic;
+    - entities: people, places, organisations, projects and things; name = the entity's name;
+    - events: things that happened or are planned on a date; when = ISO date (YYYY-MM-DD) \
+resolved from the message timestamps ("yesterday" in a message of 2024-05-08 is 2024-05-07);
+    - cases: a problem that came up and how it was solved; name = the problem in a few words;
+    - patterns: recurring ways of working or behaving; name = the pattern;
+    - tools: tools used, how and how well; name = the tool's name;
+    - skills: skills used or learned; name = the skill's name.
+  - name: what the memory is about (null for profile).
+  - abstract: the memory itself in one line.
+  - overview: a short paragraph of detail.
+  - content: the full text, with the specifics a later reader needs.
+  - when: ISO date for events, otherwise null.
+Write memories as standalone statements that make sense without the conversation, naming \
+people instead of "he" or "she". Do not invent anything the transcript does not say. \
+Do not repeat memories already stated in the overview so far unless this part changes them.\
+"""
+
+_NO_OVERVIEW = "(none yet: this is the start of the conversation)"
+_NO_ABSTRACT = "(none yet)"
+_TRUNCATED = " [... truncated]"
+
+
+def transcript_line(message: Message) -> str:
+    """`[created_at] role: text`: one message as the model reads it."""
+    return f"[{message.created_at}] {message.role}: {message_text(message)}"
+
+
+def _user_prompt(archive: ArchiveInput, part: int, final: bool, overview: str, abstract: str, transcript: str) -> str:
+    position = "the last part" if final else "more parts follow"
+    return (
+        f"Archive {archive.archive_id} of session {archive.session_id}, transcript part {part} ({position}).\n\n"
+        f"## Overview so far\n\n{overview.strip() or _NO_OVERVIEW}\n\n"
+        f"## Abstract so far\n\n{abstract.strip() or _NO_ABSTRACT}\n\n"
+        f"## Transcript, part {part}\n\n{transcript or '(no messages)'}\n\n"
+        "Reply with the JSON object only."
+    )
+
+
+# --- parsing the reply ---------------------------------------------------------------
+
+_FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
+
+
+class _Reply(BaseModel):
+    """What the model must return; memories are MemoryInput, the shape commit accepts."""
+
+    model_config = ConfigDict(extra="ignore")
+    abstract: str = Field(min_length=1)
+    overview: str
+    memories: list[MemoryInput]
+
+    @field_validator("abstract")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("abstract is blank")
+        return value.strip()
+
+
+def parse_reply(text: str) -> _Reply:
+    """The model's JSON, validated; LlmError("LLM returned malformed output: ...") otherwise."""
+    stripped = text.strip()
+    if fenced := _FENCE.match(stripped):
+        stripped = fenced.group(1).strip()
+    try:
+        value = json.loads(stripped)
+    except json.JSONDecodeError:
+        # Prose around the object: take the object that starts at the first brace.
+        start = stripped.find("{")
+        if start < 0:
+            raise LlmError(
+                f"LLM returned malformed output: no JSON object in the reply ({_excerpt(text, 80)!r})"
+            ) from None
+        try:
+            value, _ = json.JSONDecoder().raw_decode(stripped, start)
+        except json.JSONDecodeError as exc:
+            raise LlmError(f"LLM returned malformed output: invalid JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise LlmError("LLM returned malformed output: the reply is not a JSON object")
+    memories = value.get("memories")
+    if isinstance(memories, list):
+        value["memories"] = [_tidy_memory(item) for item in memories]
+    try:
+        return _Reply.model_validate(value)
+    except ValidationError as exc:
+        raise LlmError(f"LLM returned malformed output: {_validation_reason(exc)}") from None
+
+
+def _tidy_memory(item: object) -> object:
+    """Forgive harmless drift (extra keys, 'Events'), so that only real mismatches fail."""
+    if not isinstance(item, dict):
+        return item
+    tidy = {key: item[key] for key in MemoryInput.model_fields if key in item}
+    if isinstance(tidy.get("category"), str):
+        tidy["category"] = tidy["category"].strip().lower()
+    for key in ("overview", "content"):
+        if tidy.get(key) is None:
+            tidy.pop(key, None)
+    return tidy
+
+
+def _validation_reason(exc: ValidationError) -> str:
+    reasons = []
+    for error in exc.errors()[:3]:
+        where = ".".join(str(part) for part in error["loc"]) or "reply"
+        if error["type"] == "literal_error" and error["loc"][-1:] == ("category",):
+            reasons.append(f"{where} is {error['input']!r}, not one of {', '.join(MEMORY_CATEGORIES)}")
+        else:
+            reasons.append(f"{where}: {error['msg']}")
+    more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+    return "; ".join(reasons) + more
+
+
+# --- HTTP ----------------------------------------------------------------------------
+
+
+class _Transient(Exception):
+    """A failure worth another attempt; `retry_after` is the server's requested wait."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class _Adapted(Exception):
+    """The request is retried at once without an optional field the server refused."""
+
+
+@dataclass(frozen=True)
+class _Completion:
+    text: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    truncated: bool
+
+
+def _excerpt(text: str, limit: int = _ERROR_EXCERPT_CHARS) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: a number, or an HTTP date."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds = (moment - datetime.now(UTC)).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _object(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+class LlmPhase2:
+    """Summaries and memories for an archive from an OpenAI-compatible or Anthropic endpoint."""
+
+    name = "llm"
+
+    def __init__(
+        self, settings: LlmSettings, tokens: TokenCounter, *, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        if settings.max_attempts < 1:
+            raise InvalidArgument(f"max_attempts is {settings.max_attempts}; it must be at least 1")
+        self.settings = settings
+        self.tokens = tokens
+        self._sleep = sleep
+        # Optional request fields an OpenAI-compatible server refused once (e.g. LM Studio
+        # rejects response_format json_object, reasoning models reject temperature): not sent again.
+        self._dropped: set[str] = set()
+        self._dropped_lock = threading.Lock()
+
+    # --- the archive, part by part -----------------------------------------------------
+
+    def run(self, archive: ArchiveInput) -> LlmResult:
+        settings = self.settings
+        count = self.tokens.count
+        system_tokens = count(SYSTEM_PROMPT) + 2 * MESSAGE_OVERHEAD_TOKENS
+        # What the carried overview and abstract may take, so the transcript always has room.
+        overview_cap = max(settings.max_prompt_tokens // 4, 256)
+        abstract_cap = max(min(settings.max_prompt_tokens // 20, 300), 64)
+        limit = settings.max_prompt_tokens - system_tokens
+
+        lines = [transcript_line(message) for message in archive.messages]
+        line_tokens = [count(line) for line in lines]
+        overview = archive.previous_overview
+        abstract = ""
+        memories: list[MemoryInput] = []
+        prompt_total = completion_total = calls = 0
+        start = 0
+        while True:
+            part = calls + 1
+            carried_overview = self._fit(overview, overview_cap)
+            carried_abstract = self._fit(abstract, abstract_cap)
+            header = count(_user_prompt(archive, part, False, carried_overview, carried_abstract, ""))
+            room = limit - header - 8  # the label and separators may tokenise a little differently
+            if room < _MIN_TRANSCRIPT_TOKENS:
+                raise LlmError(
+                    f"max_prompt_tokens={settings.max_prompt_tokens} leaves no room for the transcript; "
+                    f"raise VIKING_MCP_LLM_MAX_PROMPT_TOKENS (at least {MIN_PROMPT_TOKENS})"
+                )
+            chunk, end = self._take(lines, line_tokens, start, room)
+            while True:
+                user = _user_prompt(
+                    archive, part, end >= len(lines), carried_overview, carried_abstract, "\n".join(chunk)
+                )
+                excess = count(user) - limit
+                if excess <= 0:
+                    break
+                # Token counts of the pieces did not add up exactly: give back a message, or cut more.
+                if len(chunk) > 1:
+                    chunk.pop()
+                    end -= 1
+                else:
+                    chunk = [self._fit(chunk[0], max(count(chunk[0]) - excess - 16, 1))]
+
+            logger.debug(
+                "LLM phase 2: %s/%s part %d, messages %d-%d of %d, %d prompt tokens",
+                archive.session_id,
+                archive.archive_id,
+                part,
+                start + 1,
+                end,
+                len(lines),
+                count(user) + system_tokens,
+            )
+            completion = self._complete(SYSTEM_PROMPT, user)
+            reply = self._parse(completion)
+            calls += 1
+            prompt_total += (
+                completion.prompt_tokens if completion.prompt_tokens is not None else count(user) + system_tokens
+            )
+            completion_total += (
+                completion.completion_tokens if completion.completion_tokens is not None else count(completion.text)
+            )
+            memories.extend(reply.memories)
+            abstract = reply.abstract
+            overview = reply.overview.strip() or overview
+            start = end
+            if start >= len(lines):
+                break
+
+        return LlmResult(
+            abstract=abstract,
+            overview=overview,
+            memories=memories,
+            prompt_tokens=prompt_total,
+            completion_tokens=completion_total,
+            calls=calls,
+        )
+
+    def _take(self, lines: list[str], line_tokens: list[int], start: int, room: int) -> tuple[list[str], int]:
+        """Consecutive lines from `start` that fit in `room`; a line too big for any part is cut."""
+        chunk: list[str] = []
+        used = 0
+        end = start
+        while end < len(lines):
+            cost = line_tokens[end] + 1  # the newline between lines
+            if used + cost > room:
+                break
+            chunk.append(lines[end])
+            used += cost
+            end += 1
+        if not chunk and start < len(lines):
+            chunk = [self._fit(lines[start], room - 1)]
+            end = start + 1
+        return chunk, end
+
+    def _fit(self, text: str, limit: int) -> str:
+        """`text`, or its longest prefix (marked as cut) within `limit` tokens."""
+        count = self.tokens.count
+        if count(text) <= limit:
+            return text
+        room = max(limit - count(_TRUNCATED), 0)
+        # A token spans at least one character, and rarely more than a few dozen.
+        low, high = 0, min(len(text), room * 32)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if count(text[:middle]) <= room:
+                low = middle
+            else:
+                high = middle - 1
+        return text[:low] + _TRUNCATED
+
+    def _parse(self, completion: _Completion) -> _Reply:
+        try:
+            return parse_reply(completion.text)
+        except LlmError as exc:
+            if completion.truncated:
+                raise LlmError(
+                    f"{exc} - the reply was cut off at max_output_tokens={self.settings.max_output_tokens}; "
+                    "raise VIKING_MCP_LLM_MAX_OUTPUT_TOKENS"
+                ) from None
+            raise
+
+    # --- one model call, with retries -----------------------------------------------------
+
+    def _complete(self, system: str, user: str) -> _Completion:
+        attempts = self.settings.max_attempts
+        last = ""
+        attempt = 0
+        while attempt < attempts:
+            attempt += 1
+            try:
+                return self._send(system, user)
+            except _Transient as exc:
+                last = exc.reason
+                if attempt >= attempts:
+                    break
+                delay = (
+                    exc.retry_after
+                    if exc.retry_after is not None
+                    else self.settings.backoff_seconds * 2 ** (attempt - 1)
+                )
+                delay = min(delay, MAX_RETRY_DELAY_SECONDS)
+                logger.debug("LLM attempt %d/%d failed (%s); retrying in %.2f s", attempt, attempts, last, delay)
+                self._sleep(delay)
+            except _Adapted:
+                attempt -= 1  # the server told us what to leave out; that try does not count
+        raise LlmError(f"LLM endpoint failed after {attempts} attempts: last error {last}")
+
+    def _send(self, system: str, user: str) -> _Completion:
+        settings = self.settings
+        base = settings.base_url.rstrip("/")
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        payload: dict[str, Any]
+        if settings.provider == "anthropic":
+            url = base + "/messages" if base.endswith("/v1") else base + "/v1/messages"
+            headers["anthropic-version"] = ANTHROPIC_VERSION
+            if settings.api_key:
+                headers["x-api-key"] = settings.api_key
+            payload = {
+                "model": settings.model,
+                "system": system,
+                "messages": [{"role": "user", "content": user}],
+                "max_tokens": settings.max_output_tokens,
+                "temperature": 0,
+            }
+        else:
+            url = base + "/chat/completions"
+            if settings.api_key:
+                headers["Authorization"] = f"Bearer {settings.api_key}"
+            payload = {
+                "model": settings.model,
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+                "response_format": {"type": "json_object"},
+                "max_tokens": settings.max_output_tokens,
+                "temperature": 0,
+            }
+            with self._dropped_lock:
+                dropped = set(self._dropped)
+            if "max_tokens" in dropped:
+                payload["max_completion_tokens"] = payload.pop("max_tokens")
+            for key in dropped - {"max_tokens"}:
+                payload.pop(key, None)
+
+        data = json.dumps(payload).encode("utf-8")
+        request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        shown = self._safe_url(url)
+        logger.debug("POST %s model=%s (%d bytes)", shown, settings.model, len(data))
+        try:
+            with urllib.request.urlopen(request, timeout=settings.timeout_seconds) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            self._http_error(exc, payload)
+        except TimeoutError:
+            raise _Transient(f"no answer from {shown} within {settings.timeout_seconds:g} s") from None
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError):
+                raise _Transient(f"no answer from {shown} within {settings.timeout_seconds:g} s") from None
+            raise _Transient(f"cannot reach {shown}: {self._redact(str(exc.reason))}") from None
+        except (http.client.HTTPException, OSError) as exc:
+            raise _Transient(f"connection to {shown} failed: {self._redact(str(exc)) or type(exc).__name__}") from None
+
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise LlmError(
+                f"LLM endpoint {shown} answered with something that is not JSON "
+                f"({self._redact(_excerpt(raw.decode('utf-8', 'replace'), 120))!r}); "
+                "check VIKING_MCP_LLM_BASE_URL and VIKING_MCP_LLM_PROVIDER"
+            ) from None
+        if not isinstance(body, dict):
+            raise LlmError(f"LLM endpoint {shown} answered with a JSON {type(body).__name__}, not an object")
+        return self._anthropic_completion(body) if settings.provider == "anthropic" else self._openai_completion(body)
+
+    def _openai_completion(self, body: dict[str, Any]) -> _Completion:
+        choices = body.get("choices")
+        if not isinstance(choices, list) or not choices:
+            self._error_in_body(body)
+        choice = _object(choices[0])
+        content = _object(choice.get("message")).get("content")
+        if isinstance(content, list):  # some servers return content parts
+            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        finish = choice.get("finish_reason")
+        if not isinstance(content, str) or not content.strip():
+            raise LlmError(f"LLM returned malformed output: the reply has no text (finish_reason={finish!r})")
+        usage = _object(body.get("usage"))
+        return _Completion(
+            text=content,
+            prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
+            completion_tokens=_int_or_none(usage.get("completion_tokens")),
+            truncated=finish == "length",
+        )
+
+    def _anthropic_completion(self, body: dict[str, Any]) -> _Completion:
+        blocks = body.get("content")
+        if not isinstance(blocks, list):
+            self._error_in_body(body)
+        text = "".join(
+            str(block.get("text", "")) for block in blocks if isinstance(block, dict) and block.get("type") == "text"
+        )
+        stop = body.get("stop_reason")
+        if not text.strip():
+            raise LlmError(f"LLM returned malformed output: the reply has no text (stop_reason={stop!r})")
+        usage = _object(body.get("usage"))
+        prompt = _int_or_none(usage.get("input_tokens"))
+        if prompt is not None:  # cached prompt tokens are prompt tokens too
+            for key in ("cache_creation_input_tokens", "cache_read_input_tokens"):
+                prompt += _int_or_none(usage.get(key)) or 0
+        return _Completion(
+            text=text,
+            prompt_tokens=prompt,
+            completion_tokens=_int_or_none(usage.get("output_tokens")),
+            truncated=stop == "max_tokens",
+        )
+
+    def _error_in_body(self, body: dict[str, Any]) -> NoReturn:
+        """A 200 whose body is an error (OpenRouter passes upstream errors this way), or nonsense."""
+        error = body.get("error")
+        if isinstance(error, dict):
+            code = error.get("code") or error.get("status")
+            message = self._redact(_excerpt(str(error.get("message", "")), 200))
+            if code == 429 or (isinstance(code, int) and 500 <= code <= 599):
+                raise _Transient(f"endpoint error {code}: {message}")
+            raise LlmError(f"LLM endpoint returned an error ({code}): {message}")
+        raise LlmError(
+            f"LLM endpoint returned an unexpected response ({self._redact(_excerpt(json.dumps(body), 160))}); "
+            "check VIKING_MCP_LLM_PROVIDER matches the endpoint's API"
+        )
+
+    def _http_error(self, exc: urllib.error.HTTPError, payload: dict[str, Any]) -> NoReturn:
+        status = exc.code
+        try:
+            text = exc.read(4096).decode("utf-8", "replace")
+        except Exception:  # the body is only an excerpt for the message
+            text = ""
+        finally:
+            exc.close()
+        detail = self._redact(_excerpt(text)) or (exc.reason if isinstance(exc.reason, str) else "")
+        if status == 429 or 500 <= status <= 599:
+            raise _Transient(f"HTTP {status}: {detail}", _retry_after(exc.headers.get("Retry-After")))
+        if status == 400 and self.settings.provider == "openai":
+            self._adapt(text, payload)
+        if status in (401, 403):
+            hint = "check VIKING_MCP_LLM_API_KEY (or OPENAI_API_KEY / ANTHROPIC_API_KEY)"
+        elif status == 404:
+            hint = (
+                f"check VIKING_MCP_LLM_BASE_URL ({self._safe_url(self.settings.base_url)}) and "
+                f"VIKING_MCP_LLM_MODEL ({self.settings.model})"
+            )
+        elif status == 413:
+            hint = "the prompt is too large for the endpoint; lower VIKING_MCP_LLM_MAX_PROMPT_TOKENS"
+        else:
+            hint = "check VIKING_MCP_LLM_MODEL and that VIKING_MCP_LLM_PROVIDER matches the endpoint"
+        raise LlmError(f"LLM endpoint refused the request: HTTP {status}: {detail} ({hint})")
+
+    def _adapt(self, error_text: str, payload: dict[str, Any]) -> None:
+        """Leave out an optional field the server says it does not support, and try again."""
+        lowered = error_text.lower()
+        unsupported = any(word in lowered for word in ("unsupported", "not supported", "does not support"))
+        for field in ("response_format", "max_tokens", "temperature"):
+            # Any complaint about response_format is about it; the others only when called unsupported
+            # (a context-length error also names max_tokens).
+            if field in payload and field in lowered and (unsupported or field == "response_format"):
+                with self._dropped_lock:
+                    if field in self._dropped:
+                        continue
+                    self._dropped.add(field)
+                logger.debug("LLM endpoint rejected %s; retrying without it", field)
+                raise _Adapted(field)
+
+    def _redact(self, text: str) -> str:
+        key = self.settings.api_key
+        if key and len(key) >= 4:
+            text = text.replace(key, "[redacted]")
+        return text
+
+    @staticmethod
+    def _safe_url(url: str) -> str:
+        """The URL without credentials or query (where some gateways put keys)."""
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))

@@ -1,0 +1,173 @@
+"""Merging candidate memories into what is stored, by each category's rule.
+
+`plan_merge` is pure: it reads the memories it may touch through a `MemoryLookup` and
+returns the writes and the archive's memory diff. The store applies the writes in one
+transaction, checking each updated memory's version, so two processes extracting for
+the same user at once cannot silently overwrite each other (the loser retries).
+
+For every merged category the rule is the same: the newest abstract wins, the overview
+is the newest one given, and the content keeps every distinct line it ever had (so a
+restated preference is updated, with its history, and a fact that arrives twice is
+stored once). Tools and skills also sum their usage counters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
+
+from viking_mcp.memory.categories import (
+    RULES,
+    SCOPES,
+    Candidate,
+    Scope,
+    memory_key,
+    memory_uri,
+    normalized,
+    similar,
+    slug,
+)
+from viking_mcp.models import MemoryCategory
+
+
+@dataclass(frozen=True)
+class StoredMemory:
+    uri: str
+    scope: Scope
+    owner_id: str
+    category: MemoryCategory
+    key: str
+    name: str | None
+    abstract: str
+    overview: str
+    content: str
+    stats: dict[str, int]
+    version: int = 0
+    created_at: str = ""
+    updated_at: str = ""
+    active_count: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"abstract": self.abstract, "overview": self.overview, "content": self.content, "stats": self.stats}
+
+
+@dataclass(frozen=True)
+class MemoryWrite:
+    action: Literal["add", "update"]
+    memory: StoredMemory
+    # The version the update was planned against; the store refuses the write if it moved.
+    expected_version: int | None
+    before: StoredMemory | None
+
+
+class MemoryLookup(Protocol):
+    def memories_by_uri(self, uris: list[str]) -> dict[str, StoredMemory]: ...
+    def memories_in_category(self, scope: Scope, owner_id: str, category: str) -> list[StoredMemory]: ...
+
+
+@dataclass
+class MergePlan:
+    writes: list[MemoryWrite] = field(default_factory=list)
+    adds: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+
+    def diff(self, archive_id: str | None) -> dict[str, Any]:
+        return {"archive_id": archive_id, "adds": self.adds, "updates": self.updates, "deletes": []}
+
+    def counts(self) -> dict[str, int]:
+        from viking_mcp.models import MEMORY_CATEGORIES
+
+        counts = dict.fromkeys(MEMORY_CATEGORIES, 0)
+        for write in self.writes:
+            counts[write.memory.category] += 1
+        return counts
+
+
+def _lines(text: str) -> list[str]:
+    return [line.rstrip() for line in text.splitlines() if line.strip()]
+
+
+def _union(existing: str, new: str) -> str:
+    """Every distinct line, the existing ones first."""
+    seen = {normalized(line) for line in _lines(existing)}
+    merged = _lines(existing)
+    for line in _lines(new):
+        if normalized(line) not in seen:
+            seen.add(normalized(line))
+            merged.append(line)
+    return "\n".join(merged)
+
+
+def _summed(left: dict[str, int], right: dict[str, int]) -> dict[str, int]:
+    return {k: left.get(k, 0) + right.get(k, 0) for k in sorted(set(left) | set(right))}
+
+
+def _merged(current: StoredMemory, candidate: Candidate) -> StoredMemory:
+    content = _union(current.content, candidate.content or candidate.abstract)
+    return replace(
+        current,
+        abstract=candidate.abstract or current.abstract,
+        overview=candidate.overview or current.overview,
+        content=content,
+        stats=_summed(current.stats, candidate.stats),
+        name=candidate.name or current.name,
+    )
+
+
+def plan_merge(candidates: list[Candidate], owners: dict[Scope, str], lookup: MemoryLookup) -> MergePlan:
+    """Decide, for each candidate, whether it adds a memory, updates one, or changes nothing."""
+    originals: dict[str, StoredMemory | None] = {}
+    working: dict[str, StoredMemory] = {}
+
+    def uri_for(candidate: Candidate) -> tuple[str, str]:
+        scope = SCOPES[candidate.category]
+        key = memory_key(candidate)
+        if RULES[candidate.category] == "similar" and not candidate.name:
+            # No topic given: merge into a stored memory that says much the same thing.
+            pool = [m for m in working.values() if m.category == candidate.category]
+            pool += lookup.memories_in_category(scope, owners[scope], candidate.category)
+            for memory in pool:
+                if similar(memory.abstract, candidate.abstract):
+                    return memory.uri, memory.key
+        return memory_uri(scope, owners[scope], candidate.category, key), key
+
+    for candidate in candidates:
+        scope = SCOPES[candidate.category]
+        uri, key = uri_for(candidate)
+        if uri not in originals:
+            found = lookup.memories_by_uri([uri]).get(uri)
+            originals[uri] = found
+            if found is not None:
+                working[uri] = found
+        current = working.get(uri)
+        if current is None:
+            working[uri] = StoredMemory(
+                uri=uri,
+                scope=scope,
+                owner_id=owners[scope],
+                category=candidate.category,
+                key=key,
+                name=candidate.name,
+                abstract=candidate.abstract,
+                overview=candidate.overview,
+                content=candidate.content or candidate.abstract,
+                stats=dict(candidate.stats),
+            )
+        elif RULES[candidate.category] != "never":
+            working[uri] = _merged(current, candidate)
+
+    plan = MergePlan()
+    for uri, memory in working.items():
+        before = originals.get(uri)
+        if before is None:
+            plan.writes.append(MemoryWrite("add", memory, None, None))
+            plan.adds.append({"uri": uri, "category": memory.category, "abstract": memory.abstract})
+        elif memory.snapshot() != before.snapshot():
+            plan.writes.append(MemoryWrite("update", memory, before.version, before))
+            plan.updates.append(
+                {"uri": uri, "category": memory.category, "before": before.snapshot(), "after": memory.snapshot()}
+            )
+    return plan
+
+
+__all__ = ["MemoryLookup", "MemoryWrite", "MergePlan", "StoredMemory", "plan_merge", "slug"]

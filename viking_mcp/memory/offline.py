@@ -1,0 +1,268 @@
+"""The offline default extractor: deterministic rules, no network.
+
+It finds what plain rules can find in a transcript:
+- profile: what people say about themselves ("I'm a nurse", "I moved from Sweden",
+  "my kids love dinosaurs"), one memory per user, a line per fact;
+- preferences: "I love / enjoy / prefer / hate X", one memory per person and topic;
+- events: sentences with a time ("yesterday", "last Friday", "two weeks ago",
+  "on 7 May"), dated from the message they were said in;
+- entities: the named speakers, and names that recur, with what was said of them;
+- tools and skills: usage counted from the session's tool parts and record_usage.
+
+Only people's own words count: a plain "assistant" turn (an AI's) is not mined for a
+profile, preferences or events; a transcript line that names its speaker is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from viking_mcp.memory.categories import Candidate, slug
+from viking_mcp.models import Message, ToolPart
+from viking_mcp.summarize.extractive import Unit, message_units, speaker_names
+
+# What people say about who they are: name, work, home, origin, family, status, age.
+_PROFILE = re.compile(
+    r"\b(?:my name is|i(?:'m| am) (?:a|an) (?!\w+ (?:bit|lot|little|big fan)\b)|i(?:'m| am) from|"
+    r"i(?:'m| am) (?:single|married|divorced|engaged|retired|a parent|transgender|trans|gay|vegan|vegetarian|"
+    r"\d+ years old)\b|i (?:work|worked) (?:as|at|for|in)|i(?:'m| am) (?:studying|training to be|pursuing)|"
+    r"i (?:live|lived|grew up) in|i moved (?:from|to|here)|i(?:'ve| have) been (?:married|single|together)|"
+    r"i have (?:a|an|two|three|four|\d+) (?:kids?|children|sons?|daughters?|dogs?|cats?|pets?|grandkids)|"
+    r"my (?:husband|wife|partner|boyfriend|girlfriend|son|daughter|kids|children|mom|mother|dad|father|sister|"
+    r"brother)(?:'s| is| are| was) |my home country)\b",
+    re.IGNORECASE,
+)
+# At most this many profile facts per person from one archive: the strongest come first.
+_PROFILE_PER_ARCHIVE = 4
+_PREFERENCE = re.compile(
+    r"\bi (?:really |absolutely |just |also |totally |truly )?(love|like|enjoy|prefer|adore|hate|dislike|"
+    r"can't stand|am into|'m into|am passionate about|'m passionate about|am a (?:big |huge )?fan of|"
+    r"'m a (?:big |huge )?fan of)\s+(?!that\b|it\b|how\b|when\b|this\b|those\b|you\b|your\b|what\b)"
+    r"(?:to |the |a |an |my |our )?([^.,!?;]{3,80})",
+    re.IGNORECASE,
+)
+_WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+_MONTHS = [
+    "january", "february", "march", "april", "may", "june",
+    "july", "august", "september", "october", "november", "december",
+]  # fmt: skip
+_NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "few": 3, "couple of": 2}
+_AGO = re.compile(r"\b(\d+|a|an|one|two|three|four|five|six|few|couple of) (day|week|month|year)s? ago\b", re.I)
+_LAST_DAY = re.compile(r"\blast (" + "|".join(_WEEKDAYS) + r"|weekend|week|month|year|night)\b", re.I)
+_RELATIVE = re.compile(r"\b(yesterday|today|tonight|this morning|this afternoon|earlier today)\b", re.I)
+_DATE = re.compile(
+    r"\b(?:on )?(?:(\d{1,2}) (" + "|".join(_MONTHS) + r")|(" + "|".join(_MONTHS) + r") (\d{1,2}))(?:st|nd|rd|th)?"
+    r"(?:,? (\d{4}))?\b",
+    re.I,
+)
+_NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]{2,}(?: [A-Z][a-z]{2,}){0,2})\b")
+_NOT_NAMES = {
+    *(m.capitalize() for m in _MONTHS), *(d.capitalize() for d in _WEEKDAYS),
+    "The", "This", "That", "What", "When", "Where", "Which", "Who", "Why", "How", "And", "But", "Thanks",
+    "Thank", "Hey", "Wow", "Yes", "Yeah", "Haha", "Oh", "Sure", "Great", "Good", "Nice", "Awesome", "Love",
+    "User", "Assistant", "Tool", "Used", "Congrats", "Definitely", "Absolutely", "Totally", "Really",
+}  # fmt: skip
+
+
+def _day(message: Message) -> date:
+    return datetime.fromisoformat(message.created_at.replace("Z", "+00:00")).date()
+
+
+def human(when: str) -> str:
+    """'2023-05-07' -> '7 May 2023'; '2023-05' -> 'May 2023'; '2023' stays."""
+    parts = when.split("-")
+    if len(parts) == 3:
+        return f"{int(parts[2])} {_MONTHS[int(parts[1]) - 1].capitalize()} {parts[0]}"
+    if len(parts) == 2:
+        return f"{_MONTHS[int(parts[1]) - 1].capitalize()} {parts[0]}"
+    return when
+
+
+def resolve_when(sentence: str, said_on: date) -> str | None:
+    """The date a sentence's time expression points at, as ISO (day, month or year)."""
+    if match := _DATE.search(sentence):
+        day, month, month2, day2, year = match.groups()
+        month_index = _MONTHS.index((month or month2).lower()) + 1
+        number = int(day or day2)
+        resolved_year = int(year) if year else said_on.year
+        try:
+            return date(resolved_year, month_index, number).isoformat()
+        except ValueError:
+            return None
+    if match := _RELATIVE.search(sentence):
+        offset = 1 if match.group(1).lower() == "yesterday" else 0
+        return (said_on - timedelta(days=offset)).isoformat()
+    if match := _AGO.search(sentence):
+        count = int(match.group(1)) if match.group(1).isdigit() else _NUMBERS.get(match.group(1).lower(), 1)
+        unit = match.group(2).lower()
+        if unit == "year":
+            return str(said_on.year - count)
+        if unit == "month":
+            month = said_on.month - count
+            year = said_on.year + (month - 1) // 12
+            return f"{year:04d}-{(month - 1) % 12 + 1:02d}"
+        return (said_on - timedelta(days=count * (7 if unit == "week" else 1))).isoformat()
+    if match := _LAST_DAY.search(sentence):
+        what = match.group(1).lower()
+        if what == "night":
+            return (said_on - timedelta(days=1)).isoformat()
+        if what in ("week", "weekend"):
+            target = 5 if what == "weekend" else said_on.weekday()
+            back = (said_on.weekday() - target) % 7 or 7
+            return (said_on - timedelta(days=back)).isoformat()
+        if what == "month":
+            month = said_on.month - 1 or 12
+            return f"{said_on.year - (1 if said_on.month == 1 else 0):04d}-{month:02d}"
+        if what == "year":
+            return str(said_on.year - 1)
+        back = (said_on.weekday() - _WEEKDAYS.index(what)) % 7 or 7
+        return (said_on - timedelta(days=back)).isoformat()
+    return None
+
+
+def _is_person(unit: Unit, names: set[str]) -> bool:
+    return unit.speaker in names or unit.speaker == "User"
+
+
+def extract_offline(messages: list[Message], user_label: str = "User") -> list[Candidate]:
+    """Profile, preference, event and entity candidates, in a deterministic order."""
+    names = speaker_names(messages)
+    said: list[tuple[Unit, date]] = []
+    for message in messages:
+        day = _day(message)
+        said += [(unit, day) for unit in message_units(message, names)]
+
+    profile: dict[str, list[str]] = defaultdict(list)
+    candidates: list[Candidate] = []
+    for unit, day in said:
+        if not _is_person(unit, names):
+            continue
+        speaker = unit.speaker if unit.speaker != "User" else user_label
+        text = unit.text.strip()
+        if _PROFILE.search(text) and len(profile[speaker]) < _PROFILE_PER_ARCHIVE:
+            profile[speaker].append(text)
+        if match := _PREFERENCE.search(text):
+            topic = " ".join(match.group(2).split()[:3])
+            candidates.append(
+                Candidate(
+                    "preferences",
+                    abstract=f"{speaker}: {text}",
+                    content=f"- {speaker}: {text}",
+                    name=f"{speaker} {topic}",
+                )
+            )
+        if when := resolve_when(text, day):
+            candidates.append(
+                Candidate(
+                    "events",
+                    abstract=f"{human(when)}: {speaker}: {text}",
+                    content=f"- {speaker}: {text}",
+                    overview=f"Said on {day.isoformat()}.",
+                    when=when,
+                )
+            )
+
+    if profile:
+        facts = [f"- {speaker}: {fact}" for speaker, lines in profile.items() for fact in lines]
+        people = ", ".join(sorted(profile))
+        candidates.insert(0, Candidate("profile", abstract=f"Profile: what {people} said about themselves.",
+                                       content="\n".join(facts)))  # fmt: skip
+
+    candidates += _entities(said, names, profile)
+    return candidates
+
+
+def extract_usage(messages: list[Message], skills: list[dict[str, Any]]) -> list[Candidate]:
+    """Tool and skill candidates whose usage counters merge by name (summed)."""
+    return _tools(messages) + _skills(skills)
+
+
+def _entities(said: list[tuple[Unit, date]], names: set[str], profile: dict[str, list[str]]) -> list[Candidate]:
+    entities: list[Candidate] = []
+    for speaker in sorted(names):
+        facts = profile.get(speaker, [])
+        lines = [f"- {speaker}: {fact}" for fact in facts] or [f"- {speaker} took part in the conversation."]
+        entities.append(
+            Candidate(
+                "entities", abstract=f"{speaker}: a person in the conversation.", content="\n".join(lines), name=speaker
+            )
+        )
+    mentions: Counter[str] = Counter()
+    where: dict[str, list[str]] = defaultdict(list)
+    for unit, _ in said:
+        for name in set(_NAME.findall(unit.text)):
+            if name in _NOT_NAMES or name in names or name.split()[0] in _NOT_NAMES:
+                continue
+            mentions[name] += 1
+            if len(where[name]) < 5:
+                where[name].append(f"- {unit.attributed()}")
+    for name, count in sorted(mentions.items()):
+        if count >= 2:
+            first = where[name][0][2:]
+            entities.append(
+                Candidate(
+                    "entities",
+                    abstract=f"{name}: mentioned {count} times. {first}"[:400],
+                    content="\n".join(where[name]),
+                    name=name,
+                )
+            )
+    return entities
+
+
+def _tools(messages: list[Message]) -> list[Candidate]:
+    """One candidate per tool name, counting each tool call (tool_id) once, at its last status."""
+    last: dict[str, ToolPart] = {}
+    for message in messages:
+        for part in message.parts:
+            if isinstance(part, ToolPart):
+                last[part.tool_id] = part
+    by_name: dict[str, list[ToolPart]] = defaultdict(list)
+    for part in last.values():
+        by_name[part.tool_name].append(part)
+    candidates = []
+    for name in sorted(by_name):
+        calls = by_name[name]
+        stats = {
+            "calls": len(calls),
+            "completed": sum(1 for c in calls if c.tool_status == "completed"),
+            "errors": sum(1 for c in calls if c.tool_status == "error"),
+        }
+        example = next((c for c in reversed(calls) if c.tool_output), calls[-1])
+        candidates.append(
+            Candidate(
+                "tools",
+                abstract=f"Tool {name}.",
+                name=name,
+                stats=stats,
+                content=f"- {name}({example.tool_input}) -> {example.tool_output[:200]}",
+            )
+        )
+    return candidates
+
+
+def _skills(skills: list[dict[str, Any]]) -> list[Candidate]:
+    by_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for skill in skills:
+        by_name[slug(str(skill.get("uri", "")).rstrip("/").rsplit("/", 1)[-1] or "skill")].append(skill)
+    candidates = []
+    for name in sorted(by_name):
+        uses = by_name[name]
+        stats = {
+            "calls": len(uses),
+            "successes": sum(1 for u in uses if u.get("success", True)),
+            "failures": sum(1 for u in uses if not u.get("success", True)),
+        }
+        candidates.append(
+            Candidate(
+                "skills",
+                abstract=f"Skill {name} ({uses[-1].get('uri', '')}).",
+                name=name,
+                stats=stats,
+                content="\n".join(f"- {u.get('input', '')[:100]} -> {u.get('output', '')[:100]}" for u in uses),
+            )
+        )
+    return candidates
