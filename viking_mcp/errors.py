@@ -51,6 +51,14 @@ class FailedPrecondition(VikingError):
     code = ErrorCode.FAILED_PRECONDITION
 
 
+class Unauthenticated(VikingError):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class PermissionDenied(VikingError):
+    code = ErrorCode.PERMISSION_DENIED
+
+
 class ResourceExhausted(VikingError):
     code = ErrorCode.RESOURCE_EXHAUSTED
 

@@ -26,7 +26,15 @@ from viking_mcp.config import Settings
 from viking_mcp.engine.context import assemble_context
 from viking_mcp.engine.messages import build_message, check_encodable, describe_validation_error
 from viking_mcp.engine.phase2 import candidates_from, plan_memories, run_phase2
-from viking_mcp.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable, VikingError
+from viking_mcp.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    VikingError,
+)
 from viking_mcp.memory.offline import extract_offline, extract_usage
 from viking_mcp.memory.search import fts_query
 from viking_mcp.models import (
@@ -228,8 +236,18 @@ class Engine:
         check_encodable(metadata, limits.max_metadata_bytes, "metadata", limits.max_json_depth)
         return metadata
 
-    def _require_session(self, session_id: str) -> SessionRow:
-        row = self.store.get_session(validate_id(session_id))
+    @staticmethod
+    def _visible(row: SessionRow | None, actor: Owner | None) -> SessionRow | None:
+        """The session if `actor` may see it: its own account and user (None: everyone's)."""
+        if row is None or actor is None:
+            return row
+        if (row.owner.account_id, row.owner.user_id) != (actor.account_id, actor.user_id):
+            return None
+        return row
+
+    def _require_session(self, session_id: str, actor: Owner | None = None) -> SessionRow:
+        """The session, or NOT_FOUND, also for another user's: they never learn more."""
+        row = self._visible(self.store.get_session(validate_id(session_id)), actor)
         if row is None:
             raise NotFound(f"session {session_id} not found; create it with create_session or add_message")
         return row
@@ -239,11 +257,15 @@ class Engine:
         session_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         user_id: str | None = None,
+        *,
+        actor: Owner | None = None,
     ) -> SessionCreated:
         session_id = validate_id(session_id) if session_id is not None else uuid.uuid4().hex
-        owner = self.owner
-        if user_id is not None:
-            owner = Owner(self.owner.account_id, validate_id(user_id, "user_id"), self.owner.agent_id)
+        owner = actor or self.owner
+        if user_id is not None and user_id != owner.user_id:
+            if actor is not None:
+                raise PermissionDenied(f"an API key for user {actor.user_id} cannot create sessions for {user_id}")
+            owner = Owner(owner.account_id, validate_id(user_id, "user_id"), owner.agent_id)
         row = self.store.create_session(session_id, owner, self._check_metadata(metadata or {}), utc_now())
         return SessionCreated(
             session_id=row.session_id,
@@ -253,11 +275,11 @@ class Engine:
             metadata=row.metadata,
         )
 
-    def list_sessions(self, limit: int = 50, cursor: str | None = None) -> SessionPage:
+    def list_sessions(self, limit: int = 50, cursor: str | None = None, *, actor: Owner | None = None) -> SessionPage:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
             raise InvalidArgument(f"limit {limit!r} is out of range; use 1..500")
         after = _decode_cursor(cursor) if cursor else None
-        rows = self.store.list_sessions(limit + 1, after)
+        rows = self.store.list_sessions(limit + 1, after, actor)
         page = rows[:limit]
         return SessionPage(
             sessions=[
@@ -274,26 +296,31 @@ class Engine:
             next_cursor=_encode_cursor(page[-1]) if len(rows) > limit else None,
         )
 
-    def get_session(self, session_id: str, auto_create: bool = False) -> SessionInfo:
+    def get_session(self, session_id: str, auto_create: bool = False, *, actor: Owner | None = None) -> SessionInfo:
         validate_id(session_id)
         row = self.store.get_session(session_id)
         if row is None and auto_create:
             try:
-                row = self.store.create_session(session_id, self.owner, {}, utc_now())
+                row = self.store.create_session(session_id, actor or self.owner, {}, utc_now())
             except AlreadyExists:  # created meanwhile by another caller: read theirs
                 row = self.store.get_session(session_id)
-        if row is None:
+        visible = self._visible(row, actor)
+        if visible is None:
+            if row is not None and auto_create:
+                raise AlreadyExists(f"session id {session_id} is taken; use another session_id")
             raise NotFound(f"session {session_id} not found; pass auto_create=true to create it")
-        return self._session_info(row)
+        return self._session_info(visible)
 
-    def update_session(self, session_id: str, metadata: dict[str, Any]) -> MetadataUpdated:
-        validate_id(session_id)
+    def update_session(
+        self, session_id: str, metadata: dict[str, Any], *, actor: Owner | None = None
+    ) -> MetadataUpdated:
+        self._require_session(session_id, actor)
         patch = self._check_metadata(metadata)
         merged = self.store.merge_metadata(session_id, patch, utc_now())
         return MetadataUpdated(session_id=session_id, metadata=merged)
 
-    def delete_session(self, session_id: str) -> SessionDeleted:
-        validate_id(session_id)
+    def delete_session(self, session_id: str, *, actor: Owner | None = None) -> SessionDeleted:
+        self._require_session(session_id, actor)
         if not self.store.delete_session(session_id, utc_now()):
             raise NotFound(f"session {session_id} not found")
         return SessionDeleted(session_id=session_id)
@@ -310,6 +337,7 @@ class Engine:
         message_id: str | None = None,
         *,
         parts_win: bool = False,
+        actor: Owner | None = None,
     ) -> MessageAdded:
         """Append a message, creating the session if it does not exist yet."""
         validate_id(session_id)
@@ -323,7 +351,7 @@ class Engine:
             parts_win=parts_win,
         )
         tokens = self.tokens.count(message_text(message)) + MESSAGE_OVERHEAD_TOKENS
-        outcome = self.store.append_message(session_id, message, tokens, utc_now(), self.owner)
+        outcome = self.store.append_message(session_id, message, tokens, utc_now(), actor or self.owner, actor)
         return MessageAdded(
             session_id=session_id,
             message_id=outcome.message_id,
@@ -337,6 +365,8 @@ class Engine:
         session_id: str,
         contexts: list[str] | None = None,
         skill: SkillUse | dict[str, Any] | None = None,
+        *,
+        actor: Owner | None = None,
     ) -> UsageRecorded:
         validate_id(session_id)
         uris = list(contexts or [])
@@ -351,6 +381,7 @@ class Engine:
             except ValidationError as exc:
                 raise InvalidArgument(describe_validation_error(exc, "skill")) from None
         check_encodable({"contexts": uris, "skill": skill_data}, self.settings.limits.max_message_bytes, "usage")
+        self._require_session(session_id, actor)
         contexts_used, skills_used = self.store.record_usage(session_id, uris, skill_data, utc_now())
         return UsageRecorded(session_id=session_id, contexts_used=contexts_used, skills_used=skills_used)
 
@@ -365,6 +396,8 @@ class Engine:
         wait: bool = False,
         on_progress: ProgressCallback | None = None,
         memories: Sequence[MemoryInput | dict[str, Any]] | None = None,
+        *,
+        actor: Owner | None = None,
     ) -> CommitResult:
         """Phase 1 now (archive the live messages, atomically); Phase 2 in the background.
 
@@ -382,6 +415,7 @@ class Engine:
                 supplied[name] = value.strip()
         if memories is not None:
             supplied["memories"] = [m.model_dump() for m in self._memory_inputs(memories)]
+        self._require_session(session_id, actor)
         task_id = uuid.uuid4().hex
         outcome = self.store.commit_phase1(session_id, keep_recent_count, supplied, task_id, utc_now())
         if outcome.archive_number is None:
@@ -405,7 +439,7 @@ class Engine:
         )
         if wait:
             try:
-                task = self.wait_for_task(task_id, self.settings.commit_wait_seconds, on_progress)
+                task = self.wait_for_task(task_id, self.settings.commit_wait_seconds, on_progress, actor=actor)
                 result.task_status = task.status
             except Exception:  # Phase 1 is committed: the caller must still get its task_id
                 logger.exception("waiting for task %s failed; it stays queued", task_id)
@@ -413,8 +447,10 @@ class Engine:
 
     # --- tasks ------------------------------------------------------------------------------------
 
-    def get_task(self, task_id: str) -> TaskRecord:
+    def get_task(self, task_id: str, *, actor: Owner | None = None) -> TaskRecord:
         row = self.store.get_task(validate_id(task_id, "task_id"))
+        if row is not None and actor is not None and (row.account_id, row.user_id) != (actor.account_id, actor.user_id):
+            row = None  # another user's task: as if it did not exist
         if row is None:
             raise NotFound(f"task {task_id} not found")
         return _task_record(row)
@@ -425,6 +461,8 @@ class Engine:
         status: str | None = None,
         resource_id: str | None = None,
         limit: int = 50,
+        *,
+        actor: Owner | None = None,
     ) -> TaskList:
         if task_type is not None and task_type not in ("session_commit", "session_extract"):
             raise InvalidArgument(f"task_type {task_type!r}: use session_commit or session_extract")
@@ -434,10 +472,17 @@ class Engine:
             validate_id(resource_id, "resource_id")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
             raise InvalidArgument(f"limit {limit!r} is out of range; use 1..500")
-        rows = self.store.list_tasks(task_type, status, resource_id, limit)
+        rows = self.store.list_tasks(task_type, status, resource_id, limit, actor)
         return TaskList(tasks=[_task_record(r) for r in rows])
 
-    def wait_for_task(self, task_id: str, timeout: float, on_progress: ProgressCallback | None = None) -> TaskRecord:
+    def wait_for_task(
+        self,
+        task_id: str,
+        timeout: float,
+        on_progress: ProgressCallback | None = None,
+        *,
+        actor: Owner | None = None,
+    ) -> TaskRecord:
         """Block until the task completes or fails, or `timeout` seconds pass.
 
         Without a Phase 2 worker in this process, the waiting thread does the work itself.
@@ -445,7 +490,7 @@ class Engine:
         deadline = time.monotonic() + timeout
         started = time.monotonic()
         while True:
-            task = self.get_task(task_id)
+            task = self.get_task(task_id, actor=actor)
             if task.status in ("completed", "failed"):
                 return task
             remaining = deadline - time.monotonic()
@@ -507,12 +552,17 @@ class Engine:
     # --- archives ---------------------------------------------------------------------------------
 
     def retry_archive(
-        self, session_id: str, archive_id_: str, action: Literal["retry", "skip"] = "retry"
+        self,
+        session_id: str,
+        archive_id_: str,
+        action: Literal["retry", "skip"] = "retry",
+        *,
+        actor: Owner | None = None,
     ) -> RetryResult:
         """Queue a failed archive's Phase 2 again, or mark it skipped so later commits proceed."""
         validate_id(session_id)
         number = parse_archive_id(archive_id_)
-        self._require_session(session_id)
+        self._require_session(session_id, actor)
         now = utc_now()
         if action == "retry":
             task_id = uuid.uuid4().hex
@@ -526,7 +576,13 @@ class Engine:
         raise InvalidArgument(f"action {action!r}: use 'retry' or 'skip'")
 
     def expand_archive(
-        self, session_id: str, archive_id_: str, offset: int = 0, limit: int | None = None
+        self,
+        session_id: str,
+        archive_id_: str,
+        offset: int = 0,
+        limit: int | None = None,
+        *,
+        actor: Owner | None = None,
     ) -> ArchiveDetail:
         """One archive with its status, summaries and raw messages (paged with offset/limit)."""
         validate_id(session_id)
@@ -535,7 +591,7 @@ class Engine:
             raise InvalidArgument("offset must be a whole number >= 0")
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise InvalidArgument("limit must be a whole number >= 1")
-        self._require_session(session_id)
+        self._require_session(session_id, actor)
         archive = self.store.get_archive(session_id, number)
         if archive is None:
             raise NotFound(f"{archive_id_} of session {session_id} not found; see get_context for archive ids")
@@ -558,11 +614,12 @@ class Engine:
 
     # --- context ----------------------------------------------------------------------------------
 
-    def get_context(self, session_id: str, token_budget: int) -> SessionContext:
+    def get_context(self, session_id: str, token_budget: int, *, actor: Owner | None = None) -> SessionContext:
         """Rebuild a context window: archive overview and abstracts within budget, plus messages."""
         validate_id(session_id)
         if isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 0:
             raise InvalidArgument(f"token_budget must be a whole number >= 0, got {token_budget!r}")
+        self._require_session(session_id, actor)
         snapshot = self.store.context_snapshot(session_id)
         if snapshot is None:
             raise NotFound(f"session {session_id} not found")
@@ -584,13 +641,13 @@ class Engine:
         except ValidationError as exc:
             raise InvalidArgument(describe_validation_error(exc, "memories")) from None
 
-    def extract(self, session_id: str) -> ExtractResult:
+    def extract(self, session_id: str, *, actor: Owner | None = None) -> ExtractResult:
         """Extract memories from the live messages now, without a commit.
 
         Uses the LLM endpoint if one is configured, else the offline rules; the memories
         merge like Phase 2's (so extracting again, or committing later, adds no duplicates).
         """
-        row = self._require_session(session_id)
+        row = self._require_session(session_id, actor)
         messages = [m.message for m in self.store.live_messages(session_id)]
         archive = ArchiveInput(session_id=session_id, archive_id="live", messages=messages, previous_overview="")
         task_id = uuid.uuid4().hex
@@ -632,7 +689,13 @@ class Engine:
         )
 
     def search_memories(
-        self, query: str, category: str | None = None, limit: int = 10, user_id: str | None = None
+        self,
+        query: str,
+        category: str | None = None,
+        limit: int = 10,
+        user_id: str | None = None,
+        *,
+        actor: Owner | None = None,
     ) -> MemorySearchResult:
         """Ranked full-text search (BM25) over this user's and agent's memories; works offline."""
         if not isinstance(query, str) or not query.strip():
@@ -641,11 +704,11 @@ class Engine:
             raise InvalidArgument(f"category {category!r}: use one of {', '.join(MEMORY_CATEGORIES)}")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
             raise InvalidArgument(f"limit {limit!r} is out of range; use 1..100")
-        owner = (
-            self.owner
-            if user_id is None
-            else Owner(self.owner.account_id, validate_id(user_id, "user_id"), self.owner.agent_id)
-        )
+        owner = actor or self.owner
+        if user_id is not None and user_id != owner.user_id:
+            if actor is not None:
+                raise PermissionDenied(f"an API key for user {actor.user_id} cannot search {user_id}'s memories")
+            owner = Owner(owner.account_id, validate_id(user_id, "user_id"), owner.agent_id)
         match = fts_query(query)
         if match is None:
             return MemorySearchResult(query=query, memories=[])

@@ -19,6 +19,7 @@ from viking_mcp.errors import InvalidArgument, NotFound
 from viking_mcp.memory.categories import SCOPES
 from viking_mcp.memory.merge import StoredMemory
 from viking_mcp.models import Message, archive_id, archive_uri, parse_archive_id, session_uri, validate_id
+from viking_mcp.store.base import Owner
 
 if TYPE_CHECKING:
     from viking_mcp.engine.engine import Engine
@@ -59,7 +60,7 @@ def render_memory(memory: StoredMemory) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-def _read_memory_node(engine: Engine, uri: str) -> tuple[str, str]:
+def _read_memory_node(engine: Engine, uri: str, actor: Owner | None) -> tuple[str, str]:
     """viking://{user|agent}/{id}/memories[/{category}[/{name}.md]] and .../profile.md"""
     scope, _, rest = uri[len("viking://") :].partition("/")
     owner_id, _, path = rest.partition("/")
@@ -67,7 +68,9 @@ def _read_memory_node(engine: Engine, uri: str) -> tuple[str, str]:
     segments = [s for s in path.split("/") if s]
     if not segments or segments[0] != "memories":
         raise NotFound(f"nothing at {uri[:120]}")
-    account = engine.owner.account_id
+    if actor is not None and owner_id != (actor.user_id if scope == "user" else actor.agent_id):
+        raise NotFound(f"nothing at {uri[:120]}")  # another user's (or agent's) memories
+    account = (actor or engine.owner).account_id
     if len(segments) <= 2 and not (len(segments) == 2 and segments[1].endswith(".md")):
         category = segments[1] if len(segments) == 2 else None
         if category is not None and SCOPES.get(category) != scope:
@@ -83,10 +86,11 @@ def _read_memory_node(engine: Engine, uri: str) -> tuple[str, str]:
     return render_memory(next(iter(found.values()))), MARKDOWN
 
 
-def read_node(engine: Engine, uri: str) -> tuple[str, str]:
-    """The content and MIME type of the node at `uri`; NOT_FOUND for anything else."""
+def read_node(engine: Engine, uri: str, actor: Owner | None = None) -> tuple[str, str]:
+    """The content and MIME type of the node at `uri` as `actor` may see it (None: all);
+    NOT_FOUND for anything else."""
     if uri.startswith(("viking://user/", "viking://agent/")):
-        return _read_memory_node(engine, uri)
+        return _read_memory_node(engine, uri, actor)
     prefix = "viking://session/"
     if not uri.startswith(prefix):
         raise InvalidArgument(f"{uri[:80]!r} is not a viking:// session or memory URI")
@@ -94,7 +98,7 @@ def read_node(engine: Engine, uri: str) -> tuple[str, str]:
     session_id = validate_id(segments[0])
     rest = segments[1:]
     store = engine.store
-    info = engine.get_session(session_id)  # NOT_FOUND for an unknown session
+    info = engine.get_session(session_id, actor=actor)  # NOT_FOUND for an unknown (or another's) session
 
     if not rest:
         children = [f"{session_uri(session_id)}/{name}" for name in SESSION_FILES]

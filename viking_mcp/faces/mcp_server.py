@@ -28,6 +28,7 @@ from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field, ValidationError
 
 from viking_mcp import __version__
+from viking_mcp.auth import KeyRing, key_from_headers
 from viking_mcp.config import Settings, settings_from_env
 from viking_mcp.engine import Engine, Phase2Worker
 from viking_mcp.engine.context import render_context_text
@@ -55,6 +56,7 @@ from viking_mcp.models import (
     TaskRecord,
     UsageRecorded,
 )
+from viking_mcp.store.base import Owner
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +123,20 @@ class ServerState:
     engine: Engine | None = None
     worker: Phase2Worker | None = None
     external_engine: bool = False
-    notes: list[str] = field(default_factory=list)
+    keyring: KeyRing = field(default_factory=KeyRing)
+
+    def actor(self, ctx: Context[ServerState, Any]) -> Owner | None:
+        """Who is calling: the owner of the request's API key over HTTP; None (everything) over
+        stdio, where the person who started the server is the only one there."""
+        if not self.keyring.enabled:
+            return None
+        headers = ctx.headers
+        if headers is None:
+            return None
+        try:
+            return self.keyring.authenticate(key_from_headers(headers))
+        except VikingError as exc:
+            raise ToolError(str(exc)) from exc
 
     def require_engine(self) -> Engine:
         if self.engine is None:
@@ -147,9 +162,14 @@ class VikingMCPServer(MCPServer[ServerState]):
             raise
 
 
-def build_server(settings: Settings | None = None, engine: Engine | None = None) -> VikingMCPServer:
-    """The MCP server. Give `engine` to serve an engine you own (tests, embedding)."""
-    state = ServerState(settings=settings or (engine.settings if engine else settings_from_env()))
+def build_server(
+    settings: Settings | None = None, engine: Engine | None = None, keyring: KeyRing | None = None
+) -> VikingMCPServer:
+    """The MCP server. Give `engine` to serve an engine you own (tests, the HTTP app), and
+    `keyring` when it is served over HTTP with API keys."""
+    state = ServerState(
+        settings=settings or (engine.settings if engine else settings_from_env()), keyring=keyring or KeyRing()
+    )
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[ServerState]) -> AsyncIterator[ServerState]:
@@ -184,6 +204,7 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
     @server.tool(title="Create session", annotations=_writes())
     @coded
     def create_session(
+        ctx: Context[ServerState, Any],
         session_id: Annotated[
             str | None, Field(description="Id to use; omit it to get a fresh random id.", max_length=128)
         ] = None,
@@ -194,30 +215,33 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
     ) -> SessionCreated:
         """Create a session to record a conversation in. Optional: add_message creates sessions on
         first use. Fails with ALREADY_EXISTS if the id is taken."""
-        return state.require_engine().create_session(session_id, metadata, user_id)
+        return state.require_engine().create_session(session_id, metadata, user_id, actor=state.actor(ctx))
 
     @server.tool(title="List sessions", annotations=READ_ONLY)
     @coded
     def list_sessions(
+        ctx: Context[ServerState, Any],
         limit: Annotated[int, Field(description="Sessions per page.", ge=1, le=500)] = 50,
         cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
     ) -> SessionPage:
         """List sessions, newest first, a page at a time; pass next_cursor back for the next page."""
-        return state.require_engine().list_sessions(limit, cursor)
+        return state.require_engine().list_sessions(limit, cursor, actor=state.actor(ctx))
 
     @server.tool(title="Get session", annotations=_writes(idempotent=True))
     @coded
     def get_session(
+        ctx: Context[ServerState, Any],
         session_id: SessionId,
         auto_create: Annotated[bool, Field(description="Create the session if it does not exist.")] = False,
     ) -> SessionInfo:
         """A session's counters: live and total messages, commits, pending_tokens (tokens of
         the live messages: commit when it grows large), extracted memories, metadata."""
-        return state.require_engine().get_session(session_id, auto_create)
+        return state.require_engine().get_session(session_id, auto_create, actor=state.actor(ctx))
 
     @server.tool(title="Update session metadata", annotations=_writes(destructive=True, idempotent=True))
     @coded
     def update_session(
+        ctx: Context[ServerState, Any],
         session_id: SessionId,
         metadata: Annotated[
             dict[str, Any],
@@ -225,20 +249,21 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
         ],
     ) -> MetadataUpdated:
         """Merge keys into a session's metadata (other keys are kept) and return the result."""
-        return state.require_engine().update_session(session_id, metadata)
+        return state.require_engine().update_session(session_id, metadata, actor=state.actor(ctx))
 
     @server.tool(title="Delete session", annotations=_writes(destructive=True, idempotent=True))
     @coded
-    def delete_session(session_id: SessionId) -> SessionDeleted:
+    def delete_session(ctx: Context[ServerState, Any], session_id: SessionId) -> SessionDeleted:
         """Delete a session: its messages, archives, summaries, tool records and metadata.
         Long-term memories extracted from it stay. This cannot be undone."""
-        return state.require_engine().delete_session(session_id)
+        return state.require_engine().delete_session(session_id, actor=state.actor(ctx))
 
     # --- messages ---------------------------------------------------------------------------
 
     @server.tool(title="Add message", annotations=_writes())
     @coded
     def add_message(
+        ctx: Context[ServerState, Any],
         session_id: SessionId,
         role: Annotated[Literal["user", "assistant"], Field(description="Who said it: 'user' or 'assistant'.")],
         content: Annotated[str | None, Field(description="The message text. Give this or parts, not both.")] = None,
@@ -257,17 +282,20 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
     ) -> MessageAdded:
         """Record one turn of the conversation. Creates the session if needed (session_created
         tells). Use a message_id to make retries safe."""
-        return state.require_engine().add_message(session_id, role, content, parts, created_at, message_id)
+        return state.require_engine().add_message(
+            session_id, role, content, parts, created_at, message_id, actor=state.actor(ctx)
+        )
 
     @server.tool(title="Record usage", annotations=_writes())
     @coded
     def record_usage(
+        ctx: Context[ServerState, Any],
         session_id: SessionId,
         contexts: Annotated[list[str] | None, Field(description="URIs of resources or memories the turn used.")] = None,
         skill: Annotated[SkillUse | None, Field(description="A skill the turn used, and how it went.")] = None,
     ) -> UsageRecorded:
         """Record which contexts and skills were used, so commit can credit them."""
-        return state.require_engine().record_usage(session_id, contexts, skill)
+        return state.require_engine().record_usage(session_id, contexts, skill, actor=state.actor(ctx))
 
     # --- commit and tasks ------------------------------------------------------------------------
 
@@ -300,12 +328,15 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
         it). Call when the window fills. status 'skipped' means there was nothing to archive.
         FAILED_PRECONDITION means an earlier archive failed: retry_archive it first."""
         engine = state.require_engine()
+        actor = state.actor(ctx)
 
         def progress(done: float, total: float, message: str) -> None:
             anyio.from_thread.run(functools.partial(ctx.report_progress, done, total, message))
 
         def run() -> CommitResult:
-            return engine.commit(session_id, abstract, overview, keep_recent_count, wait, progress, memories)
+            return engine.commit(
+                session_id, abstract, overview, keep_recent_count, wait, progress, memories, actor=actor
+            )
 
         try:
             return await anyio.to_thread.run_sync(run)
@@ -314,13 +345,16 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
 
     @server.tool(title="Get task", annotations=READ_ONLY)
     @coded
-    def get_task(task_id: Annotated[str, Field(description="task_id returned by commit.")]) -> TaskRecord:
+    def get_task(
+        ctx: Context[ServerState, Any], task_id: Annotated[str, Field(description="task_id returned by commit.")]
+    ) -> TaskRecord:
         """A background task's status (pending, running, completed, failed), result and error."""
-        return state.require_engine().get_task(task_id)
+        return state.require_engine().get_task(task_id, actor=state.actor(ctx))
 
     @server.tool(title="List tasks", annotations=READ_ONLY)
     @coded
     def list_tasks(
+        ctx: Context[ServerState, Any],
         task_type: Annotated[
             Literal["session_commit", "session_extract"] | None, Field(description="Only tasks of this type.")
         ] = None,
@@ -332,20 +366,21 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
         limit: Annotated[int, Field(description="At most this many tasks.", ge=1, le=500)] = 50,
     ) -> TaskList:
         """Background tasks, newest first, optionally filtered."""
-        return state.require_engine().list_tasks(task_type, status, resource_id, limit)
+        return state.require_engine().list_tasks(task_type, status, resource_id, limit, actor=state.actor(ctx))
 
     # --- long-term memory ----------------------------------------------------------------------------
 
     @server.tool(title="Extract memories now", annotations=_writes())
     @coded
-    def extract(session_id: SessionId) -> ExtractResult:
+    def extract(ctx: Context[ServerState, Any], session_id: SessionId) -> ExtractResult:
         """Extract long-term memories from the session's live messages now, without committing.
         Memories merge by category, so extracting again or committing later adds no duplicates."""
-        return state.require_engine().extract(session_id)
+        return state.require_engine().extract(session_id, actor=state.actor(ctx))
 
     @server.tool(title="Search memories", annotations=READ_ONLY)
     @coded
     def search_memories(
+        ctx: Context[ServerState, Any],
         query: Annotated[str, Field(description="What to look for, in plain words.", min_length=1, max_length=2000)],
         category: Annotated[MemoryCategory | None, Field(description="Only memories of this category.")] = None,
         limit: Annotated[int, Field(description="At most this many results.", ge=1, le=100)] = 10,
@@ -353,13 +388,14 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
         """Search long-term memories (the user's profile, preferences, people, events, and the
         agent's cases, patterns, tools, skills), best match first. Read a whole memory as a
         resource at its uri."""
-        return state.require_engine().search_memories(query, category, limit)
+        return state.require_engine().search_memories(query, category, limit, actor=state.actor(ctx))
 
     # --- context and archives ---------------------------------------------------------------------
 
     @server.tool(title="Get context", annotations=READ_ONLY)
     @coded
     def get_context(
+        ctx: Context[ServerState, Any],
         session_id: SessionId,
         token_budget: Annotated[
             int,
@@ -372,11 +408,12 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
         """Rebuild your context window: the latest archive's overview and earlier archives'
         abstracts (as many as fit the budget after the messages), plus the messages not yet
         summarised. Use expand_archive for any archive's full text."""
-        return state.require_engine().get_context(session_id, token_budget)
+        return state.require_engine().get_context(session_id, token_budget, actor=state.actor(ctx))
 
     @server.tool(title="Expand archive", annotations=READ_ONLY)
     @coded
     def expand_archive(
+        ctx: Context[ServerState, Any],
         session_id: SessionId,
         archive_id: ArchiveId,
         offset: Annotated[int, Field(description="Skip this many messages (for paging).", ge=0)] = 0,
@@ -384,12 +421,13 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
     ) -> ArchiveDetail:
         """An archive's status, abstract, overview and raw messages (paged: pass next_offset back
         as offset). Pending and failed archives have their messages and empty summaries."""
-        return state.require_engine().expand_archive(session_id, archive_id, offset, limit)
+        return state.require_engine().expand_archive(session_id, archive_id, offset, limit, actor=state.actor(ctx))
 
     # Destructive: skipping gives up an archive's summaries for good.
     @server.tool(title="Retry or skip a failed archive", annotations=_writes(destructive=True))
     @coded
     def retry_archive(
+        ctx: Context[ServerState, Any],
         session_id: SessionId,
         archive_id: ArchiveId,
         action: Annotated[
@@ -399,14 +437,14 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
     ) -> RetryResult:
         """Recover an archive whose background summarising failed, so that commits proceed. Its
         messages are kept either way (expand_archive)."""
-        return state.require_engine().retry_archive(session_id, archive_id, action)
+        return state.require_engine().retry_archive(session_id, archive_id, action, actor=state.actor(ctx))
 
     # --- resources ------------------------------------------------------------------------------
 
-    def read(uri: str) -> str:
+    def read(uri: str, ctx: Context[ServerState, Any]) -> str:
         try:
-            return read_node(state.require_engine(), uri)[0]
-        except VikingError as exc:
+            return read_node(state.require_engine(), uri, state.actor(ctx))[0]
+        except (VikingError, ToolError) as exc:
             raise ResourceError(str(exc)) from exc
 
     def resource(template: str, description: str, mime_type: str) -> None:
@@ -414,20 +452,20 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
         register = server.resource(template, description=description, mime_type=mime_type)
         if "{archive_id}" in template:
 
-            def archive_reader(session_id: str, archive_id: str) -> str:
-                return read(template.format(session_id=session_id, archive_id=archive_id))
+            def archive_reader(session_id: str, archive_id: str, ctx: Context[ServerState, Any]) -> str:
+                return read(template.format(session_id=session_id, archive_id=archive_id), ctx)
 
             register(archive_reader)
         elif "{tool_id}" in template:
 
-            def tool_reader(session_id: str, tool_id: str) -> str:
-                return read(template.format(session_id=session_id, tool_id=tool_id))
+            def tool_reader(session_id: str, tool_id: str, ctx: Context[ServerState, Any]) -> str:
+                return read(template.format(session_id=session_id, tool_id=tool_id), ctx)
 
             register(tool_reader)
         else:
 
-            def session_reader(session_id: str) -> str:
-                return read(template.format(session_id=session_id))
+            def session_reader(session_id: str, ctx: Context[ServerState, Any]) -> str:
+                return read(template.format(session_id=session_id), ctx)
 
             register(session_reader)
 
@@ -467,15 +505,17 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
     # --- prompts --------------------------------------------------------------------------------
 
     @server.prompt(title="Rebuild context from a session")
-    def rebuild_context(session_id: str, token_budget: str = str(budget_default)) -> list[PromptMessage]:
+    def rebuild_context(
+        ctx: Context[ServerState, Any], session_id: str, token_budget: str = str(budget_default)
+    ) -> list[PromptMessage]:
         """Rebuild an agent's context window from a session within a token budget."""
         try:
             budget = int(token_budget)
         except ValueError:
             raise ValueError(f"INVALID_ARGUMENT: token_budget {token_budget!r} is not a whole number") from None
         try:
-            context = state.require_engine().get_context(session_id, budget)
-        except VikingError as exc:
+            context = state.require_engine().get_context(session_id, budget, actor=state.actor(ctx))
+        except (VikingError, ToolError) as exc:
             raise ValueError(str(exc)) from exc
         text = render_context_text(session_id, context)
         return [
@@ -488,22 +528,24 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
     return server
 
 
-def _memory_resources(server: VikingMCPServer, read: Callable[[str], str], scope: str) -> None:
+def _memory_resources(
+    server: VikingMCPServer, read: Callable[[str, Context[ServerState, Any]], str], scope: str
+) -> None:
     """Templates for one owner's memories: the listing, a category, one memory (and the profile)."""
     base = f"viking://{scope}/{{owner_id}}/memories"
     whose = "user's" if scope == "user" else "agent's"
 
-    def listing(owner_id: str) -> str:
-        return read(base.format(owner_id=owner_id))
+    def listing(owner_id: str, ctx: Context[ServerState, Any]) -> str:
+        return read(base.format(owner_id=owner_id), ctx)
 
-    def category_listing(owner_id: str, category: str) -> str:
-        return read(f"{base.format(owner_id=owner_id)}/{category}")
+    def category_listing(owner_id: str, category: str, ctx: Context[ServerState, Any]) -> str:
+        return read(f"{base.format(owner_id=owner_id)}/{category}", ctx)
 
-    def memory(owner_id: str, category: str, name: str) -> str:
-        return read(f"{base.format(owner_id=owner_id)}/{category}/{name}")
+    def memory(owner_id: str, category: str, name: str, ctx: Context[ServerState, Any]) -> str:
+        return read(f"{base.format(owner_id=owner_id)}/{category}/{name}", ctx)
 
-    def profile(owner_id: str) -> str:
-        return read(f"{base.format(owner_id=owner_id)}/profile.md")
+    def profile(owner_id: str, ctx: Context[ServerState, Any]) -> str:
+        return read(f"{base.format(owner_id=owner_id)}/profile.md", ctx)
 
     server.resource(base, description=f"The {whose} long-term memories.", mime_type="application/json")(listing)
     if scope == "user":

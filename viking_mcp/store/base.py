@@ -112,6 +112,9 @@ class TaskRow:
     error: str | None
     owner: str | None = None
     attempts: int = 0
+    # whose session the task worked on (kept after the session is deleted)
+    account_id: str | None = None
+    user_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,13 +166,21 @@ class Store(Protocol):
     # sessions
     def create_session(self, session_id: str, owner: Owner, metadata: dict[str, Any], now: str) -> SessionRow: ...
     def get_session(self, session_id: str) -> SessionRow | None: ...
-    def list_sessions(self, limit: int, after: tuple[str, str] | None) -> list[SessionRow]: ...
+    def list_sessions(
+        self, limit: int, after: tuple[str, str] | None, owner: Owner | None = None
+    ) -> list[SessionRow]: ...
     def merge_metadata(self, session_id: str, patch: dict[str, Any], now: str) -> dict[str, Any]: ...
     def delete_session(self, session_id: str, now: str) -> bool: ...
 
     # messages
     def append_message(
-        self, session_id: str, message: Message, tokens: int, now: str, create_as: Owner | None
+        self,
+        session_id: str,
+        message: Message,
+        tokens: int,
+        now: str,
+        create_as: Owner | None,
+        only_for: Owner | None = None,
     ) -> AppendOutcome: ...
     def read_messages(
         self, session_id: str, after_seq: int, through_seq: int | None, offset: int, limit: int | None
@@ -194,7 +205,12 @@ class Store(Protocol):
     # tasks and Phase 2
     def get_task(self, task_id: str) -> TaskRow | None: ...
     def list_tasks(
-        self, task_type: str | None, status: str | None, session_id: str | None, limit: int
+        self,
+        task_type: str | None,
+        status: str | None,
+        session_id: str | None,
+        limit: int,
+        owner: Owner | None = None,
     ) -> list[TaskRow]: ...
     def claim_phase2(
         self, owner: str, now: str, lease_until: float, owner_is_gone: Callable[[str | None, float], bool]

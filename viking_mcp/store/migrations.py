@@ -146,4 +146,16 @@ MIGRATIONS.append(
     ]
 )
 
+MIGRATIONS.append(
+    # 3: tasks remember whose they are, so that one user never lists another's (and a
+    # task outlives its session's deletion).
+    [
+        "ALTER TABLE tasks ADD COLUMN account_id TEXT",
+        "ALTER TABLE tasks ADD COLUMN user_id TEXT",
+        """UPDATE tasks SET account_id = (SELECT s.account_id FROM sessions s WHERE s.session_id = tasks.session_id),
+            user_id = (SELECT s.user_id FROM sessions s WHERE s.session_id = tasks.session_id)""",
+        "CREATE INDEX tasks_by_owner ON tasks (account_id, user_id, created_at)",
+    ]
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)

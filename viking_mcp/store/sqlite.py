@@ -66,7 +66,8 @@ _ARCHIVE_LIGHT_COLUMNS = _ARCHIVE_COLUMNS.replace(
     "overview, overview_renderings", "'' AS overview, '[]' AS overview_renderings"
 )
 _TASK_COLUMNS = (
-    "task_id, task_type, status, session_id, archive_no, created_at, updated_at, result, error, owner, attempts"
+    "task_id, task_type, status, session_id, archive_no, created_at, updated_at, result, error, owner, attempts, "
+    "account_id, user_id"
 )
 _MESSAGE_COLUMNS = "seq, message_id, role, parts, created_at, tokens"
 _MEMORY_COLUMNS = (
@@ -167,6 +168,8 @@ def _task_row(row: sqlite3.Row) -> TaskRow:
         error=row["error"],
         owner=row["owner"],
         attempts=row["attempts"],
+        account_id=row["account_id"],
+        user_id=row["user_id"],
     )
 
 
@@ -355,19 +358,20 @@ class SQLiteStore:
         with self._read() as conn:
             return self._session(conn, session_id)
 
-    def list_sessions(self, limit: int, after: tuple[str, str] | None) -> list[SessionRow]:
+    def list_sessions(self, limit: int, after: tuple[str, str] | None, owner: Owner | None = None) -> list[SessionRow]:
+        clauses, params = [], []
+        if after is not None:
+            clauses.append("(created_at, session_id) < (?, ?)")
+            params += list(after)
+        if owner is not None:
+            clauses.append("account_id = ? AND user_id = ?")
+            params += [owner.account_id, owner.user_id]
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
         with self._read() as conn:
-            if after is None:
-                rows = conn.execute(
-                    f"SELECT {_SESSION_COLUMNS} FROM sessions ORDER BY created_at DESC, session_id DESC LIMIT ?",
-                    (limit,),
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE (created_at, session_id) < (?, ?) "
-                    "ORDER BY created_at DESC, session_id DESC LIMIT ?",
-                    (after[0], after[1], limit),
-                ).fetchall()
+            rows = conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions {where}ORDER BY created_at DESC, session_id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
         return [_session_row(r) for r in rows]
 
     def merge_metadata(self, session_id: str, patch: dict[str, Any], now: str) -> dict[str, Any]:
@@ -404,15 +408,26 @@ class SQLiteStore:
     # --- messages ---------------------------------------------------------------------------
 
     def append_message(
-        self, session_id: str, message: Message, tokens: int, now: str, create_as: Owner | None
+        self,
+        session_id: str,
+        message: Message,
+        tokens: int,
+        now: str,
+        create_as: Owner | None,
+        only_for: Owner | None = None,
     ) -> AppendOutcome:
+        """Append a message (creating the session as `create_as` if missing). With `only_for`,
+        a session that belongs to someone else is refused inside the same transaction."""
         parts_json = _dumps([p.model_dump(mode="json") for p in message.parts])
         with self._write() as conn:
             row = conn.execute(
-                "SELECT next_seq, archived_through, total_tokens FROM sessions WHERE session_id = ?",
+                "SELECT next_seq, archived_through, total_tokens, account_id, user_id FROM sessions "
+                "WHERE session_id = ?",
                 (session_id,),
             ).fetchone()
             created = False
+            if row is not None and only_for is not None and (row[3], row[4]) != (only_for.account_id, only_for.user_id):
+                raise AlreadyExists(f"session id {session_id} is taken; use another session_id")
             if row is None:
                 if create_as is None:
                     raise NotFound(f"session {session_id} not found")
@@ -420,7 +435,7 @@ class SQLiteStore:
                 next_seq, archived_through, total_tokens = 1, 0, 0
                 created = True
             else:
-                next_seq, archived_through, total_tokens = row
+                next_seq, archived_through, total_tokens = row[0], row[1], row[2]
             duplicate = conn.execute(
                 "SELECT 1 FROM messages WHERE session_id = ? AND message_id = ?", (session_id, message.id)
             ).fetchone()
@@ -600,11 +615,7 @@ class SQLiteStore:
                     task_id,
                 ),
             )
-            conn.execute(
-                "INSERT INTO tasks (task_id, task_type, status, session_id, archive_no, created_at, updated_at) "
-                "VALUES (?, 'session_commit', 'pending', ?, ?, ?, ?)",
-                (task_id, session_id, number, now, now),
-            )
+            self._insert_task(conn, task_id, "session_commit", "pending", session_id, number, now)
             conn.execute(
                 "UPDATE usage SET archive_no = ? WHERE session_id = ? AND archive_no IS NULL", (number, session_id)
             )
@@ -659,15 +670,29 @@ class SQLiteStore:
 
     # --- tasks and Phase 2 ------------------------------------------------------------------------
 
+    def _insert_task(
+        self, conn: sqlite3.Connection, task_id: str, task_type: str, status: str, session_id: str,
+        number: int | None, now: str,
+    ) -> None:  # fmt: skip
+        """A task row, stamped with its session's owner."""
+        conn.execute(
+            "INSERT INTO tasks (task_id, task_type, status, session_id, archive_no, created_at, updated_at, "
+            "account_id, user_id) SELECT ?, ?, ?, ?, ?, ?, ?, account_id, user_id FROM sessions WHERE session_id = ?",
+            (task_id, task_type, status, session_id, number, now, now, session_id),
+        )
+
     def get_task(self, task_id: str) -> TaskRow | None:
         with self._read() as conn:
             row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return _task_row(row) if row else None
 
     def list_tasks(
-        self, task_type: str | None, status: str | None, session_id: str | None, limit: int
+        self, task_type: str | None, status: str | None, session_id: str | None, limit: int, owner: Owner | None = None
     ) -> list[TaskRow]:
         clauses, params = [], []
+        if owner is not None:
+            clauses += ["account_id = ?", "user_id = ?"]
+            params += [owner.account_id, owner.user_id]
         for column, value in (("task_type", task_type), ("status", status), ("session_id", session_id)):
             if value is not None:
                 clauses.append(f"{column} = ?")
@@ -823,19 +848,15 @@ class SQLiteStore:
         with self._write() as conn:
             self._apply_memory_writes(conn, account_id, writes, {"session_id": session_id, "task_id": task_id}, now)
             self._add_memory_counts(conn, session_id, counts)
+            self._insert_task(conn, task_id, "session_extract", "completed", session_id, None, created_at)
             conn.execute(
-                "INSERT INTO tasks (task_id, task_type, status, session_id, created_at, updated_at, result) "
-                "VALUES (?, 'session_extract', 'completed', ?, ?, ?, ?)",
-                (task_id, session_id, created_at, now, _dumps(result)),
+                "UPDATE tasks SET updated_at = ?, result = ? WHERE task_id = ?", (now, _dumps(result), task_id)
             )
 
     def fail_extract(self, session_id: str, task_id: str, error: str, created_at: str, now: str) -> None:
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO tasks (task_id, task_type, status, session_id, created_at, updated_at, error) "
-                "VALUES (?, 'session_extract', 'failed', ?, ?, ?, ?)",
-                (task_id, session_id, created_at, now, error),
-            )
+            self._insert_task(conn, task_id, "session_extract", "failed", session_id, None, created_at)
+            conn.execute("UPDATE tasks SET updated_at = ?, error = ? WHERE task_id = ?", (now, error, task_id))
 
     def fail_phase2(self, task: TaskRow, error: str, now: str) -> None:
         with self._write() as conn:
@@ -872,11 +893,7 @@ class SQLiteStore:
                 "WHERE session_id = ? AND archive_no = ?",
                 (task_id, session_id, number),
             )
-            conn.execute(
-                "INSERT INTO tasks (task_id, task_type, status, session_id, archive_no, created_at, updated_at) "
-                "VALUES (?, 'session_commit', 'pending', ?, ?, ?, ?)",
-                (task_id, session_id, number, now, now),
-            )
+            self._insert_task(conn, task_id, "session_commit", "pending", session_id, number, now)
 
     def skip_archive(self, session_id: str, number: int, now: str) -> None:
         with self._write() as conn:
