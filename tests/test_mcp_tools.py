@@ -142,3 +142,37 @@ async def test_memories_over_mcp(mcp: Client) -> None:
     assert {m["category"] for m in extracted["memories"]} >= {"events"}
     bad = await mcp.call_tool("search_memories", {"query": "x", "category": "hobbies"})
     assert bad.is_error and "INVALID_ARGUMENT" in result_text(bad)
+
+
+async def test_commit_wait_sends_progress_notifications(settings: Any) -> None:
+    import time
+
+    from viking_mcp.engine import Engine
+    from viking_mcp.faces.mcp_server import build_server
+    from viking_mcp.summarize.base import ArchiveInput, ArchiveSummary
+
+    class Slow:
+        name = "slow"
+
+        def summarise(self, archive: ArchiveInput) -> ArchiveSummary:
+            time.sleep(1.0)
+            return ArchiveSummary(abstract="done", overviews=["done"])
+
+    engine = Engine(settings, summariser=Slow())
+    try:
+        async with Client(build_server(engine=engine)) as client:
+            await call(client, "add_message", session_id="s", role="user", content="Something to summarise slowly.")
+            updates: list[tuple[float, float | None, str | None]] = []
+
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                updates.append((progress, total, message))
+
+            result = await client.call_tool(
+                "commit", {"session_id": "s", "wait": True}, progress_callback=on_progress
+            )
+            assert result.structured_content is not None
+            assert result.structured_content["task_status"] == "completed"
+            assert len(updates) >= 2 and all(total == 40.0 for _, total, _ in updates)
+            assert [p for p, _, _ in updates] == sorted(p for p, _, _ in updates)
+    finally:
+        engine.close()
