@@ -316,3 +316,89 @@ def test_memory_diff_is_readable_per_archive(engine: Engine) -> None:
     on_disk = json.loads(json.dumps(diff))
     assert set(on_disk) == {"archive_id", "adds", "updates", "deletes"}
     assert on_disk["archive_id"] == "archive_001"
+
+
+# --- found in review: tenancy of agent memories, counting once, names, dates ---------------------
+
+
+def test_one_users_agent_memories_are_not_anothers(engine: Engine) -> None:
+    from viking_mcp.engine.tree import read_node
+    from viking_mcp.errors import NotFound
+    from viking_mcp.store.base import Owner
+
+    ada, bob = Owner("acme", "ada", "claude"), Owner("acme", "bob", "claude")
+    engine.add_message("ada-s", "user", content="My insurance claim 12345 was refused.", actor=ada)
+    case = {"category": "cases", "abstract": "Insurance claim 12345 refused: appealed."}
+    commit = engine.commit("ada-s", abstract="a", overview="o", actor=ada, memories=[case])
+    engine.run_pending_phase2()
+    assert engine.get_task(commit.task_id or "", actor=ada).status == "completed"
+    [hit] = engine.search_memories("insurance claim", actor=ada).memories
+    assert engine.search_memories("insurance claim", actor=bob).memories == []
+    read_node(engine, hit.uri, ada)
+    with pytest.raises(NotFound):
+        read_node(engine, hit.uri, bob)
+
+
+def test_tool_usage_is_counted_once_across_extract_commit_and_archives(engine: Engine) -> None:
+    def tool(status: str) -> list[dict[str, Any]]:
+        return [{"type": "tool", "tool_id": "call-1", "tool_name": "read_file", "tool_status": status}]
+
+    engine.add_message("s", "assistant", parts=tool("running"))
+    engine.extract("s")
+    engine.commit("s")  # the call is still running: not counted yet
+    engine.run_pending_phase2()
+    engine.add_message("s", "assistant", parts=tool("completed"))
+    engine.extract("s")
+    engine.extract("s")
+    engine.commit("s")
+    engine.run_pending_phase2()
+    [memory] = stored(engine, "tools", "agent")
+    assert memory.stats == {"calls": 1, "completed": 1, "errors": 0}
+
+
+def test_names_that_slug_alike_stay_apart(engine: Engine) -> None:
+    names = ["read_file", "read-file", "C++", "C#", "Bea", "bea!"]
+    commit_memories(engine, "s", [{"category": "entities", "name": n, "abstract": f"{n}."} for n in names])
+    assert len(stored(engine, "entities")) == len(names)
+    commit_memories(engine, "s", [{"category": "entities", "name": " BEA ", "abstract": "Bea again."}])
+    assert len(stored(engine, "entities")) == len(names)  # casefold and spaces: the same Bea
+
+
+def test_a_restated_preference_with_other_words_is_one_memory(engine: Engine) -> None:
+    for text in ("I love hiking in the hills near Sintra.", "I really love hiking.", "I love hiking on weekends."):
+        engine.add_message("s", "user", content=text)
+    engine.commit("s")
+    engine.run_pending_phase2()
+    [preference] = stored(engine, "preferences")
+    assert preference.content.count("hiking") == 3
+
+
+def test_dates_without_a_year_do_not_jump_into_the_future() -> None:
+    from datetime import date
+
+    from viking_mcp.memory.offline import resolve_when
+
+    assert resolve_when("We had a party on December 31.", date(2024, 1, 2)) == "2023-12-31"
+    assert resolve_when("We will travel on December 31.", date(2024, 1, 2)) == "2024-12-31"
+    assert resolve_when("Last Friday I ran 10k.", date(2024, 5, 3)) == "2024-04-26"  # said on a Friday
+    assert resolve_when("On February 30 or so, well, yesterday, I moved.", date(2024, 3, 2)) == "2024-03-01"
+
+
+def test_active_count_counts_each_context_once_and_only_the_owners(engine: Engine) -> None:
+    from viking_mcp.store.base import Owner
+
+    ada, bob = Owner("default", "ada", "default"), Owner("default", "bob", "default")
+    engine.add_message("ada-s", "user", content="x", actor=ada)
+    engine.commit("ada-s", abstract="a", overview="o", actor=ada,
+                  memories=[{"category": "preferences", "name": "tea", "abstract": "Likes green tea."}])  # fmt: skip
+    engine.run_pending_phase2()
+    [hit] = engine.search_memories("green tea", actor=ada).memories
+    engine.add_message("bob-s", "user", content="y", actor=bob)
+    engine.record_usage("bob-s", contexts=[hit.uri] * 5, actor=bob)  # not bob's memory
+    engine.commit("bob-s", actor=bob)
+    engine.add_message("ada-s", "user", content="z", actor=ada)
+    engine.record_usage("ada-s", contexts=[hit.uri] * 5, actor=ada)
+    engine.commit("ada-s", actor=ada)
+    engine.run_pending_phase2()
+    [hit] = engine.search_memories("green tea", actor=ada).memories
+    assert hit.active_count == 1

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from viking_mcp.errors import Conflict, VikingError
-from viking_mcp.memory.categories import Candidate, Scope
+from viking_mcp.memory.categories import Candidate, Scope, agent_space
 from viking_mcp.memory.merge import MergePlan, StoredMemory, plan_merge
 from viking_mcp.memory.offline import extract_offline, extract_usage
 from viking_mcp.models import CommitTaskResult, MemoryInput, Message, archive_id, archive_uri
@@ -58,7 +58,8 @@ class Extraction:
 
 
 def owners_of(owner: Owner) -> dict[Scope, str]:
-    return {"user": owner.user_id, "agent": owner.agent_id}
+    """Whose memories a session's owner has: its user's, and its agent's space for that user."""
+    return {"user": owner.user_id, "agent": agent_space(owner.user_id, owner.agent_id)}
 
 
 def candidates_from(memories: list[MemoryInput]) -> list[Candidate]:
@@ -152,6 +153,7 @@ def _output(
         llm_completion_tokens=summary.llm_completion_tokens,
         account_id=owner.account_id,
         memory_writes=plan.writes,
+        memory_owners={str(scope): space for scope, space in owners_of(owner).items()},
     )
 
 

@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from viking_mcp.engine.phase2 import owners_of
 from viking_mcp.errors import InvalidArgument, NotFound
 from viking_mcp.memory.categories import SCOPES
 from viking_mcp.memory.merge import StoredMemory
@@ -68,7 +69,7 @@ def _read_memory_node(engine: Engine, uri: str, actor: Owner | None) -> tuple[st
     segments = [s for s in path.split("/") if s]
     if not segments or segments[0] != "memories":
         raise NotFound(f"nothing at {uri[:120]}")
-    if actor is not None and owner_id != (actor.user_id if scope == "user" else actor.agent_id):
+    if actor is not None and owner_id != owners_of(actor)[scope]:  # type: ignore[index]
         raise NotFound(f"nothing at {uri[:120]}")  # another user's (or agent's) memories
     account = (actor or engine.owner).account_id
     if len(segments) <= 2 and not (len(segments) == 2 and segments[1].endswith(".md")):

@@ -92,6 +92,26 @@ class Candidate:
     stats: dict[str, int] = field(default_factory=dict)
 
 
+def name_key(name: str) -> str:
+    """The key of a named memory. Names are compared casefolded with their spaces collapsed;
+    when the slug had to drop characters ('read_file', 'C++', 'bea!'), a short hash of the
+    name keeps different names apart."""
+    name = " ".join(name.casefold().split())
+    key = slug(name)
+    if key != name:
+        key += "-" + hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:6]
+    return key
+
+
+def agent_space(user_id: str, agent_id: str) -> str:
+    """Where an agent's memories live for one user: an agent serving two users keeps two
+    spaces, so one user's cases, tools and skills never show up for the other. The default
+    user's space is the agent id itself."""
+    if user_id == "default":
+        return agent_id
+    return f"{agent_id}-{hashlib.sha1(user_id.encode()).hexdigest()[:8]}"
+
+
 def memory_key(candidate: Candidate) -> str:
     """The file name (without .md) a candidate merges into, before similarity is considered."""
     rule = RULES[candidate.category]
@@ -104,7 +124,7 @@ def memory_key(candidate: Candidate) -> str:
         ).hexdigest()[:10]
         prefix = slug(candidate.when or "", 10) + "-" if candidate.when else ""
         return f"{prefix}{slug(candidate.abstract, 40)}-{digest}"
-    return slug(candidate.name or candidate.abstract)
+    return name_key(candidate.name) if candidate.name else slug(candidate.abstract)
 
 
 def memory_uri(scope: Scope, owner_id: str, category: str, key: str) -> str:

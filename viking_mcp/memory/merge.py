@@ -118,6 +118,12 @@ def plan_merge(candidates: list[Candidate], owners: dict[Scope, str], lookup: Me
     """Decide, for each candidate, whether it adds a memory, updates one, or changes nothing."""
     originals: dict[str, StoredMemory | None] = {}
     working: dict[str, StoredMemory] = {}
+    stored_in: dict[tuple[str, str], list[StoredMemory]] = {}  # each category read once per plan
+
+    def category(scope: Scope, name: str) -> list[StoredMemory]:
+        if (scope, name) not in stored_in:
+            stored_in[(scope, name)] = lookup.memories_in_category(scope, owners[scope], name)
+        return stored_in[(scope, name)]
 
     def uri_for(candidate: Candidate) -> tuple[str, str]:
         scope = SCOPES[candidate.category]
@@ -125,7 +131,7 @@ def plan_merge(candidates: list[Candidate], owners: dict[Scope, str], lookup: Me
         if RULES[candidate.category] == "similar" and not candidate.name:
             # No topic given: merge into a stored memory that says much the same thing.
             pool = [m for m in working.values() if m.category == candidate.category]
-            pool += lookup.memories_in_category(scope, owners[scope], candidate.category)
+            pool += category(scope, candidate.category)
             for memory in pool:
                 if similar(memory.abstract, candidate.abstract):
                     return memory.uri, memory.key

@@ -67,6 +67,10 @@ _NOT_NAMES = {
 }  # fmt: skip
 
 
+_TOPIC_FILLER = {"to", "the", "a", "an", "my", "our", "your", "being", "going", "doing", "all", "some", "more", "so"}
+_FUTURE = re.compile(r"\b(will|next|going to|gonna|plan(?:ning)? to|tomorrow|soon)\b", re.I)
+
+
 def _day(message: Message) -> date:
     return datetime.fromisoformat(message.created_at.replace("Z", "+00:00")).date()
 
@@ -89,9 +93,16 @@ def resolve_when(sentence: str, said_on: date) -> str | None:
         number = int(day or day2)
         resolved_year = int(year) if year else said_on.year
         try:
-            return date(resolved_year, month_index, number).isoformat()
+            resolved = date(resolved_year, month_index, number)
         except ValueError:
-            return None
+            resolved = None  # "February 30": try the sentence's other time words
+        if resolved is not None:
+            # "on December 31", said on 2 January, was last year unless it is a plan.
+            if not year and resolved > said_on + timedelta(days=7) and not _FUTURE.search(sentence):
+                resolved = (
+                    resolved.replace(year=resolved.year - 1) if not (month_index == 2 and number == 29) else resolved
+                )
+            return resolved.isoformat()
     if match := _RELATIVE.search(sentence):
         offset = 1 if match.group(1).lower() == "yesterday" else 0
         return (said_on - timedelta(days=offset)).isoformat()
@@ -145,7 +156,9 @@ def extract_offline(messages: list[Message], user_label: str = "User") -> list[C
         if _PROFILE.search(text) and len(profile[speaker]) < _PROFILE_PER_ARCHIVE:
             profile[speaker].append(text)
         if match := _PREFERENCE.search(text):
-            topic = " ".join(match.group(2).split()[:3])
+            # The topic is the first word that says what: "hiking" in "hiking in the hills".
+            words = [w for w in re.findall(r"[A-Za-z][\w'-]*", match.group(2)) if w.lower() not in _TOPIC_FILLER]
+            topic = (words or match.group(2).split())[0].lower()
             candidates.append(
                 Candidate(
                     "preferences",
@@ -214,12 +227,15 @@ def _entities(said: list[tuple[Unit, date]], names: set[str], profile: dict[str,
 
 
 def _tools(messages: list[Message]) -> list[Candidate]:
-    """One candidate per tool name, counting each tool call (tool_id) once, at its last status."""
+    """One candidate per tool name, counting each tool call (tool_id) once: in the archive
+    where it reaches its final status (completed or error), so a call that spans two
+    archives is not counted twice."""
     last: dict[str, ToolPart] = {}
     for message in messages:
         for part in message.parts:
             if isinstance(part, ToolPart):
                 last[part.tool_id] = part
+    last = {tool_id: part for tool_id, part in last.items() if part.tool_status in ("completed", "error")}
     by_name: dict[str, list[ToolPart]] = defaultdict(list)
     for part in last.values():
         by_name[part.tool_name].append(part)
