@@ -167,9 +167,7 @@ async def test_commit_wait_sends_progress_notifications(settings: Any) -> None:
             async def on_progress(progress: float, total: float | None, message: str | None) -> None:
                 updates.append((progress, total, message))
 
-            result = await client.call_tool(
-                "commit", {"session_id": "s", "wait": True}, progress_callback=on_progress
-            )
+            result = await client.call_tool("commit", {"session_id": "s", "wait": True}, progress_callback=on_progress)
             assert result.structured_content is not None
             assert result.structured_content["task_status"] == "completed"
             assert len(updates) >= 2 and all(total == 40.0 for _, total, _ in updates)

@@ -63,3 +63,52 @@ async def test_install_command_on_a_fresh_copy_gives_a_working_server(tmp_path: 
         assert context.structured_content is not None
         assert context.structured_content["latest_archive_id"] == "archive_001"
         assert context.structured_content["stats"]["totalArchives"] == 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_the_readme_curl_examples_work(tmp_path: Path) -> None:
+    import json
+    import sys
+    import time
+    import urllib.request
+
+    block = re.search(r"<!-- readme:curl -->\s*```sh\n(.+?)\n```", README.read_text(), re.DOTALL)
+    assert block, "README has no curl examples marked readme:curl"
+    setup, *calls = block.group(1).strip().splitlines()
+    key = re.search(r"KEY=(\S+);", setup)
+    assert key
+    port = _free_port()
+    keys = {"keys": {key.group(1): {"account_id": "acme", "user_id": "ada", "agent_id": "claude"}}}
+    env = server_env(tmp_path / "home", VIKING_MCP_API_KEYS=json.dumps(keys))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "viking_mcp", "serve", "--transport", "http", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.1)
+        script = setup.replace(":1933", f":{port}")
+        for call in calls:
+            out = subprocess.run(
+                ["bash", "-c", f"{script}\n{call}"], capture_output=True, text=True, timeout=60, env=env
+            )
+            assert out.returncode == 0, (call, out.stderr)
+            answer = json.loads(out.stdout)
+            assert answer["status"] == "ok", (call, answer)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from viking_mcp.config import Settings
 from viking_mcp.engine.context import assemble_context
 from viking_mcp.engine.messages import build_message, check_encodable, describe_validation_error
-from viking_mcp.engine.phase2 import candidates_from, plan_memories, run_phase2
+from viking_mcp.engine.phase2 import candidates_from, owners_of, plan_memories, run_phase2
 from viking_mcp.errors import (
     AlreadyExists,
     Conflict,
@@ -35,7 +35,7 @@ from viking_mcp.errors import (
     Unavailable,
     VikingError,
 )
-from viking_mcp.memory.offline import extract_offline, extract_usage
+from viking_mcp.memory.offline import extract_offline
 from viking_mcp.memory.search import fts_query
 from viking_mcp.models import (
     MEMORY_CATEGORIES,
@@ -646,25 +646,33 @@ class Engine:
 
         Uses the LLM endpoint if one is configured, else the offline rules; the memories
         merge like Phase 2's (so extracting again, or committing later, adds no duplicates).
+        Tool and skill usage is counted once, by the commit that archives it, not here.
         """
         row = self._require_session(session_id, actor)
         messages = [m.message for m in self.store.live_messages(session_id)]
         archive = ArchiveInput(session_id=session_id, archive_id="live", messages=messages, previous_overview="")
         task_id = uuid.uuid4().hex
         started = utc_now()
+        prompt_tokens = completion_tokens = 0
         try:
             if self.llm is not None and messages:
-                candidates = candidates_from(self.llm.run(archive).memories)
+                result = self.llm.run(archive)
+                candidates = candidates_from(result.memories)
+                prompt_tokens, completion_tokens = result.prompt_tokens, result.completion_tokens
             else:
                 candidates = extract_offline(messages)
-            candidates += extract_usage(messages, self.store.usage(session_id).skills)
-            plan = plan_memories(self.store, row.owner, candidates)
-            counts = plan.counts()
-            self.store.finish_extract(
-                session_id, row.owner.account_id, task_id, plan.writes, counts, started, utc_now()
-            )
-        except Conflict:
-            raise
+            for attempt in range(3):  # another writer may merge into the same memories meanwhile
+                plan = plan_memories(self.store, row.owner, candidates)
+                counts = plan.counts()
+                try:
+                    self.store.finish_extract(
+                        session_id, row.owner.account_id, task_id, plan.writes, counts, started, utc_now(),
+                        llm_tokens=(prompt_tokens, completion_tokens),
+                    )  # fmt: skip
+                    break
+                except Conflict:
+                    if attempt == 2:
+                        raise
         except VikingError:
             raise
         except Exception as exc:
@@ -712,7 +720,7 @@ class Engine:
         match = fts_query(query)
         if match is None:
             return MemorySearchResult(query=query, memories=[])
-        owners = {"user": owner.user_id, "agent": owner.agent_id}
+        owners = {str(scope): space for scope, space in owners_of(owner).items()}
         rows = self.store.search_memories(owner.account_id, owners, match, category, limit)
         return MemorySearchResult(
             query=query,

@@ -1,20 +1,39 @@
 """The `viking-mcp` command. With no arguments it is an MCP server on stdio.
 
-stdout belongs to the MCP protocol when serving: everything meant for a person goes to
-stderr (logging included).
+    viking-mcp                                  MCP server on stdio (what a desktop host runs)
+    viking-mcp serve [--transport http]         the same, or HTTP: /mcp and /api/v1
+    viking-mcp session new|list|get|delete|add-message|commit|context|archive ...
+    viking-mcp task get|list ...
+    viking-mcp search QUERY                     long-term memories
+    viking-mcp export DIR / import DIR          the viking:// tree as plain files, and back
+
+Subcommands work on the data directory in this process (embedded), or against a running
+server's HTTP API with `--url` (and `--api-key`). Each one is one engine method or one HTTP
+endpoint through `Backend`; this module only parses, dispatches and prints.
+
+When serving over stdio, stdout belongs to the MCP protocol and everything meant for a
+person goes to stderr (logging included). Subcommands print their result on stdout: for
+people by default, the result object as JSON with `--json`. Errors are one line on stderr,
+`viking-mcp: CODE: message`, exit status 1 (2 for a command line that does not parse).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from pydantic import BaseModel
 
 from viking_mcp import __version__
-from viking_mcp.errors import VikingError
+from viking_mcp.errors import InvalidArgument, Unavailable, VikingError
+from viking_mcp.models import MEMORY_CATEGORIES
 
 logger = logging.getLogger("viking_mcp")
 
@@ -32,43 +51,347 @@ Data directory: {home}  (set VIKING_MCP_HOME to change it)
 Press Ctrl-C to stop. `viking-mcp --help` lists the options.
 """
 
+_EPILOG = """\
+examples:
+  viking-mcp session new --id demo
+  echo "I moved to Lisbon in May." | viking-mcp session add-message demo --role user
+  viking-mcp session commit demo --wait
+  viking-mcp session context demo --budget 4000
+  viking-mcp --url http://127.0.0.1:1933 --api-key KEY session list --json
+  viking-mcp export ./backup && viking-mcp --home ./copy import ./backup
+"""
 
-def _configure_logging(level: str) -> None:
+if TYPE_CHECKING:
+    from viking_mcp.faces.cli_backend import Backend
+
+    # A subcommand: one backend call with the parsed arguments.
+    Call = Callable[[Backend, argparse.Namespace], BaseModel]
+
+
+# --- logging --------------------------------------------------------------------------------------
+
+
+class _NoTraceback(logging.Formatter):
+    """For subcommands: a log record is one line; tracebacks only at DEBUG."""
+
+    def formatException(self, ei: tuple[type[BaseException], BaseException, TracebackType | None] | Any) -> str:
+        return ""
+
+
+def _configure_logging(level: str, one_line: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if one_line and level != "DEBUG":
+        handler.setFormatter(_NoTraceback("viking-mcp: %(levelname)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
 
 
+# --- the command line -------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """A command line that does not parse: one line, exit status 2."""
+        self.exit(2, f"viking-mcp: INVALID_ARGUMENT: {message} (see `{self.prog} --help`)\n")
+
+
+def _json_value(kind: type, example: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"not JSON ({exc}); e.g. {example}") from None
+        if not isinstance(value, kind):
+            raise argparse.ArgumentTypeError(
+                f"must be a JSON {kind.__name__.replace('dict', 'object')}; e.g. {example}"
+            )
+        return value
+
+    return parse
+
+
+def _common(defaults: bool) -> argparse.ArgumentParser:
+    """Options every command takes, before or after its name (`viking-mcp --json session list`
+    and `viking-mcp session list --json` are the same)."""
+    parent = _Parser(add_help=False, argument_default=None if defaults else argparse.SUPPRESS)
+    group = parent.add_argument_group("global options")
+    group.add_argument("--home", help="data directory (default: $VIKING_MCP_HOME or the user data directory)")
+    group.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
+    group.add_argument("--url", help="talk to a running server's HTTP API (default: $VIKING_MCP_URL)")
+    group.add_argument("--api-key", help="its API key (default: $VIKING_MCP_API_KEY)")
+    return parent
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from viking_mcp.faces import cli_render as render
+
+    common = _common(defaults=False)
+    parser = _Parser(
         prog="viking-mcp",
         description="Conversation memory for LLM agents. With no command: an MCP server on stdio.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_common(defaults=True)],
     )
     parser.add_argument("--version", action="version", version=f"viking-mcp {__version__}")
-    parser.add_argument("--home", help="data directory (default: $VIKING_MCP_HOME or the user data directory)")
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("VIKING_MCP_LOG_LEVEL", "INFO").upper(),
+        type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging on stderr (default INFO)",
+        help="logging on stderr (default: $VIKING_MCP_LOG_LEVEL, else INFO when serving, WARNING otherwise)",
     )
-    commands = parser.add_subparsers(dest="command")
-    serve = commands.add_parser("serve", help="run the MCP server (the default)")
-    serve.add_argument("--transport", choices=["stdio"], default="stdio", help="MCP transport (default stdio)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server: MCP on stdio (the default), or HTTP")
+    serve.add_argument(
+        "--transport",
+        choices=["stdio", "http"],
+        default="stdio",
+        help="stdio: MCP for one local host (default); http: MCP at /mcp and the OpenViking API at /api/v1",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP: address to listen on (default loopback)")
+    serve.add_argument("--port", type=int, default=1933, help="HTTP: port (default 1933)")
+
+    def command(group: Any, name: str, help: str, call: Call, show: Callable[[Any], str]) -> argparse.ArgumentParser:
+        """A subcommand that makes one backend call and shows its result."""
+        sub: argparse.ArgumentParser = group.add_parser(name, help=help, description=help, parents=[common])
+        sub.set_defaults(call=call, render=show)
+        return sub
+
+    # sessions
+    session = commands.add_parser("session", help="sessions: new, list, get, delete, add-message, commit, ...")
+    sessions = session.add_subparsers(dest="action", metavar="ACTION", required=True)
+    new = command(
+        sessions, "new", "create a session", lambda b, a: b.create_session(a.id, a.metadata), render.session_created
+    )
+    new.add_argument("--id", help="its id (default: a new random one)")
+    new.add_argument("--metadata", type=_json_value(dict, '\'{"project": "x"}\''), help="a JSON object")
+    listing = command(
+        sessions,
+        "list",
+        "list sessions, newest first",
+        lambda b, a: b.list_sessions(a.limit, a.cursor),
+        render.session_page,
+    )
+    listing.add_argument("--limit", type=int, default=50, help="sessions per page (1..500, default 50)")
+    listing.add_argument("--cursor", help="next page: the cursor the previous page printed")
+    get = command(
+        sessions,
+        "get",
+        "show a session's counters and metadata",
+        lambda b, a: b.get_session(a.session_id),
+        render.session_info,
+    )
+    get.add_argument("session_id", metavar="ID", help="the session's id")
+    delete = command(
+        sessions,
+        "delete",
+        "delete a session (its extracted memories stay)",
+        lambda b, a: b.delete_session(a.session_id),
+        render.session_deleted,
+    )
+    delete.add_argument("session_id", metavar="ID", help="the session's id")
+    add = command(
+        sessions, "add-message", "add a message (creates the session if needed)", _add_message, render.message_added
+    )
+    add.add_argument("session_id", metavar="ID", help="the session's id")
+    add.add_argument("--role", choices=["user", "assistant"], required=True)
+    text = add.add_mutually_exclusive_group()
+    text.add_argument("--content", help="the text (default: read from stdin)")
+    text.add_argument(
+        "--parts", type=_json_value(list, '\'[{"type": "text", "text": "hi"}]\''), help="parts as a JSON list"
+    )
+    add.add_argument("--created-at", help="when it was said (ISO 8601; default now)")
+    add.add_argument("--message-id", help="its id; adding the same id again stores it once")
+    commit = command(
+        sessions, "commit", "archive the live messages; summaries and memories follow", _commit, render.commit_result
+    )
+    commit.add_argument("session_id", metavar="ID", help="the session's id")
+    commit.add_argument(
+        "--keep-recent",
+        "--keep-recent-count",
+        dest="keep_recent",
+        type=int,
+        default=0,
+        metavar="N",
+        help="leave the newest N messages live (default 0)",
+    )
+    commit.add_argument("--wait", action="store_true", help="wait for the summary and memories (Phase 2)")
+    commit.add_argument("--abstract", help="your own one-line summary of what is archived")
+    commit.add_argument("--overview", help="your own markdown overview of it")
+    context = command(
+        sessions,
+        "context",
+        "the context an agent would get back",
+        lambda b, a: b.get_context(a.session_id, a.budget),
+        render.context,
+    )
+    context.add_argument("session_id", metavar="ID", help="the session's id")
+    context.add_argument("--budget", type=int, metavar="N", help="token budget for archive summaries (default 128000)")
+    archive = command(
+        sessions,
+        "archive",
+        "one archive: status, summaries and messages",
+        lambda b, a: b.get_archive(a.session_id, a.archive_id),
+        render.archive,
+    )
+    archive.add_argument("session_id", metavar="ID", help="the session's id")
+    archive.add_argument("archive_id", metavar="ARCHIVE_ID", help="e.g. archive_001")
+
+    # tasks
+    task = commands.add_parser("task", help="background tasks: get, list")
+    tasks = task.add_subparsers(dest="action", metavar="ACTION", required=True)
+    task_get = command(tasks, "get", "show a task", lambda b, a: b.get_task(a.task_id), render.task)
+    task_get.add_argument("task_id", metavar="ID", help="the task_id a commit printed")
+    task_list = command(
+        tasks,
+        "list",
+        "list tasks, newest first",
+        lambda b, a: b.list_tasks(a.task_type, a.status, a.resource_id, a.limit),
+        render.task_list,
+    )
+    task_list.add_argument("--type", dest="task_type", choices=["session_commit", "session_extract"])
+    task_list.add_argument("--status", choices=["pending", "running", "completed", "failed"])
+    task_list.add_argument("--session", dest="resource_id", metavar="ID", help="only this session's tasks")
+    task_list.add_argument("--limit", type=int, default=50, help="at most this many (1..500, default 50)")
+
+    # memories and files
+    search = command(
+        commands,
+        "search",
+        "search long-term memories",
+        lambda b, a: b.search_memories(a.query, a.category, a.limit),
+        render.search,
+    )
+    search.add_argument("query", metavar="QUERY", help="words to look for")
+    search.add_argument("--category", choices=MEMORY_CATEGORIES)
+    search.add_argument("--limit", type=int, default=10, help="at most this many (1..100, default 10)")
+    export = command(
+        commands,
+        "export",
+        "write the data directory as plain files (JSONL and markdown)",
+        lambda b, a: b.export_tree(a.directory),
+        render.exported,
+    )
+    export.add_argument("directory", metavar="DIR", help="a new or empty directory")
+    load = command(
+        commands,
+        "import",
+        "read an export back into the data directory",
+        lambda b, a: b.import_tree(a.directory, a.replace),
+        render.imported,
+    )
+    load.add_argument("directory", metavar="DIR", help="a directory `viking-mcp export` wrote")
+    load.add_argument("--replace", action="store_true", help="overwrite sessions, tasks and memories that exist")
     return parser
+
+
+# --- commands that do more than pass their arguments on ------------------------------------------------
+
+
+def _add_message(backend: Backend, args: argparse.Namespace) -> BaseModel:
+    content = args.content
+    if content is None and args.parts is None:
+        content = _stdin_text()
+    return backend.add_message(args.session_id, args.role, content, args.parts, args.created_at, args.message_id)
+
+
+def _stdin_text() -> str:
+    if sys.stdin is None:
+        raise InvalidArgument("give the message with --content or --parts, or on stdin")
+    if sys.stdin.isatty():
+        sys.stderr.write("Type the message; end it with Ctrl-D.\n")
+        sys.stderr.flush()
+    text = sys.stdin.read()
+    if text.endswith("\n"):  # what `echo` adds is not part of the message
+        text = text[:-2] if text.endswith("\r\n") else text[:-1]
+    return text
+
+
+def _commit(backend: Backend, args: argparse.Namespace) -> BaseModel:
+    from viking_mcp.faces.cli_progress import Progress
+
+    session_id, keep, abstract, overview = args.session_id, args.keep_recent, args.abstract, args.overview
+    if not args.wait:
+        return backend.commit(session_id, keep, False, abstract, overview, None)
+    with Progress(sys.stderr, f"committing {session_id} and waiting for its summary") as progress:
+        return backend.commit(session_id, keep, True, abstract, overview, progress.update)
+
+
+# --- running a subcommand ---------------------------------------------------------------------------
+
+
+def _backend(args: argparse.Namespace) -> Backend:
+    url = args.url or os.environ.get("VIKING_MCP_URL")
+    if url:
+        from viking_mcp.faces.cli_remote import RemoteBackend
+
+        return RemoteBackend(url, args.api_key or os.environ.get("VIKING_MCP_API_KEY"))
+    from viking_mcp.config import settings_from_env
+    from viking_mcp.faces.cli_embedded import EmbeddedBackend
+
+    settings = settings_from_env()
+    if args.home:
+        settings = settings.with_home(args.home)
+    try:
+        return EmbeddedBackend(settings)
+    except OSError as exc:
+        raise Unavailable(
+            f"cannot use the data directory {settings.home}: {exc.strerror or exc}; set VIKING_MCP_HOME or --home"
+        ) from exc
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"viking-mcp: {message}\n")
+    sys.stderr.flush()
+    return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        backend = _backend(args)
+        try:
+            result = args.call(backend, args)
+        finally:
+            backend.close()
+        output = result.model_dump_json(indent=2) if args.json else args.render(result)
+        try:
+            sys.stdout.write(output + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:  # `viking-mcp ... | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except VikingError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        sys.stderr.write("viking-mcp: interrupted\n")
+        return 130
+    except Exception as exc:  # a bug: still one line (the traceback with --log-level DEBUG)
+        logger.debug("unexpected error", exc_info=True)
+        return _fail(f"INTERNAL: {type(exc).__name__}: {exc}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    level = args.log_level or os.environ.get("VIKING_MCP_LOG_LEVEL", "").upper() or None
+    if args.command not in (None, "serve"):
+        _configure_logging(level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "WARNING", one_line=True)
+        return _run(args)
+    _configure_logging(level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO")
     try:
         from viking_mcp.config import settings_from_env
 
         settings = settings_from_env()
         if args.home:
             settings = settings.with_home(args.home)
+        if args.command == "serve" and args.transport == "http":
+            from viking_mcp.faces.http_api import serve_http
+
+            serve_http(settings, args.host, args.port)
+            return 0
         return _serve_stdio(settings)
     except (VikingError, OSError, BaseExceptionGroup) as exc:
         # The store is opened by the server's lifespan; its errors may arrive in a group.

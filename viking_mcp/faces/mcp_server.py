@@ -131,8 +131,8 @@ class ServerState:
         if not self.keyring.enabled:
             return None
         headers = ctx.headers
-        if headers is None:
-            return None
+        if headers is None:  # keys are only given to a server that listens on HTTP: fail closed
+            raise ToolError("UNAUTHENTICATED: this request carried no API key")
         try:
             return self.keyring.authenticate(key_from_headers(headers))
         except VikingError as exc:

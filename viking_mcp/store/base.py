@@ -13,9 +13,10 @@ will implement the same methods with the same guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from viking_mcp.memory.merge import MemoryWrite, StoredMemory
 from viking_mcp.models import ArchiveStatus, Message, TaskStatus, TaskType
@@ -131,6 +132,16 @@ class Phase2Output:
     llm_completion_tokens: int = 0
     account_id: str = "default"
     memory_writes: list[MemoryWrite] = field(default_factory=list)
+    # memory spaces of the session's owner: {"user": user_id, "agent": agent space}
+    memory_owners: dict[str, str] = field(default_factory=dict)
+
+    def may_use(self, uri: str) -> bool:
+        """Whether the session's owner may raise `uri`'s active count (not another's memory)."""
+        for scope in ("user", "agent"):
+            prefix = f"viking://{scope}/"
+            if uri.startswith(prefix):
+                return uri[len(prefix) :].split("/", 1)[0] == self.memory_owners.get(scope)
+        return True
 
 
 @dataclass(frozen=True)
@@ -240,8 +251,86 @@ class Store(Protocol):
         counts: dict[str, int],
         created_at: str,
         now: str,
+        llm_tokens: tuple[int, int] = (0, 0),
     ) -> None: ...
     def fail_extract(self, session_id: str, task_id: str, error: str, created_at: str, now: str) -> None: ...
     def search_memories(
         self, account_id: str, owners: dict[str, str], match: str, category: str | None, limit: int
     ) -> list[tuple[StoredMemory, float]]: ...
+
+    # export and import: the whole tree as records (`viking-mcp export` / `import`)
+    def export_tree(self) -> AbstractContextManager[TreeRecords]:
+        """Every session, task, memory and context-usage count, read in one consistent snapshot
+        that lasts while the context is open."""
+        ...
+
+    def import_tree(self, records: TreeRecords, replace: bool, now: str) -> TransferCounts:
+        """Write what `records` yields in one transaction: all of it or nothing. A session, task
+        or memory that already exists is ALREADY_EXISTS, unless `replace` (then the imported one
+        replaces it; a replaced session's unfinished tasks fail as if it had been deleted)."""
+        ...
+
+
+# --- export and import ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsageEntry:
+    """One record_usage row: a context URI or a skill use, and the archive that took it in."""
+
+    kind: Literal["context", "skill"]
+    uri: str
+    payload: dict[str, Any]
+    created_at: str
+    archive_number: int | None
+
+
+@dataclass(frozen=True)
+class SessionDump:
+    """One session, everything the store keeps of it. Message sequence numbers run 1..n with
+    no gaps, archived messages first; the session's counters follow from the messages and
+    archives (an importing store derives them)."""
+
+    session: SessionRow
+    messages: list[StoredMessage]
+    archives: list[ArchiveRow]
+    tools: list[ToolRecord]
+    usage: list[UsageEntry]
+
+
+@dataclass(frozen=True)
+class MemoryDump:
+    account_id: str
+    memory: StoredMemory  # its active_count comes from the context-usage records, not from here
+    source: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ContextUsage:
+    """How often a context (memory or resource) was used, per account."""
+
+    account_id: str
+    uri: str
+    active_count: int
+    last_used_at: str | None
+
+
+class TreeRecords(Protocol):
+    """The store's content as records: what export reads out and import writes back. Tasks
+    come in creation order (oldest first), so that an import keeps their order."""
+
+    def sessions(self) -> Iterator[SessionDump]: ...
+    def tasks(self) -> Iterator[TaskRow]: ...
+    def memories(self) -> Iterator[MemoryDump]: ...
+    def context_usage(self) -> Iterator[ContextUsage]: ...
+
+
+@dataclass(frozen=True)
+class TransferCounts:
+    sessions: int = 0
+    messages: int = 0
+    archives: int = 0
+    tool_records: int = 0
+    tasks: int = 0
+    memories: int = 0
+    context_usage: int = 0

@@ -40,14 +40,20 @@ from viking_mcp.store.base import (
     AppendOutcome,
     ArchiveRow,
     ContextSnapshot,
+    ContextUsage,
+    MemoryDump,
     OverviewRendering,
     Owner,
     Phase1Outcome,
     Phase2Output,
+    SessionDump,
     SessionRow,
     StoredMessage,
     TaskRow,
     ToolRecord,
+    TransferCounts,
+    TreeRecords,
+    UsageEntry,
     UsageRecord,
 )
 from viking_mcp.store.migrations import MIGRATIONS, SCHEMA_VERSION
@@ -798,14 +804,17 @@ class SQLiteStore:
                 {"session_id": task.session_id, "archive_id": archive_id(task.archive_number or 0)},
                 now,
             )
-            used = [
+            used = {
                 r[0]
                 for r in conn.execute(
                     "SELECT uri FROM usage WHERE session_id = ? AND archive_no = ? AND kind = 'context'",
                     (task.session_id, task.archive_number),
                 )
-            ]
-            for uri in used:
+            }
+            # Each context counts once per archive, and only if this session's owner may see
+            # it: another user's memory URI is not theirs to promote.
+            used = {uri for uri in used if output.may_use(uri)}
+            for uri in sorted(used):
                 conn.execute(
                     "INSERT INTO context_usage (account_id, uri, active_count, last_used_at) VALUES (?, ?, 1, ?) "
                     "ON CONFLICT (account_id, uri) DO UPDATE SET active_count = active_count + 1, "
@@ -842,12 +851,18 @@ class SQLiteStore:
         counts: dict[str, int],
         created_at: str,
         now: str,
+        llm_tokens: tuple[int, int] = (0, 0),
     ) -> None:
         """An immediate extraction: its memories, a completed session_extract task, the counters."""
         result = {"session_id": session_id, "memories_extracted": {**counts, "total": sum(counts.values())}}
         with self._write() as conn:
             self._apply_memory_writes(conn, account_id, writes, {"session_id": session_id, "task_id": task_id}, now)
             self._add_memory_counts(conn, session_id, counts)
+            conn.execute(
+                "UPDATE sessions SET llm_prompt_tokens = llm_prompt_tokens + ?, "
+                "llm_completion_tokens = llm_completion_tokens + ? WHERE session_id = ?",
+                (*llm_tokens, session_id),
+            )
             self._insert_task(conn, task_id, "session_extract", "completed", session_id, None, created_at)
             conn.execute(
                 "UPDATE tasks SET updated_at = ?, result = ? WHERE task_id = ?", (now, _dumps(result), task_id)
@@ -1012,3 +1027,227 @@ class SQLiteStore:
                 (match, account_id, owners["user"], owners["agent"], *((category,) if category else ()), limit),
             ).fetchall()
         return [(_memory_row(r), -float(r["rank"])) for r in rows]
+
+    # --- export and import ---------------------------------------------------------------------------
+
+    @contextmanager
+    def export_tree(self) -> Iterator[TreeRecords]:
+        """Everything, read in one transaction: a live server may keep writing meanwhile, and
+        the export still shows one moment (no task completed whose archive is still pending)."""
+        with self._read() as conn:
+            yield _SQLiteTreeRecords(conn)
+
+    def import_tree(self, records: TreeRecords, replace: bool, now: str) -> TransferCounts:
+        counts = dict.fromkeys(
+            ("sessions", "messages", "archives", "tool_records", "tasks", "memories", "context_usage"), 0
+        )
+        with self._write() as conn:
+            for dump in records.sessions():
+                self._import_session(conn, dump, replace, now)
+                counts["sessions"] += 1
+                counts["messages"] += len(dump.messages)
+                counts["archives"] += len(dump.archives)
+                counts["tool_records"] += len(dump.tools)
+            for task in records.tasks():
+                self._import_task(conn, task, replace)
+                counts["tasks"] += 1
+            for memory in records.memories():
+                self._import_memory(conn, memory, replace)
+                counts["memories"] += 1
+            for usage in records.context_usage():
+                # Without replace, counts add up: the contexts were used in both places.
+                conn.execute(
+                    "INSERT INTO context_usage (account_id, uri, active_count, last_used_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (account_id, uri) DO UPDATE SET "
+                    + (
+                        "active_count = excluded.active_count, last_used_at = excluded.last_used_at"
+                        if replace
+                        else "active_count = active_count + excluded.active_count, "
+                        "last_used_at = MAX(COALESCE(last_used_at, ''), COALESCE(excluded.last_used_at, ''))"
+                    ),
+                    (usage.account_id, usage.uri, usage.active_count, usage.last_used_at),
+                )
+                counts["context_usage"] += 1
+        return TransferCounts(**counts)
+
+    def _import_session(self, conn: sqlite3.Connection, dump: SessionDump, replace: bool, now: str) -> None:
+        row = dump.session
+        session_id = row.session_id
+        if conn.execute("SELECT 1 FROM sessions WHERE session_id = ?", (session_id,)).fetchone():
+            if not replace:
+                raise AlreadyExists(f"session {session_id} already exists here; import with --replace to overwrite it")
+            conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+            for table in ("messages", "archives", "tool_calls", "usage"):
+                conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
+            conn.execute(
+                "UPDATE tasks SET status = 'failed', error = 'session replaced by an import before the task finished', "
+                "updated_at = ?, owner = NULL WHERE session_id = ? AND status IN ('pending', 'running')",
+                (now, session_id),
+            )
+        cum = 0
+        cum_at: dict[int, int] = {0: 0}
+        for stored in dump.messages:
+            cum += stored.tokens
+            cum_at[stored.seq] = cum
+            message = stored.message
+            conn.execute(
+                "INSERT INTO messages (session_id, seq, message_id, role, parts, created_at, tokens, cum_tokens) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session_id, stored.seq, message.id, message.role,
+                    _dumps([p.model_dump(mode="json") for p in message.parts]), message.created_at, stored.tokens, cum,
+                ),
+            )  # fmt: skip
+        for archive in dump.archives:
+            conn.execute(
+                f"INSERT INTO archives ({_ARCHIVE_COLUMNS}) VALUES ({', '.join('?' * 17)})",
+                (
+                    session_id, archive.number, archive.first_seq, archive.last_seq, archive.message_count,
+                    archive.tokens, archive.status, archive.created_at, archive.done_at, archive.abstract,
+                    archive.abstract_tokens, archive.overview,
+                    _dumps([[r.tokens, r.text] for r in archive.overview_renderings]),
+                    _dumps(archive.memory_diff) if archive.memory_diff is not None else None,
+                    _dumps(archive.supplied), archive.error, archive.task_id,
+                ),
+            )  # fmt: skip
+        archived_through = dump.archives[-1].last_seq if dump.archives else 0
+        conn.execute(
+            f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({', '.join('?' * 18)})",
+            (
+                session_id, row.owner.account_id, row.owner.user_id, row.owner.agent_id, row.created_at,
+                row.updated_at, _dumps(row.metadata), len(dump.messages) + 1, archived_through, cum,
+                cum_at.get(archived_through, 0), row.commit_count, row.last_commit_at, row.llm_prompt_tokens,
+                row.llm_completion_tokens, _dumps(row.memories_extracted), row.contexts_used, row.skills_used,
+            ),
+        )  # fmt: skip
+        for tool in dump.tools:
+            conn.execute(
+                "INSERT INTO tool_calls (session_id, tool_id, tool_name, skill_uri, tool_input, tool_output, "
+                "tool_status, message_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session_id, tool.tool_id, tool.tool_name, tool.skill_uri, _dumps(tool.tool_input),
+                    tool.tool_output, tool.tool_status, tool.message_id, tool.created_at, tool.updated_at,
+                ),
+            )  # fmt: skip
+        for entry in dump.usage:
+            conn.execute(
+                "INSERT INTO usage (session_id, kind, uri, payload, created_at, archive_no) VALUES (?, ?, ?, ?, ?, ?)",
+                (session_id, entry.kind, entry.uri, _dumps(entry.payload), entry.created_at, entry.archive_number),
+            )
+
+    def _import_task(self, conn: sqlite3.Connection, task: TaskRow, replace: bool) -> None:
+        if not replace and conn.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task.task_id,)).fetchone():
+            raise AlreadyExists(f"task {task.task_id} already exists here; import with --replace to overwrite it")
+        # No lease: a task that was running when exported is taken over by the next worker.
+        conn.execute(
+            "INSERT OR REPLACE INTO tasks (task_id, task_type, status, session_id, archive_no, created_at, "
+            "updated_at, result, error, owner, lease_until, attempts, account_id, user_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
+            (
+                task.task_id, task.task_type, task.status, task.session_id, task.archive_number, task.created_at,
+                task.updated_at, _dumps(task.result) if task.result is not None else None, task.error, task.owner,
+                task.attempts, task.account_id, task.user_id,
+            ),
+        )  # fmt: skip
+
+    def _import_memory(self, conn: sqlite3.Connection, dump: MemoryDump, replace: bool) -> None:
+        memory = dump.memory
+        found = conn.execute(
+            "SELECT id FROM memories WHERE account_id = ? AND uri = ?", (dump.account_id, memory.uri)
+        ).fetchone()
+        if found is not None:
+            if not replace:
+                raise AlreadyExists(f"memory {memory.uri} already exists here; import with --replace to overwrite it")
+            conn.execute("DELETE FROM memories WHERE id = ?", (found[0],))
+            conn.execute("DELETE FROM memories_fts WHERE rowid = ?", (found[0],))
+        cursor = conn.execute(
+            "INSERT INTO memories (account_id, uri, scope, owner_id, category, key, name, abstract, overview, "
+            "content, stats, version, created_at, updated_at, source) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                dump.account_id, memory.uri, memory.scope, memory.owner_id, memory.category, memory.key, memory.name,
+                memory.abstract, memory.overview, memory.content, _dumps(memory.stats), memory.version,
+                memory.created_at, memory.updated_at, _dumps(dump.source),
+            ),
+        )  # fmt: skip
+        conn.execute(
+            "INSERT INTO memories_fts (rowid, name, abstract, overview, content) VALUES (?, ?, ?, ?, ?)",
+            (cursor.lastrowid, memory.name or "", memory.abstract, memory.overview, memory.content),
+        )
+
+
+class _SQLiteTreeRecords:
+    """The records of one read transaction (`SQLiteStore.export_tree`)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def sessions(self) -> Iterator[SessionDump]:
+        conn = self._conn
+        ids = [r[0] for r in conn.execute("SELECT session_id FROM sessions ORDER BY created_at, session_id")]
+        for session_id in ids:
+            row = conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            messages = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
+            ).fetchall()
+            archives = conn.execute(
+                f"SELECT {_ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? ORDER BY archive_no", (session_id,)
+            ).fetchall()
+            tools = conn.execute(
+                "SELECT tool_id, tool_name, skill_uri, tool_input, tool_output, tool_status, message_id, "
+                "created_at, updated_at FROM tool_calls WHERE session_id = ? ORDER BY created_at, tool_id",
+                (session_id,),
+            ).fetchall()
+            usage = conn.execute(
+                "SELECT kind, uri, payload, created_at, archive_no FROM usage WHERE session_id = ? ORDER BY id",
+                (session_id,),
+            ).fetchall()
+            yield SessionDump(
+                session=_session_row(row),
+                messages=[_message_row(r) for r in messages],
+                archives=[_archive_row(r) for r in archives],
+                tools=[_tool_record(r) for r in tools],
+                usage=[_usage_entry(r) for r in usage],
+            )
+
+    def tasks(self) -> Iterator[TaskRow]:
+        for row in self._conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY rowid"):
+            yield _task_row(row)
+
+    def memories(self) -> Iterator[MemoryDump]:
+        for row in self._conn.execute(
+            f"SELECT {_MEMORY_COLUMNS}, m.account_id, m.source FROM {_MEMORY_FROM} ORDER BY m.account_id, m.uri"
+        ):
+            yield MemoryDump(account_id=row["account_id"], memory=_memory_row(row), source=json.loads(row["source"]))
+
+    def context_usage(self) -> Iterator[ContextUsage]:
+        for row in self._conn.execute(
+            "SELECT account_id, uri, active_count, last_used_at FROM context_usage ORDER BY account_id, uri"
+        ):
+            yield ContextUsage(row["account_id"], row["uri"], row["active_count"], row["last_used_at"])
+
+
+def _tool_record(row: sqlite3.Row) -> ToolRecord:
+    return ToolRecord(
+        tool_id=row["tool_id"],
+        tool_name=row["tool_name"],
+        skill_uri=row["skill_uri"],
+        tool_input=json.loads(row["tool_input"]),
+        tool_output=row["tool_output"],
+        tool_status=row["tool_status"],
+        message_id=row["message_id"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _usage_entry(row: sqlite3.Row) -> UsageEntry:
+    return UsageEntry(
+        kind=row["kind"],
+        uri=row["uri"],
+        payload=json.loads(row["payload"]),
+        created_at=row["created_at"],
+        archive_number=row["archive_no"],
+    )

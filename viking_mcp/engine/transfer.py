@@ -1,0 +1,582 @@
+"""Export the store to plain files, and import them back (`viking-mcp export|import DIR`).
+
+Both go through the store: export reads one consistent snapshot (`Store.export_tree`),
+import writes everything in one transaction (`Store.import_tree`), so an import that
+fails half-way (a damaged file, a session that already exists) changes nothing.
+
+Every file is written atomically (a temporary file, then a rename) and the manifest
+last: a directory without it is an export that did not finish, and import refuses it.
+Paths are never taken on trust, not even from validated ids: each one is checked to
+stay inside DIR, and import reads nothing that a link would lead outside it.
+
+The layout and each file's shape: `viking_mcp.engine.export_format`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from viking_mcp import __version__
+from viking_mcp.engine import export_format as files
+from viking_mcp.engine.export_format import (
+    ArchiveMeta,
+    ContextUsageLine,
+    Manifest,
+    MemoryFile,
+    MessageLine,
+    RelationsFile,
+    Rendering,
+    TaskLine,
+    ToolFile,
+    UsageLine,
+)
+from viking_mcp.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from viking_mcp.memory.categories import SCOPES
+from viking_mcp.memory.merge import StoredMemory
+from viking_mcp.models import (
+    Message,
+    SessionInfo,
+    archive_id,
+    archive_uri,
+    message_text,
+    parse_archive_id,
+    utc_now,
+    validate_id,
+)
+from viking_mcp.store.base import (
+    ArchiveRow,
+    ContextUsage,
+    MemoryDump,
+    OverviewRendering,
+    Owner,
+    SessionDump,
+    SessionRow,
+    StoredMessage,
+    TaskRow,
+    ToolRecord,
+    TransferCounts,
+    UsageEntry,
+)
+from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
+
+if TYPE_CHECKING:
+    from viking_mcp.engine.engine import Engine
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class TransferResult(BaseModel):
+    """What an export wrote or an import restored."""
+
+    directory: str
+    sessions: int
+    messages: int
+    archives: int
+    tool_records: int
+    tasks: int
+    memories: int
+    context_usage: int
+
+
+# --- paths inside DIR ---------------------------------------------------------------------------
+
+
+class _Folder:
+    """DIR, and paths in it that are checked to stay in it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.real = root.resolve()
+
+    def path(self, *names: str) -> Path:
+        for name in names:
+            if not name or name in (".", "..") or any(c in name for c in ("/", "\\", "\x00")):
+                raise InvalidArgument(f"{name[:60]!r} cannot be a file name in an export")
+        path = self.root.joinpath(*names)
+        if not path.resolve().is_relative_to(self.real):
+            raise InvalidArgument(f"{'/'.join(names)[:160]} leads outside {self.root}; links out of DIR are refused")
+        return path
+
+    def shown(self, names: tuple[str, ...]) -> str:
+        return "/".join(names)
+
+    def subfolders(self, *names: str) -> list[str]:
+        """Names of the folders in DIR/names (none if it is missing), sorted."""
+        path = self.path(*names)
+        if not path.is_dir():
+            return []
+        try:
+            return sorted(entry.name for entry in os.scandir(path) if entry.is_dir(follow_symlinks=False))
+        except OSError as exc:
+            raise _io_error(exc, "read") from exc
+
+
+def _io_error(exc: OSError, doing: str) -> Unavailable:
+    where = exc.filename or "a file"
+    return Unavailable(f"cannot {doing} {where}: {exc.strerror or exc}")
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _atomic(path: Path, durable: bool = False) -> Iterator[IO[str]]:
+    """A file that appears whole, under its name, or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with temporary.open("x", encoding="utf-8", newline="") as file:
+            yield file
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=2) + "\n"
+
+
+class _Writer:
+    def __init__(self, folder: _Folder, engine: Engine) -> None:
+        self.folder = folder
+        self.engine = engine
+        self.counts = {f.name: 0 for f in fields(TransferCounts)}
+
+    def text(self, names: tuple[str, ...], text: str) -> None:
+        with _atomic(self.folder.path(*names)) as file:
+            file.write(text)
+
+    def session(self, dump: SessionDump) -> None:
+        session_id = validate_id(dump.session.session_id)
+        base = (files.SESSIONS, session_id)
+        # The tree's .meta.json: the session as get_session shows it (owner and counters included).
+        info: SessionInfo = self.engine._session_info(dump.session)
+        self.text((*base, files.META), _dumps(info.model_dump(mode="json")))
+        archived_through = dump.archives[-1].last_seq if dump.archives else 0
+        self.messages((*base, files.MESSAGES), [m for m in dump.messages if m.seq > archived_through])
+        latest = next((a for a in reversed(dump.archives) if a.status == "completed"), None)
+        self.text((*base, files.ABSTRACT), latest.abstract if latest else "")
+        self.text((*base, files.OVERVIEW), latest.overview if latest else "")
+        relations = RelationsFile(
+            contexts=[u.uri for u in dump.usage if u.kind == "context"],
+            skills=[u.payload for u in dump.usage if u.kind == "skill"],
+            records=[
+                UsageLine(
+                    kind=u.kind,
+                    uri=u.uri,
+                    payload=u.payload,
+                    created_at=u.created_at,
+                    archive_id=archive_id(u.archive_number) if u.archive_number is not None else None,
+                )
+                for u in dump.usage
+            ],
+        )
+        self.text((*base, files.RELATIONS), _dumps(relations.model_dump(mode="json")))
+        for tool in dump.tools:
+            self.text((*base, files.TOOLS, tool.tool_id, files.TOOL), _dumps(asdict(tool)))
+        for archive in dump.archives:
+            self.archive(base, dump, archive)
+        self.counts["sessions"] += 1
+        self.counts["messages"] += len(dump.messages)
+        self.counts["archives"] += len(dump.archives)
+        self.counts["tool_records"] += len(dump.tools)
+
+    def archive(self, base: tuple[str, ...], dump: SessionDump, archive: ArchiveRow) -> None:
+        name = archive_id(archive.number)
+        where = (*base, files.HISTORY, name)
+        renderings = archive.overview_renderings
+        meta = ArchiveMeta(
+            archive_id=name,
+            uri=archive_uri(dump.session.session_id, archive.number),
+            status=archive.status,
+            created_at=archive.created_at,
+            done_at=archive.done_at,
+            message_count=archive.message_count,
+            error=archive.error,
+            task_id=archive.task_id,
+            abstract_tokens=archive.abstract_tokens,
+            overview_tokens=renderings[0].tokens if renderings else None,
+            shorter_overviews=[Rendering(tokens=r.tokens, text=r.text) for r in renderings[1:]],
+            supplied=archive.supplied,
+        )
+        self.text((*where, files.META), _dumps(meta.model_dump(mode="json")))
+        self.messages(
+            (*where, files.MESSAGES), [m for m in dump.messages if archive.first_seq <= m.seq <= archive.last_seq]
+        )
+        self.text((*where, files.ABSTRACT), archive.abstract)
+        self.text((*where, files.OVERVIEW), archive.overview)
+        if archive.memory_diff is not None:
+            self.text((*where, files.MEMORY_DIFF), _dumps(archive.memory_diff))
+        if archive.status == "completed" and archive.done_at is not None:
+            self.text((*where, files.DONE), archive.done_at)
+
+    def messages(self, names: tuple[str, ...], stored: list[StoredMessage]) -> None:
+        with _atomic(self.folder.path(*names)) as file:
+            for item in stored:
+                line = MessageLine(**item.message.model_dump(), tokens=item.tokens)
+                file.write(line.model_dump_json() + "\n")
+
+    def tasks(self, tasks: Iterator[TaskRow]) -> None:
+        with _atomic(self.folder.path(files.TASKS)) as file:
+            for task in tasks:
+                line = TaskLine(
+                    task_id=task.task_id,
+                    task_type=task.task_type,
+                    status=task.status,
+                    resource_id=task.session_id,
+                    archive_id=archive_id(task.archive_number) if task.archive_number is not None else None,
+                    created_at=task.created_at,
+                    updated_at=task.updated_at,
+                    result=task.result,
+                    error=task.error,
+                    account_id=task.account_id,
+                    user_id=task.user_id,
+                    attempts=task.attempts,
+                    owner=task.owner,
+                )
+                file.write(line.model_dump_json() + "\n")
+                self.counts["tasks"] += 1
+
+    def memory(self, dump: MemoryDump) -> None:
+        memory = dump.memory
+        prefix = () if dump.account_id == files.DEFAULT_ACCOUNT else (files.ACCOUNTS, dump.account_id)
+        if not memory.uri.startswith("viking://"):
+            raise InvalidArgument(f"memory URI {memory.uri[:80]!r} is not a viking:// URI")
+        names = (*prefix, *memory.uri[len("viking://") :].split("/"))
+        front = MemoryFile(account_id=dump.account_id, source=dump.source, **asdict(memory))
+        lines = [f"{field}: {json.dumps(value, ensure_ascii=False)}" for field, value in front.model_dump().items()]
+        body = [f"# {memory.abstract}"]
+        if memory.overview:
+            body.append(memory.overview)
+        if memory.content and memory.content != memory.abstract:
+            body.append(memory.content)
+        self.text(names, "---\n" + "\n".join(lines) + "\n---\n\n" + "\n\n".join(body) + "\n")
+        self.counts["memories"] += 1
+
+    def context_usage(self, rows: Iterator[ContextUsage]) -> None:
+        with _atomic(self.folder.path(files.CONTEXT_USAGE)) as file:
+            for row in rows:
+                file.write(ContextUsageLine(**asdict(row)).model_dump_json() + "\n")
+                self.counts["context_usage"] += 1
+
+
+def export_tree(engine: Engine, directory: str | os.PathLike[str]) -> TransferResult:
+    """Write everything the store holds into `directory`, which must be new or empty."""
+    root = Path(directory).expanduser()
+    try:
+        if root.exists() and not root.is_dir():
+            raise FailedPrecondition(f"{root} is a file; export into a new or empty directory")
+        if root.is_dir() and any(root.iterdir()):
+            raise FailedPrecondition(f"{root} is not empty; export into a new or empty directory")
+        root.mkdir(parents=True, exist_ok=True)
+        writer = _Writer(_Folder(root), engine)
+        with engine.store.export_tree() as records:
+            for dump in records.sessions():
+                writer.session(dump)
+            writer.tasks(records.tasks())
+            for memory in records.memories():
+                writer.memory(memory)
+            writer.context_usage(records.context_usage())
+        manifest = Manifest(
+            viking_mcp_version=__version__,
+            exported_at=utc_now(),
+            encoding=engine.tokens.encoding_name,
+            counts=writer.counts,
+        )
+        with _atomic(writer.folder.path(files.MANIFEST), durable=True) as file:
+            file.write(_dumps(manifest.model_dump(mode="json")))
+    except OSError as exc:
+        raise _io_error(exc, "write") from exc
+    return TransferResult(directory=str(root), **writer.counts)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = [f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()[:3]]
+    return "; ".join(problems)
+
+
+class _FileRecords:
+    """An export directory as the store's `TreeRecords`, read lazily while the import runs."""
+
+    def __init__(self, folder: _Folder, tokens: TokenCounter) -> None:
+        self.folder = folder
+        self.tokens = tokens
+
+    # reading one file
+
+    def exists(self, names: tuple[str, ...]) -> bool:
+        return self.folder.path(*names).is_file()
+
+    def text(self, names: tuple[str, ...], default: str | None = None) -> str:
+        path = self.folder.path(*names)
+        if default is not None and not path.exists():
+            return default
+        try:
+            with path.open(encoding="utf-8", newline="") as file:
+                return file.read()
+        except FileNotFoundError:
+            raise InvalidArgument(f"{self.folder.shown(names)} is missing from the export") from None
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"{self.folder.shown(names)} is not UTF-8 text") from None
+        except OSError as exc:
+            raise _io_error(exc, "read") from exc
+
+    def model(self, kind: type[Model], names: tuple[str, ...], text: str | None = None) -> Model:
+        try:
+            return kind.model_validate_json(self.text(names) if text is None else text)
+        except ValidationError as exc:
+            raise InvalidArgument(f"{self.folder.shown(names)}: {_describe(exc)}") from None
+
+    def lines(self, kind: type[Model], names: tuple[str, ...]) -> Iterator[Model]:
+        for number, line in enumerate(self.text(names, default="").split("\n"), start=1):
+            if line.strip():
+                yield self.model(kind, (*names[:-1], f"{names[-1]} line {number}"), line)
+
+    def stored_messages(self, names: tuple[str, ...], first_seq: int) -> list[StoredMessage]:
+        stored: list[StoredMessage] = []
+        for line in self.lines(MessageLine, names):
+            message = Message(id=line.id, role=line.role, parts=line.parts, created_at=line.created_at)
+            tokens = line.tokens
+            if tokens is None:  # hand-written: count as add_message would
+                tokens = self.tokens.count(message_text(message)) + MESSAGE_OVERHEAD_TOKENS
+            stored.append(StoredMessage(seq=first_seq + len(stored), message=message, tokens=tokens))
+        return stored
+
+    def count(self, text: str, stored: int | None) -> int:
+        return self.tokens.count(text) if stored is None else stored
+
+    # TreeRecords
+
+    def sessions(self) -> Iterator[SessionDump]:
+        for name in self.folder.subfolders(files.SESSIONS):
+            yield self.session(validate_id(name))
+
+    def session(self, session_id: str) -> SessionDump:
+        base = (files.SESSIONS, session_id)
+        info = self.model(SessionInfo, (*base, files.META))
+        if info.session_id != session_id:
+            raise InvalidArgument(f"{self.folder.shown((*base, files.META))} is session {info.session_id[:80]!r}")
+        numbers = sorted(parse_archive_id(name) for name in self.folder.subfolders(*base, files.HISTORY))
+        if numbers != list(range(1, len(numbers) + 1)) or len(numbers) != info.commit_count:
+            raise InvalidArgument(
+                f"{self.folder.shown(base)}: history/ has archives {numbers[:5]}..., but the session had "
+                f"{info.commit_count} commits; archives run from archive_001 without gaps"
+            )
+        messages: list[StoredMessage] = []
+        archives = [self.archive(base, number, messages) for number in numbers]
+        live = self.stored_messages((*base, files.MESSAGES), len(messages) + 1)
+        messages += live
+        if (info.total_message_count, info.message_count) != (len(messages), len(live)):
+            raise InvalidArgument(
+                f"{self.folder.shown((*base, files.META))} counts {info.total_message_count} messages "
+                f"({info.message_count} live), but the files hold {len(messages)} ({len(live)} live)"
+            )
+        relations = self.model(RelationsFile, (*base, files.RELATIONS), self.text((*base, files.RELATIONS), "{}"))
+        tools = []
+        for tool_id in self.folder.subfolders(*base, files.TOOLS):
+            tool = self.model(ToolFile, (*base, files.TOOLS, tool_id, files.TOOL))
+            if tool.tool_id != tool_id:
+                raise InvalidArgument(f"{self.folder.shown((*base, files.TOOLS, tool_id))} holds {tool.tool_id!r}")
+            tools.append(ToolRecord(**tool.model_dump()))
+        user = info.user
+        row = SessionRow(
+            session_id=session_id,
+            owner=Owner(
+                validate_id(user.account_id, "account_id"),
+                validate_id(user.user_id, "user_id"),
+                validate_id(user.agent_id, "agent_id"),
+            ),
+            created_at=info.created_at,
+            updated_at=info.updated_at,
+            metadata=info.metadata,
+            total_message_count=len(messages),
+            live_message_count=len(live),
+            pending_tokens=sum(m.tokens for m in live),
+            commit_count=info.commit_count,
+            last_commit_at=info.last_commit_at,
+            llm_prompt_tokens=info.llm_token_usage.prompt,
+            llm_completion_tokens=info.llm_token_usage.completion,
+            memories_extracted={k: v for k, v in info.memories_extracted.items() if k != "total"},
+            contexts_used=info.contexts_used,
+            skills_used=info.skills_used,
+        )
+        usage = [
+            UsageEntry(
+                kind=r.kind,
+                uri=r.uri,
+                payload=r.payload,
+                created_at=r.created_at,
+                archive_number=parse_archive_id(r.archive_id) if r.archive_id is not None else None,
+            )
+            for r in relations.records
+        ]
+        if len({m.message.id for m in messages}) != len(messages):
+            raise InvalidArgument(f"{self.folder.shown(base)}: two messages have the same id")
+        return SessionDump(session=row, messages=messages, archives=archives, tools=tools, usage=usage)
+
+    def archive(self, base: tuple[str, ...], number: int, messages: list[StoredMessage]) -> ArchiveRow:
+        """One archive; its messages are appended to `messages`, numbered after them."""
+        where = (*base, files.HISTORY, archive_id(number))
+        meta = self.model(ArchiveMeta, (*where, files.META))
+        if meta.archive_id != archive_id(number):
+            raise InvalidArgument(f"{self.folder.shown((*where, files.META))} is {meta.archive_id[:40]!r}")
+        stored = self.stored_messages((*where, files.MESSAGES), len(messages) + 1)
+        if len(stored) != meta.message_count or not stored:
+            raise InvalidArgument(
+                f"{self.folder.shown(where)}: .meta.json counts {meta.message_count} messages, "
+                f"messages.jsonl holds {len(stored)}"
+            )
+        messages += stored
+        abstract = self.text((*where, files.ABSTRACT), "")
+        overview = self.text((*where, files.OVERVIEW), "")
+        renderings: list[OverviewRendering] = []
+        if overview or meta.overview_tokens is not None:
+            renderings.append(OverviewRendering(tokens=self.count(overview, meta.overview_tokens), text=overview))
+        renderings += [OverviewRendering(self.count(r.text, r.tokens), r.text) for r in meta.shorter_overviews]
+        memory_diff: dict[str, Any] | None = None
+        if self.exists((*where, files.MEMORY_DIFF)):
+            diff = self.text((*where, files.MEMORY_DIFF))
+            try:
+                memory_diff = json.loads(diff)
+            except ValueError:
+                raise InvalidArgument(f"{self.folder.shown((*where, files.MEMORY_DIFF))} is not JSON") from None
+            if not isinstance(memory_diff, dict):
+                raise InvalidArgument(f"{self.folder.shown((*where, files.MEMORY_DIFF))} is not a JSON object")
+        return ArchiveRow(
+            session_id=base[-1],
+            number=number,
+            first_seq=stored[0].seq,
+            last_seq=stored[-1].seq,
+            message_count=len(stored),
+            tokens=sum(m.tokens for m in stored),
+            status=meta.status,
+            created_at=meta.created_at,
+            done_at=meta.done_at,
+            abstract=abstract,
+            abstract_tokens=self.count(abstract, meta.abstract_tokens),
+            overview=overview,
+            overview_renderings=renderings,
+            memory_diff=memory_diff,
+            supplied=meta.supplied,
+            error=meta.error,
+            task_id=meta.task_id,
+        )
+
+    def tasks(self) -> Iterator[TaskRow]:
+        seen: set[str] = set()
+        for line in self.lines(TaskLine, (files.TASKS,)):
+            if validate_id(line.task_id, "task_id") in seen:
+                raise InvalidArgument(f"{files.TASKS} has task {line.task_id} twice")
+            seen.add(line.task_id)
+            yield TaskRow(
+                task_id=line.task_id,
+                task_type=line.task_type,
+                status=line.status,
+                session_id=validate_id(line.resource_id, "resource_id"),
+                archive_number=parse_archive_id(line.archive_id) if line.archive_id is not None else None,
+                created_at=line.created_at,
+                updated_at=line.updated_at,
+                result=line.result,
+                error=line.error,
+                owner=line.owner,
+                attempts=line.attempts,
+                account_id=line.account_id,
+                user_id=line.user_id,
+            )
+
+    def memory_files(self) -> Iterator[tuple[str, ...]]:
+        """Every .md file under {user,agent}/{id}/memories/, also below accounts/{account_id}/."""
+        bases: list[tuple[str, ...]] = [()]
+        bases += [(files.ACCOUNTS, validate_id(a, "account_id")) for a in self.folder.subfolders(files.ACCOUNTS)]
+        for base in bases:
+            for scope in ("user", "agent"):
+                for owner in self.folder.subfolders(*base, scope):
+                    top = (*base, scope, owner, "memories")
+                    root = self.folder.path(*top)
+                    for folder, subfolders, names in os.walk(root):  # links to folders are not followed
+                        subfolders.sort()
+                        relative = Path(folder).relative_to(root).parts
+                        for name in sorted(names):
+                            if name.endswith(".md"):
+                                yield (*top, *relative, name)
+
+    def memories(self) -> Iterator[MemoryDump]:
+        for names in self.memory_files():
+            try:
+                front = MemoryFile.model_validate(self.front_matter(names, self.text(names)))
+            except ValidationError as exc:
+                raise InvalidArgument(f"{self.folder.shown(names)}: {_describe(exc)}") from None
+            if SCOPES[front.category] != front.scope or not front.uri.startswith(
+                f"viking://{front.scope}/{validate_id(front.owner_id, 'owner_id')}/memories/"
+            ):
+                raise InvalidArgument(f"{self.folder.shown(names)}: uri, scope, owner_id and category disagree")
+            values = front.model_dump(exclude={"account_id", "source"})
+            yield MemoryDump(
+                account_id=validate_id(front.account_id, "account_id"),
+                memory=StoredMemory(**values),
+                source=front.source,
+            )
+
+    def front_matter(self, names: tuple[str, ...], text: str) -> dict[str, Any]:
+        end = text.find("\n---", 3)
+        if not text.startswith("---\n") or end < 0:
+            raise InvalidArgument(f"{self.folder.shown(names)} has no front matter (--- ... ---)")
+        found: dict[str, Any] = {}
+        for line in text[4:end].split("\n"):
+            if not line.strip():
+                continue
+            name, _, value = line.partition(": ")
+            try:
+                found[name.strip()] = json.loads(value)
+            except ValueError:
+                raise InvalidArgument(f"{self.folder.shown(names)}: {name.strip()[:40]} is not a JSON value") from None
+        return found
+
+    def context_usage(self) -> Iterator[ContextUsage]:
+        for line in self.lines(ContextUsageLine, (files.CONTEXT_USAGE,)):
+            yield ContextUsage(
+                validate_id(line.account_id, "account_id"), line.uri, line.active_count, line.last_used_at
+            )
+
+
+def import_tree(engine: Engine, directory: str | os.PathLike[str], replace: bool = False) -> TransferResult:
+    """Restore an export into this store, all of it or nothing.
+
+    Sessions, tasks and memories that already exist are ALREADY_EXISTS unless `replace`;
+    context-usage counts add up to what is here (with `replace`, the export's win)."""
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        raise NotFound(f"{root} is not a directory; give the folder `viking-mcp export` wrote")
+    folder = _Folder(root)
+    records = _FileRecords(folder, engine.tokens)
+    if not records.exists((files.MANIFEST,)):
+        raise FailedPrecondition(
+            f"{root} has no {files.MANIFEST}: it is not a viking-mcp export, or its export did not finish"
+        )
+    manifest = records.model(Manifest, (files.MANIFEST,))
+    if manifest.format_version > files.FORMAT_VERSION:
+        raise FailedPrecondition(
+            f"{root} is export format {manifest.format_version}, newer than this viking-mcp reads "
+            f"({files.FORMAT_VERSION}); upgrade viking-mcp"
+        )
+    try:
+        counts = engine.store.import_tree(records, replace, utc_now())
+    except OSError as exc:
+        raise _io_error(exc, "read") from exc
+    return TransferResult(directory=str(root), **asdict(counts))

@@ -1,0 +1,246 @@
+"""The CLI's remote backend: a running server's HTTP API (`--url`, `--api-key`).
+
+One request per call, with the standard library's urllib. Answers come in OpenViking's
+envelope, `{"status": "ok", "result": ...}` or `{"status": "error", "error": {"code",
+"message"}}`; an error becomes the same coded exception the engine would have raised, so
+the CLI reports it the same way in both modes.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from viking_mcp import __version__
+from viking_mcp.errors import (
+    AlreadyExists,
+    ErrorCode,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    VikingError,
+)
+from viking_mcp.models import (
+    ArchiveDetail,
+    CommitResult,
+    MemorySearchResult,
+    MessageAdded,
+    SessionContext,
+    SessionCreated,
+    SessionDeleted,
+    SessionInfo,
+    SessionPage,
+    TaskList,
+    TaskRecord,
+)
+
+if TYPE_CHECKING:
+    from viking_mcp.engine.engine import ProgressCallback
+    from viking_mcp.engine.transfer import TransferResult
+
+API_PREFIX = "/api/v1"
+# Longer than the server holds a commit with wait=true (at most 50 s).
+TIMEOUT_SECONDS = 120.0
+
+Result = TypeVar("Result", bound=BaseModel)
+
+_ERRORS: dict[str, type[VikingError]] = {
+    cls.code.value: cls
+    for cls in (
+        NotFound,
+        InvalidArgument,
+        AlreadyExists,
+        FailedPrecondition,
+        Unauthenticated,
+        PermissionDenied,
+        ResourceExhausted,
+        Unavailable,
+        Internal,
+    )
+}
+# When an answer is not in the envelope (a proxy's error page, say), its status says what kind.
+_BY_STATUS: dict[int, ErrorCode] = {
+    400: ErrorCode.INVALID_ARGUMENT,
+    401: ErrorCode.UNAUTHENTICATED,
+    403: ErrorCode.PERMISSION_DENIED,
+    404: ErrorCode.NOT_FOUND,
+    409: ErrorCode.ALREADY_EXISTS,
+    412: ErrorCode.FAILED_PRECONDITION,
+    413: ErrorCode.RESOURCE_EXHAUSTED,
+    422: ErrorCode.INVALID_ARGUMENT,
+    429: ErrorCode.RESOURCE_EXHAUSTED,
+    503: ErrorCode.UNAVAILABLE,
+}
+
+
+def _segment(value: str) -> str:
+    """One path segment, quoted so that no id can become another path."""
+    return urllib.parse.quote(value, safe="")
+
+
+def _error(code: str, message: str) -> VikingError:
+    kind = _ERRORS.get(code)
+    return kind(message) if kind is not None else Internal(f"{code}: {message}")
+
+
+class RemoteBackend:
+    def __init__(self, url: str, api_key: str | None, timeout: float = TIMEOUT_SECONDS) -> None:
+        parts = urllib.parse.urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InvalidArgument(f"--url {url[:80]!r} is not an http(s) URL; e.g. http://127.0.0.1:1933")
+        path = parts.path.rstrip("/")
+        if path.endswith(API_PREFIX):  # accept the API's own address too
+            path = path[: -len(API_PREFIX)]
+        self.url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+        self.api_key = api_key
+        self.timeout = timeout
+
+    def close(self) -> None:
+        pass
+
+    # --- one request ------------------------------------------------------------------------------
+
+    def _request(
+        self, method: str, path: str, query: dict[str, Any] | None = None, body: dict[str, Any] | None = None
+    ) -> Any:
+        """The `result` of one API call, or the coded error it answered."""
+        address = self.url + API_PREFIX + path
+        params = {k: v for k, v in (query or {}).items() if v is not None}
+        if params:
+            address += "?" + urllib.parse.urlencode(params)
+        headers = {"Accept": "application/json", "User-Agent": f"viking-mcp-cli/{__version__}"}
+        data = None
+        if body is not None:
+            data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        if self.api_key:
+            headers["X-API-Key"] = self.api_key
+        request = urllib.request.Request(address, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        except urllib.error.URLError as exc:
+            reason = exc.reason.strerror if isinstance(exc.reason, OSError) else exc.reason
+            raise Unavailable(
+                f"cannot reach {self.url} ({reason}); is `viking-mcp serve --transport http` running there?"
+            ) from None
+        except TimeoutError:
+            raise Unavailable(f"{self.url} did not answer within {self.timeout:.0f} s") from None
+        except OSError as exc:
+            raise Unavailable(f"talking to {self.url} failed: {exc}") from None
+        return self._result(method, path, status, raw)
+
+    def _result(self, method: str, path: str, status: int, raw: bytes) -> Any:
+        try:
+            envelope = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            envelope = None
+        if isinstance(envelope, dict) and envelope.get("status") == "error":
+            error = envelope.get("error") or {}
+            raise _error(str(error.get("code", "INTERNAL")), str(error.get("message", f"HTTP {status}")))
+        if 200 <= status < 300 and isinstance(envelope, dict) and "result" in envelope:
+            return envelope["result"]
+        code = _BY_STATUS.get(status, ErrorCode.INTERNAL if status >= 500 else ErrorCode.UNAVAILABLE)
+        raise _error(
+            code.value,
+            f"{method} {API_PREFIX}{path} answered HTTP {status} without a viking-mcp result; "
+            f"is {self.url} a viking-mcp server?",
+        )
+
+    def _model(self, kind: type[Result], result: Any) -> Result:
+        try:
+            return kind.model_validate(result)
+        except ValidationError as exc:
+            raise Internal(f"{self.url} answered an unexpected {kind.__name__}: {exc.errors()[0]['msg']}") from None
+
+    # --- sessions ---------------------------------------------------------------------------------
+
+    def create_session(self, session_id: str | None, metadata: dict[str, Any] | None) -> SessionCreated:
+        body: dict[str, Any] = {"session_id": session_id, "metadata": metadata}
+        result = self._request("POST", "/sessions", body={k: v for k, v in body.items() if v is not None})
+        return self._model(SessionCreated, result)
+
+    def list_sessions(self, limit: int, cursor: str | None) -> SessionPage:
+        return self._model(SessionPage, self._request("GET", "/sessions", {"limit": limit, "cursor": cursor}))
+
+    def get_session(self, session_id: str) -> SessionInfo:
+        return self._model(SessionInfo, self._request("GET", f"/sessions/{_segment(session_id)}"))
+
+    def delete_session(self, session_id: str) -> SessionDeleted:
+        return self._model(SessionDeleted, self._request("DELETE", f"/sessions/{_segment(session_id)}"))
+
+    # --- messages, commit, context ---------------------------------------------------------------
+
+    def add_message(
+        self,
+        session_id: str,
+        role: str,
+        content: str | None,
+        parts: list[Any] | None,
+        created_at: str | None,
+        message_id: str | None,
+    ) -> MessageAdded:
+        body = {"role": role, "content": content, "parts": parts, "created_at": created_at, "message_id": message_id}
+        result = self._request(
+            "POST", f"/sessions/{_segment(session_id)}/messages", body={k: v for k, v in body.items() if v is not None}
+        )
+        return self._model(MessageAdded, result)
+
+    def commit(
+        self,
+        session_id: str,
+        keep_recent_count: int,
+        wait: bool,
+        abstract: str | None,
+        overview: str | None,
+        on_progress: ProgressCallback | None,
+    ) -> CommitResult:
+        # The server waits (bounded) when asked to; no progress comes back over one request.
+        body: dict[str, Any] = {"keep_recent_count": keep_recent_count, "wait": wait}
+        body.update({k: v for k, v in (("abstract", abstract), ("overview", overview)) if v is not None})
+        return self._model(CommitResult, self._request("POST", f"/sessions/{_segment(session_id)}/commit", body=body))
+
+    def get_context(self, session_id: str, token_budget: int | None) -> SessionContext:
+        result = self._request("GET", f"/sessions/{_segment(session_id)}/context", {"token_budget": token_budget})
+        return self._model(SessionContext, result)
+
+    def get_archive(self, session_id: str, archive_id: str) -> ArchiveDetail:
+        result = self._request("GET", f"/sessions/{_segment(session_id)}/archives/{_segment(archive_id)}")
+        return self._model(ArchiveDetail, result)
+
+    # --- tasks, memories ---------------------------------------------------------------------------
+
+    def get_task(self, task_id: str) -> TaskRecord:
+        return self._model(TaskRecord, self._request("GET", f"/tasks/{_segment(task_id)}"))
+
+    def list_tasks(self, task_type: str | None, status: str | None, resource_id: str | None, limit: int) -> TaskList:
+        query = {"task_type": task_type, "status": status, "resource_id": resource_id, "limit": limit}
+        return self._model(TaskList, self._request("GET", "/tasks", query))
+
+    def search_memories(self, query: str, category: str | None, limit: int) -> MemorySearchResult:
+        result = self._request("GET", "/memories/search", {"query": query, "category": category, "limit": limit})
+        return self._model(MemorySearchResult, result)
+
+    # --- files ---------------------------------------------------------------------------------
+
+    def export_tree(self, directory: str) -> TransferResult:
+        raise FailedPrecondition(
+            "export works on a data directory, not over HTTP: run it without --url where the data lives"
+        )
+
+    def import_tree(self, directory: str, replace: bool) -> TransferResult:
+        raise FailedPrecondition(
+            "import works on a data directory, not over HTTP: run it without --url where the data lives"
+        )
