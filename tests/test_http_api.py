@@ -687,3 +687,48 @@ def test_app_lifespan_owns_engine_and_worker(settings: Settings) -> None:
         engine = app.state.viking.engine
         assert engine is not None and engine.has_worker
     assert app.state.viking.engine is None and engine.closed
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_one_session_through_mcp_rest_and_the_cli(server: Server) -> None:
+    """Must show 4: the same session, consistent through MCP over HTTP, REST and the CLI."""
+    sid = "three-faces"
+
+    def cli(*args: str) -> Any:
+        run = subprocess.run(
+            [sys.executable, "-m", "viking_mcp", "--json", "--url", server.base, "--api-key", ADA, *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        return json.loads(run.stdout)
+
+    async with mcp_client(server, ADA) as client:
+        await tool(client, "add_message", session_id=sid, role="user", content="one, over MCP")
+        await anyio.to_thread.run_sync(
+            lambda: server.ok(
+                "POST", f"/api/v1/sessions/{sid}/messages", {"role": "assistant", "content": "two, over REST"}
+            )
+        )
+        await anyio.to_thread.run_sync(
+            lambda: cli("session", "add-message", sid, "--role", "user", "--content", "three, from the CLI")
+        )
+        texts = ["one, over MCP", "two, over REST", "three, from the CLI"]
+        over_mcp = await tool(client, "get_context", session_id=sid, token_budget=1000)
+        over_rest = await anyio.to_thread.run_sync(
+            lambda: server.ok("GET", f"/api/v1/sessions/{sid}/context?token_budget=1000")
+        )
+        over_cli = await anyio.to_thread.run_sync(lambda: cli("session", "context", sid, "--budget", "1000"))
+        for context in (over_mcp, over_rest, over_cli):
+            assert [m["parts"][0]["text"] for m in context["messages"]] == texts
+        assert over_mcp == over_rest == over_cli
+
+        committed = await anyio.to_thread.run_sync(lambda: cli("session", "commit", sid, "--wait"))
+        assert committed["archive_id"] == "archive_001"
+        archive = await tool(client, "expand_archive", session_id=sid, archive_id="archive_001")
+        assert [m["parts"][0]["text"] for m in archive["messages"]] == texts
+        info = await tool(client, "get_session", session_id=sid)
+        rest_info = await anyio.to_thread.run_sync(lambda: server.ok("GET", f"/api/v1/sessions/{sid}"))
+        cli_info = await anyio.to_thread.run_sync(lambda: cli("session", "get", sid))
+        assert info == rest_info == cli_info
+        assert info["commit_count"] == 1 and info["total_message_count"] == 3

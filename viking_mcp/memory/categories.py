@@ -98,7 +98,7 @@ def name_key(name: str) -> str:
     name keeps different names apart."""
     name = " ".join(name.casefold().split())
     key = slug(name)
-    if key != name:
+    if key != name.replace(" ", "-"):
         key += "-" + hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:6]
     return key
 
