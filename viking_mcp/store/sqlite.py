@@ -560,20 +560,7 @@ class SQLiteStore:
                 "created_at, updated_at FROM tool_calls WHERE session_id = ? ORDER BY created_at, tool_id",
                 (session_id,),
             ).fetchall()
-        return [
-            ToolRecord(
-                tool_id=r["tool_id"],
-                tool_name=r["tool_name"],
-                skill_uri=r["skill_uri"],
-                tool_input=json.loads(r["tool_input"]),
-                tool_output=r["tool_output"],
-                tool_status=r["tool_status"],
-                message_id=r["message_id"],
-                created_at=r["created_at"],
-                updated_at=r["updated_at"],
-            )
-            for r in rows
-        ]
+        return [_tool_record(r) for r in rows]
 
     # --- commit and archives ----------------------------------------------------------------------
 
