@@ -73,7 +73,9 @@ def archive_uri(session_id: str, number: int) -> str:
 
 def format_time(moment: datetime) -> str:
     """ISO 8601 in UTC with a fixed width, so that strings sort like times."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = moment.astimezone(UTC)
+    # The year is padded by hand: strftime writes year 1 as "1", which is not ISO 8601.
+    return f"{utc.year:04d}-" + utc.strftime("%m-%dT%H:%M:%S.%fZ")
 
 
 def utc_now() -> str:

@@ -47,6 +47,7 @@ from viking_mcp import __version__
 from viking_mcp.auth import KeyRing, key_from_headers, keyring_from_env
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine, Phase2Worker
+from viking_mcp.engine.waiting import wait_for_task
 from viking_mcp.errors import (
     ErrorCode,
     Internal,
@@ -601,19 +602,21 @@ def _router() -> APIRouter:
         """Archive the live messages now (Phase 1); summaries and memories follow in the background
         (poll GET /tasks/{task_id}, or pass wait=true). 412 when an earlier archive failed."""
         b = body or CommitBody()
-        return await _call(
+        response = await _call(
             request,
             lambda e, a: e.commit(
-                session_id,
-                b.abstract,
-                b.overview,
-                b.keep_recent_count or 0,
-                bool(b.wait),
-                None,
-                b.memories,
-                actor=a,
+                session_id, b.abstract, b.overview, b.keep_recent_count or 0, False, None, b.memories, actor=a
             ),
         )
+        if not b.wait:
+            return response
+        # Wait for Phase 2 on the event loop, not on a pool thread that every request shares.
+        engine, actor = _state(request).require_engine(), _actor(request)
+        result = json.loads(bytes(response.body))["result"]
+        if result.get("task_id"):
+            task = await wait_for_task(engine, result["task_id"], engine.settings.commit_wait_seconds, actor)
+            result["task_status"] = task.status
+        return _Json({"status": "ok", "result": result, "time": _elapsed(request.scope)})
 
     @router.post(
         "/sessions/{session_id}/extract", response_model=Ok[ExtractResult], tags=["commit"], summary="Extract memories"

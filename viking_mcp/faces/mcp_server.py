@@ -34,6 +34,7 @@ from viking_mcp.engine import Engine, Phase2Worker
 from viking_mcp.engine.context import render_context_text
 from viking_mcp.engine.messages import describe_validation_error
 from viking_mcp.engine.tree import read_node
+from viking_mcp.engine.waiting import wait_for_task
 from viking_mcp.errors import VikingError
 from viking_mcp.models import (
     ArchiveDetail,
@@ -329,17 +330,19 @@ def build_server(
         FAILED_PRECONDITION means an earlier archive failed: retry_archive it first."""
         engine = state.require_engine()
         actor = state.actor(ctx)
-
-        def progress(done: float, total: float, message: str) -> None:
-            anyio.from_thread.run(functools.partial(ctx.report_progress, done, total, message))
-
-        def run() -> CommitResult:
-            return engine.commit(
-                session_id, abstract, overview, keep_recent_count, wait, progress, memories, actor=actor
-            )
-
         try:
-            return await anyio.to_thread.run_sync(run)
+            result = await anyio.to_thread.run_sync(
+                lambda: engine.commit(
+                    session_id, abstract, overview, keep_recent_count, False, None, memories, actor=actor
+                )
+            )
+            if wait and result.task_id is not None:
+                # Waits on the event loop, reporting progress, not on a shared worker thread.
+                task = await wait_for_task(
+                    engine, result.task_id, engine.settings.commit_wait_seconds, actor, ctx.report_progress
+                )
+                result.task_status = task.status
+            return result
         except VikingError as exc:
             raise ToolError(str(exc)) from exc
 
