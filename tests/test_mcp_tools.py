@@ -120,7 +120,7 @@ async def test_rebuild_context_prompt(mcp: Client) -> None:
     prompt = await mcp.get_prompt("rebuild_context", {"session_id": "s", "token_budget": "2000"})
     text = prompt.messages[0].content.text  # type: ignore[union-attr]
     assert "Porto" in text and "Where does Bea live?" in text and "expand_archive" in text
-    with pytest.raises(MCPError):
+    with pytest.raises(MCPError, match="NOT_FOUND: session nope not found"):
         await mcp.get_prompt("rebuild_context", {"session_id": "nope"})
 
 

@@ -24,7 +24,8 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError, UnexpectedToolError
 from mcp.server.mcpserver.prompts.base import Message as PromptMessage
 from mcp.server.mcpserver.prompts.base import UserMessage
-from mcp.types import CallToolResult, ToolAnnotations
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS, CallToolResult, ToolAnnotations
 from pydantic import Field, ValidationError
 
 from viking_mcp import __version__
@@ -515,11 +516,14 @@ def build_server(
         try:
             budget = int(token_budget)
         except ValueError:
-            raise ValueError(f"INVALID_ARGUMENT: token_budget {token_budget!r} is not a whole number") from None
+            raise MCPError(
+                code=INVALID_PARAMS, message=f"INVALID_ARGUMENT: token_budget {token_budget!r} is not a whole number"
+            ) from None
         try:
             context = state.require_engine().get_context(session_id, budget, actor=state.actor(ctx))
         except (VikingError, ToolError) as exc:
-            raise ValueError(str(exc)) from exc
+            # A protocol error keeps its message (the SDK hides a plain exception's text).
+            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from exc
         text = render_context_text(session_id, context)
         return [
             UserMessage(
