@@ -32,7 +32,7 @@ is the memory (the body below it is a rendering for people, and import ignores i
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -40,6 +40,10 @@ from viking_mcp.memory.categories import Scope
 from viking_mcp.models import ArchiveStatus, MemoryCategory, Message, TaskStatus, TaskType
 
 FORMAT_VERSION = 1
+
+MAX_COUNT = 2**62
+# Every count, token count and version in an export: never negative, never past what the store keeps.
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 
 MANIFEST = ".viking-export.json"
 SESSIONS = "session"
@@ -61,18 +65,18 @@ DEFAULT_ACCOUNT = "default"
 
 class Manifest(BaseModel):
     format: Literal["viking-mcp-export"] = "viking-mcp-export"
-    format_version: int = FORMAT_VERSION
+    format_version: Count = FORMAT_VERSION
     viking_mcp_version: str
     exported_at: str
     encoding: str = Field(description="The tokenizer the token counts were made with.")
-    counts: dict[str, int]
+    counts: dict[str, Count]
 
 
 class MessageLine(Message):
     """A line of messages.jsonl: the message, and its token count as stored (counted again
     on import when absent)."""
 
-    tokens: int | None = None
+    tokens: Count | None = None
 
 
 class UsageLine(BaseModel):
@@ -104,7 +108,7 @@ class ToolFile(BaseModel):
 
 
 class Rendering(BaseModel):
-    tokens: int | None = None
+    tokens: Count | None = None
     text: str
 
 
@@ -116,11 +120,11 @@ class ArchiveMeta(BaseModel):
     status: ArchiveStatus
     created_at: str
     done_at: str | None = None
-    message_count: int
+    message_count: Count
     error: str | None = None
     task_id: str | None = None
-    abstract_tokens: int | None = None
-    overview_tokens: int | None = Field(
+    abstract_tokens: Count | None = None
+    overview_tokens: Count | None = Field(
         default=None, description="Tokens of .overview.md; null with an empty .overview.md means no overview at all."
     )
     shorter_overviews: list[Rendering] = Field(
@@ -143,7 +147,7 @@ class TaskLine(BaseModel):
     error: str | None = None
     account_id: str | None = None
     user_id: str | None = None
-    attempts: int = 0
+    attempts: Count = 0
     owner: str | None = Field(default=None, description="Who was running it; an import lets anyone take it over.")
 
 
@@ -160,16 +164,16 @@ class MemoryFile(BaseModel):
     abstract: str
     overview: str = ""
     content: str = ""
-    stats: dict[str, int] = Field(default_factory=dict)
-    version: int = 1
+    stats: dict[str, Count] = Field(default_factory=dict)
+    version: Count = 1
     created_at: str
     updated_at: str
     source: dict[str, Any] = Field(default_factory=dict)
-    active_count: int = Field(default=0, description="For reading only: context_usage.jsonl holds the count.")
+    active_count: Count = Field(default=0, description="For reading only: context_usage.jsonl holds the count.")
 
 
 class ContextUsageLine(BaseModel):
     account_id: str = DEFAULT_ACCOUNT
     uri: str
-    active_count: int
+    active_count: Count
     last_used_at: str | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,8 +40,8 @@ from viking_mcp.engine.export_format import (
     ToolFile,
     UsageLine,
 )
-from viking_mcp.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from viking_mcp.memory.categories import SCOPES
+from viking_mcp.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from viking_mcp.memory.categories import SCOPES, memory_uri
 from viking_mcp.memory.merge import StoredMemory
 from viking_mcp.models import (
     Message,
@@ -48,6 +49,7 @@ from viking_mcp.models import (
     archive_id,
     archive_uri,
     message_text,
+    normalize_time,
     parse_archive_id,
     utc_now,
     validate_id,
@@ -72,6 +74,10 @@ if TYPE_CHECKING:
     from viking_mcp.engine.engine import Engine
 
 Model = TypeVar("Model", bound=BaseModel)
+
+# The largest single file import reads: far beyond any real session, small enough to hold in memory.
+MAX_FILE_BYTES = 256 * 1024 * 1024
+_UNFINISHED = ("pending", "running")
 
 
 class TransferResult(BaseModel):
@@ -321,21 +327,64 @@ class _FileRecords:
     # reading one file
 
     def exists(self, names: tuple[str, ...]) -> bool:
-        return self.folder.path(*names).is_file()
+        return os.path.lexists(self.folder.path(*names))
 
     def text(self, names: tuple[str, ...], default: str | None = None) -> str:
+        """A regular file's text. Nothing else is opened: a pipe would hang the import, a
+        device or a link is not what an export writes."""
         path = self.folder.path(*names)
-        if default is not None and not path.exists():
-            return default
+        shown = self.folder.shown(names)
         try:
-            with path.open(encoding="utf-8", newline="") as file:
-                return file.read()
+            info = os.lstat(path)
         except FileNotFoundError:
-            raise InvalidArgument(f"{self.folder.shown(names)} is missing from the export") from None
-        except UnicodeDecodeError:
-            raise InvalidArgument(f"{self.folder.shown(names)} is not UTF-8 text") from None
+            if default is not None:
+                return default
+            raise InvalidArgument(f"{shown} is missing from the export") from None
         except OSError as exc:
             raise _io_error(exc, "read") from exc
+        self.regular(shown, info)
+        try:
+            # O_NONBLOCK: should a pipe take the file's place after the check, opening it does not wait.
+            flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+            with os.fdopen(os.open(path, flags), "rb") as file:
+                self.regular(shown, os.fstat(file.fileno()))
+                raw = file.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise _io_error(exc, "read") from exc
+        if len(raw) > MAX_FILE_BYTES:
+            self.regular(shown, None)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"{shown} is not UTF-8 text") from None
+
+    def regular(self, shown: str, info: os.stat_result | None) -> None:
+        """Refuse what is not a regular file of at most MAX_FILE_BYTES (`None`: one that grew past it)."""
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            raise InvalidArgument(
+                f"{shown} is not a regular file (a link, folder, pipe or device); an export holds only regular files"
+            )
+        if info is None or info.st_size > MAX_FILE_BYTES:
+            raise ResourceExhausted(
+                f"{shown} is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB, the most import reads from one file"
+            )
+
+    def time(self, names: tuple[str, ...], field: str, value: str) -> str:
+        """An ISO 8601 timestamp in the store's UTC form, or INVALID_ARGUMENT naming the file."""
+        try:
+            return normalize_time(value)
+        except InvalidArgument:
+            raise InvalidArgument(
+                f"{self.folder.shown(names)}: {field} {str(value)[:40]!r} is not an ISO 8601 timestamp "
+                "with a year from 1 to 9999"
+            ) from None
+
+    def counts(self, names: tuple[str, ...], values: dict[str, int]) -> None:
+        for field, value in values.items():
+            if not 0 <= value <= files.MAX_COUNT:
+                raise InvalidArgument(
+                    f"{self.folder.shown(names)}: {field} is {str(value)[:30]}; counts run from 0 to 2**62"
+                )
 
     def model(self, kind: type[Model], names: tuple[str, ...], text: str | None = None) -> Model:
         try:
@@ -343,15 +392,18 @@ class _FileRecords:
         except ValidationError as exc:
             raise InvalidArgument(f"{self.folder.shown(names)}: {_describe(exc)}") from None
 
-    def lines(self, kind: type[Model], names: tuple[str, ...]) -> Iterator[Model]:
+    def lines(self, kind: type[Model], names: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Model]]:
+        """Each non-blank line as `kind`, with the names that show where it is (`file line N`)."""
         for number, line in enumerate(self.text(names, default="").split("\n"), start=1):
             if line.strip():
-                yield self.model(kind, (*names[:-1], f"{names[-1]} line {number}"), line)
+                where = (*names[:-1], f"{names[-1]} line {number}")
+                yield where, self.model(kind, where, line)
 
     def stored_messages(self, names: tuple[str, ...], first_seq: int) -> list[StoredMessage]:
         stored: list[StoredMessage] = []
-        for line in self.lines(MessageLine, names):
-            message = Message(id=line.id, role=line.role, parts=line.parts, created_at=line.created_at)
+        for where, line in self.lines(MessageLine, names):
+            created_at = self.time(where, "created_at", line.created_at)
+            message = Message(id=line.id, role=line.role, parts=line.parts, created_at=created_at)
             tokens = line.tokens
             if tokens is None:  # hand-written: count as add_message would
                 tokens = self.tokens.count(message_text(message)) + MESSAGE_OVERHEAD_TOKENS
