@@ -359,3 +359,31 @@ def test_an_unreachable_server_is_one_line(home: Path) -> None:
     message = fails(home, "--url", f"http://127.0.0.1:{free_port()}", "session", "list", code="UNAVAILABLE")
     assert "cannot reach" in message
     fails(home, "--url", "ftp://example.org", "session", "list", code="INVALID_ARGUMENT")
+
+
+def test_remote_mode_checks_ids_urls_and_keys_before_sending(home: Path) -> None:
+    """No server is needed: what embedded mode refuses as INVALID_ARGUMENT, remote mode refuses
+    before building a request, instead of INTERNAL or a 404 for a path that is no endpoint."""
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: a request would be UNAVAILABLE
+    for args in (
+        ("session", "get", ""),
+        ("session", "get", "a/b"),
+        ("session", "delete", ".."),
+        ("session", "context", "a b"),
+        ("session", "commit", "a/b"),
+        ("session", "add-message", "a/b", "--role", "user", "--content", "hi"),
+        ("session", "archive", "s", "archive_1"),
+        ("session", "archive", "s", "../x"),
+        ("session", "new", "--id", "a/b"),
+        ("task", "get", ""),
+        ("task", "get", "a/b"),
+        ("task", "list", "--session", "a/b"),
+    ):
+        fails(home, "--url", url, *args, code="INVALID_ARGUMENT")
+    for bad in ("http://[::1", "http://127.0.0.1:abc", "http://127.0.0.1:99999", "http://exa mple.org", "http://"):
+        assert "--url" in fails(home, "--url", bad, "session", "list", code="INVALID_ARGUMENT")
+    for key in ("a\nb", "key\r\nX-Other: 1", "\x01key", "clé"):
+        message = fails(home, "--url", url, "--api-key", key, "session", "list", code="INVALID_ARGUMENT")
+        assert "--api-key" in message
+    fails(home, "session", "list", code="INVALID_ARGUMENT", VIKING_MCP_URL=url, VIKING_MCP_API_KEY="a\tb")
+    fails(home, "--url", url, "--api-key", "a key with spaces", "session", "list", code="UNAVAILABLE")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -405,3 +406,198 @@ def test_other_accounts_memories_go_under_accounts(tmp_path: Path) -> None:
     finally:
         engine.close()
         other.close()
+
+
+# --- exports whose files disagree with each other are refused, not imported -----------------------
+
+
+def edit_json(path: Path, change: Any) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def edit_lines(path: Path, change: Any) -> None:
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    path.write_text("".join(json.dumps(line) + "\n" for line in change(lines)))
+
+
+def alpha_task(lines: list[dict[str, Any]], **changes: Any) -> list[dict[str, Any]]:
+    """The tasks, and a copy of alpha's first commit task with `changes`."""
+    first = next(t for t in lines if t["resource_id"] == "alpha" and t["archive_id"] == "archive_001")
+    return [*lines, {**first, "task_id": "crafted", **changes}]
+
+
+def set_front(path: Path, field: str, value: Any) -> None:
+    text = path.read_text()
+    start = text.index(f"\n{field}: ") + 1
+    end = text.index("\n", start)
+    path.write_text(text[:start] + f"{field}: {json.dumps(value)}" + text[end:])
+
+
+ALPHA = Path("session") / "alpha"
+ARCHIVE = ALPHA / "history" / "archive_001"
+PROFILE = Path("user") / "default" / "memories" / "profile.md"
+
+INCONSISTENT: dict[str, tuple[Any, str]] = {
+    "pending archive without a task": (
+        lambda d: edit_json(d / ARCHIVE / ".meta.json", lambda m: m.update(status="pending")),
+        r"archive_001/.meta.json: the archive is pending, but tasks.jsonl has no pending or running",
+    ),
+    "pending task of a session not exported": (
+        lambda d: edit_lines(d / "tasks.jsonl", lambda ls: alpha_task(ls, status="pending", resource_id="nosuch")),
+        r"tasks.jsonl line \d+: task crafted is pending, but its session nosuch is not in the export",
+    ),
+    "task of an archive that does not exist": (
+        lambda d: edit_lines(d / "tasks.jsonl", lambda ls: alpha_task(ls, archive_id="archive_099")),
+        r"task crafted names archive_099, which session alpha does not have",
+    ),
+    "task of another user": (
+        lambda d: edit_lines(d / "tasks.jsonl", lambda ls: alpha_task(ls, user_id="bob")),
+        r"task crafted belongs to default/bob, but session alpha to default/default",
+    ),
+    "task without owners": (
+        lambda d: edit_lines(d / "tasks.jsonl", lambda ls: alpha_task(ls, account_id=None, user_id=None)),
+        r"task crafted has no account_id and user_id",
+    ),
+    "negative attempts": (
+        lambda d: edit_lines(d / "tasks.jsonl", lambda ls: alpha_task(ls, attempts=-7)),
+        r"tasks.jsonl line \d+: attempts: Input should be greater than or equal to 0",
+    ),
+    "memory uri with ..": (
+        lambda d: set_front(d / PROFILE, "uri", "viking://user/default/memories/../../bob/memories/profile.md"),
+        r"profile.md: uri .* is not the one its scope, owner_id, category and key make",
+    ),
+    "memory uri of another category": (
+        lambda d: set_front(d / PROFILE, "category", "entities"),
+        r"profile.md: uri .* is not the one",
+    ),
+    "memory key with ..": (
+        lambda d: set_front(d / PROFILE, "key", "../../x"),
+        r"key '\.\./\.\./x' is not allowed",
+    ),
+    "the same memory twice": (
+        lambda d: (d / PROFILE).with_name("profile2.md").write_text((d / PROFILE).read_text()),
+        r"profile2.md and user/default/memories/profile.md are the same memory",
+    ),
+    "negative tokens": (
+        lambda d: edit_lines(d / ARCHIVE / "messages.jsonl", lambda ls: [{**m, "tokens": -1000} for m in ls]),
+        r"archive_001/messages.jsonl line 1: tokens: Input should be greater than or equal to 0",
+    ),
+    "huge tokens": (
+        lambda d: edit_lines(d / ARCHIVE / "messages.jsonl", lambda ls: [{**m, "tokens": 10**30} for m in ls]),
+        r"archive_001/messages.jsonl line 1: tokens: Input should be less than or equal to",
+    ),
+    "huge message count": (
+        lambda d: edit_json(d / ARCHIVE / ".meta.json", lambda m: m.update(message_count=2**62 + 1)),
+        r"archive_001/.meta.json: message_count: Input should be less than or equal to",
+    ),
+    "negative session counter": (
+        lambda d: edit_json(d / ALPHA / ".meta.json", lambda m: m["llm_token_usage"].update(prompt=-5)),
+        r"alpha/.meta.json: llm_token_usage.prompt is -5; counts run from 0",
+    ),
+    "negative active count": (
+        lambda d: edit_lines(d / "context_usage.jsonl", lambda ls: [{**u, "active_count": -1} for u in ls]),
+        r"context_usage.jsonl line 1: active_count: Input should be greater than or equal to 0",
+    ),
+    "usage of an archive that does not exist": (
+        lambda d: edit_json(d / ALPHA / ".relations.json", lambda r: r["records"][0].update(archive_id="archive_099")),
+        r"alpha/.relations.json: records\[0\] names archive_099, which session alpha does not have",
+    ),
+    "tool record of a message not in the session": (
+        lambda d: edit_json(d / ALPHA / "tools" / "call-1" / "tool.json", lambda t: t.update(message_id="nonexistent")),
+        r"tool.json: message_id 'nonexistent' is not a message of session alpha",
+    ),
+    "message time that is no time": (
+        lambda d: edit_lines(d / ARCHIVE / "messages.jsonl", lambda ls: [{**m, "created_at": "garbage"} for m in ls]),
+        r"archive_001/messages.jsonl line 1: created_at 'garbage' is not an ISO 8601 timestamp",
+    ),
+    "an older format version": (
+        lambda d: edit_json(d / ".viking-export.json", lambda m: m.update(format_version=0)),
+        r"format_version 0 is not one this viking-mcp reads",
+    ),
+    "a negative format version": (
+        lambda d: edit_json(d / ".viking-export.json", lambda m: m.update(format_version=-5)),
+        r"format_version: Input should be greater than or equal to 0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(INCONSISTENT))
+def test_import_refuses_an_inconsistent_export(
+    case: str, rich: tuple[Engine, Path], tmp_path: Path, engine: Engine
+) -> None:
+    import shutil
+
+    change, message = INCONSISTENT[case]
+    crafted = tmp_path / "crafted"
+    shutil.copytree(rich[1], crafted)
+    change(crafted)
+    with pytest.raises(InvalidArgument, match=message):
+        import_tree(engine, crafted)
+    assert session_ids(engine) == [] and engine.list_tasks().tasks == []
+    assert engine.search_memories("Lisbon").memories == []
+
+
+def test_a_newer_format_asks_for_an_upgrade(rich: tuple[Engine, Path], tmp_path: Path, engine: Engine) -> None:
+    import shutil
+
+    crafted = tmp_path / "crafted"
+    shutil.copytree(rich[1], crafted)
+    edit_json(crafted / ".viking-export.json", lambda m: m.update(format_version=2))
+    with pytest.raises(FailedPrecondition, match="upgrade viking-mcp"):
+        import_tree(engine, crafted)
+
+
+def test_finished_tasks_of_a_deleted_session_still_import(rich: tuple[Engine, Path], restored: Engine) -> None:
+    gone = [t for t in rich[0].list_tasks(limit=500).tasks if t.resource_id == "gone"]
+    assert gone and all(t.status == "failed" for t in gone)
+    assert [t for t in restored.list_tasks(limit=500).tasks if t.resource_id == "gone"] == gone
+
+
+def test_import_opens_only_regular_files(rich: tuple[Engine, Path], tmp_path: Path, engine: Engine) -> None:
+    import shutil
+
+    piped = tmp_path / "piped"
+    shutil.copytree(rich[1], piped)
+    fifo = piped / "session" / "beta" / "messages.jsonl"
+    fifo.unlink()
+    os.mkfifo(fifo)  # opening it to read would wait for a writer forever
+    done = threading.Event()
+
+    def release() -> None:  # should import open the pipe anyway, end its wait (and so fail, not hang)
+        while not done.wait(0.05):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # nobody is reading it
+                continue
+
+    threading.Thread(target=release, daemon=True).start()
+    try:
+        with pytest.raises(InvalidArgument, match=r"session/beta/messages.jsonl is not a regular file"):
+            import_tree(engine, piped)
+    finally:
+        done.set()
+
+    linked = tmp_path / "linked-inside"
+    shutil.copytree(rich[1], linked)
+    (linked / "session" / "beta" / ".relations.json").unlink()
+    os.symlink(linked / "session" / "alpha" / ".relations.json", linked / "session" / "beta" / ".relations.json")
+    with pytest.raises(InvalidArgument, match=r"session/beta/.relations.json is not a regular file"):
+        import_tree(engine, linked)
+    assert session_ids(engine) == []
+
+
+def test_import_caps_the_size_of_a_file(
+    rich: tuple[Engine, Path], engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from viking_mcp.engine import transfer
+    from viking_mcp.errors import ResourceExhausted
+
+    largest = max((p for p in rich[1].rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    monkeypatch.setattr(transfer, "MAX_FILE_BYTES", largest.stat().st_size - 1)
+    with pytest.raises(ResourceExhausted, match=rf"{largest.name} is larger than"):
+        import_tree(engine, rich[1])
+    assert session_ids(engine) == []
+    monkeypatch.setattr(transfer, "MAX_FILE_BYTES", largest.stat().st_size)
+    assert import_tree(engine, rich[1]).sessions == len(session_ids(rich[0]))

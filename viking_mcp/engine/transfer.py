@@ -7,7 +7,13 @@ fails half-way (a damaged file, a session that already exists) changes nothing.
 Every file is written atomically (a temporary file, then a rename) and the manifest
 last: a directory without it is an export that did not finish, and import refuses it.
 Paths are never taken on trust, not even from validated ids: each one is checked to
-stay inside DIR, and import reads nothing that a link would lead outside it.
+stay inside DIR, and import opens only regular files (no links, pipes or devices) of at
+most MAX_FILE_BYTES each.
+
+Nor are the files taken on trust one by one: before anything is written, import checks
+that they agree with each other (a pending archive has its pending task, a task's session
+and archive exist and have its owner, a memory's URI is the one its fields make, counts
+are in range, times are times) and refuses an export that does not, naming the file.
 
 The layout and each file's shape: `viking_mcp.engine.export_format`.
 """
@@ -323,6 +329,9 @@ class _FileRecords:
     def __init__(self, folder: _Folder, tokens: TokenCounter) -> None:
         self.folder = folder
         self.tokens = tokens
+        # filled by outline(): the tasks, and each session's owner and archive numbers
+        self.task_lines: list[tuple[tuple[str, ...], TaskLine]] = []
+        self.outlines: dict[str, tuple[tuple[str, str], set[int]]] = {}
 
     # reading one file
 
@@ -351,23 +360,26 @@ class _FileRecords:
                 raw = file.read(MAX_FILE_BYTES + 1)
         except OSError as exc:
             raise _io_error(exc, "read") from exc
-        if len(raw) > MAX_FILE_BYTES:
-            self.regular(shown, None)
+        if len(raw) > MAX_FILE_BYTES:  # it grew after the check
+            raise self.too_large(shown)
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidArgument(f"{shown} is not UTF-8 text") from None
 
-    def regular(self, shown: str, info: os.stat_result | None) -> None:
-        """Refuse what is not a regular file of at most MAX_FILE_BYTES (`None`: one that grew past it)."""
-        if info is not None and not stat.S_ISREG(info.st_mode):
+    def regular(self, shown: str, info: os.stat_result) -> None:
+        """Refuse what is not a regular file of at most MAX_FILE_BYTES."""
+        if not stat.S_ISREG(info.st_mode):
             raise InvalidArgument(
                 f"{shown} is not a regular file (a link, folder, pipe or device); an export holds only regular files"
             )
-        if info is None or info.st_size > MAX_FILE_BYTES:
-            raise ResourceExhausted(
-                f"{shown} is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB, the most import reads from one file"
-            )
+        if info.st_size > MAX_FILE_BYTES:
+            raise self.too_large(shown)
+
+    def too_large(self, shown: str) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"{shown} is larger than {MAX_FILE_BYTES / (1024 * 1024):g} MiB, the most import reads from one file"
+        )
 
     def time(self, names: tuple[str, ...], field: str, value: str) -> str:
         """An ISO 8601 timestamp in the store's UTC form, or INVALID_ARGUMENT naming the file."""
@@ -413,6 +425,37 @@ class _FileRecords:
     def count(self, text: str, stored: int | None) -> int:
         return self.tokens.count(text) if stored is None else stored
 
+    # Before the store reads anything: what the files say of each other
+
+    def outline(self) -> None:
+        """Read tasks.jsonl, and each session's owner and archives, so that every record can be
+        checked against the others before the store takes it (the store reads sessions first,
+        tasks after)."""
+        self.task_lines = []
+        seen: dict[str, str] = {}
+        for where, line in self.lines(TaskLine, (files.TASKS,)):
+            shown = self.folder.shown(where)
+            validate_id(line.task_id, "task_id")
+            if line.task_id in seen:
+                raise InvalidArgument(f"{shown}: task {line.task_id} is also on {seen[line.task_id]}")
+            seen[line.task_id] = shown
+            self.task_lines.append((where, line))
+        self.outlines = {}
+        for name in self.folder.subfolders(files.SESSIONS):
+            base = (files.SESSIONS, validate_id(name))
+            info = self.model(SessionInfo, (*base, files.META))
+            numbers = {parse_archive_id(a) for a in self.folder.subfolders(*base, files.HISTORY)}
+            self.outlines[name] = ((info.user.account_id, info.user.user_id), numbers)
+
+    def unfinished_task(self, session_id: str, number: int) -> bool:
+        return any(
+            line.task_type == "session_commit"
+            and line.status in _UNFINISHED
+            and line.resource_id == session_id
+            and line.archive_id == archive_id(number)
+            for _, line in self.task_lines
+        )
+
     # TreeRecords
 
     def sessions(self) -> Iterator[SessionDump]:
@@ -421,9 +464,21 @@ class _FileRecords:
 
     def session(self, session_id: str) -> SessionDump:
         base = (files.SESSIONS, session_id)
-        info = self.model(SessionInfo, (*base, files.META))
+        meta_names = (*base, files.META)
+        info = self.model(SessionInfo, meta_names)
         if info.session_id != session_id:
-            raise InvalidArgument(f"{self.folder.shown((*base, files.META))} is session {info.session_id[:80]!r}")
+            raise InvalidArgument(f"{self.folder.shown(meta_names)} is session {info.session_id[:80]!r}")
+        self.counts(
+            meta_names,
+            {
+                "commit_count": info.commit_count,
+                "llm_token_usage.prompt": info.llm_token_usage.prompt,
+                "llm_token_usage.completion": info.llm_token_usage.completion,
+                "contexts_used": info.contexts_used,
+                "skills_used": info.skills_used,
+                **{f"memories_extracted.{k}": v for k, v in info.memories_extracted.items()},
+            },
+        )
         numbers = sorted(parse_archive_id(name) for name in self.folder.subfolders(*base, files.HISTORY))
         if numbers != list(range(1, len(numbers) + 1)) or len(numbers) != info.commit_count:
             raise InvalidArgument(
@@ -436,15 +491,27 @@ class _FileRecords:
         messages += live
         if (info.total_message_count, info.message_count) != (len(messages), len(live)):
             raise InvalidArgument(
-                f"{self.folder.shown((*base, files.META))} counts {info.total_message_count} messages "
+                f"{self.folder.shown(meta_names)} counts {info.total_message_count} messages "
                 f"({info.message_count} live), but the files hold {len(messages)} ({len(live)} live)"
             )
-        relations = self.model(RelationsFile, (*base, files.RELATIONS), self.text((*base, files.RELATIONS), "{}"))
+        message_ids = {m.message.id for m in messages}
+        if len(message_ids) != len(messages):
+            raise InvalidArgument(f"{self.folder.shown(base)}: two messages have the same id")
+        relations_names = (*base, files.RELATIONS)
+        relations = self.model(RelationsFile, relations_names, self.text(relations_names, "{}"))
         tools = []
         for tool_id in self.folder.subfolders(*base, files.TOOLS):
-            tool = self.model(ToolFile, (*base, files.TOOLS, tool_id, files.TOOL))
+            tool_names = (*base, files.TOOLS, tool_id, files.TOOL)
+            tool = self.model(ToolFile, tool_names)
             if tool.tool_id != tool_id:
                 raise InvalidArgument(f"{self.folder.shown((*base, files.TOOLS, tool_id))} holds {tool.tool_id!r}")
+            if tool.message_id not in message_ids:
+                raise InvalidArgument(
+                    f"{self.folder.shown(tool_names)}: message_id {tool.message_id[:80]!r} is not a message of "
+                    f"session {session_id}"
+                )
+            tool.created_at = self.time(tool_names, "created_at", tool.created_at)
+            tool.updated_at = self.time(tool_names, "updated_at", tool.updated_at)
             tools.append(ToolRecord(**tool.model_dump()))
         user = info.user
         row = SessionRow(
@@ -454,40 +521,48 @@ class _FileRecords:
                 validate_id(user.user_id, "user_id"),
                 validate_id(user.agent_id, "agent_id"),
             ),
-            created_at=info.created_at,
-            updated_at=info.updated_at,
+            created_at=self.time(meta_names, "created_at", info.created_at),
+            updated_at=self.time(meta_names, "updated_at", info.updated_at),
             metadata=info.metadata,
             total_message_count=len(messages),
             live_message_count=len(live),
             pending_tokens=sum(m.tokens for m in live),
             commit_count=info.commit_count,
-            last_commit_at=info.last_commit_at,
+            last_commit_at=(
+                self.time(meta_names, "last_commit_at", info.last_commit_at)
+                if info.last_commit_at is not None
+                else None
+            ),
             llm_prompt_tokens=info.llm_token_usage.prompt,
             llm_completion_tokens=info.llm_token_usage.completion,
             memories_extracted={k: v for k, v in info.memories_extracted.items() if k != "total"},
             contexts_used=info.contexts_used,
             skills_used=info.skills_used,
         )
-        usage = [
-            UsageEntry(
-                kind=r.kind,
-                uri=r.uri,
-                payload=r.payload,
-                created_at=r.created_at,
-                archive_number=parse_archive_id(r.archive_id) if r.archive_id is not None else None,
-            )
-            for r in relations.records
-        ]
-        if len({m.message.id for m in messages}) != len(messages):
-            raise InvalidArgument(f"{self.folder.shown(base)}: two messages have the same id")
+        usage = []
+        for index, record in enumerate(relations.records):
+            number = parse_archive_id(record.archive_id) if record.archive_id is not None else None
+            if number is not None and number not in numbers:
+                raise InvalidArgument(
+                    f"{self.folder.shown(relations_names)}: records[{index}] names {record.archive_id}, "
+                    f"which session {session_id} does not have"
+                )
+            created_at = self.time(relations_names, f"records[{index}].created_at", record.created_at)
+            usage.append(UsageEntry(record.kind, record.uri, record.payload, created_at, number))
         return SessionDump(session=row, messages=messages, archives=archives, tools=tools, usage=usage)
 
     def archive(self, base: tuple[str, ...], number: int, messages: list[StoredMessage]) -> ArchiveRow:
         """One archive; its messages are appended to `messages`, numbered after them."""
         where = (*base, files.HISTORY, archive_id(number))
-        meta = self.model(ArchiveMeta, (*where, files.META))
+        meta_names = (*where, files.META)
+        meta = self.model(ArchiveMeta, meta_names)
         if meta.archive_id != archive_id(number):
-            raise InvalidArgument(f"{self.folder.shown((*where, files.META))} is {meta.archive_id[:40]!r}")
+            raise InvalidArgument(f"{self.folder.shown(meta_names)} is {meta.archive_id[:40]!r}")
+        if meta.status == "pending" and not self.unfinished_task(base[-1], number):
+            raise InvalidArgument(
+                f"{self.folder.shown(meta_names)}: the archive is pending, but {files.TASKS} has no pending or "
+                f"running session_commit task for {base[-1]}/{archive_id(number)}; nothing would ever finish it"
+            )
         stored = self.stored_messages((*where, files.MESSAGES), len(messages) + 1)
         if len(stored) != meta.message_count or not stored:
             raise InvalidArgument(
@@ -518,8 +593,8 @@ class _FileRecords:
             message_count=len(stored),
             tokens=sum(m.tokens for m in stored),
             status=meta.status,
-            created_at=meta.created_at,
-            done_at=meta.done_at,
+            created_at=self.time(meta_names, "created_at", meta.created_at),
+            done_at=self.time(meta_names, "done_at", meta.done_at) if meta.done_at is not None else None,
             abstract=abstract,
             abstract_tokens=self.count(abstract, meta.abstract_tokens),
             overview=overview,
@@ -531,19 +606,43 @@ class _FileRecords:
         )
 
     def tasks(self) -> Iterator[TaskRow]:
-        seen: set[str] = set()
-        for line in self.lines(TaskLine, (files.TASKS,)):
-            if validate_id(line.task_id, "task_id") in seen:
-                raise InvalidArgument(f"{files.TASKS} has task {line.task_id} twice")
-            seen.add(line.task_id)
+        for where, line in self.task_lines:
+            shown = self.folder.shown(where)
+            session_id = validate_id(line.resource_id, "resource_id")
+            number = parse_archive_id(line.archive_id) if line.archive_id is not None else None
+            if line.account_id is None or line.user_id is None:
+                raise InvalidArgument(f"{shown}: task {line.task_id} has no account_id and user_id (whose it is)")
+            owner = (validate_id(line.account_id, "account_id"), validate_id(line.user_id, "user_id"))
+            outline = self.outlines.get(session_id)
+            if outline is None:
+                # A deleted session's finished tasks stay (as they do in a store); nothing runs them.
+                if line.status in _UNFINISHED:
+                    raise InvalidArgument(
+                        f"{shown}: task {line.task_id} is {line.status}, but its session {session_id} is not in "
+                        "the export"
+                    )
+            else:
+                session_owner, numbers = outline
+                if owner != session_owner:
+                    raise InvalidArgument(
+                        f"{shown}: task {line.task_id} belongs to {'/'.join(owner)}, but session {session_id} "
+                        f"to {'/'.join(session_owner)}"
+                    )
+                if number is not None and number not in numbers:
+                    raise InvalidArgument(
+                        f"{shown}: task {line.task_id} names {line.archive_id}, which session {session_id} "
+                        "does not have"
+                    )
+            if line.task_type == "session_commit" and line.status in _UNFINISHED and number is None:
+                raise InvalidArgument(f"{shown}: task {line.task_id} is {line.status} but names no archive_id")
             yield TaskRow(
                 task_id=line.task_id,
                 task_type=line.task_type,
                 status=line.status,
-                session_id=validate_id(line.resource_id, "resource_id"),
-                archive_number=parse_archive_id(line.archive_id) if line.archive_id is not None else None,
-                created_at=line.created_at,
-                updated_at=line.updated_at,
+                session_id=session_id,
+                archive_number=number,
+                created_at=self.time(where, "created_at", line.created_at),
+                updated_at=self.time(where, "updated_at", line.updated_at),
                 result=line.result,
                 error=line.error,
                 owner=line.owner,
@@ -569,21 +668,32 @@ class _FileRecords:
                                 yield (*top, *relative, name)
 
     def memories(self) -> Iterator[MemoryDump]:
+        seen: dict[tuple[str, str], str] = {}
         for names in self.memory_files():
+            shown = self.folder.shown(names)
             try:
                 front = MemoryFile.model_validate(self.front_matter(names, self.text(names)))
             except ValidationError as exc:
-                raise InvalidArgument(f"{self.folder.shown(names)}: {_describe(exc)}") from None
-            if SCOPES[front.category] != front.scope or not front.uri.startswith(
-                f"viking://{front.scope}/{validate_id(front.owner_id, 'owner_id')}/memories/"
-            ):
-                raise InvalidArgument(f"{self.folder.shown(names)}: uri, scope, owner_id and category disagree")
+                raise InvalidArgument(f"{shown}: {_describe(exc)}") from None
+            owner_id = validate_id(front.owner_id, "owner_id")
+            key = validate_id(front.key, "key")
+            expected = memory_uri(front.scope, owner_id, front.category, key)
+            if SCOPES[front.category] != front.scope or front.uri != expected:
+                raise InvalidArgument(
+                    f"{shown}: uri {front.uri[:120]!r} is not the one its scope, owner_id, category and key "
+                    f"make ({expected[:120]!r})"
+                )
+            account_id = validate_id(front.account_id, "account_id")
+            if (account_id, front.uri) in seen:
+                raise InvalidArgument(
+                    f"{shown} and {seen[account_id, front.uri]} are the same memory ({front.uri}); "
+                    "an export holds each memory once"
+                )
+            seen[account_id, front.uri] = shown
             values = front.model_dump(exclude={"account_id", "source"})
-            yield MemoryDump(
-                account_id=validate_id(front.account_id, "account_id"),
-                memory=StoredMemory(**values),
-                source=front.source,
-            )
+            values["created_at"] = self.time(names, "created_at", front.created_at)
+            values["updated_at"] = self.time(names, "updated_at", front.updated_at)
+            yield MemoryDump(account_id=account_id, memory=StoredMemory(**values), source=front.source)
 
     def front_matter(self, names: tuple[str, ...], text: str) -> dict[str, Any]:
         end = text.find("\n---", 3)
@@ -601,10 +711,9 @@ class _FileRecords:
         return found
 
     def context_usage(self) -> Iterator[ContextUsage]:
-        for line in self.lines(ContextUsageLine, (files.CONTEXT_USAGE,)):
-            yield ContextUsage(
-                validate_id(line.account_id, "account_id"), line.uri, line.active_count, line.last_used_at
-            )
+        for where, line in self.lines(ContextUsageLine, (files.CONTEXT_USAGE,)):
+            last_used_at = self.time(where, "last_used_at", line.last_used_at) if line.last_used_at else None
+            yield ContextUsage(validate_id(line.account_id, "account_id"), line.uri, line.active_count, last_used_at)
 
 
 def import_tree(engine: Engine, directory: str | os.PathLike[str], replace: bool = False) -> TransferResult:
@@ -627,7 +736,13 @@ def import_tree(engine: Engine, directory: str | os.PathLike[str], replace: bool
             f"{root} is export format {manifest.format_version}, newer than this viking-mcp reads "
             f"({files.FORMAT_VERSION}); upgrade viking-mcp"
         )
+    if manifest.format_version != files.FORMAT_VERSION:
+        raise InvalidArgument(
+            f"{files.MANIFEST}: format_version {manifest.format_version} is not one this viking-mcp reads "
+            f"({files.FORMAT_VERSION})"
+        )
     try:
+        records.outline()
         counts = engine.store.import_tree(records, replace, utc_now())
     except OSError as exc:
         raise _io_error(exc, "read") from exc

@@ -42,6 +42,8 @@ from viking_mcp.models import (
     SessionPage,
     TaskList,
     TaskRecord,
+    parse_archive_id,
+    validate_id,
 )
 
 if TYPE_CHECKING:
@@ -83,9 +85,18 @@ _BY_STATUS: dict[int, ErrorCode] = {
 }
 
 
-def _segment(value: str) -> str:
-    """One path segment, quoted so that no id can become another path."""
+def _segment(value: str, what: str = "session_id") -> str:
+    """One path segment: an id checked as the engine checks it (so that '' or 'a/b' is
+    INVALID_ARGUMENT here as in embedded mode), and quoted so that no id can become another path."""
+    if what == "archive_id":
+        parse_archive_id(value)
+    else:
+        validate_id(value, what)
     return urllib.parse.quote(value, safe="")
+
+
+def _printable_ascii(value: str, space: bool = False) -> bool:
+    return all(" " < c < "\x7f" or (space and c == " ") for c in value)
 
 
 def _error(code: str, message: str) -> VikingError:
@@ -95,9 +106,24 @@ def _error(code: str, message: str) -> VikingError:
 
 class RemoteBackend:
     def __init__(self, url: str, api_key: str | None, timeout: float = TIMEOUT_SECONDS) -> None:
-        parts = urllib.parse.urlsplit(url.strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise InvalidArgument(f"--url {url[:80]!r} is not an http(s) URL; e.g. http://127.0.0.1:1933")
+        example = "e.g. http://127.0.0.1:1933"
+        try:
+            parts = urllib.parse.urlsplit(url.strip())
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number from 0 to 65535
+        except ValueError as exc:
+            raise InvalidArgument(f"--url {url[:80]!r} is not a valid URL ({exc}); {example}") from None
+        if parts.scheme not in ("http", "https") or not parts.netloc or not parts.hostname:
+            raise InvalidArgument(f"--url {url[:80]!r} is not an http(s) URL; {example}")
+        if not _printable_ascii(url.strip()):
+            raise InvalidArgument(
+                f"--url {url[:80]!r} holds spaces, control or non-ASCII characters; {example} "
+                "(percent-encode what a URL cannot hold)"
+            )
+        if api_key and not _printable_ascii(api_key, space=True):
+            raise InvalidArgument(
+                "--api-key (or VIKING_MCP_API_KEY) holds control or non-ASCII characters (a newline?); "
+                "an API key is printable ASCII"
+            )
         path = parts.path.rstrip("/")
         if path.endswith(API_PREFIX):  # accept the API's own address too
             path = path[: -len(API_PREFIX)]
@@ -138,6 +164,8 @@ class RemoteBackend:
             ) from None
         except TimeoutError:
             raise Unavailable(f"{self.url} did not answer within {self.timeout:.0f} s") from None
+        except ValueError as exc:  # a URL or header urllib will not send (http.client.InvalidURL is one)
+            raise InvalidArgument(f"cannot send {method} {API_PREFIX}{path} to {self.url}: {exc}") from None
         except OSError as exc:
             raise Unavailable(f"talking to {self.url} failed: {exc}") from None
         return self._result(method, path, status, raw)
@@ -168,6 +196,8 @@ class RemoteBackend:
     # --- sessions ---------------------------------------------------------------------------------
 
     def create_session(self, session_id: str | None, metadata: dict[str, Any] | None) -> SessionCreated:
+        if session_id is not None:
+            validate_id(session_id)
         body: dict[str, Any] = {"session_id": session_id, "metadata": metadata}
         result = self._request("POST", "/sessions", body={k: v for k, v in body.items() if v is not None})
         return self._model(SessionCreated, result)
@@ -217,15 +247,17 @@ class RemoteBackend:
         return self._model(SessionContext, result)
 
     def get_archive(self, session_id: str, archive_id: str) -> ArchiveDetail:
-        result = self._request("GET", f"/sessions/{_segment(session_id)}/archives/{_segment(archive_id)}")
+        result = self._request("GET", f"/sessions/{_segment(session_id)}/archives/{_segment(archive_id, 'archive_id')}")
         return self._model(ArchiveDetail, result)
 
     # --- tasks, memories ---------------------------------------------------------------------------
 
     def get_task(self, task_id: str) -> TaskRecord:
-        return self._model(TaskRecord, self._request("GET", f"/tasks/{_segment(task_id)}"))
+        return self._model(TaskRecord, self._request("GET", f"/tasks/{_segment(task_id, 'task_id')}"))
 
     def list_tasks(self, task_type: str | None, status: str | None, resource_id: str | None, limit: int) -> TaskList:
+        if resource_id is not None:
+            validate_id(resource_id, "resource_id")
         query = {"task_type": task_type, "status": status, "resource_id": resource_id, "limit": limit}
         return self._model(TaskList, self._request("GET", "/tasks", query))
 
