@@ -905,13 +905,6 @@ class SQLiteStore:
                 (now, session_id, number),
             )
 
-    def unfinished_phase2_count(self) -> int:
-        with self._read() as conn:
-            row = conn.execute(
-                "SELECT COUNT(*) FROM tasks WHERE task_type = 'session_commit' AND status IN ('pending', 'running')"
-            ).fetchone()
-        return int(row[0])
-
     def archive_usage(self, session_id: str, number: int) -> UsageRecord:
         record = UsageRecord()
         with self._read() as conn:
@@ -953,10 +946,6 @@ class SQLiteStore:
                 (*params, -1 if limit is None else limit),
             ).fetchall()
         return [_memory_row(r) for r in rows]
-
-    def write_memories(self, account_id: str, writes: list[MemoryWrite], source: dict[str, Any], now: str) -> None:
-        with self._write() as conn:
-            self._apply_memory_writes(conn, account_id, writes, source, now)
 
     def _apply_memory_writes(
         self, conn: sqlite3.Connection, account_id: str, writes: list[MemoryWrite], source: dict[str, Any], now: str
