@@ -1,0 +1,317 @@
+"""Context retention on LoCoMo: how much of a long conversation get_context still knows.
+
+For each LoCoMo conversation: one session; each LoCoMo session's turns added as messages
+(speaker_a as user, speaker_b as assistant, the text prefixed with the speaker's name,
+created_at from the session's date), a commit after each LoCoMo session, Phase 2 run in
+this thread (the offline extractive summariser, the embedded default). Then, for every
+budget, get_context is scored against the QA pairs of categories 1-4 whose answer words
+all occur in the full transcript: a question is retained when every word of its answer
+(lowercased, alphanumeric runs) occurs in the returned context.
+
+The returned context is the content get_context returns, the part its budget governs and
+`estimatedTokens` counts: the overview, the abstracts and the messages' text. The check
+that it is within budget recounts those texts with the project's token counter. The
+markup `render_context_text` wraps around them (tags, archive ids) is reported beside it
+but not scored.
+
+Baselines, on the same transcript text (a date line per LoCoMo session, then one
+"Speaker: text" line per turn): the last N tokens of it (what an agent without memory
+keeps, N = the budget) and all of it (the ceiling).
+
+    python benchmarks/retention.py                      # all ten conversations, four budgets
+    python benchmarks/retention.py --conversations 1 --budgets 1000 --out-dir /tmp/r
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from viking_mcp.config import Settings
+from viking_mcp.engine import Engine
+from viking_mcp.engine.context import render_context_text
+from viking_mcp.models import SessionContext, message_text
+from viking_mcp.tokens import TokenCounter
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "locomo10.zip"
+DEFAULT_BUDGETS = (1000, 2000, 4000, 8000)
+CATEGORIES = (1, 2, 3, 4)
+CATEGORY_NAMES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
+SAMPLE_BUDGET = 4000
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+@dataclass
+class Conversation:
+    name: str
+    speaker_a: str
+    speaker_b: str
+    # (when, [(speaker, text)]) per LoCoMo session, in order
+    sessions: list[tuple[datetime, list[tuple[str, str]]]]
+    qa: list[dict[str, Any]]
+
+    def transcript_lines(self) -> list[str]:
+        lines = []
+        for when, turns in self.sessions:
+            lines.append(f"[{when:%-I:%M %p on %-d %B %Y}]")
+            lines += [f"{speaker}: {text}" for speaker, text in turns]
+        return lines
+
+
+def load_conversations(path: Path) -> list[Conversation]:
+    conversations = []
+    with zipfile.ZipFile(path) as archive:
+        names = sorted(n for n in archive.namelist() if n.endswith(".json"))
+        for name in names:
+            data = json.loads(archive.read(name))
+            sessions = []
+            number = 1
+            while f"session_{number}_date_time" in data:
+                turns = data.get(f"session_{number}") or []
+                if turns:
+                    when = datetime.strptime(data[f"session_{number}_date_time"], "%I:%M %p on %d %B, %Y")
+                    sessions.append((when, [(t["speaker"], t["text"]) for t in turns]))
+                number += 1
+            conversations.append(Conversation(Path(name).stem, data["speaker_a"], data["speaker_b"], sessions, data["qa"]))
+    return conversations
+
+
+def scorable(conversation: Conversation, transcript_words: set[str]) -> list[tuple[int, set[str]]]:
+    """(category, answer words) of the questions the transcript can answer at all."""
+    questions = []
+    for qa in conversation.qa:
+        if qa.get("category") not in CATEGORIES or "answer" not in qa:
+            continue
+        answer = words(str(qa["answer"]))
+        if answer and answer <= transcript_words:
+            questions.append((qa["category"], answer))
+    return questions
+
+
+def last_tokens(tokens: TokenCounter, lines: list[str], budget: int) -> str:
+    """The last `budget` tokens of the transcript: whole lines, then the tail of the first
+    line that does not fit whole (cut on a word boundary)."""
+    kept: list[str] = []
+    used = 0
+    for line in reversed(lines):
+        cost = tokens.count(line + "\n")
+        if used + cost <= budget:
+            kept.append(line)
+            used += cost
+            continue
+        line_words = line.split()
+        low, high = 0, len(line_words)  # the most trailing words that fit
+        while low < high:
+            middle = (low + high + 1) // 2
+            if used + tokens.count(" ".join(line_words[-middle:]) + "\n") <= budget:
+                low = middle
+            else:
+                high = middle - 1
+        if low:
+            kept.append(" ".join(line_words[-low:]))
+        break
+    return "\n".join(reversed(kept))
+
+
+def context_payload(context: SessionContext) -> list[str]:
+    """The texts get_context returns and its budget governs."""
+    texts = [context.latest_archive_overview] if context.latest_archive_overview else []
+    texts += [a.abstract for a in context.pre_archive_abstracts]
+    texts += [message_text(m) for m in context.messages]
+    return texts
+
+
+@dataclass
+class Tally:
+    retained: dict[int, int] = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
+    total: dict[int, int] = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
+
+    def add(self, questions: list[tuple[int, set[str]]], text: str) -> None:
+        present = words(text)
+        for category, answer in questions:
+            self.total[category] += 1
+            self.retained[category] += answer <= present
+
+    def merge(self, other: Tally) -> None:
+        for c in CATEGORIES:
+            self.retained[c] += other.retained[c]
+            self.total[c] += other.total[c]
+
+    def rate(self, category: int | None = None) -> float:
+        cats = CATEGORIES if category is None else (category,)
+        total = sum(self.total[c] for c in cats)
+        return sum(self.retained[c] for c in cats) / total if total else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "per_category": {
+                str(c): {"retained": self.retained[c], "questions": self.total[c], "rate": round(self.rate(c), 4)}
+                for c in CATEGORIES
+            },
+            "overall": {
+                "retained": sum(self.retained.values()),
+                "questions": sum(self.total.values()),
+                "rate": round(self.rate(), 4),
+            },
+        }
+
+
+def run_conversation(
+    conversation: Conversation, budgets: list[int], home: Path, log: Any
+) -> tuple[dict[str, dict[int, Tally]], dict[str, Any], dict[str, Any] | None]:
+    engine = Engine(Settings(home=home))
+    try:
+        session_id = f"locomo-{conversation.name}"
+        phase2_seconds = 0.0
+        for when, turns in conversation.sessions:
+            created_at = when.isoformat()
+            for speaker, text in turns:
+                role = "user" if speaker == conversation.speaker_a else "assistant"
+                engine.add_message(session_id, role, content=f"{speaker}: {text}", created_at=created_at)
+            engine.commit(session_id)
+            started = time.perf_counter()
+            engine.run_pending_phase2()
+            phase2_seconds += time.perf_counter() - started
+        archives = engine.store.list_archives(session_id)
+        assert all(a.status == "completed" for a in archives), [a.status for a in archives]
+
+        lines = conversation.transcript_lines()
+        transcript = "\n".join(lines)
+        questions = scorable(conversation, words(transcript))
+        tallies: dict[str, dict[int, Tally]] = {"ours": {}, "truncation": {}, "ceiling": {}}
+        checks: dict[str, Any] = {"budgets": {}, "phase2_seconds": round(phase2_seconds, 2)}
+        sample = None
+        for budget in budgets:
+            context = engine.get_context(session_id, budget)
+            payload = context_payload(context)
+            payload_tokens = sum(engine.tokens.count(t) for t in payload)
+            payload_tokens += 4 * len(context.messages)  # a message's overhead, as estimatedTokens counts it
+            rendered_tokens = engine.tokens.count(render_context_text(session_id, context))
+            if payload_tokens > budget or context.estimatedTokens > budget or payload_tokens != context.estimatedTokens:
+                raise SystemExit(
+                    f"conversation {conversation.name}, budget {budget}: payload {payload_tokens} tokens, "
+                    f"estimatedTokens {context.estimatedTokens}"
+                )
+            checks["budgets"][str(budget)] = {
+                "payload_tokens": payload_tokens,
+                "rendered_tokens": rendered_tokens,
+                "overview_tokens": engine.tokens.count(context.latest_archive_overview),
+                "abstracts": len(context.pre_archive_abstracts),
+                "archives": context.stats.totalArchives,
+            }
+            for name, text in (
+                ("ours", "\n".join(payload)),
+                ("truncation", last_tokens(engine.tokens, lines, budget)),
+                ("ceiling", transcript),
+            ):
+                tally = Tally()
+                tally.add(questions, text)
+                tallies[name][budget] = tally
+            if budget == SAMPLE_BUDGET:
+                sample = {
+                    "conversation": conversation.name,
+                    "budget": budget,
+                    "overview": context.latest_archive_overview,
+                    "abstracts": [(a.archive_id, a.abstract) for a in context.pre_archive_abstracts],
+                }
+        print(
+            f"  conversation {conversation.name}: {len(conversation.sessions)} sessions, "
+            f"{sum(len(t) for _, t in conversation.sessions)} turns, {len(questions)} questions, "
+            f"Phase 2 {phase2_seconds:.1f} s, "
+            + ", ".join(f"{b}: {tallies['ours'][b].rate():.2f}/{tallies['truncation'][b].rate():.2f}" for b in budgets),
+            file=log,
+        )
+        return tallies, checks, sample
+    finally:
+        engine.close()
+
+
+def table(budget: int, tallies: dict[str, Tally]) -> str:
+    head = "| | " + " | ".join(f"{c} {CATEGORY_NAMES[c]}" for c in CATEGORIES) + " | overall |"
+    rows = [head, "|---|" + "---:|" * (len(CATEGORIES) + 1)]
+    for name, label in (("ours", "get_context"), ("truncation", "last N tokens"), ("ceiling", "full transcript")):
+        tally = tallies[name]
+        cells = [f"{tally.rate(c):.3f}" for c in CATEGORIES] + [f"**{tally.rate():.3f}**"]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    truncation = tallies["truncation"].rate()
+    ratio = tallies["ours"].rate() / truncation if truncation else float("inf")
+    questions = sum(tallies["ours"].total.values())
+    return f"### {budget:,} tokens\n\n" + "\n".join(rows) + f"\n\nget_context / last N tokens: **{ratio:.2f}x** ({questions} questions)\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the LoCoMo zip (locomo10.zip)")
+    parser.add_argument("--conversations", type=int, default=None, help="only the first N conversations")
+    parser.add_argument("--budgets", type=str, default=",".join(map(str, DEFAULT_BUDGETS)), help="comma-separated")
+    parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results", help="retention.md/.json")
+    args = parser.parse_args(argv)
+    budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
+    conversations = load_conversations(args.data)[: args.conversations]
+
+    started = time.perf_counter()
+    totals: dict[str, dict[int, Tally]] = {n: {b: Tally() for b in budgets} for n in ("ours", "truncation", "ceiling")}
+    per_conversation: dict[str, Any] = {}
+    sample = None
+    with tempfile.TemporaryDirectory(prefix="viking-retention-") as scratch:
+        for conversation in conversations:
+            print(f"conversation {conversation.name} ...", file=sys.stderr, flush=True)
+            tallies, checks, found = run_conversation(conversation, budgets, Path(scratch) / conversation.name, sys.stderr)
+            sample = sample or found
+            for name, by_budget in tallies.items():
+                for budget, tally in by_budget.items():
+                    totals[name][budget].merge(tally)
+            per_conversation[conversation.name] = {
+                **checks,
+                "results": {n: {str(b): t.as_json()["overall"] for b, t in tallies[n].items()} for n in tallies},
+            }
+    seconds = time.perf_counter() - started
+
+    machine = (
+        f"Python {platform.python_version()}, {platform.platform()}, "
+        f"{len(conversations)} conversations, {seconds:.0f} s"
+    )
+    tables = "\n".join(table(b, {n: totals[n][b] for n in totals}) for b in budgets)
+    print(f"retention: {machine}\n\n{tables}")
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    result = {
+        "machine": machine,
+        "seconds": round(seconds, 1),
+        "budgets": budgets,
+        "totals": {n: {str(b): totals[n][b].as_json() for b in budgets} for n in totals},
+        "ratio": {
+            str(b): round(totals["ours"][b].rate() / max(totals["truncation"][b].rate(), 1e-9), 3) for b in budgets
+        },
+        "conversations": per_conversation,
+        "sample": sample,
+    }
+    (args.out_dir / "retention.json").write_text(json.dumps(result, indent=2) + "\n")
+    markdown = [f"# Retention on LoCoMo\n\n`python benchmarks/retention.py` ({machine})\n", tables]
+    if sample:
+        abstracts = "\n".join(f"- {a}: {text}" for a, text in sample["abstracts"])
+        markdown.append(
+            f"## Sample: conversation {sample['conversation']} at {sample['budget']:,} tokens\n\n"
+            f"### Overview\n\n{sample['overview'].strip()}\n\n### Abstracts (newest first)\n\n{abstracts or '(none)'}\n"
+        )
+    (args.out_dir / "retention.md").write_text("\n".join(markdown))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
