@@ -130,16 +130,19 @@ def _output(
     task: TaskRow, name: str, owner: Owner, summary: ArchiveSummary, plan: MergePlan, tokens: TokenCounter
 ) -> Phase2Output:
     assert task.archive_number is not None
+    counts = summary.overview_tokens
+    if len(counts) != len(summary.overviews):
+        counts = [tokens.count(text) for text in summary.overviews]
     renderings = sorted(
-        (OverviewRendering(tokens=tokens.count(text), text=text) for text in summary.overviews),
+        (OverviewRendering(tokens=count, text=text) for text, count in zip(summary.overviews, counts, strict=True)),
         key=lambda r: -r.tokens,
     )
-    counts = plan.counts()
+    extracted = plan.counts()
     result = CommitTaskResult(
         session_id=task.session_id,
         archive_id=name,
         archive_uri=archive_uri(task.session_id, task.archive_number),
-        memories_extracted={**counts, "total": sum(counts.values())},
+        memories_extracted={**extracted, "total": sum(extracted.values())},
         active_count_updated=0,  # the store sets it, in the same transaction
     )
     return Phase2Output(
@@ -147,7 +150,7 @@ def _output(
         abstract_tokens=tokens.count(summary.abstract),
         overview_renderings=renderings,
         memory_diff=plan.diff(name),
-        memories_extracted=counts,
+        memories_extracted=extracted,
         result=result.model_dump(),
         llm_prompt_tokens=summary.llm_prompt_tokens,
         llm_completion_tokens=summary.llm_completion_tokens,

@@ -26,6 +26,8 @@ class ArchiveSummary:
     # The overview at one or more lengths, longest first. The first is the archive's
     # `.overview.md`; get_context returns the longest that fits its budget.
     overviews: list[str]
+    # Exact token counts of `overviews`, when the summariser counted them already (else Phase 2 counts).
+    overview_tokens: list[int] = field(default_factory=list)
     llm_prompt_tokens: int = 0
     llm_completion_tokens: int = 0
     notes: list[str] = field(default_factory=list)
