@@ -60,7 +60,7 @@ def test_overviews_stay_bounded_and_carry_the_past_forward(small_engine: Engine)
         assert 1 <= len(split_sentences(archive.abstract)) <= 2
     latest = archives[-1].overview
     # The latest overview still speaks of earlier archives, in prose under dated headings.
-    headings = re.findall(r"^## (archive_\d+) · (\d{4}-\d{2}-\d{2})", latest, re.MULTILINE)
+    headings = re.findall(r"^## (archive_\d+) · (\d{1,2} [A-Z][a-z]+ \d{4})", latest, re.MULTILINE)
     assert headings[-1][0] == "archive_006"
     assert len(headings) >= 3
     assert "Caroline" in latest and "Melanie" in latest
@@ -109,7 +109,7 @@ def test_a_summariser_alone_is_usable_without_an_engine() -> None:
     message = Message(id="m1", role="user", parts=[TextPart(text="Ada joined Tekla in Oslo on 3 May 2022.")],
                       created_at="2022-05-03T10:00:00.000000Z")  # fmt: skip
     summary = summariser.summarise(ArchiveInput("s", "archive_001", [message], previous_overview=""))
-    assert "Tekla" in summary.abstract and "2022-05-03" in summary.abstract
+    assert "Tekla" in summary.abstract and "3 May 2022" in summary.abstract
     assert summary.overviews[0].startswith("# Session overview")
 
 

@@ -1,12 +1,18 @@
 """The offline default: an extractive summariser that needs no network and is deterministic.
 
-It picks the sentences that carry facts (names, numbers, dates, places, things that
-recur) and drops chit-chat. The overview is markdown prose, one section per archive,
-oldest first, each sentence attributed to its speaker. It carries the previous overview
-forward: every archive keeps at least its best sentence while there is room, and when
-the whole would pass its token bound the least informative sentences of the oldest
-sections go first. The overview is rendered at several lengths so that get_context can
-always return the longest one that fits what is left of a budget.
+It keeps the sentences that carry facts and drops chit-chat. A sentence is worth what it
+tells: words that are rare in the conversation (inverse sentence frequency), names and
+places (capitalised words that are not the speakers'), numbers and dates, per token it
+costs. Greetings, thanks, acknowledgements and bare questions score nothing or little.
+Interjections that open a sentence ("Wow, ", "Yeah! ") are cut, relative dates are made
+absolute ("yesterday (7 May 2023)"), and a sentence that repeats another is kept once.
+
+The overview is markdown prose, one section per archive under its date, oldest first,
+each sentence attributed to its speaker. It carries the previous overview forward: every
+archive keeps its best sentence while there is room, then the best of all sections go in,
+whatever their age (a fact said long ago is as likely to be asked about as a recent one).
+It is rendered at many lengths, each about three quarters of the one before, so that
+get_context can return one that nearly fills whatever is left of a budget.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
+from datetime import date
 
 from viking_mcp.models import ContextPart, Message, TextPart, ToolPart
 from viking_mcp.summarize.base import ArchiveInput, ArchiveSummary
+from viking_mcp.summarize.dates import day, parse_day, resolve_relative_dates
 from viking_mcp.tokens import TokenCounter
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
@@ -27,10 +35,17 @@ _SECTION = re.compile(r"^## (.+)$", re.MULTILINE)
 _SPEAKER_PREFIX = re.compile(r"^([A-Z][\w'-]*(?: [A-Z][\w'-]*){0,2}):\s")
 # What the summariser itself puts before a sentence; only this is stripped for scoring.
 _ROLE_PREFIX = re.compile(r"^(?:User|Assistant): ")
+# Interjections that open a sentence and say nothing: "Wow, ", "Oh yeah! ", "Haha, ".
+_OPENER = re.compile(
+    r"^(?:(?:oh+|ah+|aw+|ooh+|wow+|whoa|yeah|yep|yes|hey|hi|hello|haha+|hehe|lol|omg|um+|uh+|well|ok|okay|"
+    r"cool|great|nice|sweet|awesome|amazing|thanks|thank you|totally|absolutely|definitely|sure|right|"
+    r"exactly|true|indeed|gosh|geez|man|dude|hmm+)\b[\s,!.…-]*)+",
+    re.IGNORECASE,
+)
 _MONTHS = {
     "january", "february", "march", "april", "may", "june", "july", "august", "september",
     "october", "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday",
-    "saturday", "sunday", "yesterday", "today", "tomorrow", "week", "month", "year",
+    "saturday", "sunday", "yesterday", "today", "tomorrow", "week", "weekend", "month", "year",
 }  # fmt: skip
 _STOPWORDS = {
     "a", "about", "after", "again", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be",
@@ -44,16 +59,34 @@ _STOPWORDS = {
     "your", "thanks", "thank", "great", "good", "awesome", "cool", "wow", "hey", "hi", "hello", "lol",
     "sure", "okay", "ok", "totally", "glad", "nice", "amazing", "love", "think", "feel", "thing",
     "things", "lot", "much", "way", "going", "make", "see", "want", "let", "say", "said", "tell",
+    "she", "she's", "he's", "we're", "they're", "i'd", "i'll", "you've", "you'll", "we've", "can't",
+    "didn't", "isn't", "wasn't", "there's", "what's", "let's", "gonna", "wanna", "kind", "stuff",
+    "super", "pretty", "happy", "excited", "proud", "fun", "sounds", "sound", "looks", "look", "hope",
+    "definitely", "absolutely", "appreciate", "means", "mean", "wonderful", "fantastic", "incredible",
+    "beautiful", "lovely", "congrats", "congratulations", "wish", "keep", "always", "everything",
+    "something", "anything", "someone", "other", "even", "still", "right", "haha", "hahaha",
+    "aw", "aww", "omg", "yep", "hear", "heard", "time", "day", "life", "new", "lately",
+    "should", "must", "may", "might", "shall", "here's", "sharing", "share", "talk", "talking", "chat",
+    "catch", "soon", "bye", "take", "care", "true", "real", "seems", "seem", "guess", "sorry",
 }  # fmt: skip
 
 OVERVIEW_TITLE = "# Session overview"
 _MIN_RENDERING_TOKENS = 64
-# Each step back in time weighs a section's sentences this much less.
-_RECENCY = 0.8
+# Each rendering is about this fraction of the next longer one: fine steps, so that one
+# of them nearly fills whatever is left of a budget.
+_RENDERING_STEP = 0.75
+# Each step back in time weighs a section's sentences this much less: barely, as what was
+# said long ago matters as much as what was said last.
+_RECENCY = 0.98
 # A sentence under this fraction of its section's best is filler.
-_FILLER_RATIO = 0.25
-# The newest archive's section may always use this many tokens, however short the archive.
+_FILLER_RATIO = 0.2
+# The newest archive's section keeps at most this fraction of the archive's tokens (and
+# always may keep _SECTION_FLOOR_TOKENS), so that the overview is a summary, not the
+# transcript again.
+_SECTION_FRACTION = 0.4
 _SECTION_FLOOR_TOKENS = 120
+# Token counts of sentences seen before (carried-forward sections come back every commit).
+_TOKEN_CACHE_SIZE = 50_000
 
 
 @dataclass(frozen=True)
@@ -116,33 +149,104 @@ def message_units(message: Message, names: set[str]) -> list[Unit]:
     return units
 
 
+def clean_sentence(text: str, said: date | None) -> str:
+    """A sentence as the summary keeps it: opening interjections cut, relative dates resolved."""
+    trimmed = _OPENER.sub("", text).lstrip()
+    if trimmed and trimmed != text and len(_WORD.findall(trimmed)) >= 3:
+        text = trimmed[0].upper() + trimmed[1:]
+    return resolve_relative_dates(text, said)
+
+
 def _content_words(sentence: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(sentence) if w.lower() not in _STOPWORDS and len(w) > 1]
 
 
-def _score(sentence: str, frequency: Counter[str]) -> float:
-    """How much a sentence is worth keeping: facts and recurring topics up, chit-chat down."""
-    sentence = _ROLE_PREFIX.sub("", sentence, count=1)  # says who, not what
-    words = _WORD.findall(sentence)
-    if len(words) < 4:
-        return 0.0
-    content = _content_words(sentence)
-    if not content:
-        return 0.0
-    score = 0.0
-    for word in sorted(set(content)):  # a fixed order: float sums must not depend on hash seeds
-        score += 1.0 + math.log1p(frequency.get(word, 0))
-    body = words[1:]  # the first word is capitalised anyway
-    score += 1.5 * sum(1 for w in body if w[0].isupper())
-    score += 1.5 * sum(1 for w in words if w[0].isdigit())
-    score += 1.0 * sum(1 for w in words if w.lower() in _MONTHS)
-    if sentence.rstrip().endswith("?"):
-        score *= 0.6
-    return score / math.sqrt(len(words))
+class _Scorer:
+    """How much a sentence is worth keeping, per token: facts up, chit-chat down.
+
+    Word weights are inverse sentence frequencies over everything being summarised (the
+    archive and the overview carried forward), so a conversation's recurring small talk
+    counts for little and its one mention of "Sweden" for a lot.
+    """
+
+    def __init__(self, sentences: list[str], speakers: set[str]) -> None:
+        frequency: Counter[str] = Counter()
+        for sentence in sentences:
+            features = _features(sentence)
+            if features is not None:
+                frequency.update(features[1])
+        self.frequency = frequency
+        self.total = max(1, len(sentences))
+        # The speakers' names (and their short forms: "Mel" for Melanie) are no news.
+        self.speakers = {w.lower() for name in speakers for w in name.split()}
+
+        self._speaker_words: dict[str, bool] = {}
+        self._scores: dict[str, float] = {}
+
+    def _is_speaker(self, word: str) -> bool:
+        found = self._speaker_words.get(word)
+        if found is None:
+            lowered = word.lower()
+            found = lowered in self.speakers or (
+                len(lowered) >= 3 and any(s.startswith(lowered) for s in self.speakers)
+            )
+            self._speaker_words[word] = found
+        return found
+
+    def score(self, sentence: str) -> float:
+        found = self._scores.get(sentence)
+        if found is None:
+            found = self._scores[sentence] = self._score(sentence)
+        return found
+
+    def _score(self, sentence: str) -> float:
+        features = _features(sentence)
+        if features is None:
+            return 0.0
+        words, content, capitalised, numbers, dates, question = features
+        content = tuple(w for w in content if not self._is_speaker(w))
+        if len(content) < 2:
+            return 0.0
+        score = 0.0
+        for word in content:
+            rarity = math.log((self.total + 1) / (self.frequency.get(word, 0) + 1))
+            score += 0.5 + min(rarity, 6.0) / 3.0
+        score += 1.5 * sum(1 for w in capitalised if not self._is_speaker(w))
+        score += 1.5 * numbers + 1.0 * dates
+        if question:
+            score *= 0.4
+        return score / math.sqrt(words)
 
 
-def _parse_sections(overview: str) -> list[_Section]:
-    """Sections of a previous overview (ours, or an agent's free-form one as 'Earlier')."""
+_Features = tuple[int, tuple[str, ...], tuple[str, ...], int, int, bool]
+_FEATURE_CACHE: dict[str, _Features | None] = {}
+
+
+def _features(sentence: str) -> _Features | None:
+    """What scoring reads of a sentence, whatever the conversation: cached, as carried-forward
+    sentences come back at every commit. None for a sentence too short to tell anything."""
+    if sentence in _FEATURE_CACHE:
+        return _FEATURE_CACHE[sentence]
+    text = _ROLE_PREFIX.sub("", sentence, count=1)  # says who, not what
+    words = _WORD.findall(text)
+    found: _Features | None = None
+    if len(words) >= 4:
+        content = tuple(sorted(set(_content_words(text))))  # a fixed order: float sums must not depend on hash seeds
+        capitalised = tuple(sorted({w for w in words[1:] if w[0].isupper() and w != "I"}))
+        numbers = sum(1 for w in words if w[0].isdigit())
+        dates = sum(1 for w in words if w.lower() in _MONTHS)
+        found = (len(words), content, capitalised, numbers, dates, text.rstrip().endswith("?"))
+    if len(_FEATURE_CACHE) >= _TOKEN_CACHE_SIZE:
+        _FEATURE_CACHE.clear()
+    _FEATURE_CACHE[sentence] = found
+    return found
+
+
+def _parse_sections(overview: str, speakers: set[str]) -> list[_Section]:
+    """Sections of a previous overview (ours, or an agent's free-form one as 'Earlier').
+
+    A sentence that starts "Name: " for a known speaker is theirs, and so are the sentences
+    after it until another speaker is named, as the overview attributes them."""
     if not overview.strip():
         return []
     matches = list(_SECTION.finditer(overview))
@@ -153,16 +257,31 @@ def _parse_sections(overview: str) -> list[_Section]:
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(overview)
         body = overview[match.end() : end].strip()
-        units = [Unit("", s) for s in split_sentences(body) if not (s.startswith("_") and s.endswith("_"))]
+        units, speaker = [], ""
+        for sentence in split_sentences(body):
+            if sentence.startswith("_") and sentence.endswith("_"):
+                continue
+            if (found := _SPEAKER_PREFIX.match(sentence)) and found.group(1) in speakers:
+                speaker, sentence = found.group(1), sentence[found.end() :]
+            units.append(Unit(speaker, sentence))
         sections.append(_Section(match.group(1).strip(), units))
     return sections
 
 
+def _overview_speakers(overview: str) -> set[str]:
+    """Names that open two or more sentences of an overview ("Caroline: ...")."""
+    seen = Counter(m.group(1) for s in split_sentences(overview) if (m := _SPEAKER_PREFIX.match(s)))
+    return {name for name, count in seen.items() if count >= 2 and name not in ("User", "Assistant")} | {
+        "User",
+        "Assistant",
+    }
+
+
 def _date_span(messages: list[Message]) -> str:
-    days = sorted({m.created_at[:10] for m in messages})
+    days = sorted({d for m in messages if (d := parse_day(m.created_at)) is not None})
     if not days:
         return ""
-    return days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
+    return day(days[0]) if len(days) == 1 else f"{day(days[0])} to {day(days[-1])}"
 
 
 class ExtractiveSummariser:
@@ -174,26 +293,49 @@ class ExtractiveSummariser:
         self.tokens = tokens
         self.overview_max_tokens = overview_max_tokens
         self.abstract_max_tokens = abstract_max_tokens
+        self._token_cache: dict[str, int] = {}
+
+    def _count(self, text: str) -> int:
+        found = self._token_cache.get(text)
+        if found is None:
+            if len(self._token_cache) >= _TOKEN_CACHE_SIZE:
+                self._token_cache.clear()
+            found = self._token_cache[text] = self.tokens.count(text)
+        return found
 
     def summarise(self, archive: ArchiveInput) -> ArchiveSummary:
         names = speaker_names(archive.messages)
-        units = [u for m in archive.messages for u in message_units(m, names)]
-        frequency = Counter(w for u in units for w in _content_words(u.text))
+        units = []
+        seen: set[tuple[str, ...]] = set()
+        for message in archive.messages:
+            said = parse_day(message.created_at)
+            for unit in message_units(message, names):
+                unit = Unit(unit.speaker, clean_sentence(unit.text, said))
+                features = _features(unit.text)
+                if features is not None and len(features[1]) >= 3:
+                    if features[1] in seen:  # said before, in other words at most
+                        continue
+                    seen.add(features[1])
+                units.append(unit)
         span = _date_span(archive.messages)
         count = len(archive.messages)
         label = f"{count} message{'s' if count != 1 else ''}"
-        heading = " · ".join(p for p in (archive.archive_id, span, label) if p)
-        sections = [*_parse_sections(archive.previous_overview), _Section(heading, units)]
+        heading = " · ".join(p for p in (archive.archive_id, span) if p)
+        speakers = names | _overview_speakers(archive.previous_overview)
+        sections = [*_parse_sections(archive.previous_overview, speakers), _Section(heading, units)]
+        scorer = _Scorer([u.text for s in sections for u in s.units], speakers)
+        renderings = self._renderings(sections, scorer)
         return ArchiveSummary(
-            abstract=self._abstract(label, span, units, frequency),
-            overviews=self.render_overviews(sections, frequency),
+            abstract=self._abstract(label, span, units, scorer),
+            overviews=[text for text, _ in renderings],
+            overview_tokens=[tokens for _, tokens in renderings],  # counted once, while rendering
         )
 
     # --- abstract -----------------------------------------------------------------------------
 
-    def _abstract(self, label: str, span: str, units: list[Unit], frequency: Counter[str]) -> str:
+    def _abstract(self, label: str, span: str, units: list[Unit], scorer: _Scorer) -> str:
         lead = label + (f" on {span}" if span else "") + "."
-        scores = [_score(u.text, frequency) for u in units]
+        scores = [scorer.score(u.text) for u in units]
         if not units or max(scores) == 0:
             return lead
         best = units[max(range(len(units)), key=lambda i: (scores[i], -i))].attributed().rstrip()
@@ -219,35 +361,42 @@ class ExtractiveSummariser:
     def shorter_renderings(self, overview: str) -> list[str]:
         """Shorter renderings of an overview written elsewhere (by the agent or an LLM), so
         that get_context can fit one to a tight budget. The original stays the longest."""
-        sections = _parse_sections(overview)
-        frequency = Counter(w for s in sections for u in s.units for w in _content_words(u.text))
+        speakers = _overview_speakers(overview)
+        sections = _parse_sections(overview, speakers)
+        scorer = _Scorer([u.text for s in sections for u in s.units], speakers)
         size = self.tokens.count(overview)
         empty = self._render(sections, [])  # headings alone are no overview
-        renderings = self.render_overviews(sections, frequency, start=size // 2)
+        renderings = self.render_overviews(sections, scorer, start=int(size * _RENDERING_STEP))
         return [r for r in renderings if r != empty and r.strip() != overview.strip()]
 
-    def render_overviews(
-        self, sections: list[_Section], frequency: Counter[str], start: int | None = None
-    ) -> list[str]:
-        """The overview at its bound (or `start`) and at halvings of it, longest first, each distinct."""
-        ranked = self._rank(sections, frequency)
-        renderings: list[str] = []
+    def render_overviews(self, sections: list[_Section], scorer: _Scorer, start: int | None = None) -> list[str]:
+        """The overview at its bound (or `start`) and at shorter lengths, longest first, each distinct."""
+        return [text for text, _ in self._renderings(sections, scorer, start)]
+
+    def _renderings(self, sections: list[_Section], scorer: _Scorer, start: int | None = None) -> list[tuple[str, int]]:
+        """Each rendering with its exact token count."""
+        ranked = self._rank(sections, scorer)
+        heading_tokens = [self._count(f"## {s.heading}") + 2 for s in sections]
+        renderings: list[tuple[str, int]] = []
         target = self.overview_max_tokens if start is None else start
+        longest = sum(c.tokens for c in ranked) + sum(heading_tokens) + 8
+        target = min(target, max(longest, _MIN_RENDERING_TOKENS))  # an overview under its bound is given whole, once
         while target >= _MIN_RENDERING_TOKENS:
-            text = self._render_within(sections, ranked, target)
-            if text and (not renderings or text != renderings[-1]):
-                renderings.append(text)
-            target //= 2
+            text, tokens = self._render_within(sections, ranked, heading_tokens, target)
+            if text and (not renderings or text != renderings[-1][0]):
+                renderings.append((text, tokens))
+            target = int(target * _RENDERING_STEP)
         if not renderings:
-            renderings.append(self._render(sections, []))
+            text = self._render(sections, [])
+            renderings.append((text, self.tokens.count(text)))
         return renderings
 
-    def _rank(self, sections: list[_Section], frequency: Counter[str]) -> list[_Candidate]:
-        """Every section's best sentence first (newest section first), then the rest by
-        score weighed by recency: so the past is kept in outline before the present in detail.
+    def _rank(self, sections: list[_Section], scorer: _Scorer) -> list[_Candidate]:
+        """Every section's best sentence first (best first), then the rest by score, so that
+        the whole conversation is kept in outline before any part of it in detail.
 
-        Sentences worth less than a quarter of their section's best are not candidates (they
-        would only fill gaps), and the newest section offers at most a third of its archive's
+        Sentences worth less than a fifth of their section's best are not candidates (they
+        would only fill gaps), and the newest section offers at most 40% of its archive's
         tokens, so that even the longest overview is a summary, not the transcript again.
         """
         newest = len(sections) - 1
@@ -257,9 +406,9 @@ class ExtractiveSummariser:
             recency = _RECENCY ** (newest - index)
             candidates = []
             for order, unit in enumerate(sections[index].units):
-                score = _score(unit.text, frequency) * recency
+                score = scorer.score(unit.text) * recency
                 if score > 0:
-                    candidates.append(_Candidate(index, order, unit, score, self.tokens.count(unit.attributed()) + 1))
+                    candidates.append(_Candidate(index, order, unit, score, self._count(unit.attributed()) + 1))
             if not candidates:
                 continue
             candidates.sort(key=lambda c: (-c.score, c.order))
@@ -267,7 +416,8 @@ class ExtractiveSummariser:
             leaders.append(best)
             others = [c for c in candidates[1:] if c.score >= _FILLER_RATIO * best.score]
             if index == newest:
-                cap = max(_SECTION_FLOOR_TOKENS, sum(c.tokens for c in candidates) // 3) - best.tokens
+                archive_tokens = sum(self._count(u.text) + 1 for u in sections[index].units)
+                cap = max(_SECTION_FLOOR_TOKENS, int(archive_tokens * _SECTION_FRACTION)) - best.tokens
                 kept = []
                 for candidate in others:
                     if candidate.tokens <= cap:
@@ -275,6 +425,7 @@ class ExtractiveSummariser:
                         cap -= candidate.tokens
                 others = kept
             rest += others
+        leaders.sort(key=lambda c: (-c.score, -c.section))
         rest.sort(key=lambda c: (-c.score, -c.section, c.order))
         return leaders + rest
 
@@ -303,19 +454,29 @@ class ExtractiveSummariser:
                 blocks.append(" ".join(sentences))
         return "\n\n".join(blocks) + "\n"
 
-    def _render_within(self, sections: list[_Section], ranked: list[_Candidate], target: int) -> str:
-        headings = sum(self.tokens.count(f"## {s.heading}") + 2 for s in sections) + 8
-        budget = target - min(headings, target // 3)
+    def _render_within(
+        self, sections: list[_Section], ranked: list[_Candidate], heading_tokens: list[int], target: int
+    ) -> tuple[str, int]:
+        """The best-ranked sentences that fit `target` tokens with their sections' headings,
+        and the rendering's exact size ("", 0 when not even one sentence fits)."""
+        # The newest section's heading is always shown; "N earlier archives not shown" notes
+        # cost about 8 tokens each, paid for up front.
+        used = 8 + heading_tokens[-1]
+        opened = {len(sections) - 1}
         chosen: list[_Candidate] = []
-        used = 0
         for candidate in ranked:
-            if used + candidate.tokens <= budget:
+            cost = candidate.tokens
+            if candidate.section not in opened:
+                cost += heading_tokens[candidate.section] + 4
+            if used + cost <= target:
                 chosen.append(candidate)
-                used += candidate.tokens
+                used += cost
+                opened.add(candidate.section)
         text = self._render(sections, chosen)
+        tokens = self.tokens.count(text)
         # The estimate above is close but not exact: drop the weakest until it truly fits.
-        while self.tokens.count(text) > target and chosen:
+        while chosen and tokens > target:
             chosen.pop()
             text = self._render(sections, chosen)
-        # Headings alone are no overview.
-        return text if chosen and self.tokens.count(text) <= target else ""
+            tokens = self.tokens.count(text)
+        return (text, tokens) if chosen else ("", 0)  # headings alone are no overview

@@ -1,0 +1,113 @@
+"""Relative dates made absolute: "yesterday", said on 8 May 2023, is 7 May 2023.
+
+A summary is read long after the conversation, when "last week" no longer means
+anything; so the extractive summariser writes the date a relative expression stands for
+beside it, from the message's `created_at`: "yesterday (7 May 2023)", "last month
+(April 2023)", "last week (the week before 8 May 2023)". Only the cheap, unambiguous
+cases are resolved; anything else is left as it was said.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+
+_WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+_NUMBERS = {
+    "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+    "eight": 8, "nine": 9, "ten": 10, "a couple of": 2, "a few": 3, "couple of": 2, "few": 3,
+}  # fmt: skip
+_COUNT = r"(\d+|a couple of|couple of|a few|few|an|a|one|two|three|four|five|six|seven|eight|nine|ten)"
+_RELATIVE = re.compile(
+    r"\b(?:"
+    r"(?P<daybefore>the day before yesterday)"
+    r"|(?P<yesterday>yesterday|last night)"
+    r"|(?P<today>today|tonight|this morning|this afternoon|this evening)"
+    r"|(?P<tomorrow>tomorrow)"
+    r"|(?P<lastweekday>last (?:monday|tuesday|wednesday|thursday|friday|saturday|sunday))"
+    r"|(?P<lastweekend>last weekend)"
+    r"|(?P<thisweekend>this weekend|this past weekend|the weekend)"
+    r"|(?P<lastweek>last week)"
+    r"|(?P<nextweek>next week)"
+    r"|(?P<lastmonth>last month)"
+    r"|(?P<thismonth>this month)"
+    r"|(?P<nextmonth>next month)"
+    r"|(?P<lastyear>last year)"
+    r"|(?P<thisyear>this year)"
+    r"|(?P<nextyear>next year)"
+    rf"|(?P<ago>{_COUNT} (?P<unit>days?|weeks?|months?|years?) ago)"
+    r")\b(?! \()",  # not twice: an expression already followed by "(" is left alone
+    re.IGNORECASE,
+)
+
+
+def day(when: date) -> str:
+    """8 May 2023: the form people write and read."""
+    return f"{when.day} {when:%B %Y}"
+
+
+def _month(when: date, shift: int) -> str:
+    index = when.year * 12 + when.month - 1 + shift
+    return f"{date(index // 12, index % 12 + 1, 1):%B %Y}"
+
+
+def _resolve(match: re.Match[str], said: date) -> str | None:
+    kind = match.lastgroup
+    text = match.group(0).lower()
+    if kind == "daybefore":
+        return day(said - timedelta(days=2))
+    if kind == "yesterday":
+        return day(said - timedelta(days=1))
+    if kind == "today":
+        return day(said)
+    if kind == "tomorrow":
+        return day(said + timedelta(days=1))
+    if kind == "lastweekday":
+        target = _WEEKDAYS.index(text.split()[1])
+        back = (said.weekday() - target) % 7 or 7
+        return day(said - timedelta(days=back))
+    if kind == "lastweekend":
+        return f"the weekend before {day(said)}"
+    if kind == "thisweekend":
+        return f"the weekend of {day(said)}" if said.weekday() >= 5 else f"the weekend before {day(said)}"
+    if kind == "lastweek":
+        return f"the week before {day(said)}"
+    if kind == "nextweek":
+        return f"the week after {day(said)}"
+    if kind in ("lastmonth", "thismonth", "nextmonth"):
+        return _month(said, {"lastmonth": -1, "thismonth": 0, "nextmonth": 1}[kind])
+    if kind in ("lastyear", "thisyear", "nextyear"):
+        return str(said.year + {"lastyear": -1, "thisyear": 0, "nextyear": 1}[kind])
+    if kind == "ago":
+        count_text = text.rsplit(" ", 2)[0]
+        count = int(count_text) if count_text.isdigit() else _NUMBERS.get(count_text, 0)
+        unit = match.group("unit").lower().rstrip("s")
+        if count <= 0 or count > 100:
+            return None
+        if unit == "day":
+            return day(said - timedelta(days=count))
+        if unit == "week":
+            return f"the week of {day(said - timedelta(weeks=count))}" if count_text.isdigit() or count <= 3 else None
+        if unit == "month":
+            return _month(said, -count)
+        return str(said.year - count)
+    return None
+
+
+def resolve_relative_dates(text: str, said: date | None) -> str:
+    """`text` with the date each relative expression stands for written beside it."""
+    if said is None:
+        return text
+
+    def annotate(match: re.Match[str]) -> str:
+        resolved = _resolve(match, said)
+        return f"{match.group(0)} ({resolved})" if resolved else match.group(0)
+
+    return _RELATIVE.sub(annotate, text)
+
+
+def parse_day(created_at: str) -> date | None:
+    try:
+        return date.fromisoformat(created_at[:10])
+    except ValueError:
+        return None
