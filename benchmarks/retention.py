@@ -87,7 +87,9 @@ def load_conversations(path: Path) -> list[Conversation]:
                     when = datetime.strptime(data[f"session_{number}_date_time"], "%I:%M %p on %d %B, %Y")
                     sessions.append((when, [(t["speaker"], t["text"]) for t in turns]))
                 number += 1
-            conversations.append(Conversation(Path(name).stem, data["speaker_a"], data["speaker_b"], sessions, data["qa"]))
+            conversations.append(
+                Conversation(Path(name).stem, data["speaker_a"], data["speaker_b"], sessions, data["qa"])
+            )
     return conversations
 
 
@@ -251,7 +253,11 @@ def table(budget: int, tallies: dict[str, Tally]) -> str:
     truncation = tallies["truncation"].rate()
     ratio = tallies["ours"].rate() / truncation if truncation else float("inf")
     questions = sum(tallies["ours"].total.values())
-    return f"### {budget:,} tokens\n\n" + "\n".join(rows) + f"\n\nget_context / last N tokens: **{ratio:.2f}x** ({questions} questions)\n"
+    return (
+        f"### {budget:,} tokens\n\n"
+        + "\n".join(rows)
+        + f"\n\nget_context / last N tokens: **{ratio:.2f}x** ({questions} questions)\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="viking-retention-") as scratch:
         for conversation in conversations:
             print(f"conversation {conversation.name} ...", file=sys.stderr, flush=True)
-            tallies, checks, found = run_conversation(conversation, budgets, Path(scratch) / conversation.name, sys.stderr)
+            tallies, checks, found = run_conversation(
+                conversation, budgets, Path(scratch) / conversation.name, sys.stderr
+            )
             sample = sample or found
             for name, by_budget in tallies.items():
                 for budget, tally in by_budget.items():

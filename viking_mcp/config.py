@@ -52,7 +52,7 @@ class Settings:
     durability: DurabilityMode = "normal"
     busy_timeout_ms: int = 5_000
     # Upper bound of an archive overview; shorter renderings are kept beside it.
-    overview_max_tokens: int = 2_000
+    overview_max_tokens: int = 8_000
     abstract_max_tokens: int = 80
     # Background Phase 2 threads in this process; 0 leaves the work to another process.
     phase2_workers: int = 1
