@@ -70,6 +70,9 @@ _STOPWORDS = {
     "catch", "soon", "bye", "take", "care", "true", "real", "seems", "seem", "guess", "sorry",
 }  # fmt: skip
 
+_FIRST_PERSON = {"i", "i'm", "i've", "i'd", "i'll", "my", "me", "mine", "we", "we're", "we've", "our", "us"}
+_SECOND_PERSON = {"you", "you're", "you've", "you'd", "you'll", "your", "yours"}
+
 OVERVIEW_TITLE = "# Session overview"
 _MIN_RENDERING_TOKENS = 64
 # Each rendering is about this fraction of the next longer one: fine steps, so that one
@@ -79,11 +82,11 @@ _RENDERING_STEP = 0.75
 # said long ago matters as much as what was said last.
 _RECENCY = 0.98
 # A sentence under this fraction of its section's best is filler.
-_FILLER_RATIO = 0.2
+_FILLER_RATIO = 0.1
 # The newest archive's section keeps at most this fraction of the archive's tokens (and
 # always may keep _SECTION_FLOOR_TOKENS), so that the overview is a summary, not the
 # transcript again.
-_SECTION_FRACTION = 0.4
+_SECTION_FRACTION = 0.6
 _SECTION_FLOOR_TOKENS = 120
 # Token counts of sentences seen before (carried-forward sections come back every commit).
 _TOKEN_CACHE_SIZE = 50_000
@@ -203,22 +206,24 @@ class _Scorer:
         features = _features(sentence)
         if features is None:
             return 0.0
-        words, content, capitalised, numbers, dates, question = features
+        words, content, capitalised, numbers, dates, question, second_person = features
         content = tuple(w for w in content if not self._is_speaker(w))
         if len(content) < 2:
             return 0.0
         score = 0.0
         for word in content:
             rarity = math.log((self.total + 1) / (self.frequency.get(word, 0) + 1))
-            score += 0.5 + min(rarity, 6.0) / 3.0
+            score += 0.25 + min(rarity, 6.0) / 2.0
         score += 1.5 * sum(1 for w in capitalised if not self._is_speaker(w))
         score += 1.5 * numbers + 1.0 * dates
         if question:
             score *= 0.4
-        return score / math.sqrt(words)
+        if second_person:  # "you ..." without "I" echoes what the listener said
+            score *= 0.7
+        return score / words**0.7
 
 
-_Features = tuple[int, tuple[str, ...], tuple[str, ...], int, int, bool]
+_Features = tuple[int, tuple[str, ...], tuple[str, ...], int, int, bool, bool]
 _FEATURE_CACHE: dict[str, _Features | None] = {}
 
 
@@ -235,7 +240,9 @@ def _features(sentence: str) -> _Features | None:
         capitalised = tuple(sorted({w for w in words[1:] if w[0].isupper() and w != "I"}))
         numbers = sum(1 for w in words if w[0].isdigit())
         dates = sum(1 for w in words if w.lower() in _MONTHS)
-        found = (len(words), content, capitalised, numbers, dates, text.rstrip().endswith("?"))
+        lowered = {w.lower() for w in words}
+        second_person = bool(lowered & _SECOND_PERSON) and not lowered & _FIRST_PERSON
+        found = (len(words), content, capitalised, numbers, dates, text.rstrip().endswith("?"), second_person)
     if len(_FEATURE_CACHE) >= _TOKEN_CACHE_SIZE:
         _FEATURE_CACHE.clear()
     _FEATURE_CACHE[sentence] = found
@@ -425,9 +432,9 @@ class ExtractiveSummariser:
                         cap -= candidate.tokens
                 others = kept
             rest += others
-        leaders.sort(key=lambda c: (-c.score, -c.section))
-        rest.sort(key=lambda c: (-c.score, -c.section, c.order))
-        return leaders + rest
+        ranked = leaders + rest
+        ranked.sort(key=lambda c: (-c.score, -c.section, c.order))
+        return ranked
 
     def _render(self, sections: list[_Section], chosen: list[_Candidate]) -> str:
         by_section: dict[int, list[_Candidate]] = {}
