@@ -8,9 +8,9 @@ Interjections that open a sentence ("Wow, ", "Yeah! ") are cut, relative dates a
 absolute ("yesterday (7 May 2023)"), and a sentence that repeats another is kept once.
 
 The overview is markdown prose, one section per archive under its date, oldest first,
-each sentence attributed to its speaker. It carries the previous overview forward: every
-archive keeps its best sentence while there is room, then the best of all sections go in,
-whatever their age (a fact said long ago is as likely to be asked about as a recent one).
+each sentence attributed to its speaker. It carries the previous overview forward, and
+its sentences go in best first whatever their archive, with barely a thought for age: a
+fact said long ago is as likely to be needed as one said last week.
 It is rendered at many lengths, each about three quarters of the one before, so that
 get_context can return one that nearly fills whatever is left of a budget.
 """
@@ -399,16 +399,15 @@ class ExtractiveSummariser:
         return renderings
 
     def _rank(self, sections: list[_Section], scorer: _Scorer) -> list[_Candidate]:
-        """Every section's best sentence first (best first), then the rest by score, so that
-        the whole conversation is kept in outline before any part of it in detail.
+        """Every candidate sentence, best first.
 
-        Sentences worth less than a fifth of their section's best are not candidates (they
-        would only fill gaps), and the newest section offers at most 40% of its archive's
-        tokens, so that even the longest overview is a summary, not the transcript again.
+        Sentences worth less than a tenth of their section's best are not candidates (they
+        would only fill gaps), and the newest section offers at most 60% of its archive's
+        tokens (besides its best sentence), so that even the longest overview is a summary,
+        not the transcript again.
         """
         newest = len(sections) - 1
-        leaders: list[_Candidate] = []
-        rest: list[_Candidate] = []
+        ranked: list[_Candidate] = []
         for index in range(newest, -1, -1):
             recency = _RECENCY ** (newest - index)
             candidates = []
@@ -420,7 +419,7 @@ class ExtractiveSummariser:
                 continue
             candidates.sort(key=lambda c: (-c.score, c.order))
             best = candidates[0]
-            leaders.append(best)
+            ranked.append(best)
             others = [c for c in candidates[1:] if c.score >= _FILLER_RATIO * best.score]
             if index == newest:
                 archive_tokens = sum(self._count(u.text) + 1 for u in sections[index].units)
@@ -431,8 +430,7 @@ class ExtractiveSummariser:
                         kept.append(candidate)
                         cap -= candidate.tokens
                 others = kept
-            rest += others
-        ranked = leaders + rest
+            ranked += others
         ranked.sort(key=lambda c: (-c.score, -c.section, c.order))
         return ranked
 
