@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import zipfile
@@ -10,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from tests.conftest import REPO
 from viking_mcp.config import Settings
@@ -138,3 +142,128 @@ def test_summaries_do_not_depend_on_the_hash_seed(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stderr
         digests.add(run.stdout.strip())
     assert len(digests) == 1
+
+
+# --- what the extractive summariser keeps, and how ---------------------------------------------
+
+
+def summarise_turns(turns: list[tuple[str, str]], created_at: str, **bounds: int) -> Any:
+    from viking_mcp.models import Message, TextPart
+    from viking_mcp.summarize.base import ArchiveInput
+    from viking_mcp.tokens import TokenCounter
+
+    summariser = ExtractiveSummariser(TokenCounter(), **bounds)
+    messages = [
+        Message(id=f"m{i}", role="user" if speaker == "Ada" else "assistant",
+                parts=[TextPart(text=f"{speaker}: {text}")], created_at=created_at)
+        for i, (speaker, text) in enumerate(turns)
+    ]  # fmt: skip
+    return summariser.summarise(ArchiveInput("s", "archive_001", messages, previous_overview=""))
+
+
+def test_relative_dates_are_written_out_from_when_they_were_said() -> None:
+    # 8 May 2023 was a Monday.
+    summary = summarise_turns(
+        [
+            ("Ada", "I went to a pottery workshop in Porto yesterday with my sister Ines."),
+            ("Bo", "I ran the Lisbon half marathon last Friday in 1 hour 52 minutes."),
+            ("Ada", "We moved to Braga last month after my job at Critical Software started."),
+            ("Bo", "I adopted a greyhound called Pixel last year from the Setubal shelter."),
+            ("Ada", "My brother Tiago visited us in Braga last week for the Sao Joao festival."),
+        ],
+        "2023-05-08T14:00:00Z",
+    )
+    overview = summary.overviews[0]
+    assert "yesterday (7 May 2023)" in overview
+    assert "last Friday (5 May 2023)" in overview
+    assert "## archive_001 · 8 May 2023" in overview
+
+
+@pytest.mark.parametrize(
+    ("said", "resolved"),
+    [
+        ("I went there yesterday.", "I went there yesterday (7 May 2023)."),
+        ("We left the day before yesterday.", "We left the day before yesterday (6 May 2023)."),
+        ("It opened last Friday.", "It opened last Friday (5 May 2023)."),
+        ("We met last Monday.", "We met last Monday (1 May 2023)."),  # not the day it was said
+        ("We moved last month.", "We moved last month (April 2023)."),
+        ("She was born last year.", "She was born last year (2022)."),
+        ("A concert last week!", "A concert last week (the week before 8 May 2023)!"),
+        ("I quit two days ago.", "I quit two days ago (6 May 2023)."),
+        ("I started 3 years ago.", "I started 3 years ago (2020)."),
+        ("Back in January it snowed.", "Back in January it snowed."),  # nothing relative: left alone
+        ("yesterday (7 May 2023)", "yesterday (7 May 2023)"),  # never twice
+    ],
+)
+def test_relative_dates_resolve_against_the_day_they_were_said(said: str, resolved: str) -> None:
+    from datetime import date
+
+    from viking_mcp.summarize.dates import resolve_relative_dates
+
+    assert resolve_relative_dates(said, date(2023, 5, 8)) == resolved
+    assert resolve_relative_dates(said, None) == said
+
+
+def test_opening_interjections_and_small_talk_are_cut() -> None:
+    summary = summarise_turns(
+        [
+            ("Ada", "Hey Bo! Long time no see!"),
+            ("Bo", "Wow, I finally finished the Lisbon marathon in 3 hours 58 minutes!"),
+            ("Ada", "That's so awesome, I'm really proud of you!"),
+            ("Bo", "Thanks so much, you're the best!"),
+            ("Ada", "Haha, I started learning Portuguese with a tutor named Rita in March."),
+        ],
+        "2023-05-08T14:00:00Z",
+    )
+    overview = summary.overviews[0]
+    assert "Bo: I finally finished the Lisbon marathon" in overview
+    assert "Ada: I started learning Portuguese" in overview
+    for chit_chat in ("Wow", "Haha", "proud of you", "Long time", "the best"):
+        assert chit_chat not in overview
+    assert "Lisbon marathon" in summary.abstract or "Portuguese" in summary.abstract
+
+
+def test_a_repeated_sentence_is_kept_once() -> None:
+    said = "I booked the ferry to Madeira for 14 June with my cousin Marta."
+    summary = summarise_turns([("Ada", said), ("Bo", "Sounds lovely!"), ("Ada", said)], "2023-05-08T14:00:00Z")
+    assert summary.overviews[0].count("ferry to Madeira") == 1
+
+
+def test_renderings_come_at_many_lengths_each_exactly_counted(small_engine: Engine) -> None:
+    data = locomo("30")
+    session_id = ingest(small_engine, data, sessions=4)
+    for archive in small_engine.store.list_archives(session_id):
+        sizes = [r.tokens for r in archive.overview_renderings]
+        assert sizes == sorted(sizes, reverse=True) and sizes[0] <= 600
+        assert all(small_engine.tokens.count(r.text) == r.tokens for r in archive.overview_renderings)
+        # Steps of about three quarters: no gap wider than half the longer rendering.
+        assert all(shorter >= longer // 2 for longer, shorter in itertools.pairwise(sizes))
+        assert 1 <= len(split_sentences(archive.abstract)) <= 2
+
+
+@pytest.fixture(scope="module")
+def locomo_engine(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A LoCoMo conversation of eight sessions, with the default bounds."""
+    engine = Engine(Settings(home=tmp_path_factory.mktemp("locomo")))
+    ingest(engine, locomo("26"), sessions=8)
+    engine.add_message("locomo", "user", content="Caroline: One more thing before I go.")
+    yield engine
+    engine.close()
+
+
+@given(budget=st.integers(min_value=0, max_value=12_000))
+@hypothesis_settings(max_examples=150, deadline=None)
+def test_get_context_is_never_over_its_budget(locomo_engine: Engine, budget: int) -> None:
+    context = locomo_engine.get_context("locomo", budget)
+    counted = locomo_engine.tokens.count(context.latest_archive_overview) + sum(
+        locomo_engine.tokens.count(a.abstract) for a in context.pre_archive_abstracts
+    )
+    assert context.stats.archiveTokens == counted
+    assert context.estimatedTokens == context.stats.activeTokens + counted
+    assert context.estimatedTokens <= max(budget, context.stats.activeTokens)
+    archive = locomo_engine.store.get_archive("locomo", 8)
+    assert archive is not None
+    fitting = [r.tokens for r in archive.overview_renderings if r.tokens <= budget - context.stats.activeTokens]
+    assert context.stats.archiveTokens - sum(
+        locomo_engine.tokens.count(a.abstract) for a in context.pre_archive_abstracts
+    ) == max(fitting, default=0)
