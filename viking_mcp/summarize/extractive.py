@@ -291,6 +291,47 @@ def _date_span(messages: list[Message]) -> str:
     return day(days[0]) if len(days) == 1 else f"{day(days[0])} to {day(days[-1])}"
 
 
+class _Measure:
+    """Exact token counts of renderings, paragraph by paragraph.
+
+    The renderings of one overview share most of their paragraphs, and a tokenizer such as
+    cl100k_base never makes a token across a blank line followed by a heading or a new
+    paragraph (its pre-tokenizer splits there), so a rendering's count is the sum of its
+    blocks' counts, each with the blank line after it. `check` compares that sum with a
+    count of the whole text on the longest rendering; should an encoding ever disagree,
+    every rendering is counted whole.
+    """
+
+    def __init__(self, tokens: TokenCounter) -> None:
+        self.tokens = tokens
+        self.blocks: dict[str, int] = {}
+        self.additive = True
+        self.checked = False
+
+    def _sum(self, blocks: list[str]) -> int:
+        total = 0
+        for index, block in enumerate(blocks):
+            piece = block + ("\n" if index == len(blocks) - 1 else "\n\n")
+            found = self.blocks.get(piece)
+            if found is None:
+                found = self.blocks[piece] = self.tokens.count(piece)
+            total += found
+        return total
+
+    def check(self, blocks: list[str]) -> int:
+        exact = self.tokens.count("\n\n".join(blocks) + "\n")
+        self.additive = self.additive and self._sum(blocks) == exact
+        self.checked = True
+        return exact
+
+    def __call__(self, blocks: list[str]) -> int:
+        if not self.checked:
+            return self.check(blocks)
+        if self.additive:
+            return self._sum(blocks)
+        return self.tokens.count("\n\n".join(blocks) + "\n")
+
+
 class ExtractiveSummariser:
     """Deterministic sentence extraction; see the module docstring."""
 
@@ -386,10 +427,17 @@ class ExtractiveSummariser:
         heading_tokens = [self._count(f"## {s.heading}") + 2 for s in sections]
         renderings: list[tuple[str, int]] = []
         target = self.overview_max_tokens if start is None else start
-        longest = sum(c.tokens for c in ranked) + sum(heading_tokens) + 8
-        target = min(target, max(longest, _MIN_RENDERING_TOKENS))  # an overview under its bound is given whole, once
+        measure = _Measure(self.tokens)
+        if ranked:
+            # Under its bound, the overview keeps every candidate: nothing is lost to the
+            # next commit, which carries this rendering forward.
+            whole = self._blocks(sections, ranked)
+            tokens = measure.check(whole)
+            if tokens <= target:
+                renderings.append(("\n\n".join(whole) + "\n", tokens))
+                target = int(tokens * _RENDERING_STEP)
         while target >= _MIN_RENDERING_TOKENS:
-            text, tokens = self._render_within(sections, ranked, heading_tokens, target)
+            text, tokens = self._render_within(sections, ranked, heading_tokens, target, measure)
             if text and (not renderings or text != renderings[-1][0]):
                 renderings.append((text, tokens))
             target = int(target * _RENDERING_STEP)
@@ -435,6 +483,10 @@ class ExtractiveSummariser:
         return ranked
 
     def _render(self, sections: list[_Section], chosen: list[_Candidate]) -> str:
+        return "\n\n".join(self._blocks(sections, chosen)) + "\n"
+
+    def _blocks(self, sections: list[_Section], chosen: list[_Candidate]) -> list[str]:
+        """The title, headings, notes and paragraphs of a rendering, in order."""
         by_section: dict[int, list[_Candidate]] = {}
         for candidate in chosen:
             by_section.setdefault(candidate.section, []).append(candidate)
@@ -457,10 +509,15 @@ class ExtractiveSummariser:
                 speaker = unit.speaker or None
             if sentences:
                 blocks.append(" ".join(sentences))
-        return "\n\n".join(blocks) + "\n"
+        return blocks
 
     def _render_within(
-        self, sections: list[_Section], ranked: list[_Candidate], heading_tokens: list[int], target: int
+        self,
+        sections: list[_Section],
+        ranked: list[_Candidate],
+        heading_tokens: list[int],
+        target: int,
+        measure: _Measure,
     ) -> tuple[str, int]:
         """The best-ranked sentences that fit `target` tokens with their sections' headings,
         and the rendering's exact size ("", 0 when not even one sentence fits)."""
@@ -471,17 +528,19 @@ class ExtractiveSummariser:
         chosen: list[_Candidate] = []
         for candidate in ranked:
             cost = candidate.tokens
-            if candidate.section not in opened:
+            if candidate.section not in opened:  # its heading, and perhaps an "earlier archives not shown" note
                 cost += heading_tokens[candidate.section] + 4
             if used + cost <= target:
                 chosen.append(candidate)
                 used += cost
                 opened.add(candidate.section)
-        text = self._render(sections, chosen)
-        tokens = self.tokens.count(text)
+        blocks = self._blocks(sections, chosen)
+        tokens = measure(blocks)
         # The estimate above is close but not exact: drop the weakest until it truly fits.
         while chosen and tokens > target:
-            chosen.pop()
-            text = self._render(sections, chosen)
-            tokens = self.tokens.count(text)
-        return (text, tokens) if chosen else ("", 0)  # headings alone are no overview
+            excess = tokens - target
+            while chosen and excess > 0:
+                excess -= chosen.pop().tokens
+            blocks = self._blocks(sections, chosen)
+            tokens = measure(blocks)
+        return ("\n\n".join(blocks) + "\n", tokens) if chosen else ("", 0)  # headings alone are no overview
