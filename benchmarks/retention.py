@@ -325,10 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     (args.out_dir / "retention.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = [f"# Retention on LoCoMo\n\n`python benchmarks/retention.py` ({machine})\n", tables]
     if sample:
+        # Quoted, so that the overview's own headings stay inside the sample.
+        overview = "\n".join(f"> {line}".rstrip() for line in sample["overview"].strip().splitlines())
         abstracts = "\n".join(f"- {a}: {text}" for a, text in sample["abstracts"])
         markdown.append(
             f"## Sample: conversation {sample['conversation']} at {sample['budget']:,} tokens\n\n"
-            f"### Overview\n\n{sample['overview'].strip()}\n\n### Abstracts (newest first)\n\n{abstracts or '(none)'}\n"
+            "What get_context returned: the latest archive's overview (the longest rendering that fits), "
+            "then the earlier archives' abstracts, newest first, while they fit.\n\n"
+            f"### Overview\n\n{overview}\n\n### Abstracts (newest first)\n\n{abstracts or '(none)'}\n"
         )
     (args.out_dir / "retention.md").write_text("\n".join(markdown))
     return 0

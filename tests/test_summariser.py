@@ -191,6 +191,11 @@ def test_relative_dates_are_written_out_from_when_they_were_said() -> None:
         ("A concert last week!", "A concert last week (the week before 8 May 2023)!"),
         ("I quit two days ago.", "I quit two days ago (6 May 2023)."),
         ("I started 3 years ago.", "I started 3 years ago (2020)."),
+        ("We camped two weeks ago.", "We camped two weeks ago (the week of 24 April 2023)."),
+        (
+            "We camped a few weeks ago.",
+            "We camped a few weeks ago (a few weeks before 8 May 2023).",
+        ),  # vague stays vague
         ("Back in January it snowed.", "Back in January it snowed."),  # nothing relative: left alone
         ("yesterday (7 May 2023)", "yesterday (7 May 2023)"),  # never twice
     ],

@@ -84,10 +84,13 @@ def _resolve(match: re.Match[str], said: date) -> str | None:
         unit = match.group("unit").lower().rstrip("s")
         if count <= 0 or count > 100:
             return None
+        if count_text in ("a few", "few", "a couple of", "couple of"):  # vague: say only what it is before
+            since = day(said) if unit in ("day", "week") else _month(said, 0) if unit == "month" else str(said.year)
+            return f"{count_text} {unit}s before {since}"
         if unit == "day":
             return day(said - timedelta(days=count))
         if unit == "week":
-            return f"the week of {day(said - timedelta(weeks=count))}" if count_text.isdigit() or count <= 3 else None
+            return f"the week of {day(said - timedelta(weeks=count))}"
         if unit == "month":
             return _month(said, -count)
         return str(said.year - count)
