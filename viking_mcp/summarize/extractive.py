@@ -220,7 +220,7 @@ class _Scorer:
             score *= 0.4
         if second_person:  # "you ..." without "I" echoes what the listener said
             score *= 0.7
-        return score / words**0.7
+        return score / math.pow(words, 0.7)
 
 
 _Features = tuple[int, tuple[str, ...], tuple[str, ...], int, int, bool, bool]
