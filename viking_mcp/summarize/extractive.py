@@ -337,7 +337,7 @@ class ExtractiveSummariser:
 
     name = "extractive"
 
-    def __init__(self, tokens: TokenCounter, *, overview_max_tokens: int = 2000, abstract_max_tokens: int = 80):
+    def __init__(self, tokens: TokenCounter, *, overview_max_tokens: int = 8000, abstract_max_tokens: int = 80):
         self.tokens = tokens
         self.overview_max_tokens = overview_max_tokens
         self.abstract_max_tokens = abstract_max_tokens
