@@ -29,6 +29,7 @@ from viking_mcp.config import Limits, Settings, settings_from_env
 from viking_mcp.engine import Engine
 from viking_mcp.errors import ErrorCode, VikingError
 from viking_mcp.faces.mcp_server import result_text
+from viking_mcp.faces.stdio import find_request_id
 from viking_mcp.models import ID_MAX_LENGTH, TextPart, message_text
 from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS
 
@@ -587,6 +588,26 @@ def test_raw_stdio_deep_tool_input_gets_the_tools_coded_error(raw_server: RawStd
     assert "RESOURCE_EXHAUSTED:" in tool_error_text(answer)
     ok = raw_server.call(8, "add_message", {"session_id": "deep", "role": "user", "content": "alive"})
     assert ok["result"]["structuredContent"]["message_count"] == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "request_id"),
+    [
+        ('{"jsonrpc": "2.0", "id": 7, "method": "x", "params": {"a": [[[', 7),
+        ('{"params": {"id": 1, "x": "\\"id\\": 2"}, "id": "top", "z": ', "top"),
+        ('{"a": "id", "b": ["id", {"id": 3}], "id" : 4}', 4),
+        ('{"id": true}', None),
+        ('{"id": 1.5}', None),
+        ('{"id": {"a": 1}}', None),
+        ('[{"id": 5}]', None),
+        ('{"params": {"id": 6}}', None),
+        ('{"jsonrpc": "2.0", "id": "unterminated', None),
+        ("not json", None),
+        ("", None),
+    ],
+)
+def test_the_id_of_an_unreadable_request_is_found_at_the_top_level_only(line: str, request_id: Any) -> None:
+    assert find_request_id(line) == request_id
 
 
 @pytest.mark.slow
