@@ -19,12 +19,15 @@ import json
 import logging
 import re
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import anyio
 import mcp_types as types
-from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
+
+if TYPE_CHECKING:  # the SDK's stream protocols live in a private module: only for typing
+    from mcp.shared._stream_protocols import ReadStream, WriteStream
 
 logger = logging.getLogger(__name__)
 
