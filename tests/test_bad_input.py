@@ -10,7 +10,11 @@ path-shaped id that leaked into a file name would show up there).
 from __future__ import annotations
 
 import base64
+import json
+import queue
 import sqlite3
+import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,10 +25,11 @@ import pytest
 from mcp import Client
 
 from tests.conftest import stdio_params
-from viking_mcp.config import Limits, Settings
+from viking_mcp.config import Limits, Settings, settings_from_env
 from viking_mcp.engine import Engine
 from viking_mcp.errors import ErrorCode, VikingError
 from viking_mcp.faces.mcp_server import result_text
+from viking_mcp.faces.stdio import find_request_id
 from viking_mcp.models import ID_MAX_LENGTH, TextPart, message_text
 from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS
 
@@ -161,6 +166,12 @@ BAD_IDS = [
     pytest.param("١٢٣", id="arabic-digits"),
     pytest.param("C:x", id="colon"),
     pytest.param("%2e%2e", id="percent"),
+    pytest.param("a\uff0fb", id="fullwidth-solidus"),
+    pytest.param("a\u2215b", id="division-slash"),
+    pytest.param("\uff0e\uff0e", id="fullwidth-dotdot"),
+    pytest.param("caf\u00e9", id="nfc-accent"),
+    pytest.param("cafe\u0301", id="nfd-accent"),
+    pytest.param("x" * 1_000_000, id="million-chars"),
 ]
 
 GOOD_IDS = ["a", "A.b_c-9", "x" * ID_MAX_LENGTH, "0", "a.b.c", "msg_0123abcdef"]
@@ -471,21 +482,212 @@ async def test_stdio_server_survives_deeply_nested_tool_input(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: over stdio, a request nested ~200+ levels (tool_input at 197 levels) exceeds the JSON "
-    "parser's depth limit in the SDK's stdio reader (mcp/server/stdio.py stdin_reader: "
-    "jsonrpc_message_adapter.validate_json); the line is dropped and the request is never answered, "
-    "so the host waits until its own timeout instead of getting RESOURCE_EXHAUSTED",
-    raises=AssertionError,
-)
 async def test_stdio_server_answers_deeply_nested_tool_input(tmp_path: Path) -> None:
-    result = None
-    async with Client(stdio_params(tmp_path / "stdio-home")) as client:
-        with anyio.move_on_after(4):
-            result = await client.call_tool("add_message", deep_tool_message(200))
-    assert result is not None, "the server never answered the request"
-    assert result.is_error and "RESOURCE_EXHAUSTED:" in result_text(result)
+    """Deeper than the SDK's own JSON reader goes (~200 levels): the request still reaches the
+    tool (faces/stdio.py reads it again) and gets the tool's coded error, not silence."""
+    home = tmp_path / "stdio-home"
+    async with Client(stdio_params(home)) as client:
+        text = await call_error(client, "add_message", deep_tool_message(200), EXHAUSTED)
+        assert "nested" in text
+        await call_error(client, "get_session", {"session_id": "deep"}, NOT_FOUND)
+        added = await call_ok(client, "add_message", {"session_id": "deep", "role": "user", "content": "alive"})
+        assert added["message_count"] == 1 and added["session_created"]
+
+
+class RawStdioServer:
+    """The real server process, spoken to in raw bytes: what no well-behaved client would send."""
+
+    def __init__(self, home: Path, **env: str) -> None:
+        params = stdio_params(home, **env)
+        self.proc = subprocess.Popen(
+            [params.command, *params.args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=params.env,
+        )  # fmt: skip
+        self.lines: queue.Queue[bytes] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}
+        self.send_json({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello})
+        assert self.receive()["id"] == 0
+        self.send_json({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def send(self, line: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + b"\n")
+        self.proc.stdin.flush()
+
+    def send_json(self, message: dict[str, Any]) -> None:
+        self.send(json.dumps(message).encode())
+
+    def receive(self, timeout: float = 30) -> dict[str, Any]:
+        answer: dict[str, Any] = json.loads(self.lines.get(timeout=timeout))
+        return answer
+
+    def call(self, request_id: int, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        self.send_json(tool_call(request_id, tool, arguments))
+        answer = self.receive()
+        assert answer["id"] == request_id
+        return answer
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def tool_call(request_id: int, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments},
+    }
+
+
+def tool_call_line(request_id: int, tool: str, arguments: dict[str, Any], nested_depth: int) -> bytes:
+    """A tools/call line whose arguments' tool_input nests `nested_depth` levels, written as text
+    (no JSON library serialises that deep)."""
+    deep = '{"a":' * (nested_depth - 1) + "{}" + "}" * (nested_depth - 1)
+    line = json.dumps(tool_call(request_id, tool, arguments)).replace('"DEEP"', deep)
+    return line.encode()
+
+
+@pytest.fixture
+def raw_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RawStdioServer]:
+    monkeypatch.chdir(tmp_path)
+    server = RawStdioServer(tmp_path / "home")
+    try:
+        yield server
+    finally:
+        server.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"], "a file appeared outside the data directory"
+    assert {p.name for p in (tmp_path / "home").iterdir()} <= DATA_FILES
+
+
+def tool_error_text(answer: dict[str, Any]) -> str:
+    result = answer["result"]
+    assert result["isError"] is True, result
+    return " ".join(c["text"] for c in result["content"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("depth", [600, 900])
+def test_raw_stdio_deep_tool_input_gets_the_tools_coded_error(raw_server: RawStdioServer, depth: int) -> None:
+    arguments = {"session_id": "deep", "role": "assistant", "parts": [tool_part(tool_input="DEEP")]}
+    raw_server.send(tool_call_line(7, "add_message", arguments, depth))
+    answer = raw_server.receive()
+    assert answer["id"] == 7
+    assert "RESOURCE_EXHAUSTED:" in tool_error_text(answer)
+    ok = raw_server.call(8, "add_message", {"session_id": "deep", "role": "user", "content": "alive"})
+    assert ok["result"]["structuredContent"]["message_count"] == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "request_id"),
+    [
+        ('{"jsonrpc": "2.0", "id": 7, "method": "x", "params": {"a": [[[', 7),
+        ('{"params": {"id": 1, "x": "\\"id\\": 2"}, "id": "top", "z": ', "top"),
+        ('{"a": "id", "b": ["id", {"id": 3}], "id" : 4}', 4),
+        ('{"id": true}', None),
+        ('{"id": 1.5}', None),
+        ('{"id": {"a": 1}}', None),
+        ('[{"id": 5}]', None),
+        ('{"params": {"id": 6}}', None),
+        ('{"jsonrpc": "2.0", "id": "unterminated', None),
+        ("not json", None),
+        ("", None),
+    ],
+)
+def test_the_id_of_an_unreadable_request_is_found_at_the_top_level_only(line: str, request_id: Any) -> None:
+    assert find_request_id(line) == request_id
+
+
+@pytest.mark.slow
+def test_raw_stdio_unreadable_lines_are_answered_and_the_server_stays_usable(raw_server: RawStdioServer) -> None:
+    arguments = {"session_id": "deep", "role": "assistant", "parts": [tool_part(tool_input="DEEP")]}
+    # Too deep for any JSON parser in the server: invalid request, with the request's id.
+    raw_server.send(tool_call_line(1, "add_message", arguments, 5000))
+    answer = raw_server.receive()
+    assert answer["id"] == 1 and answer["error"]["code"] == -32600
+    assert "RESOURCE_EXHAUSTED" in answer["error"]["message"]
+    # Not JSON at all: parse error, id null (JSON-RPC 2.0).
+    raw_server.send(b"this is not json {")
+    answer = raw_server.receive()
+    assert answer["id"] is None and answer["error"]["code"] == -32700
+    # Invalid UTF-8 between tokens: not JSON, but the id is still found and answered.
+    raw_server.send(b'{"jsonrpc": "2.0", "id": 2, \xff\xfe "method": "tools/list"}')
+    answer = raw_server.receive()
+    assert answer["id"] == 2 and answer["error"]["code"] == -32700
+    # JSON, but not a JSON-RPC request: invalid request, with its id.
+    raw_server.send_json({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": 7})
+    answer = raw_server.receive()
+    assert answer["id"] == 3 and answer["error"]["code"] == -32600
+    raw_server.send_json({"jsonrpc": "1.0", "id": "four", "method": 5})
+    answer = raw_server.receive()
+    assert answer["id"] == "four" and answer["error"]["code"] == -32600
+    # Throughout, the server kept serving and stored nothing from the bad lines.
+    assert "NOT_FOUND:" in tool_error_text(raw_server.call(5, "get_session", {"session_id": "deep"}))
+    ok = raw_server.call(6, "add_message", {"session_id": "s", "role": "user", "content": "alive"})
+    assert ok["result"]["structuredContent"]["message_count"] == 1
+
+
+def test_size_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIKING_MCP_MAX_MESSAGE_BYTES", "2000")
+    monkeypatch.setenv("VIKING_MCP_MAX_PARTS", "4")
+    monkeypatch.setenv("VIKING_MCP_MAX_JSON_DEPTH", "5")
+    limits = settings_from_env().limits
+    assert (limits.max_message_bytes, limits.max_parts, limits.max_json_depth) == (2000, 4, 5)
+    for bad in ("0", "-5", "lots"):
+        monkeypatch.setenv("VIKING_MCP_MAX_PARTS", bad)
+        expect(INVALID, settings_from_env)
+
+
+@pytest.mark.slow
+def test_raw_stdio_size_limits_set_in_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    server = RawStdioServer(tmp_path / "home", VIKING_MCP_MAX_MESSAGE_BYTES="2000", VIKING_MCP_MAX_PARTS="4")
+    try:
+        huge = {"session_id": "s", "role": "user", "content": "x" * 3_000_000}
+        assert "RESOURCE_EXHAUSTED:" in tool_error_text(server.call(1, "add_message", huge))
+        big = {"session_id": "s", "role": "user", "content": "x" * 2100}
+        assert "RESOURCE_EXHAUSTED:" in tool_error_text(server.call(2, "add_message", big))
+        parts = {"session_id": "s", "role": "user", "parts": [{"type": "text", "text": "p"}] * 5}
+        assert "RESOURCE_EXHAUSTED:" in tool_error_text(server.call(3, "add_message", parts))
+        fits = {"session_id": "s", "role": "user", "parts": [{"type": "text", "text": "y" * 400}] * 4}
+        assert server.call(4, "add_message", fits)["result"]["structuredContent"]["message_count"] == 1
+    finally:
+        server.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+
+
+@pytest.mark.slow
+def test_raw_stdio_invalid_utf8_inside_text_is_stored_replaced(raw_server: RawStdioServer) -> None:
+    """Invalid UTF-8 inside a string: the transport decodes it as U+FFFD (the SDK reads stdin with
+    errors="replace"); the message is stored as decoded, never as bytes that break later reads."""
+    line = json.dumps(tool_call(1, "add_message", {"session_id": "u", "role": "user", "content": "MARK"}))
+    raw_server.send(line.encode().replace(b"MARK", b"bad \xff\xc3( \xed\xa0\x80 end"))
+    answer = raw_server.receive()
+    assert answer["id"] == 1 and not answer["result"].get("isError"), answer
+    context = raw_server.call(2, "get_context", {"session_id": "u", "token_budget": 1000})
+    (message,) = context["result"]["structuredContent"]["messages"]
+    text = message["parts"][0]["text"]
+    assert text.startswith("bad \ufffd") and text.endswith(" end") and "\ud800" not in text
+    # A lone surrogate written as a JSON escape is refused with a code, not stored.
+    raw_server.send(b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"add_message",'
+                    b'"arguments":{"session_id":"u","role":"user","content":"x\\ud800y"}}}')  # fmt: skip
+    answer = raw_server.receive()
+    assert answer["id"] == 3
+    assert "INVALID_ARGUMENT:" in tool_error_text(answer)
+    count = raw_server.call(4, "get_session", {"session_id": "u"})["result"]["structuredContent"]["message_count"]
+    assert count == 1
 
 
 # --- archives -------------------------------------------------------------------------------------
@@ -642,6 +844,46 @@ async def test_mcp_rejects_bad_cursors_and_limits(mcp: Client, settings: Setting
         await call_error(mcp, "get_task", {"task_id": "0" * 32}, NOT_FOUND)
     page = await call_ok(mcp, "list_sessions", {"limit": 500})
     assert [s["session_id"] for s in page["sessions"]] == ["good"]
+
+
+# --- wrong types and unknown enum values over MCP ----------------------------------------------
+
+MCP_WRONG_TYPES = [
+    pytest.param("add_message", {"session_id": 5, "role": "user", "content": "x"}, id="session-id-int"),
+    pytest.param("add_message", {"session_id": None, "role": "user", "content": "x"}, id="session-id-null"),
+    pytest.param("add_message", {"session_id": ["good"], "role": "user", "content": "x"}, id="session-id-list"),
+    pytest.param("add_message", {"session_id": "good", "role": 1, "content": "x"}, id="role-int"),
+    pytest.param("add_message", {"session_id": "good", "role": "user", "content": "x", "message_id": 3}, id="msg-id"),
+    pytest.param("add_message", {"session_id": "good", "role": "user", "parts": [{"type": 7}]}, id="part-type-int"),
+    pytest.param("get_session", {"session_id": "good", "auto_create": "maybe"}, id="auto-create-string"),
+    pytest.param("update_session", {"session_id": "good", "metadata": ["a"]}, id="metadata-list"),
+    pytest.param("update_session", {"session_id": "good", "metadata": "text"}, id="metadata-string"),
+    pytest.param("commit", {"session_id": "good", "keep_recent_count": "ten"}, id="keep-recent-string"),
+    pytest.param("commit", {"session_id": "good", "keep_recent_count": -1}, id="keep-recent-negative"),
+    pytest.param("commit", {"session_id": "good", "wait": "maybe"}, id="wait-string"),
+    pytest.param("commit", {"session_id": "good", "abstract": 5}, id="abstract-int"),
+    pytest.param("commit", {"session_id": "good", "memories": {"a": 1}}, id="memories-object"),
+    pytest.param("commit", {"session_id": "good", "memories": [{"category": "dreams"}]}, id="memory-category"),
+    pytest.param("record_usage", {"session_id": "good", "contexts": "viking://x"}, id="contexts-string"),
+    pytest.param("record_usage", {"session_id": "good", "skill": {"uri": 5}}, id="skill-uri-int"),
+    pytest.param("search_memories", {"query": "x", "category": "dreams"}, id="search-category"),
+    pytest.param("search_memories", {"query": 5}, id="query-int"),
+    pytest.param("search_memories", {"query": "x", "limit": "many"}, id="search-limit"),
+    pytest.param("list_tasks", {"status": 3}, id="status-int"),
+    pytest.param("get_context", {"session_id": "good", "token_budget": None}, id="budget-null"),
+    pytest.param("get_context", {"session_id": "good", "token_budget": [100]}, id="budget-list"),
+    pytest.param("expand_archive", {"session_id": "good", "archive_id": 1}, id="archive-id-int"),
+    pytest.param("retry_archive", {"session_id": "good", "archive_id": "archive_001", "action": 1}, id="action-int"),
+]
+
+
+@pytest.mark.parametrize(("tool", "arguments"), MCP_WRONG_TYPES)
+async def test_mcp_rejects_wrong_types_and_unknown_values(
+    mcp: Client, settings: Settings, tool: str, arguments: dict[str, Any]
+) -> None:
+    await call_ok(mcp, "add_message", {"session_id": "good", "role": "user", "content": "first"})
+    with nothing_written(settings):
+        await call_error(mcp, tool, arguments, INVALID)
 
 
 # --- odd but valid text is stored intact ---------------------------------------------------------

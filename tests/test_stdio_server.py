@@ -212,7 +212,7 @@ def test_sigterm_stops_the_server_promptly(tmp_path: Path) -> None:
     ("make_home", "expected"),
     [
         (lambda home: home.write_text("a file, not a folder"), "cannot use the data directory"),
-        (lambda home: (home.mkdir(), (home / "viking.db").write_text("not sqlite")), "database file is damaged"),
+        (lambda home: (home.mkdir(), (home / "viking.db").write_text("not sqlite")), "viking.db is damaged"),
     ],
 )
 def test_a_bad_data_directory_is_one_clear_line(tmp_path: Path, make_home: Any, expected: str) -> None:

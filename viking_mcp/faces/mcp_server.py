@@ -24,6 +24,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError, UnexpectedToolError
 from mcp.server.mcpserver.prompts.base import Message as PromptMessage
 from mcp.server.mcpserver.prompts.base import UserMessage
+from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, CallToolResult, ToolAnnotations
 from pydantic import Field, ValidationError
@@ -37,6 +38,7 @@ from viking_mcp.engine.messages import describe_validation_error
 from viking_mcp.engine.tree import read_node
 from viking_mcp.engine.waiting import wait_for_task
 from viking_mcp.errors import VikingError
+from viking_mcp.faces.stdio import AnsweringReadStream
 from viking_mcp.models import (
     ArchiveDetail,
     CommitResult,
@@ -162,6 +164,16 @@ class VikingMCPServer(MCPServer[ServerState]):
                 message = describe_validation_error(cause, "arguments")
                 raise ToolError(f"Error executing tool {name}: INVALID_ARGUMENT: {message}") from cause
             raise
+
+    async def run_stdio_async(self) -> None:
+        """The SDK's stdio transport, answering the request lines its reader would drop."""
+        async with stdio_server() as (read_stream, write_stream):
+            lowlevel = self._lowlevel_server
+            await lowlevel.run(
+                AnsweringReadStream(read_stream, write_stream),
+                write_stream,
+                lowlevel.create_initialization_options(),
+            )
 
 
 def build_server(

@@ -179,7 +179,7 @@ def _task_row(row: sqlite3.Row) -> TaskRow:
     )
 
 
-def _translate(exc: sqlite3.Error) -> VikingError:
+def _translate(exc: sqlite3.Error, path: Path) -> VikingError:
     text = str(exc)
     if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
         return Unavailable(
@@ -188,11 +188,17 @@ def _translate(exc: sqlite3.Error) -> VikingError:
         )
     if isinstance(exc, sqlite3.OperationalError) and "readonly" in text:
         return Unavailable("the data directory is read-only; make VIKING_MCP_HOME writable")
+    if isinstance(exc, sqlite3.OperationalError) and "unable to open" in text:
+        return Unavailable(
+            f"cannot open the database file {path} ({text}); check that it is a file and that this user "
+            "may read and write it and its directory (VIKING_MCP_HOME)"
+        )
     if isinstance(exc, sqlite3.OperationalError) and ("full" in text or "disk I/O" in text):
         return Unavailable(f"the data directory cannot be written ({text}); free disk space and retry")
     if isinstance(exc, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text):
         return Internal(
-            f"the database file is damaged ({text}); move it aside to start afresh, or restore it from a backup"
+            f"the database file {path} is damaged ({text}); stop every viking-mcp using it, then move it "
+            "(with any -wal and -shm files beside it) aside to start afresh, or restore it from a backup"
         )
     return Internal(f"storage error: {text}")
 
@@ -248,7 +254,7 @@ class SQLiteStore:
             self._ensure_wal(conn)
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         except sqlite3.Error as exc:
-            raise _translate(exc) from exc
+            raise _translate(exc, self.path) from exc
         holder = _Holder(conn)
         weakref.finalize(holder, conn.close)
         self._local.holder = holder
@@ -285,7 +291,7 @@ class SQLiteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise _translate(exc) from exc
+            raise _translate(exc, self.path) from exc
         try:
             yield conn
             conn.execute("COMMIT")
@@ -293,7 +299,7 @@ class SQLiteStore:
             with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
-                raise _translate(exc) from exc
+                raise _translate(exc, self.path) from exc
             raise
 
     @contextmanager
@@ -303,16 +309,21 @@ class SQLiteStore:
         try:
             conn.execute("BEGIN")
         except sqlite3.Error as exc:
-            raise _translate(exc) from exc
+            raise _translate(exc, self.path) from exc
         try:
             yield conn
         except sqlite3.Error as exc:
-            raise _translate(exc) from exc
+            raise _translate(exc, self.path) from exc
         finally:
             with suppress(sqlite3.Error):
                 conn.execute("COMMIT")
 
     def _migrate(self) -> None:
+        # Look first without the write lock: a current schema needs none, so a server still
+        # starts (and serves reads) while another process holds the lock or the disk is full.
+        with self._read() as conn:
+            if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+                return
         with self._write() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
