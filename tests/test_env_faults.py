@@ -9,6 +9,7 @@ in the same process, without a restart; a crash loses no acknowledged write.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -164,29 +165,64 @@ def test_a_read_only_store_refuses_writes_and_serves_reads(engine: Engine) -> No
     assert engine.add_message("trip", "user", "accepted").message_count == 3
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs POSIX permissions that bind the user")
+READ_ONLY_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from viking_mcp.config import Settings
+    from viking_mcp.engine import Engine
+    from viking_mcp.errors import VikingError
+    try:
+        engine = Engine(Settings(home=Path(sys.argv[1])))
+        engine.add_message("trip", "user", "refused")
+        print(json.dumps({"code": None}))
+    except VikingError as error:
+        print(json.dumps({"code": error.code.value, "message": error.message}))
+    """
+)
+
+
+def read_only_command(home: Path) -> list[str] | None:
+    """A command that runs READ_ONLY_PROBE with `home` read-only: as root (whom chmod does not
+    stop) a read-only bind mount in a private mount namespace; otherwise nothing (chmod does)."""
+    probe = [sys.executable, "-c", READ_ONLY_PROBE, str(home)]
+    if os.geteuid() != 0:
+        return probe
+    if shutil.which("unshare") is None:
+        return None
+    quoted = " ".join(f"'{part}'" for part in probe)
+    script = f"mount --bind '{home}' '{home}' && mount -o remount,ro,bind '{home}' && exec {quoted}"
+    check = subprocess.run(["unshare", "-m", "sh", "-c", "mount --bind / /mnt"], capture_output=True)
+    return ["unshare", "-m", "sh", "-c", script] if check.returncode == 0 else None
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs POSIX permissions or mount namespaces")
 def test_a_read_only_data_directory_is_unavailable_not_a_traceback(settings: Settings) -> None:
     first = Engine(settings)
     seed(first)
+    before = snapshot(first)
     first.close()
+    command = read_only_command(settings.home)
+    if command is None:
+        pytest.skip("running as root without mount namespaces: no way to make a directory read-only for us")
     db = settings.database_path
-    os.chmod(db, 0o444)
-    os.chmod(settings.home, 0o555)
+    if os.geteuid() != 0:
+        os.chmod(db, 0o444)
+        os.chmod(settings.home, 0o555)
     try:
-        with pytest.raises(VikingError) as info:
-            engine = Engine(settings)
-            try:
-                engine.add_message("trip", "user", "refused")
-            finally:
-                engine.close()
-        # Refused at open (SQLite cannot open a WAL database it may not write beside) or at the write.
-        assert info.value.code == UNAVAILABLE, str(info.value)
-        assert "VIKING_MCP_HOME" in info.value.message
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
     finally:
         os.chmod(settings.home, 0o755)
         os.chmod(db, 0o644)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    # Refused at open (SQLite cannot open a WAL database it may not write beside) or at the write.
+    assert answer["code"] == UNAVAILABLE.value, answer
+    assert "VIKING_MCP_HOME" in answer["message"]
+    assert "Traceback" not in done.stderr
     engine = Engine(settings)
     try:
+        assert snapshot(engine) == before
         assert engine.add_message("trip", "user", "accepted").message_count == 3
     finally:
         engine.close()
