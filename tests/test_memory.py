@@ -19,6 +19,9 @@ from viking_mcp.engine import Engine
 from viking_mcp.errors import InvalidArgument
 from viking_mcp.memory.merge import StoredMemory
 
+# The engine behaves the same on both stores.
+pytestmark = pytest.mark.both_stores
+
 
 def commit_memories(
     engine: Engine, session: str, memories: list[dict[str, Any]], text: str = "noted"
