@@ -265,6 +265,16 @@ class PostgresStore:
         self._claimed_lock = threading.Lock()
         self._stop = threading.Event()
         self._closed = False
+        # One plain connection first: a wrong URL, password or host fails here, at once and
+        # with libpq's reason, instead of as a pool retrying in the background.
+        try:
+            psycopg.connect(url, connect_timeout=max(1, round(connect_timeout)), autocommit=True).close()
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise Unavailable(
+                f"cannot connect to {redacted(url)} ({reason}); check VIKING_MCP_STORE, that the server is up, "
+                "and that it accepts this user"
+            ) from None
         self._pool: ConnectionPool[psycopg.Connection[DictRow]] = ConnectionPool(
             url,
             min_size=1,
