@@ -71,7 +71,7 @@ def start_instance(root: Path, url: str, llm: SlowLlm) -> Server:
         root / "home", root,
         VIKING_MCP_API_KEYS=json.dumps(KEYS), VIKING_MCP_STORE=url,
         VIKING_MCP_LLM_MODEL="fake", VIKING_MCP_LLM_BASE_URL=llm.server.base_url, VIKING_MCP_LLM_API_KEY="sk-test",
-        VIKING_MCP_LLM_TIMEOUT_SECONDS="90", VIKING_MCP_LLM_MAX_ATTEMPTS="1",
+        VIKING_MCP_LLM_TIMEOUT_SECONDS="90", VIKING_MCP_LLM_MAX_ATTEMPTS="1", VIKING_MCP_LOG_LEVEL="INFO",
     )  # fmt: skip
     server = Server(port, process, root / "home", root / "stdout.txt", root / "stderr.txt")
     deadline = time.monotonic() + 60
@@ -106,6 +106,11 @@ def instances(postgres_server: PostgresServer, llm: SlowLlm, tmp_path: Path) -> 
             except Exception:
                 server.process.kill()
                 server.process.wait()
+
+
+def raced(servers: list[Server]) -> int:
+    """How many Phase 2 runs found a memory written meanwhile and gave their task back."""
+    return sum(s.stderr.read_text().count("raced another writer") for s in servers)
 
 
 def wait_until(check: Any, timeout: float, what: str) -> None:
@@ -175,26 +180,34 @@ def test_two_instances_share_sessions_and_finish_a_dead_ones_phase_2(
             archives_total += len(archives)
         assert archives_total == len(accepted) >= len(SESSIONS)
 
-        # Every Phase 2 ran, on one instance or the other, exactly once.
+        # Every Phase 2 ran, on one instance or the other, and its result was written once.
+        # Two archives may plan the same new memory at once (the fake LLM gives every archive
+        # the same one): the second finds it created meanwhile, writes nothing, and runs
+        # again. Each such retry is logged; no other second run may happen (no double claim).
         def all_done() -> bool:
             tasks = store.list_tasks("session_commit", None, None, 500)
             return len(tasks) == archives_total and all(t.status == "completed" for t in tasks)
 
         wait_until(all_done, 120, "every Phase 2 to complete")
         tasks = store.list_tasks("session_commit", None, None, 500)
-        assert [t.attempts for t in tasks] == [1] * archives_total
-        assert len(llm.prompts()) == archives_total, "an archive was summarised twice"
+        retries = sum(t.attempts - 1 for t in tasks)
+        assert retries == raced(servers), [t.attempts for t in tasks]
+        assert len(llm.prompts()) == archives_total + retries
         for session in SESSIONS:
             assert {a.status for a in store.list_archives(session)} == {"completed"}
+        assert sorted(t.result["archive_uri"] for t in tasks if t.result) == sorted(
+            f"viking://session/{c['session_id']}/history/{c['archive_id']}" for c in accepted
+        )
         # Both instances answer the same from the shared database.
         contexts = [s.ok("GET", "/api/v1/sessions/shared-0/context?token_budget=2000") for s in servers]
         assert contexts[0] == contexts[1]
 
         # Now kill, with SIGKILL, the instance running a Phase 2; the other one finishes it.
         llm.release.clear()  # summaries hang until released
+        before = len(llm.prompts())
         servers[0].ok("POST", "/api/v1/sessions/doomed/messages", {"role": "user", "content": "Plan the venue."})
         task_id = servers[0].ok("POST", "/api/v1/sessions/doomed/commit", {})["task_id"]
-        wait_until(lambda: len(llm.prompts()) == archives_total + 1, 30, "the summary to be in flight")
+        wait_until(lambda: len(llm.prompts()) == before + 1, 30, "the summary to be in flight")
         running = store.get_task(task_id)
         assert running is not None and running.status == "running" and running.owner is not None
         owner_pid = int(running.owner.split("|")[1])
@@ -208,7 +221,7 @@ def test_two_instances_share_sessions_and_finish_a_dead_ones_phase_2(
         assert finished["status"] == "completed", finished
         task = store.get_task(task_id)
         assert task is not None and task.attempts == 2  # the dead instance's try, and the survivor's
-        assert len(llm.prompts()) == archives_total + 2
+        assert len(llm.prompts()) == before + 2
         (archive,) = store.list_archives("doomed")
         assert archive.status == "completed" and archive_id(archive.number) == "archive_001"
         detail = survivor.ok("GET", "/api/v1/sessions/doomed/archives/archive_001")

@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import REPO, server_env
 from tests.pg_server import PostgresServer
 from viking_mcp.config import Settings, parse_store
-from viking_mcp.engine import Engine
+from viking_mcp.engine import Engine, Phase2Worker
 from viking_mcp.engine.engine import owner_is_gone
 from viking_mcp.errors import FailedPrecondition, InvalidArgument
 from viking_mcp.models import utc_now
@@ -160,6 +160,46 @@ def test_a_dead_instances_lease_runs_out_and_another_takes_the_task_over(url: st
         engine.close()
 
 
+def test_workers_of_two_instances_share_the_queue(url: str, tmp_path: Path) -> None:
+    """Two instances' workers drain one queue at once: every archive is summarised exactly
+    once, in order within its session, and memory updates that race are redone, not lost."""
+    engines = [Engine(Settings(home=tmp_path, store=url)) for _ in range(2)]
+    workers = [Phase2Worker(engine, threads=2, idle_seconds=0.1) for engine in engines]
+    try:
+        for n in range(3):
+            for s in range(8):
+                engine = engines[(s + n) % 2]
+                engine.add_message(f"s{s}", "user", f"I'm Ada. In round {n} I moved to city number {s}.")
+                engine.add_message(f"s{s}", "assistant", f"Noted: round {n}, city {s}.")
+                engine.commit(f"s{s}")
+        for worker in workers:
+            worker.start()
+
+        def all_done() -> bool:
+            tasks = engines[0].store.list_tasks("session_commit", None, None, 100)
+            return len(tasks) == 24 and all(t.status == "completed" for t in tasks)
+
+        deadline = time.monotonic() + 120
+        while not all_done():
+            assert time.monotonic() < deadline, "the workers did not drain the queue"
+            time.sleep(0.2)
+        for s in range(8):
+            archives = engines[1].store.list_archives(f"s{s}")
+            assert [a.number for a in archives] == [1, 2, 3] and {a.status for a in archives} == {"completed"}
+            done_at = [a.done_at or "" for a in archives]
+            assert done_at == sorted(done_at)  # archive N+1 never finished before archive N
+        tasks = engines[0].store.list_tasks("session_commit", None, None, 100)
+        summarised = [t.result["archive_uri"] for t in tasks if t.result]
+        assert len(summarised) == len(set(summarised)) == 24
+        profile = engines[0].store.list_memories("default", "user", "default", "profile", 10)
+        assert len(profile) == 1 and profile[0].version >= 2
+    finally:
+        for worker in workers:
+            worker.stop()
+        for engine in engines:
+            engine.close()
+
+
 def test_a_late_result_from_an_owner_that_lost_its_claim_is_dropped(url: str, tmp_path: Path) -> None:
     first = Engine(Settings(home=tmp_path, store=url))
     second = Engine(Settings(home=tmp_path, store=url))
@@ -181,6 +221,26 @@ def test_a_late_result_from_an_owner_that_lost_its_claim_is_dropped(url: str, tm
     finally:
         first.close()
         second.close()
+
+
+def test_text_with_nul_is_kept_in_messages_and_does_not_break_phase_2(url: str, tmp_path: Path) -> None:
+    """PostgreSQL text cannot hold NUL. Messages (stored as JSON) keep it exactly; what is
+    derived from them in plain text columns gets U+FFFD instead of a failed write."""
+    engine = Engine(Settings(home=tmp_path, store=url))
+    try:
+        engine.add_message("s", "user", "My name is Ada\x00 and I live in Lisbon.")
+        tool = {"type": "tool", "tool_id": "t1", "tool_name": "shell", "tool_input": {"cmd": "printf '\\0'"},
+                "tool_output": "a\x00b", "tool_status": "completed"}  # fmt: skip
+        engine.add_message("s", "assistant", parts=[tool])
+        engine.commit("s")
+        assert engine.run_pending_phase2() == 1
+        assert engine.store.list_archives("s")[0].status == "completed"
+        messages = engine.expand_archive("s", "archive_001").messages
+        assert messages[0].parts[0].text == "My name is Ada\x00 and I live in Lisbon."  # type: ignore[union-attr]
+        assert messages[1].parts[0].tool_output == "a\x00b"  # type: ignore[union-attr]
+        assert engine.store.tool_records("s")[0].tool_output == "a\ufffdb"
+    finally:
+        engine.close()
 
 
 # --- search --------------------------------------------------------------------------------------------

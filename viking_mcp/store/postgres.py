@@ -107,6 +107,17 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def _text(value: str) -> str:
+    """Free text for a text column. PostgreSQL text cannot hold NUL, which a message may
+    (messages themselves are stored as JSON, where it is escaped and kept): in summaries,
+    memories and tool outputs derived from them it becomes U+FFFD instead of failing the write."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _text_or_none(value: str | None) -> str | None:
+    return None if value is None else _text(value)
+
+
 def _session_row(row: DictRow) -> SessionRow:
     return SessionRow(
         session_id=row["session_id"],
@@ -333,7 +344,11 @@ class PostgresStore:
     def _migrate(self) -> None:
         with self._write() as cur:
             cur.execute(_MIGRATION_LOCK)
-            cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            # Checked before creating: an instance whose role may not create tables (the schema
+            # migrated by `viking-mcp migrate` under another role) still starts.
+            found = cur.execute("SELECT to_regclass('schema_version') IS NOT NULL AS found").fetchone()
+            if not (found and found["found"]):
+                cur.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
             row = cur.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 cur.execute("INSERT INTO schema_version (version) VALUES (0)")
@@ -376,16 +391,16 @@ class PostgresStore:
                 claimed = dict(self._claimed)
             if not claimed:
                 continue
-            try:
-                with self._write() as cur:
-                    for task_id, (owner, hard_until) in claimed.items():
+            for task_id, (owner, hard_until) in claimed.items():
+                try:  # one short transaction per task: a renewal never waits on two row locks
+                    with self._write() as cur:
                         cur.execute(
                             f"UPDATE tasks SET lease_until = LEAST({_DB_NOW} + %s, %s) "
                             "WHERE task_id = %s AND status = 'running' AND owner = %s",
                             (self._lease_seconds, hard_until, task_id, owner),
                         )
-            except Exception:
-                logger.warning("could not renew Phase 2 leases; retrying", exc_info=True)
+                except Exception:
+                    logger.warning("could not renew the lease of Phase 2 task %s; retrying", task_id, exc_info=True)
 
     def _forget_claim(self, task_id: str) -> None:
         with self._claimed_lock:
@@ -497,7 +512,8 @@ class PostgresStore:
                     raise NotFound(f"session {session_id} not found")
                 created = self._insert_session(cur, session_id, create_as, {}, now)
                 row = self._lock_session(cur, session_id, columns)
-                assert row is not None
+                if row is None:  # created by another instance and deleted again, in between
+                    raise Conflict(f"session {session_id} was deleted while this message was added; retry")
             if only_for is not None and (row["account_id"], row["user_id"]) != (only_for.account_id, only_for.user_id):
                 if created:  # cannot be: we just made it as `create_as`
                     raise Internal("session owner mismatch right after creating it")
@@ -539,10 +555,10 @@ class PostgresStore:
                         (
                             session_id,
                             part.tool_id,
-                            part.tool_name,
-                            part.skill_uri,
+                            _text(part.tool_name),
+                            _text_or_none(part.skill_uri),
                             _dumps(part.tool_input),
-                            part.tool_output,
+                            _text(part.tool_output),
                             part.tool_status,
                             message.id,
                             now,
@@ -585,12 +601,12 @@ class PostgresStore:
             for uri in contexts:
                 cur.execute(
                     "INSERT INTO usage (session_id, kind, uri, created_at) VALUES (%s, 'context', %s, %s)",
-                    (session_id, uri, now),
+                    (session_id, _text(uri), now),
                 )
             if skill is not None:
                 cur.execute(
                     "INSERT INTO usage (session_id, kind, uri, payload, created_at) VALUES (%s, 'skill', %s, %s, %s)",
-                    (session_id, skill["uri"], _dumps(skill), now),
+                    (session_id, _text(str(skill["uri"])), _dumps(skill), now),
                 )
             row = cur.execute(
                 "UPDATE sessions SET contexts_used = contexts_used + %s, skills_used = skills_used + %s, "
@@ -849,9 +865,9 @@ class PostgresStore:
                     "WHERE session_id = %s AND archive_no = %s AND status = 'pending'",
                     (
                         now,
-                        output.abstract,
+                        _text(output.abstract),
                         output.abstract_tokens,
-                        overview,
+                        _text(overview),
                         renderings,
                         _dumps(output.memory_diff),
                         task.session_id,
@@ -942,7 +958,7 @@ class PostgresStore:
         with self._write() as cur:
             self._lock_session(cur, session_id)
             self._insert_task(cur, task_id, "session_extract", "failed", session_id, None, created_at)
-            cur.execute("UPDATE tasks SET updated_at = %s, error = %s WHERE task_id = %s", (now, error, task_id))
+            cur.execute("UPDATE tasks SET updated_at = %s, error = %s WHERE task_id = %s", (now, _text(error), task_id))
 
     def fail_phase2(self, task: TaskRow, error: str, now: str) -> None:
         self._forget_claim(task.task_id)
@@ -951,14 +967,14 @@ class PostgresStore:
             cur.execute(
                 "UPDATE tasks SET status = 'failed', error = %s, updated_at = %s, owner = NULL, lease_until = NULL "
                 "WHERE task_id = %s AND status = 'running' AND owner IS NOT DISTINCT FROM %s",
-                (error, now, task.task_id, task.owner),
+                (_text(error), now, task.task_id, task.owner),
             )
             if not cur.rowcount:
                 return  # someone else owns it now; their outcome stands
             cur.execute(
                 "UPDATE archives SET status = 'failed', error = %s "
                 "WHERE session_id = %s AND archive_no = %s AND status = 'pending' AND task_id = %s",
-                (error, task.session_id, task.archive_number, task.task_id),
+                (_text(error), task.session_id, task.archive_number, task.task_id),
             )
 
     def _failed_archive(self, cur: Cursor, session_id: str, number: int) -> None:
@@ -1035,7 +1051,10 @@ class PostgresStore:
         """
         for write in sorted(writes, key=lambda w: w.memory.uri):
             memory = write.memory
-            values = (memory.name, memory.abstract, memory.overview, memory.content, _dumps(memory.stats))
+            values = (
+                _text_or_none(memory.name), _text(memory.abstract), _text(memory.overview), _text(memory.content),
+                _dumps(memory.stats),
+            )  # fmt: skip
             if write.action == "add":
                 cur.execute(
                     "INSERT INTO memories (account_id, uri, scope, owner_id, category, key, name, abstract, "
@@ -1156,11 +1175,11 @@ class PostgresStore:
             [
                 (
                     session_id, archive.number, archive.first_seq, archive.last_seq, archive.message_count,
-                    archive.tokens, archive.status, archive.created_at, archive.done_at, archive.abstract,
-                    archive.abstract_tokens, archive.overview,
+                    archive.tokens, archive.status, archive.created_at, archive.done_at, _text(archive.abstract),
+                    archive.abstract_tokens, _text(archive.overview),
                     _dumps([[r.tokens, r.text] for r in archive.overview_renderings]),
                     _dumps(archive.memory_diff) if archive.memory_diff is not None else None,
-                    _dumps(archive.supplied), archive.error, archive.task_id,
+                    _dumps(archive.supplied), _text_or_none(archive.error), archive.task_id,
                 )
                 for archive in dump.archives
             ],
@@ -1180,8 +1199,9 @@ class PostgresStore:
             "tool_status, message_id, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             [
                 (
-                    session_id, tool.tool_id, tool.tool_name, tool.skill_uri, _dumps(tool.tool_input),
-                    tool.tool_output, tool.tool_status, tool.message_id, tool.created_at, tool.updated_at,
+                    session_id, tool.tool_id, _text(tool.tool_name), _text_or_none(tool.skill_uri),
+                    _dumps(tool.tool_input), _text(tool.tool_output), tool.tool_status, tool.message_id,
+                    tool.created_at, tool.updated_at,
                 )
                 for tool in dump.tools
             ],
@@ -1190,7 +1210,7 @@ class PostgresStore:
             "INSERT INTO usage (session_id, kind, uri, payload, created_at, archive_no) "
             "VALUES (%s, %s, %s, %s, %s, %s)",
             [
-                (session_id, e.kind, e.uri, _dumps(e.payload), e.created_at, e.archive_number)
+                (session_id, e.kind, _text(e.uri), _dumps(e.payload), e.created_at, e.archive_number)
                 for e in dump.usage
             ],
         )  # fmt: skip
@@ -1207,7 +1227,8 @@ class PostgresStore:
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s, %s)",
             (
                 task.task_id, task.task_type, task.status, task.session_id, task.archive_number, task.created_at,
-                task.updated_at, _dumps(task.result) if task.result is not None else None, task.error, task.owner,
+                task.updated_at, _dumps(task.result) if task.result is not None else None, _text_or_none(task.error),
+                task.owner,
                 task.attempts, task.account_id, task.user_id,
             ),
         )  # fmt: skip
@@ -1226,8 +1247,9 @@ class PostgresStore:
             "content, stats, version, created_at, updated_at, source) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (
-                dump.account_id, memory.uri, memory.scope, memory.owner_id, memory.category, memory.key, memory.name,
-                memory.abstract, memory.overview, memory.content, _dumps(memory.stats), memory.version,
+                dump.account_id, memory.uri, memory.scope, memory.owner_id, memory.category, memory.key,
+                _text_or_none(memory.name), _text(memory.abstract), _text(memory.overview), _text(memory.content),
+                _dumps(memory.stats), memory.version,
                 memory.created_at, memory.updated_at, _dumps(dump.source),
             ),
         )  # fmt: skip
