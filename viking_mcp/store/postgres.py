@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -333,11 +333,11 @@ class PostgresStore:
         except (psycopg.Error, PoolTimeout) as exc:
             raise _translate(exc) from exc
 
-    def _write(self) -> Any:
+    def _write(self) -> AbstractContextManager[Cursor]:
         """One read-committed write transaction: row locks, not snapshots, keep it correct."""
         return self._transaction("BEGIN")
 
-    def _read(self) -> Any:
+    def _read(self) -> AbstractContextManager[Cursor]:
         """A read transaction: every SELECT inside sees one snapshot."""
         return self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
