@@ -24,9 +24,12 @@ def _bindir() -> Path | None:
     found = shutil.which("pg_ctl")
     if found:
         return Path(found).parent
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parent.parent.name or 0)
-    )
+
+    def version(path: str) -> tuple[int, ...]:  # /usr/lib/postgresql/15/bin/pg_ctl -> (15,)
+        name = Path(path).parent.parent.name
+        return tuple(int(part) for part in name.split(".") if part.isdigit())
+
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=version)
     return Path(candidates[-1]).parent if candidates else None
 
 
