@@ -1,15 +1,23 @@
-"""Fixtures: real stores in temporary directories, real MCP clients and servers."""
+"""Fixtures: real stores in temporary directories, real MCP clients and servers.
+
+Tests marked `both_stores` run twice: on the embedded SQLite store and on a real
+PostgreSQL server that the run starts itself (tests/pg_server.py), each test on a store
+of its own. Where PostgreSQL cannot be started the PostgreSQL half is skipped, saying
+why, except under CI (CI=true), where it must run.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from mcp import Client, StdioServerParameters
 
+from tests.pg_server import PostgresServer
+from tests.pg_server import Unavailable as PostgresUnavailable
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
 from viking_mcp.faces.mcp_server import build_server
@@ -22,9 +30,52 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+STORES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marked = metafunc.definition.get_closest_marker
+    if "store_backend" in metafunc.fixturenames and marked("both_stores") and not marked("sqlite_only"):
+        metafunc.parametrize("store_backend", STORES, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    try:
+        server = PostgresServer()
+        server.start()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {exc}")
+        pytest.skip(f"no PostgreSQL server for the PostgreSQL half of the suite: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "home")
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """Which store the test runs on: `sqlite` unless the test is marked `both_stores`."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def new_settings(store_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[str], Settings]:
+    """Settings for a new, empty store of the test's kind, each call another one."""
+    server: PostgresServer | None = None
+    if store_backend == "postgresql":
+        server = request.getfixturevalue("postgres_server")
+
+    def make(name: str) -> Settings:
+        return Settings(home=tmp_path / name, store=server.fresh_url() if server else None)
+
+    return make
+
+
+@pytest.fixture
+def settings(new_settings: Callable[[str], Settings]) -> Settings:
+    return new_settings("home")
 
 
 @pytest.fixture

@@ -14,6 +14,9 @@ from viking_mcp.engine import Engine
 from viking_mcp.errors import ErrorCode, FailedPrecondition, InvalidArgument
 from viking_mcp.summarize.base import ArchiveInput, ArchiveSummary
 
+# The engine behaves the same on both stores.
+pytestmark = pytest.mark.both_stores
+
 
 def cats(n: int) -> str:
     return " ".join(["cat"] * n)

@@ -14,6 +14,9 @@ from viking_mcp.errors import AlreadyExists, InvalidArgument, NotFound
 from viking_mcp.models import ContextPart, TextPart, ToolPart
 from viking_mcp.summarize.base import ArchiveInput, ArchiveSummary
 
+# The engine behaves the same on both stores.
+pytestmark = pytest.mark.both_stores
+
 # --- sessions --------------------------------------------------------------------------------
 
 
@@ -396,6 +399,7 @@ def test_phase_2_that_keeps_breaking_fails_instead_of_spinning(engine: Engine, m
     assert engine.run_pending_phase2() == 1
 
 
+@pytest.mark.sqlite_only  # a connection per thread is the SQLite store's; PostgreSQL's is a bounded pool
 def test_threads_that_end_do_not_leave_connections_open(engine: Engine) -> None:
     import gc
 

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
 from viking_mcp.errors import InvalidArgument
 from viking_mcp.memory.merge import StoredMemory
+
+# The engine behaves the same on both stores.
+pytestmark = pytest.mark.both_stores
 
 
 def commit_memories(
@@ -243,9 +247,11 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z0-9]+", text.lower()))
 
 
-def test_locomo_conversation_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_locomo_conversation_offline(
+    new_settings: Callable[[str], Settings], store_backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = locomo("26")
-    engine = Engine(Settings(home=tmp_path))
+    engine = Engine(new_settings("home"))
     try:
         sessions = sum(1 for key in data if re.fullmatch(r"session_\d+", key))
         ingest(engine, data, sessions)
@@ -268,7 +274,7 @@ def test_locomo_conversation_offline(tmp_path: Path, capsys: pytest.CaptureFixtu
                     answered.append(f"{qa['question']} -> {qa['answer']}\n    found: {hit.abstract[:110]}")
                     break
         with capsys.disabled():
-            print(f"\nsearch_memories answered {len(answered)} LoCoMo questions (conversation 26):")
+            print(f"\nsearch_memories answered {len(answered)} LoCoMo questions (conversation 26, {store_backend}):")
             print("\n".join(f"  {line}" for line in answered))
         assert len(answered) >= 5
     finally:

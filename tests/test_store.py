@@ -2,8 +2,10 @@
 and processes, durability of acknowledged writes, idempotent message ids, and appends
 whose cost does not grow with the session.
 
-No timing assertions: every test is about what is stored, and bounded in time only so
-that a hang fails instead of blocking the run.
+The tests marked `both_stores` are the store contract: they run on PostgreSQL too
+(tests/test_postgres.py has what only PostgreSQL has). No timing assertions: every test
+is about what is stored, and bounded in time only so that a hang fails instead of
+blocking the run.
 """
 
 from __future__ import annotations
@@ -193,6 +195,7 @@ THREADS = 4
 PER_THREAD = 200
 
 
+@pytest.mark.both_stores
 def test_two_engines_append_concurrently_without_loss(two_engines: tuple[Engine, Engine]) -> None:
     shared_created: list[bool] = []
 
@@ -228,6 +231,7 @@ def test_two_engines_append_concurrently_without_loss(two_engines: tuple[Engine,
         assert reader.get_session(f"own-{t}").message_count == PER_THREAD
 
 
+@pytest.mark.both_stores
 def test_two_engines_commit_concurrently_into_distinct_disjoint_archives(
     two_engines: tuple[Engine, Engine],
 ) -> None:
@@ -281,6 +285,7 @@ def test_two_engines_commit_concurrently_into_distinct_disjoint_archives(
 # --- idempotent message ids ---------------------------------------------------------------------
 
 
+@pytest.mark.both_stores
 def test_same_message_id_twice_stores_one_message(engine: Engine) -> None:
     first = engine.add_message("s", "user", "hello", message_id="m1")
     again = engine.add_message("s", "user", "hello", message_id="m1")
@@ -302,6 +307,7 @@ def test_same_message_id_twice_stores_one_message(engine: Engine) -> None:
     assert not engine.add_message("other", "user", "hello", message_id="m1").duplicate
 
 
+@pytest.mark.both_stores
 def test_same_message_id_across_two_engines(two_engines: tuple[Engine, Engine]) -> None:
     one, two = two_engines
     assert not one.add_message("s", "user", "hi", message_id="x1").duplicate
@@ -329,7 +335,8 @@ WRITER = textwrap.dedent(
     from viking_mcp.engine import Engine
 
     home, tag, count, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    engine = Engine(Settings(home=Path(home), phase2_workers=0))
+    store = sys.argv[5] if len(sys.argv) > 5 else None
+    engine = Engine(Settings(home=Path(home), phase2_workers=0, store=store))
     engine.tokens.warm_up()
     print("ready", flush=True)
     assert sys.stdin.readline().strip() == "go"
@@ -360,11 +367,13 @@ def spawn(script: str, *args: str, home: Path) -> subprocess.Popen[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.both_stores
 def test_two_processes_share_one_directory(settings: Settings) -> None:
     count, every = 300, 50
     # The database exists before both start: opening a fresh one at once is its own test below.
     Engine(settings).close()
-    procs = [spawn(WRITER, str(settings.home), tag, str(count), str(every), home=settings.home) for tag in "AB"]
+    store = [settings.store] if settings.store else []
+    procs = [spawn(WRITER, str(settings.home), tag, str(count), str(every), *store, home=settings.home) for tag in "AB"]
     try:
         for proc in procs:  # both ready before either writes: the writes overlap
             assert proc.stdout is not None

@@ -62,6 +62,13 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     # An LLM endpoint for Phase 2 (VIKING_MCP_LLM_*); None: the offline default, no network.
     llm: LlmSettings | None = None
+    # Where the data lives: None for the embedded SQLite store in `home`, or a
+    # `postgresql://` URL shared by any number of server instances (VIKING_MCP_STORE).
+    store: str | None = None
+    # PostgreSQL only: connections this process keeps, and how long a Phase 2 claim lasts
+    # unless its instance renews it (a dead instance's task is taken over after that).
+    pg_pool_size: int = 10
+    pg_lease_seconds: float = 30.0
 
     @property
     def database_path(self) -> Path:
@@ -69,6 +76,31 @@ class Settings:
 
     def with_home(self, home: str | os.PathLike[str]) -> Settings:
         return replace(self, home=Path(home).expanduser())
+
+    def with_store(self, store: str | None) -> Settings:
+        return replace(self, store=parse_store(store))
+
+    @property
+    def store_label(self) -> str:
+        """Where the data lives, for people (a PostgreSQL URL without its password)."""
+        if self.store is None:
+            return str(self.home)
+        from viking_mcp.store.urls import redacted
+
+        return redacted(self.store)
+
+
+def parse_store(value: str | None) -> str | None:
+    """VIKING_MCP_STORE or --store: empty or `sqlite` for the embedded store, else a PostgreSQL URL."""
+    text = (value or "").strip()
+    if text in ("", "sqlite"):
+        return None
+    if text.startswith(("postgresql://", "postgres://")):
+        return text
+    raise InvalidArgument(
+        f"store {text.split('@')[-1]!r} is not one viking-mcp knows: use 'sqlite' (the default, in VIKING_MCP_HOME) "
+        "or a postgresql://user:password@host:port/database URL"
+    )
 
 
 def _int_env(name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
@@ -114,6 +146,9 @@ def settings_from_env() -> Settings:
         mcp_default_token_budget=_int_env("VIKING_MCP_DEFAULT_TOKEN_BUDGET", base.mcp_default_token_budget, 0),
         limits=limits,
         llm=_llm_from_env(),
+        store=parse_store(os.environ.get("VIKING_MCP_STORE")),
+        pg_pool_size=_int_env("VIKING_MCP_PG_POOL_SIZE", base.pg_pool_size, 1, 1000),
+        pg_lease_seconds=float(_int_env("VIKING_MCP_PG_LEASE_SECONDS", int(base.pg_lease_seconds), 2, 3600)),
     )
 
 

@@ -6,6 +6,7 @@
     viking-mcp task get|list ...
     viking-mcp search QUERY                     long-term memories
     viking-mcp export DIR / import DIR          the viking:// tree as plain files, and back
+    viking-mcp migrate                          bring the store's schema up to date
 
 Subcommands work on the data directory in this process (embedded), or against a running
 server's HTTP API with `--url` (and `--api-key`). Each one is one engine method or one HTTP
@@ -62,6 +63,7 @@ examples:
 """
 
 if TYPE_CHECKING:
+    from viking_mcp.config import Settings
     from viking_mcp.faces.cli_backend import Backend
 
     # A subcommand: one backend call with the parsed arguments.
@@ -119,6 +121,11 @@ def _common(defaults: bool) -> argparse.ArgumentParser:
     parent = _Parser(add_help=False, argument_default=None if defaults else argparse.SUPPRESS)
     group = parent.add_argument_group("global options")
     group.add_argument("--home", help="data directory (default: $VIKING_MCP_HOME or the user data directory)")
+    group.add_argument(
+        "--store",
+        help="'sqlite' (the embedded store in the data directory) or a postgresql:// URL shared by several "
+        "server instances (default: $VIKING_MCP_STORE, else sqlite)",
+    )
     group.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     group.add_argument("--url", help="talk to a running server's HTTP API (default: $VIKING_MCP_URL)")
     group.add_argument("--api-key", help="its API key (default: $VIKING_MCP_API_KEY)")
@@ -286,6 +293,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     load.add_argument("directory", metavar="DIR", help="a directory `viking-mcp export` wrote")
     load.add_argument("--replace", action="store_true", help="overwrite sessions, tasks and memories that exist")
+    group: Any = commands  # add_parser's parents are typed narrower than what argparse takes
+    migrate = group.add_parser(
+        "migrate",
+        help="apply the store's schema migrations and print its schema version",
+        description="Apply the store's schema migrations (servers also do this when they start) and print its "
+        "schema version. Run it once before starting several instances of a new version on one database.",
+        parents=[common],
+    )
+    migrate.set_defaults(call=None, render=None)
     return parser
 
 
@@ -330,18 +346,55 @@ def _backend(args: argparse.Namespace) -> Backend:
         from viking_mcp.faces.cli_remote import RemoteBackend
 
         return RemoteBackend(url, args.api_key or os.environ.get("VIKING_MCP_API_KEY"))
-    from viking_mcp.config import settings_from_env
     from viking_mcp.faces.cli_embedded import EmbeddedBackend
 
-    settings = settings_from_env()
-    if args.home:
-        settings = settings.with_home(args.home)
     try:
-        return EmbeddedBackend(settings)
+        return EmbeddedBackend(_settings(args))
     except OSError as exc:
         raise Unavailable(
-            f"cannot use the data directory {settings.home}: {exc.strerror or exc}; set VIKING_MCP_HOME or --home"
+            f"cannot use the data directory {_settings(args).home}: {exc.strerror or exc}; "
+            "set VIKING_MCP_HOME or --home"
         ) from exc
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The environment's settings, with --home and --store applied."""
+    from viking_mcp.config import settings_from_env
+
+    settings = settings_from_env()
+    if getattr(args, "home", None):
+        settings = settings.with_home(args.home)
+    if getattr(args, "store", None):
+        settings = settings.with_store(args.store)
+    return settings
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """Open the store (which applies any pending migration) and say where it stands."""
+    from viking_mcp.store import open_store
+
+    try:
+        if args.url or os.environ.get("VIKING_MCP_URL"):
+            raise InvalidArgument("migrate works on a store, not through a server: drop --url / VIKING_MCP_URL")
+        settings = _settings(args)
+        store = open_store(settings)
+        try:
+            version = store.schema_version()
+        finally:
+            store.close()
+    except VikingError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"UNAVAILABLE: cannot use the data directory: {exc}; set VIKING_MCP_HOME or --home")
+    kind = "sqlite" if settings.store is None else "postgresql"
+    if args.json:
+        sys.stdout.write(
+            json.dumps({"store": kind, "location": settings.store_label, "schema_version": version}) + "\n"
+        )
+    else:
+        sys.stdout.write(f"{kind} store at {settings.store_label}: schema version {version} (up to date)\n")
+    sys.stdout.flush()
+    return 0
 
 
 def _fail(message: str) -> int:
@@ -379,14 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = args.log_level or os.environ.get("VIKING_MCP_LOG_LEVEL", "").upper() or None
     if args.command not in (None, "serve"):
         _configure_logging(level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "WARNING", one_line=True)
-        return _run(args)
+        return _migrate(args) if args.command == "migrate" else _run(args)
     _configure_logging(level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO")
     try:
-        from viking_mcp.config import settings_from_env
-
-        settings = settings_from_env()
-        if args.home:
-            settings = settings.with_home(args.home)
+        settings = _settings(args)
         if args.command == "serve" and args.transport == "http":
             from viking_mcp.faces.http_api import serve_http
 

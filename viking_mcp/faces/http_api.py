@@ -828,7 +828,7 @@ def build_app(
         mcp_host, security = _mcp_security(host)
         mcp_server.streamable_http_app(streamable_http_path=MCP_PATH, host=mcp_host, transport_security=security)
         manager = mcp_server.session_manager
-        logger.info("viking-mcp %s: HTTP API and MCP on data in %s", __version__, settings.home)
+        logger.info("viking-mcp %s: HTTP API and MCP on data in %s", __version__, settings.store_label)
         try:
             async with manager.run():
                 state.mcp = manager

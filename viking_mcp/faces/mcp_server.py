@@ -193,7 +193,7 @@ def build_server(
             state.engine = await anyio.to_thread.run_sync(Engine, state.settings)
         state.worker = Phase2Worker(state.engine, threads=state.settings.phase2_workers)
         state.worker.start()
-        logger.info("viking-mcp %s serving data in %s", __version__, state.settings.home)
+        logger.info("viking-mcp %s serving data in %s", __version__, state.settings.store_label)
         try:
             yield state
         finally:

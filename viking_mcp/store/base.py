@@ -1,8 +1,9 @@
 """The store's interface: the logical viking:// tree as transactional operations.
 
 The engine validates, counts tokens and decides; a store only keeps bytes and makes
-each operation atomic. The embedded SQLite store implements this; a PostgreSQL store
-will implement the same methods with the same guarantees:
+each operation atomic. The embedded SQLite store (store/sqlite.py) and the PostgreSQL
+store for many instances (store/postgres.py) implement the same methods with the same
+guarantees:
 
 - every method is one transaction: it happens entirely or not at all;
 - appends cost the same however long the session is (no method reads a whole session
@@ -173,6 +174,9 @@ class UsageRecord:
 
 class Store(Protocol):
     def close(self) -> None: ...
+    def schema_version(self) -> int:
+        """How far the store's schema has come (migrations run when it opens)."""
+        ...
 
     # sessions
     def create_session(self, session_id: str, owner: Owner, metadata: dict[str, Any], now: str) -> SessionRow: ...
