@@ -67,9 +67,14 @@ _ARCHIVE_COLUMNS = (
     "session_id, archive_no, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
     "abstract, abstract_tokens, overview, overview_renderings, memory_diff, supplied, error, task_id"
 )
-# The same, without the renderings: get_context reads them for one archive only.
-_ARCHIVE_LIGHT_COLUMNS = _ARCHIVE_COLUMNS.replace(
-    "overview, overview_renderings", "'' AS overview, '[]' AS overview_renderings"
+# The same, for get_context's list of every archive of a session: none of the large
+# columns (it reads the renderings of one archive only), and nothing stored after them
+# that it does not need, since reading a column past a large value walks the row's
+# overflow pages: a failed archive's error is read, no other's.
+_ARCHIVE_LIGHT_COLUMNS = (
+    "session_id, archive_no, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
+    "abstract, abstract_tokens, '' AS overview, '[]' AS overview_renderings, NULL AS memory_diff, "
+    "'{}' AS supplied, CASE WHEN status = 'failed' THEN error END AS error, NULL AS task_id"
 )
 _TASK_COLUMNS = (
     "task_id, task_type, status, session_id, archive_no, created_at, updated_at, result, error, owner, attempts, "
@@ -158,6 +163,29 @@ def _archive_row(row: sqlite3.Row) -> ArchiveRow:
         supplied=json.loads(row["supplied"]),
         error=row["error"],
         task_id=row["task_id"],
+    )
+
+
+def _archive_listing_row(row: sqlite3.Row) -> ArchiveRow:
+    """An archive as `_ARCHIVE_LIGHT_COLUMNS` reads it: no overview, renderings, diff or supplied."""
+    return ArchiveRow(
+        session_id=row[0],
+        number=row[1],
+        first_seq=row[2],
+        last_seq=row[3],
+        message_count=row[4],
+        tokens=row[5],
+        status=row[6],
+        created_at=row[7],
+        done_at=row[8],
+        abstract=row[9],
+        abstract_tokens=row[10],
+        overview="",
+        overview_renderings=[],
+        memory_diff=None,
+        supplied={},
+        error=row[15],
+        task_id=None,
     )
 
 
@@ -640,20 +668,21 @@ class SQLiteStore:
             if not conn.execute("SELECT 1 FROM sessions WHERE session_id = ?", (session_id,)).fetchone():
                 return None
             archives = [
-                _archive_row(r)
+                _archive_listing_row(r)
                 for r in conn.execute(
                     f"SELECT {_ARCHIVE_LIGHT_COLUMNS} FROM archives WHERE session_id = ? ORDER BY archive_no",
                     (session_id,),
                 )
             ]
-            latest = next((a for a in reversed(archives) if a.status == "completed"), None)
+            latest_index = next((i for i in reversed(range(len(archives))) if archives[i].status == "completed"), None)
             after_seq = 0
-            if latest is not None:
+            if latest_index is not None:
+                latest = archives[latest_index]
                 full = conn.execute(
                     f"SELECT {_ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? AND archive_no = ?",
                     (session_id, latest.number),
                 ).fetchone()
-                archives[archives.index(latest)] = _archive_row(full)
+                archives[latest_index] = _archive_row(full)
                 after_seq = latest.last_seq
             rows = conn.execute(
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq",
