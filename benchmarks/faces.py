@@ -22,6 +22,7 @@ from typing import Any
 from benchmarks.common import child_pids, server_env
 
 TERMINAL = ("completed", "failed")
+VALIDATE_OUTPUT = os.environ.get("VIKING_BENCH_VALIDATE") == "1"
 
 
 class Face:
@@ -135,6 +136,14 @@ class McpFace(Face):
                 command=sys.executable, args=["-m", "viking_mcp"], env=server_env(self.home), cwd=str(self.home)
             )
         self.client = await self._stack.enter_async_context(Client(target))
+        if not VALIDATE_OUTPUT:
+            # The Python SDK's client re-validates every structured result against the tool's
+            # output schema with jsonschema, in pure Python: 80% of an in-process get_context
+            # round trip with 200 messages. That is this client's cost, not the server's (hosts
+            # validate with their own validators, or not at all), so it is switched off here
+            # by marking every tool as having no schema to check. VIKING_BENCH_VALIDATE=1 keeps it.
+            tools = await self.client.list_tools()
+            self.client.session._tool_output_schemas.update(dict.fromkeys(t.name for t in tools.tools))
         if self.transport == "stdio":
             pids = child_pids(os.getpid(), "viking_mcp")
             self.pid = pids[-1] if pids else None

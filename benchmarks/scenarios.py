@@ -23,7 +23,7 @@ from benchmarks.common import (
     server_env,
     summary_ms,
 )
-from benchmarks.faces import Face, HttpServer, JsonClient
+from benchmarks.faces import VALIDATE_OUTPUT, Face, HttpServer, JsonClient
 from benchmarks.fixtures import Sizes
 
 CONTEXT_BUDGET = 20_000  # the MCP default: what an agent's get_context spends
@@ -119,7 +119,7 @@ async def face_scenarios(face: Face, sizes: Sizes) -> dict[str, Any]:
 # --- cold start and idle memory, ours and the bare server ------------------------------------------
 
 
-def _cold_start(command: list[str], env: dict[str, str], cwd: Path) -> dict[str, float | None]:
+def _cold_start(command: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
     """Spawn a stdio server, time it to its first tools/list answer, then its memory 1 s later."""
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -151,8 +151,9 @@ def _cold_start(command: list[str], env: dict[str, str], cwd: Path) -> dict[str,
         send({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
         tools = answer(2)["result"]["tools"]
         seconds = time.perf_counter() - started
+        cpu = cpu_seconds(process.pid)  # robust to a busy machine, unlike `seconds`
         time.sleep(1.0)
-        return {"seconds": round(seconds, 4), "rss_mib": rss_mib(process.pid), "tools": len(tools)}
+        return {"seconds": round(seconds, 4), "cpu_seconds": cpu, "rss_mib": rss_mib(process.pid), "tools": len(tools)}
     finally:
         process.kill()
         process.wait()
@@ -173,6 +174,7 @@ def cold_starts(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "seconds_median": round(statistics.median(float(r["seconds"]) for r in runs), 4),
+            "cpu_seconds_median": round(statistics.median(float(r["cpu_seconds"]) for r in runs), 4),
             "rss_mib_median": round(statistics.median(float(r["rss_mib"]) for r in runs), 1),
             "tools": runs[0]["tools"],
             "all": runs,
@@ -181,24 +183,38 @@ def cold_starts(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     return {"runs": sizes.cold_starts, "ours": summary(ours_runs), "bare": summary(bare_runs)}
 
 
-async def bare_round_trips(sizes: Sizes, workdir: Path) -> dict[str, Any]:
-    """The bare server's no-op tool over stdio, called as add_message is (same arguments, same client)."""
+async def stdio_round_trips(sizes: Sizes, workdir: Path) -> dict[str, Any]:
+    """add_message on viking-mcp and the bare server's no-op tool, both over stdio, same client.
+
+    Both servers run at once and take turns in blocks of 50 calls, so that a busy machine
+    weighs on both alike; the no-op takes add_message's arguments.
+    """
     from mcp import Client, StdioServerParameters
 
-    params = StdioServerParameters(
-        command=sys.executable, args=[str(BARE_SERVER)], env=server_env(workdir / "bare"), cwd=str(workdir)
-    )
+    def params(args: list[str], home: Path) -> StdioServerParameters:
+        return StdioServerParameters(command=sys.executable, args=args, env=server_env(home), cwd=str(workdir))
+
     texts = message_texts(sizes.round_trips + 50)
-    samples = []
-    async with Client(params) as client:
-        for index, text in enumerate(texts):
-            begin = clock()
-            result = await client.call_tool("noop", {"session_id": "grow", "role": role_of(index + 1), "content": text})
-            elapsed = clock() - begin
-            assert not result.is_error, result.content
-            if index >= 50:
-                samples.append(elapsed)
-    return summary_ms(samples)
+    samples: dict[str, list[int]] = {"ours": [], "bare": []}
+    async with (
+        Client(params(["-m", "viking_mcp"], workdir / "round-trip-home")) as ours,
+        Client(params([str(BARE_SERVER)], workdir / "round-trip-bare")) as bare,
+    ):
+        if not VALIDATE_OUTPUT:  # as in the faces: the client's own schema check is not measured
+            for client in (ours, bare):
+                listed = await client.list_tools()
+                client.session._tool_output_schemas.update(dict.fromkeys(t.name for t in listed.tools))
+        for block in range(0, len(texts), 50):
+            for name, client, tool in (("ours", ours, "add_message"), ("bare", bare, "noop")):
+                for index in range(block, min(block + 50, len(texts))):
+                    arguments = {"session_id": "round-trip", "role": role_of(index + 1), "content": texts[index]}
+                    begin = clock()
+                    result = await client.call_tool(tool, arguments)
+                    elapsed = clock() - begin
+                    assert not result.is_error, result.content
+                    if block:  # the first block of each warms up
+                        samples[name].append(elapsed)
+    return {"add_message": summary_ms(samples["ours"]), "bare_noop": summary_ms(samples["bare"])}
 
 
 # --- HTTP throughput ------------------------------------------------------------------------------------

@@ -166,27 +166,10 @@ def _archive_row(row: sqlite3.Row) -> ArchiveRow:
     )
 
 
-def _archive_listing_row(row: sqlite3.Row) -> ArchiveRow:
+def _archive_listing_row(row: tuple[Any, ...]) -> ArchiveRow:
     """An archive as `_ARCHIVE_LIGHT_COLUMNS` reads it: no overview, renderings, diff or supplied."""
-    return ArchiveRow(
-        session_id=row[0],
-        number=row[1],
-        first_seq=row[2],
-        last_seq=row[3],
-        message_count=row[4],
-        tokens=row[5],
-        status=row[6],
-        created_at=row[7],
-        done_at=row[8],
-        abstract=row[9],
-        abstract_tokens=row[10],
-        overview="",
-        overview_renderings=[],
-        memory_diff=None,
-        supplied={},
-        error=row[15],
-        task_id=None,
-    )
+    # Positional, in ArchiveRow's field order (the columns' order): the fastest way to build one.
+    return ArchiveRow(*row[:11], "", [], None, {}, row[15], None)
 
 
 def _task_row(row: sqlite3.Row) -> TaskRow:
@@ -667,13 +650,13 @@ class SQLiteStore:
         with self._read() as conn:
             if not conn.execute("SELECT 1 FROM sessions WHERE session_id = ?", (session_id,)).fetchone():
                 return None
-            archives = [
-                _archive_listing_row(r)
-                for r in conn.execute(
-                    f"SELECT {_ARCHIVE_LIGHT_COLUMNS} FROM archives WHERE session_id = ? ORDER BY archive_no",
-                    (session_id,),
-                )
-            ]
+            listing = conn.cursor()
+            listing.row_factory = None  # plain tuples: a thousand archives are read on every call
+            listing.execute(
+                f"SELECT {_ARCHIVE_LIGHT_COLUMNS} FROM archives WHERE session_id = ? ORDER BY archive_no",
+                (session_id,),
+            )
+            archives = [_archive_listing_row(r) for r in listing]
             latest_index = next((i for i in reversed(range(len(archives))) if archives[i].status == "completed"), None)
             after_seq = 0
             if latest_index is not None:
