@@ -169,7 +169,10 @@ def _archive_row(row: sqlite3.Row) -> ArchiveRow:
 def _archive_listing_row(row: tuple[Any, ...]) -> ArchiveRow:
     """An archive as `_ARCHIVE_LIGHT_COLUMNS` reads it: no overview, renderings, diff or supplied."""
     # Positional, in ArchiveRow's field order (the columns' order): the fastest way to build one.
-    return ArchiveRow(*row[:11], "", [], None, {}, row[15], None)
+    return ArchiveRow(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
+        "", [], None, {}, row[15], None,
+    )  # fmt: skip
 
 
 def _task_row(row: sqlite3.Row) -> TaskRow:
