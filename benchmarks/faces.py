@@ -238,16 +238,28 @@ class JsonClient:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        self._connect()
+
+    def _connect(self) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
         self.conn.connect()
         assert self.conn.sock is not None
         self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
 
     def request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
-        self.conn.request(method, path, body=data, headers=self.headers)
-        response = self.conn.getresponse()
+        try:
+            self.conn.request(method, path, body=data, headers=self.headers)
+            response = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            if method != "GET":
+                raise
+            # The server closes a keep-alive connection idle for 5 s: a GET may simply go again.
+            self.conn.close()
+            self._connect()
+            self.conn.request(method, path, body=data, headers=self.headers)
+            response = self.conn.getresponse()
         envelope = json.loads(response.read())
         if response.status != 200 or envelope.get("status") != "ok":
             raise RuntimeError(f"{method} {path} -> {response.status}: {str(envelope)[:300]}")

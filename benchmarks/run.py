@@ -93,9 +93,15 @@ async def measure(args: argparse.Namespace, sizes: fixtures.Sizes, workdir: Path
             await face.close()
 
     log("HTTP throughput")
-    report["http_throughput"] = await http_throughput(sizes, workdir)
+    try:
+        report["http_throughput"] = await http_throughput(sizes, workdir)
+    except Exception as exc:  # the rest of the report is still worth writing
+        report["http_throughput"] = {"failed": f"{type(exc).__name__}: {exc}"}
     log("the OpenViking bench client against our HTTP server")
-    peer = await asyncio.to_thread(peer_bench_client, sizes, workdir)
+    try:
+        peer = await asyncio.to_thread(peer_bench_client, sizes, workdir)
+    except Exception as exc:
+        peer = {"failed": f"{type(exc).__name__}: {exc}"}
     report["peer_bench_client"] = peer.get("summary", peer)
     report["peer_bench_client_raw"] = peer.get("raw")
     report["total_seconds"] = round(time.perf_counter() - began, 1)
