@@ -76,6 +76,10 @@ _ARCHIVE_LIGHT_COLUMNS = (
     "abstract, abstract_tokens, '' AS overview, '[]' AS overview_renderings, NULL AS memory_diff, "
     "'{}' AS supplied, CASE WHEN status = 'failed' THEN error END AS error, NULL AS task_id"
 )
+# The latest completed archive, for get_context: its overview and renderings as well.
+_ARCHIVE_CONTEXT_COLUMNS = _ARCHIVE_LIGHT_COLUMNS.replace(
+    "'' AS overview, '[]' AS overview_renderings", "overview, overview_renderings"
+)
 _TASK_COLUMNS = (
     "task_id, task_type, status, session_id, archive_no, created_at, updated_at, result, error, owner, attempts, "
     "account_id, user_id"
@@ -665,7 +669,7 @@ class SQLiteStore:
             if latest_index is not None:
                 latest = archives[latest_index]
                 full = conn.execute(
-                    f"SELECT {_ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? AND archive_no = ?",
+                    f"SELECT {_ARCHIVE_CONTEXT_COLUMNS} FROM archives WHERE session_id = ? AND archive_no = ?",
                     (session_id, latest.number),
                 ).fetchone()
                 archives[latest_index] = _archive_row(full)
