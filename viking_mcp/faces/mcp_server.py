@@ -193,7 +193,35 @@ def describe_open_error(exc: BaseException, settings: Settings) -> str:
 
 
 class VikingMCPServer(MCPServer[ServerState]):
-    """MCPServer whose argument-validation errors carry the INVALID_ARGUMENT code too."""
+    """MCPServer whose argument-validation errors carry the INVALID_ARGUMENT code too, and
+    whose resource templates are registered when resources are first asked for: building
+    25 templates is a fifth of what the server does before it can list its tools."""
+
+    _add_resources: Callable[[], None] | None = None
+    _resources_lock = threading.Lock()
+
+    def add_resources_later(self, add: Callable[[], None]) -> None:
+        self._add_resources = add
+
+    def _ensure_resources(self) -> None:
+        if self._add_resources is None:
+            return
+        with self._resources_lock:
+            if self._add_resources is not None:
+                self._add_resources()
+                self._add_resources = None
+
+    async def list_resources(self, *args: Any, **kwargs: Any) -> Any:
+        self._ensure_resources()
+        return await super().list_resources(*args, **kwargs)
+
+    async def list_resource_templates(self, *args: Any, **kwargs: Any) -> Any:
+        self._ensure_resources()
+        return await super().list_resource_templates(*args, **kwargs)
+
+    async def read_resource(self, *args: Any, **kwargs: Any) -> Any:
+        self._ensure_resources()
+        return await super().read_resource(*args, **kwargs)
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[ServerState, Any] | None = None
@@ -546,38 +574,41 @@ def build_server(
 
             register(session_reader)
 
-    resource("viking://session/{session_id}", "A session: its counters, metadata and files.", "application/json")
-    for name, mime in (
-        (".meta.json", "application/json"),
-        ("messages.jsonl", "application/jsonl"),
-        (".abstract.md", "text/markdown"),
-        (".overview.md", "text/markdown"),
-        (".relations.json", "application/json"),
-    ):
-        resource(f"viking://session/{{session_id}}/{name}", f"The session's {name}.", mime)
-    resource("viking://session/{session_id}/history", "The session's archives.", "application/json")
-    resource("viking://session/{session_id}/tools", "The session's tool calls.", "application/json")
-    resource(
-        "viking://session/{session_id}/tools/{tool_id}/tool.json",
-        "One tool call of a session.",
-        "application/json",
-    )
-    resource(
-        "viking://session/{session_id}/history/{archive_id}",
-        "An archive: status, abstract, files.",
-        "application/json",
-    )
-    for name, mime in (
-        ("messages.jsonl", "application/jsonl"),
-        (".abstract.md", "text/markdown"),
-        (".overview.md", "text/markdown"),
-        ("memory_diff.json", "application/json"),
-        (".done", "text/plain"),
-    ):
-        resource(f"viking://session/{{session_id}}/history/{{archive_id}}/{name}", f"The archive's {name}.", mime)
+    def add_resources() -> None:
+        resource("viking://session/{session_id}", "A session: its counters, metadata and files.", "application/json")
+        for name, mime in (
+            (".meta.json", "application/json"),
+            ("messages.jsonl", "application/jsonl"),
+            (".abstract.md", "text/markdown"),
+            (".overview.md", "text/markdown"),
+            (".relations.json", "application/json"),
+        ):
+            resource(f"viking://session/{{session_id}}/{name}", f"The session's {name}.", mime)
+        resource("viking://session/{session_id}/history", "The session's archives.", "application/json")
+        resource("viking://session/{session_id}/tools", "The session's tool calls.", "application/json")
+        resource(
+            "viking://session/{session_id}/tools/{tool_id}/tool.json",
+            "One tool call of a session.",
+            "application/json",
+        )
+        resource(
+            "viking://session/{session_id}/history/{archive_id}",
+            "An archive: status, abstract, files.",
+            "application/json",
+        )
+        for name, mime in (
+            ("messages.jsonl", "application/jsonl"),
+            (".abstract.md", "text/markdown"),
+            (".overview.md", "text/markdown"),
+            ("memory_diff.json", "application/json"),
+            (".done", "text/plain"),
+        ):
+            resource(f"viking://session/{{session_id}}/history/{{archive_id}}/{name}", f"The archive's {name}.", mime)
 
-    for scope in ("user", "agent"):
-        _memory_resources(server, read, scope)
+        for scope in ("user", "agent"):
+            _memory_resources(server, read, scope)
+
+    server.add_resources_later(add_resources)
 
     # --- prompts --------------------------------------------------------------------------------
 
