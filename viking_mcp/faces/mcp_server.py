@@ -120,6 +120,10 @@ def clean_doc(fn: Callable[P, R]) -> Callable[P, R]:
 
 # How long a tool call waits for the data directory to open (it opens as the server starts).
 OPEN_WAIT_SECONDS = 30.0
+# The data directory is opened this long after start, or at the first call that needs it,
+# whichever comes first: a host's initialize and tools/list then do not share the CPU (and
+# the GIL) with importing the engine and opening the database.
+OPEN_DELAY_SECONDS = 0.5
 
 
 @dataclass
@@ -134,6 +138,8 @@ class ServerState:
     keyring: KeyRing | None = None
     # Set once the engine is open, or failed to open (`open_error`).
     opened: threading.Event = field(default_factory=threading.Event)
+    # Set when something needs the engine now (a tool call, or the server stopping).
+    wanted: threading.Event = field(default_factory=threading.Event)
     open_error: BaseException | None = None
 
     def actor(self, ctx: Context[ServerState, Any]) -> Owner | None:
@@ -151,9 +157,11 @@ class ServerState:
         except VikingError as exc:
             raise ToolError(str(exc)) from exc
 
-    def open_engine(self) -> None:
-        """Open the data directory and start the Phase 2 worker (on a thread of its own, so that
-        the server answers `initialize` and `tools/list` meanwhile)."""
+    def open_engine(self, delay: float = 0.0) -> None:
+        """Open the data directory and start the Phase 2 worker: on a thread of its own, `delay`
+        seconds after start or as soon as something wants the engine, so that the server
+        answers `initialize` and `tools/list` meanwhile."""
+        self.wanted.wait(delay)
         try:
             from viking_mcp.engine import Engine, Phase2Worker
 
@@ -169,6 +177,7 @@ class ServerState:
 
     def require_engine(self) -> Engine:
         if self.engine is None:
+            self.wanted.set()
             self.opened.wait(OPEN_WAIT_SECONDS)  # a call that arrives while the engine opens
             if self.open_error is not None:
                 raise ToolError(f"UNAVAILABLE: {describe_open_error(self.open_error, self.settings)}")
@@ -257,7 +266,7 @@ def build_server(
     state = ServerState(settings=settings or (engine.settings if engine else settings_from_env()), keyring=keyring)
 
     def open_engine() -> None:
-        state.open_engine()
+        state.open_engine(delay=OPEN_DELAY_SECONDS)
         if state.open_error is not None and on_open_error is not None:
             on_open_error(state.open_error)
 
@@ -278,6 +287,7 @@ def build_server(
             yield state
         finally:
             if opener is not None:
+                state.wanted.set()  # stopping before the delay: open now, to report what fails
                 await anyio.to_thread.run_sync(opener.join)
             worker, current = state.worker, state.engine
             state.worker = None
