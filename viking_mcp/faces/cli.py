@@ -486,5 +486,14 @@ def _serve_stdio(settings: object) -> int:
         command = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else "viking-mcp"
         sys.stderr.write(_TTY_HELP.format(version=__version__, command=command, home=settings.home))
         sys.stderr.flush()
-    build_server(settings).run("stdio")
+
+    def cannot_open(exc: BaseException) -> None:
+        """The data directory cannot be used: one line, and exit as a failed start does."""
+        from viking_mcp.faces.mcp_server import describe_open_error
+
+        sys.stderr.write(f"viking-mcp: {describe_open_error(exc, settings)}\n")
+        sys.stderr.flush()
+        os._exit(2)
+
+    build_server(settings, on_open_error=cannot_open).run("stdio")
     return 0

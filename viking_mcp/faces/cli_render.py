@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from viking_mcp.engine.transfer import TransferResult
 from viking_mcp.models import (
     ArchiveDetail,
     CommitResult,
@@ -26,6 +25,10 @@ from viking_mcp.models import (
     UserRef,
     message_text,
 )
+
+if TYPE_CHECKING:
+    # Only a type here: the engine is not imported to build the command line.
+    from viking_mcp.engine.transfer import TransferResult
 
 # --- pieces -------------------------------------------------------------------------------------
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar
 
 import anyio
-import anyio.from_thread
+import anyio.to_thread
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError, UnexpectedToolError
@@ -30,13 +31,7 @@ from mcp.types import INVALID_PARAMS, CallToolResult, ToolAnnotations
 from pydantic import Field, ValidationError
 
 from viking_mcp import __version__
-from viking_mcp.auth import KeyRing, key_from_headers
 from viking_mcp.config import Settings, settings_from_env
-from viking_mcp.engine import Engine, Phase2Worker
-from viking_mcp.engine.context import render_context_text
-from viking_mcp.engine.messages import describe_validation_error
-from viking_mcp.engine.tree import read_node
-from viking_mcp.engine.waiting import wait_for_task
 from viking_mcp.errors import VikingError
 from viking_mcp.faces.stdio import AnsweringReadStream
 from viking_mcp.models import (
@@ -60,7 +55,13 @@ from viking_mcp.models import (
     TaskRecord,
     UsageRecorded,
 )
-from viking_mcp.store.base import Owner
+
+if TYPE_CHECKING:
+    # The engine, the store and API keys are imported when first needed, not to list the
+    # tools: a host starting the server over stdio waits for that list.
+    from viking_mcp.auth import KeyRing
+    from viking_mcp.engine import Engine, Phase2Worker
+    from viking_mcp.store.base import Owner
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,14 @@ def clean_doc(fn: Callable[P, R]) -> Callable[P, R]:
     return fn
 
 
+# How long a tool call waits for the data directory to open (it opens as the server starts).
+OPEN_WAIT_SECONDS = 30.0
+# The data directory is opened this long after start, or at the first call that needs it,
+# whichever comes first: a host's initialize and tools/list then do not share the CPU (and
+# the GIL) with importing the engine and opening the database.
+OPEN_DELAY_SECONDS = 0.5
+
+
 @dataclass
 class ServerState:
     """What the lifespan owns: the engine and its Phase 2 worker."""
@@ -127,13 +136,21 @@ class ServerState:
     engine: Engine | None = None
     worker: Phase2Worker | None = None
     external_engine: bool = False
-    keyring: KeyRing = field(default_factory=KeyRing)
+    # API keys, when served over HTTP with keys; None: no keys (stdio).
+    keyring: KeyRing | None = None
+    # Set once the engine is open, or failed to open (`open_error`).
+    opened: threading.Event = field(default_factory=threading.Event)
+    # Set when something needs the engine now (a tool call, or the server stopping).
+    wanted: threading.Event = field(default_factory=threading.Event)
+    open_error: BaseException | None = None
 
     def actor(self, ctx: Context[ServerState, Any]) -> Owner | None:
         """Who is calling: the owner of the request's API key over HTTP; None (everything) over
         stdio, where the person who started the server is the only one there."""
-        if not self.keyring.enabled:
+        if self.keyring is None or not self.keyring.enabled:
             return None
+        from viking_mcp.auth import key_from_headers
+
         headers = ctx.headers
         if headers is None:  # keys are only given to a server that listens on HTTP: fail closed
             raise ToolError("UNAUTHENTICATED: this request carried no API key")
@@ -142,14 +159,80 @@ class ServerState:
         except VikingError as exc:
             raise ToolError(str(exc)) from exc
 
+    def open_engine(self, delay: float = 0.0) -> None:
+        """Open the data directory and start the Phase 2 worker: on a thread of its own, `delay`
+        seconds after start or as soon as something wants the engine, so that the server
+        answers `initialize` and `tools/list` meanwhile."""
+        self.wanted.wait(delay)
+        try:
+            from viking_mcp.engine import Engine, Phase2Worker
+
+            engine = Engine(self.settings)
+            worker = Phase2Worker(engine, threads=self.settings.phase2_workers)
+            worker.start()
+            self.engine, self.worker = engine, worker
+            logger.info("viking-mcp %s serving data in %s", __version__, self.settings.store_label)
+        except BaseException as exc:
+            self.open_error = exc
+        finally:
+            self.opened.set()
+
     def require_engine(self) -> Engine:
         if self.engine is None:
-            raise ToolError("UNAVAILABLE: the server is starting or stopping; retry in a moment")
+            self.wanted.set()
+            self.opened.wait(OPEN_WAIT_SECONDS)  # a call that arrives while the engine opens
+            if self.open_error is not None:
+                raise ToolError(f"UNAVAILABLE: {describe_open_error(self.open_error, self.settings)}")
+            if self.engine is None:
+                raise ToolError("UNAVAILABLE: the server is starting or stopping; retry in a moment")
         return self.engine
+
+    async def engine_async(self) -> Engine:
+        """require_engine for a tool running on the event loop: waits (if at all) on a thread."""
+        if self.engine is not None:
+            return self.engine
+        return await anyio.to_thread.run_sync(self.require_engine)
+
+
+def describe_open_error(exc: BaseException, settings: Settings) -> str:
+    """One line saying why the data directory could not be opened, and what to do."""
+    if isinstance(exc, VikingError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"cannot use the data directory {settings.home}: {exc}; set VIKING_MCP_HOME or --home"
+    return f"cannot open the data directory {settings.home}: {type(exc).__name__}: {exc}"
 
 
 class VikingMCPServer(MCPServer[ServerState]):
-    """MCPServer whose argument-validation errors carry the INVALID_ARGUMENT code too."""
+    """MCPServer whose argument-validation errors carry the INVALID_ARGUMENT code too, and
+    whose resource templates are registered when resources are first asked for: building
+    25 templates is a fifth of what the server does before it can list its tools."""
+
+    _add_resources: Callable[[], None] | None = None
+    _resources_lock = threading.Lock()
+
+    def add_resources_later(self, add: Callable[[], None]) -> None:
+        self._add_resources = add
+
+    def _ensure_resources(self) -> None:
+        if self._add_resources is None:
+            return
+        with self._resources_lock:
+            if self._add_resources is not None:
+                self._add_resources()
+                self._add_resources = None
+
+    async def list_resources(self, *args: Any, **kwargs: Any) -> Any:
+        self._ensure_resources()
+        return await super().list_resources(*args, **kwargs)
+
+    async def list_resource_templates(self, *args: Any, **kwargs: Any) -> Any:
+        self._ensure_resources()
+        return await super().list_resource_templates(*args, **kwargs)
+
+    async def read_resource(self, *args: Any, **kwargs: Any) -> Any:
+        self._ensure_resources()
+        return await super().read_resource(*args, **kwargs)
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[ServerState, Any] | None = None
@@ -161,6 +244,8 @@ class VikingMCPServer(MCPServer[ServerState]):
         except ToolError as exc:
             cause = exc.__cause__
             if isinstance(cause, ValidationError):
+                from viking_mcp.engine.messages import describe_validation_error
+
                 message = describe_validation_error(cause, "arguments")
                 raise ToolError(f"Error executing tool {name}: INVALID_ARGUMENT: {message}") from cause
             raise
@@ -177,32 +262,54 @@ class VikingMCPServer(MCPServer[ServerState]):
 
 
 def build_server(
-    settings: Settings | None = None, engine: Engine | None = None, keyring: KeyRing | None = None
+    settings: Settings | None = None,
+    engine: Engine | None = None,
+    keyring: KeyRing | None = None,
+    on_open_error: Callable[[BaseException], None] | None = None,
 ) -> VikingMCPServer:
     """The MCP server. Give `engine` to serve an engine you own (tests, the HTTP app), and
-    `keyring` when it is served over HTTP with API keys."""
-    state = ServerState(
-        settings=settings or (engine.settings if engine else settings_from_env()), keyring=keyring or KeyRing()
-    )
+    `keyring` when it is served over HTTP with API keys.
+
+    Without `engine`, the server opens one on `settings` as it starts, on a thread of its
+    own: tools are listed meanwhile, and a tool call waits for it. If it cannot be opened,
+    `on_open_error` is called with the error on that thread (the CLI prints it and exits);
+    without it, tool calls answer UNAVAILABLE with the reason, and the server's run raises
+    the error when it ends."""
+    state = ServerState(settings=settings or (engine.settings if engine else settings_from_env()), keyring=keyring)
+
+    def open_engine() -> None:
+        state.open_engine(delay=OPEN_DELAY_SECONDS)
+        if state.open_error is not None and on_open_error is not None:
+            on_open_error(state.open_error)
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[ServerState]) -> AsyncIterator[ServerState]:
+        from viking_mcp.engine import Phase2Worker
+
+        opener: threading.Thread | None = None
         if engine is not None:
             state.engine, state.external_engine = engine, True
+            state.worker = Phase2Worker(engine, threads=state.settings.phase2_workers)
+            state.worker.start()
+            state.opened.set()
         else:
-            state.engine = await anyio.to_thread.run_sync(Engine, state.settings)
-        state.worker = Phase2Worker(state.engine, threads=state.settings.phase2_workers)
-        state.worker.start()
-        logger.info("viking-mcp %s serving data in %s", __version__, state.settings.store_label)
+            opener = threading.Thread(target=open_engine, name="viking-open", daemon=True)
+            opener.start()
         try:
             yield state
         finally:
+            if opener is not None:
+                state.wanted.set()  # stopping before the delay: open now, to report what fails
+                await anyio.to_thread.run_sync(opener.join)
             worker, current = state.worker, state.engine
             state.worker = None
-            await anyio.to_thread.run_sync(worker.stop)
-            if not state.external_engine:
+            if worker is not None:
+                await anyio.to_thread.run_sync(worker.stop)
+            if not state.external_engine and current is not None:
                 state.engine = None
                 await anyio.to_thread.run_sync(current.close)
+            if state.open_error is not None:
+                raise state.open_error
 
     server = VikingMCPServer(
         "viking-mcp",
@@ -341,7 +448,7 @@ def build_server(
         """Archive the live messages now and summarise them in the background (task_id tracks
         it). Call when the window fills. status 'skipped' means there was nothing to archive.
         FAILED_PRECONDITION means an earlier archive failed: retry_archive it first."""
-        engine = state.require_engine()
+        engine = await state.engine_async()
         actor = state.actor(ctx)
         try:
             result = await anyio.to_thread.run_sync(
@@ -350,6 +457,8 @@ def build_server(
                 )
             )
             if wait and result.task_id is not None:
+                from viking_mcp.engine.waiting import wait_for_task
+
                 # Waits on the event loop, reporting progress, not on a shared worker thread.
                 task = await wait_for_task(
                     engine, result.task_id, engine.settings.commit_wait_seconds, actor, ctx.report_progress
@@ -458,6 +567,8 @@ def build_server(
     # --- resources ------------------------------------------------------------------------------
 
     def read(uri: str, ctx: Context[ServerState, Any]) -> str:
+        from viking_mcp.engine.tree import read_node
+
         try:
             return read_node(state.require_engine(), uri, state.actor(ctx))[0]
         except (VikingError, ToolError) as exc:
@@ -485,38 +596,41 @@ def build_server(
 
             register(session_reader)
 
-    resource("viking://session/{session_id}", "A session: its counters, metadata and files.", "application/json")
-    for name, mime in (
-        (".meta.json", "application/json"),
-        ("messages.jsonl", "application/jsonl"),
-        (".abstract.md", "text/markdown"),
-        (".overview.md", "text/markdown"),
-        (".relations.json", "application/json"),
-    ):
-        resource(f"viking://session/{{session_id}}/{name}", f"The session's {name}.", mime)
-    resource("viking://session/{session_id}/history", "The session's archives.", "application/json")
-    resource("viking://session/{session_id}/tools", "The session's tool calls.", "application/json")
-    resource(
-        "viking://session/{session_id}/tools/{tool_id}/tool.json",
-        "One tool call of a session.",
-        "application/json",
-    )
-    resource(
-        "viking://session/{session_id}/history/{archive_id}",
-        "An archive: status, abstract, files.",
-        "application/json",
-    )
-    for name, mime in (
-        ("messages.jsonl", "application/jsonl"),
-        (".abstract.md", "text/markdown"),
-        (".overview.md", "text/markdown"),
-        ("memory_diff.json", "application/json"),
-        (".done", "text/plain"),
-    ):
-        resource(f"viking://session/{{session_id}}/history/{{archive_id}}/{name}", f"The archive's {name}.", mime)
+    def add_resources() -> None:
+        resource("viking://session/{session_id}", "A session: its counters, metadata and files.", "application/json")
+        for name, mime in (
+            (".meta.json", "application/json"),
+            ("messages.jsonl", "application/jsonl"),
+            (".abstract.md", "text/markdown"),
+            (".overview.md", "text/markdown"),
+            (".relations.json", "application/json"),
+        ):
+            resource(f"viking://session/{{session_id}}/{name}", f"The session's {name}.", mime)
+        resource("viking://session/{session_id}/history", "The session's archives.", "application/json")
+        resource("viking://session/{session_id}/tools", "The session's tool calls.", "application/json")
+        resource(
+            "viking://session/{session_id}/tools/{tool_id}/tool.json",
+            "One tool call of a session.",
+            "application/json",
+        )
+        resource(
+            "viking://session/{session_id}/history/{archive_id}",
+            "An archive: status, abstract, files.",
+            "application/json",
+        )
+        for name, mime in (
+            ("messages.jsonl", "application/jsonl"),
+            (".abstract.md", "text/markdown"),
+            (".overview.md", "text/markdown"),
+            ("memory_diff.json", "application/json"),
+            (".done", "text/plain"),
+        ):
+            resource(f"viking://session/{{session_id}}/history/{{archive_id}}/{name}", f"The archive's {name}.", mime)
 
-    for scope in ("user", "agent"):
-        _memory_resources(server, read, scope)
+        for scope in ("user", "agent"):
+            _memory_resources(server, read, scope)
+
+    server.add_resources_later(add_resources)
 
     # --- prompts --------------------------------------------------------------------------------
 
@@ -536,6 +650,8 @@ def build_server(
         except (VikingError, ToolError) as exc:
             # A protocol error keeps its message (the SDK hides a plain exception's text).
             raise MCPError(code=INVALID_PARAMS, message=str(exc)) from exc
+        from viking_mcp.engine.context import render_context_text
+
         text = render_context_text(session_id, context)
         return [
             UserMessage(

@@ -158,4 +158,16 @@ MIGRATIONS.append(
     ]
 )
 
+MIGRATIONS.append(
+    # 4: get_context lists every archive of a session; this index holds all it reads of
+    # them, so the listing never touches the archive rows, whose overviews and memory
+    # diffs make them large (15 ms for 200 archives without it, 0.3 ms with it).
+    [
+        """CREATE INDEX archives_listing ON archives (
+            session_id, archive_no, status, first_seq, last_seq, message_count, tokens, created_at, done_at,
+            abstract_tokens, abstract, error
+        )""",
+    ]
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)

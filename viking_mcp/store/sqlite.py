@@ -67,9 +67,18 @@ _ARCHIVE_COLUMNS = (
     "session_id, archive_no, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
     "abstract, abstract_tokens, overview, overview_renderings, memory_diff, supplied, error, task_id"
 )
-# The same, without the renderings: get_context reads them for one archive only.
-_ARCHIVE_LIGHT_COLUMNS = _ARCHIVE_COLUMNS.replace(
-    "overview, overview_renderings", "'' AS overview, '[]' AS overview_renderings"
+# The same, for get_context's list of every archive of a session: none of the large
+# columns (it reads the renderings of one archive only), and nothing stored after them
+# that it does not need, since reading a column past a large value walks the row's
+# overflow pages: a failed archive's error is read, no other's.
+_ARCHIVE_LIGHT_COLUMNS = (
+    "session_id, archive_no, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
+    "abstract, abstract_tokens, '' AS overview, '[]' AS overview_renderings, NULL AS memory_diff, "
+    "'{}' AS supplied, CASE WHEN status = 'failed' THEN error END AS error, NULL AS task_id"
+)
+# The latest completed archive, for get_context: its overview and renderings as well.
+_ARCHIVE_CONTEXT_COLUMNS = _ARCHIVE_LIGHT_COLUMNS.replace(
+    "'' AS overview, '[]' AS overview_renderings", "overview, overview_renderings"
 )
 _TASK_COLUMNS = (
     "task_id, task_type, status, session_id, archive_no, created_at, updated_at, result, error, owner, attempts, "
@@ -159,6 +168,15 @@ def _archive_row(row: sqlite3.Row) -> ArchiveRow:
         error=row["error"],
         task_id=row["task_id"],
     )
+
+
+def _archive_listing_row(row: tuple[Any, ...]) -> ArchiveRow:
+    """An archive as `_ARCHIVE_LIGHT_COLUMNS` reads it: no overview, renderings, diff or supplied."""
+    # Positional, in ArchiveRow's field order (the columns' order): the fastest way to build one.
+    return ArchiveRow(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
+        "", [], None, {}, row[15], None,
+    )  # fmt: skip
 
 
 def _task_row(row: sqlite3.Row) -> TaskRow:
@@ -650,21 +668,22 @@ class SQLiteStore:
         with self._read() as conn:
             if not conn.execute("SELECT 1 FROM sessions WHERE session_id = ?", (session_id,)).fetchone():
                 return None
-            archives = [
-                _archive_row(r)
-                for r in conn.execute(
-                    f"SELECT {_ARCHIVE_LIGHT_COLUMNS} FROM archives WHERE session_id = ? ORDER BY archive_no",
-                    (session_id,),
-                )
-            ]
-            latest = next((a for a in reversed(archives) if a.status == "completed"), None)
+            listing = conn.cursor()
+            listing.row_factory = None  # plain tuples: a thousand archives are read on every call
+            listing.execute(
+                f"SELECT {_ARCHIVE_LIGHT_COLUMNS} FROM archives WHERE session_id = ? ORDER BY archive_no",
+                (session_id,),
+            )
+            archives = [_archive_listing_row(r) for r in listing]
+            latest_index = next((i for i in reversed(range(len(archives))) if archives[i].status == "completed"), None)
             after_seq = 0
-            if latest is not None:
+            if latest_index is not None:
+                latest = archives[latest_index]
                 full = conn.execute(
-                    f"SELECT {_ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? AND archive_no = ?",
+                    f"SELECT {_ARCHIVE_CONTEXT_COLUMNS} FROM archives WHERE session_id = ? AND archive_no = ?",
                     (session_id, latest.number),
                 ).fetchone()
-                archives[archives.index(latest)] = _archive_row(full)
+                archives[latest_index] = _archive_row(full)
                 after_seq = latest.last_seq
             rows = conn.execute(
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq",
