@@ -158,4 +158,15 @@ MIGRATIONS.append(
     ]
 )
 
+MIGRATIONS.append(
+    # 4: the check that makes a Phase 2 task runnable (every earlier archive of its session
+    # done) reads only this index. Archive rows hold their summaries, tens of kB each, and
+    # a WITHOUT ROWID table reads a whole row to compare keys on a search: without the
+    # index, a claim read every earlier archive in full for every queued task, taking
+    # seconds once a few hundred tasks were queued, on every worker's look at the queue.
+    [
+        "CREATE INDEX archives_by_status ON archives (session_id, archive_no, status)",
+    ]
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
