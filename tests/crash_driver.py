@@ -100,7 +100,7 @@ def _stream(command: dict[str, Any], out: int) -> None:
         roll = rng.random()
         if roll < 0.08 and resend:  # a client retrying an add it never saw answered
             session, message_id = resend.pop()
-        elif roll < 0.86:
+        elif roll < 0.9:
             session, message_id = rng.choice(sessions), f"{command['tag']}-{number:04d}"
         else:
             session = rng.choice(sessions)

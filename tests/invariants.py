@@ -40,6 +40,7 @@ class Ledger:
     acknowledged: set[str] = field(default_factory=set)
     # (session, archive id) -> messages it archived, as each successful commit said
     archives: dict[tuple[str, str], int] = field(default_factory=dict)
+    retried: int = 0  # failed archives queued again with retry_archive
 
     def send(self, session: str, message_id: str) -> None:
         assert self.sent.setdefault(message_id, session) == session, f"{message_id} reused across sessions"
@@ -168,7 +169,7 @@ def _check_archive_state(
         assert status == "skipped", f"{name} has status {status}"
 
 
-async def settle_over_stdio(home: Path, ledger: Ledger, timeout: float = 180.0) -> Checked:
+async def settle_over_stdio(home: Path, ledger: Ledger, timeout: float = 600.0) -> Checked:
     """Start the real server on `home` and do what an agent would until every archive is done:
     commit each session, and when that says FAILED_PRECONDITION, retry the archive it names.
     Then read everything back through the tools and check it against the ledger."""

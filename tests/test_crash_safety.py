@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -142,6 +143,8 @@ def replay(lines: list[str], ledger: Ledger, log: Path) -> str:
             if fields[1] != "-":
                 ledger.committed(fields[0], fields[1], int(fields[2]))
             moment = "between calls"
+        elif kind == "r":
+            ledger.retried += 1
         elif kind == "idle":
             moment = "idle (worker only)"
     return moment
@@ -224,7 +227,7 @@ def test_engine_processes_killed_hundreds_of_times(tmp_path: Path) -> None:
 
     settle_started = time.monotonic()
     settled = anyio.run(settle_over_stdio, home, ledger)
-    final = final_check(home, ledger)
+    final, taken_over = final_check(home, ledger)
     settle_seconds = time.monotonic() - settle_started
     report(
         "engine processes killed",
@@ -236,6 +239,8 @@ def test_engine_processes_killed_hundreds_of_times(tmp_path: Path) -> None:
             "acknowledged messages checked, summed over checks": messages_checked,
             "messages sent / acknowledged": f"{len(ledger.sent)} / {len(ledger.acknowledged)}",
             "archives at the end": final.archives["completed"],
+            "Phase 2 tasks taken over (claimed again after their process died)": taken_over,
+            "failed archives retried by engine processes": ledger.retried,
             "failed archives retried at the end": settled.archives["retried"],
             "kill loop seconds (of which checking)": f"{loop_seconds:.1f} ({check_seconds:.1f})",
             "final restart, settle and check seconds": round(settle_seconds, 1),
@@ -243,28 +248,40 @@ def test_engine_processes_killed_hundreds_of_times(tmp_path: Path) -> None:
     )
 
 
-def final_check(home: Path, ledger: Ledger) -> Checked:
+def final_check(home: Path, ledger: Ledger) -> tuple[Checked, int]:
+    """The full check once everything settled; also how many Phase 2 tasks were claimed
+    more than once, that is taken over from a killed process."""
     engine = Engine(Settings(home=home))
     try:
         checked = check_store(engine, ledger)
+        tasks = engine.store.list_tasks("session_commit", None, None, 1_000_000)
     finally:
         engine.close()
     assert set(checked.archives) == {"completed"}, checked.archives
     assert checked.to_take_over == 0
-    return checked
+    return checked, sum(t.attempts > 1 for t in tasks)
 
 
 # --- the real server ------------------------------------------------------------------------
+
+
+UNREACHABLE_LLM = {
+    "VIKING_MCP_LLM_MODEL": "nobody-home",
+    "VIKING_MCP_LLM_BASE_URL": "http://127.0.0.1:9/v1",  # the discard port: nothing listens
+    "VIKING_MCP_LLM_API_KEY": "unused",
+    "VIKING_MCP_LLM_MAX_ATTEMPTS": "1",
+    "VIKING_MCP_LLM_TIMEOUT_SECONDS": "2",
+}
 
 
 class RawServer:
     """`python -m viking_mcp` spoken to over raw JSON-RPC, so that requests can be pipelined
     and the process killed by its pid at any moment."""
 
-    def __init__(self, home: Path, log: IO[str]) -> None:
+    def __init__(self, home: Path, log: IO[str], **env: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "viking_mcp"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=REPO, env=server_env(home),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=REPO, env=server_env(home, **env),
         )  # fmt: skip
         self.responses: dict[int, dict[str, Any]] = {}
         self.arrived = threading.Condition()
@@ -323,6 +340,13 @@ class RawServer:
             with suppress(OSError):
                 self.proc.stdin.close()
 
+    def failed_archive(self, request_id: int) -> str | None:
+        """The archive a commit's FAILED_PRECONDITION error says to retry, if it said that."""
+        result = self.responses.get(request_id, {}).get("result", {})
+        text = "".join(c.get("text", "") for c in result.get("content", [])) if result.get("isError") else ""
+        found = re.search(r"FAILED_PRECONDITION.*archive_id=(archive_\d+)", text)
+        return found.group(1) if found else None
+
     def result(self, request_id: int) -> dict[str, Any] | None:
         """The tool result, if the request was answered successfully before the kill."""
         response = self.responses.get(request_id)
@@ -330,6 +354,9 @@ class RawServer:
             return None
         structured: dict[str, Any] = response["result"]["structuredContent"]
         return structured
+
+
+RETRY_IDS = 100_000  # request ids of retry_archive calls: the commit's id plus this
 
 
 def stream(
@@ -342,10 +369,13 @@ def stream(
         if number > window and not server.wait_for(number - window):
             break
         session = rng.choice(SESSIONS[:2])
-        if rng.random() < 0.08:
+        if rng.random() < 0.08:  # an agent commits and reads the answer before going on
             keep = rng.choice((0, 1, 3))
             sent[number] = ("commit", session)
             alive = server.tool(number, "commit", {"session_id": session, "keep_recent_count": keep})
+            if alive and server.wait_for(number) and (failed := server.failed_archive(number)):
+                sent[RETRY_IDS + number] = ("retry", session, failed)  # do what FAILED_PRECONDITION says
+                alive = server.tool(RETRY_IDS + number, "retry_archive", {"session_id": session, "archive_id": failed})
         else:
             if resend and rng.random() < 0.1:
                 session, message_id = resend.pop()
@@ -364,7 +394,7 @@ def test_the_real_server_killed_at_random_moments(tmp_path: Path) -> None:
     deadline = time.monotonic() + SECONDS * 0.4
     started = time.monotonic()
     moments: Counter[str] = Counter()
-    kills = in_phase2 = messages_checked = commits_acknowledged = 0
+    kills = in_phase2 = messages_checked = commits_acknowledged = servers_with_failing_llm = 0
     ledger = Ledger()
     home = tmp_path / "home"
     log_path = tmp_path / "server.log"
@@ -372,7 +402,11 @@ def test_the_real_server_killed_at_random_moments(tmp_path: Path) -> None:
     with log_path.open("w") as log:
         try:
             while kills < SERVER_KILLS and time.monotonic() < deadline:
-                server = RawServer(home, log)
+                # Every third server has an LLM endpoint that refuses connections: its Phase 2
+                # fails, visibly, and the archives wait for retry_archive.
+                unreachable_llm = kills % 3 == 1
+                server = RawServer(home, log, **(UNREACHABLE_LLM if unreachable_llm else {}))
+                servers_with_failing_llm += unreachable_llm
                 sent: dict[int, tuple[str, ...]] = {}
                 writer: threading.Thread | None = None
                 try:
@@ -401,6 +435,8 @@ def test_the_real_server_killed_at_random_moments(tmp_path: Path) -> None:
                         ledger.send(what[1], what[2])
                         if server.result(request_id) is not None:
                             ledger.acknowledge(what[1], what[2])
+                    elif what[0] == "retry":
+                        ledger.retried += server.result(request_id) is not None
                     elif (committed := server.result(request_id)) is not None and committed["archive_id"]:
                         ledger.committed(what[1], committed["archive_id"], committed["archived"])
                         commits_acknowledged += 1
@@ -417,7 +453,7 @@ def test_the_real_server_killed_at_random_moments(tmp_path: Path) -> None:
 
     settle_started = time.monotonic()
     settled = anyio.run(settle_over_stdio, home, ledger)
-    final = final_check(home, ledger)
+    final, taken_over = final_check(home, ledger)
     settle_seconds = time.monotonic() - settle_started
     report(
         "real stdio server killed",
@@ -429,7 +465,9 @@ def test_the_real_server_killed_at_random_moments(tmp_path: Path) -> None:
             "messages sent / acknowledged": f"{len(ledger.sent)} / {len(ledger.acknowledged)}",
             "commits acknowledged": commits_acknowledged,
             "archives at the end": final.archives["completed"],
-            "failed archives retried at the end": settled.archives["retried"],
+            "Phase 2 tasks taken over (claimed again after their process died)": taken_over,
+            "servers started with an unreachable LLM endpoint (their Phase 2 fails)": servers_with_failing_llm,
+            "failed archives retried by the client / at the end": f"{ledger.retried} / {settled.archives['retried']}",
             "kill loop seconds": round(loop_seconds, 1),
             "final restart, settle and check seconds": round(settle_seconds, 1),
         },
