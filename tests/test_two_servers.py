@@ -9,7 +9,7 @@ messages hold every message, no archive number returned by two commits, each com
 count matching its archive, every archive's Phase 2 done once and in order, and both
 servers reading back the same thing.
 
-Knobs: VIKING_TWO_SERVERS_STEPS (steps per agent, default 60).
+Knobs: VIKING_TWO_SERVERS_STEPS (steps per agent, default 100).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from viking_mcp.models import archive_id
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-STEPS = int(os.environ.get("VIKING_TWO_SERVERS_STEPS", "60"))
+STEPS = int(os.environ.get("VIKING_TWO_SERVERS_STEPS", "100"))
 AGENTS = 3  # per server
 SHARED = ["shared-1", "shared-2"]
 
