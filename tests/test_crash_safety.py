@@ -12,7 +12,8 @@ After every kill the directory is checked (tests/invariants.py): every acknowled
 message is stored exactly once, live or in exactly one archive; nothing reads back torn;
 no archive is wedged; get_context works. At the end the real server is started once more
 and, doing what an agent would (commit; retry_archive what FAILED_PRECONDITION names),
-brings every archive to done, and the tools read it all back.
+brings every archive to done, and the tools read it all back; the tree is exported as
+files and imported into a new directory, which passes the same checks.
 
 Knobs: VIKING_CRASH_KILLS (engine-process kills, default 300), VIKING_CRASH_SERVER_KILLS
 (default 12), VIKING_CRASH_SECONDS (time budget of both kill loops, default 75; a loop
@@ -46,6 +47,7 @@ from tests.crash_driver import content_for
 from tests.invariants import Checked, Ledger, check_store, settle_over_stdio
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
+from viking_mcp.engine.transfer import export_tree, import_tree
 
 pytestmark = pytest.mark.slow
 
@@ -249,16 +251,27 @@ def test_engine_processes_killed_hundreds_of_times(tmp_path: Path) -> None:
 
 
 def final_check(home: Path, ledger: Ledger) -> tuple[Checked, int]:
-    """The full check once everything settled; also how many Phase 2 tasks were claimed
-    more than once, that is taken over from a killed process."""
+    """The full check once everything settled, and the whole viking:// tree exported as
+    files and imported into a new directory (the import refuses anything inconsistent).
+    Also returns how many Phase 2 tasks were claimed more than once: taken over from a
+    killed process."""
     engine = Engine(Settings(home=home))
     try:
         checked = check_store(engine, ledger)
         tasks = engine.store.list_tasks("session_commit", None, None, 1_000_000)
+        exported = export_tree(engine, home.parent / "export")
     finally:
         engine.close()
     assert set(checked.archives) == {"completed"}, checked.archives
     assert checked.to_take_over == 0
+    assert exported.messages == checked.messages and exported.archives == checked.archives["completed"]
+    copy = Engine(Settings(home=home.parent / "imported"))
+    try:
+        imported = import_tree(copy, home.parent / "export")
+        assert imported.model_dump(exclude={"directory"}) == exported.model_dump(exclude={"directory"})
+        check_store(copy, ledger)
+    finally:
+        copy.close()
     return checked, sum(t.attempts > 1 for t in tasks)
 
 
