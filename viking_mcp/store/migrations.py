@@ -161,7 +161,10 @@ MIGRATIONS.append(
 MIGRATIONS.append(
     # 4: get_context lists every archive of a session; this index holds all it reads of
     # them, so the listing never touches the archive rows, whose overviews and memory
-    # diffs make them large (15 ms for 200 archives without it, 0.3 ms with it).
+    # diffs make them large (15 ms for 200 archives without it, 0.3 ms with it). The
+    # check that makes a Phase 2 task runnable (every earlier archive of its session done)
+    # reads it too: without it, a claim read every earlier archive in full for every
+    # queued task, seconds once a few hundred tasks were queued (found by the crash soak).
     [
         """CREATE INDEX archives_listing ON archives (
             session_id, archive_no, status, first_seq, last_seq, message_count, tokens, created_at, done_at,

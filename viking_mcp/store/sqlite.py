@@ -92,6 +92,17 @@ _MEMORY_COLUMNS = (
 _MEMORY_FROM = "memories m LEFT JOIN context_usage u ON u.account_id = m.account_id AND u.uri = m.uri"
 
 
+# Phase 2 tasks that may run now: pending, or running for an owner that may be gone, and
+# every earlier archive of the session done. The NOT EXISTS reads only archives_by_status.
+RUNNABLE_PHASE2 = (
+    "SELECT t.task_id, t.status, t.owner, t.lease_until FROM tasks t "
+    "WHERE t.task_type = 'session_commit' AND t.status IN ('pending', 'running') "
+    "AND NOT EXISTS (SELECT 1 FROM archives b WHERE b.session_id = t.session_id "
+    "AND b.archive_no < t.archive_no AND b.status NOT IN ('completed', 'skipped')) "
+    "ORDER BY t.created_at, t.rowid LIMIT 64"
+)
+
+
 def _memory_row(row: sqlite3.Row) -> StoredMemory:
     return StoredMemory(
         uri=row["uri"],
@@ -736,18 +747,11 @@ class SQLiteStore:
         A task is runnable only when every earlier archive of its session is done, so that
         Phase 2 of archive N+1 never finishes before archive N's.
         """
-        runnable = (
-            "SELECT t.task_id, t.status, t.owner, t.lease_until FROM tasks t "
-            "WHERE t.task_type = 'session_commit' AND t.status IN ('pending', 'running') "
-            "AND NOT EXISTS (SELECT 1 FROM archives b WHERE b.session_id = t.session_id "
-            "AND b.archive_no < t.archive_no AND b.status NOT IN ('completed', 'skipped')) "
-            "ORDER BY t.created_at, t.rowid LIMIT 64"
-        )
         # Look first without the write lock: an idle server must not take it every few seconds.
         with self._read() as conn:
             found = [
                 (task_id, status, current)
-                for task_id, status, current, lease in conn.execute(runnable)
+                for task_id, status, current, lease in conn.execute(RUNNABLE_PHASE2)
                 if status == "pending" or owner_is_gone(current, lease or 0.0)
             ]
         if not found:
