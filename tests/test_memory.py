@@ -107,6 +107,27 @@ def test_entities_merge_by_name(engine: Engine) -> None:
     assert bea.content == "- Lives in Porto.\n- Works as a nurse."
 
 
+def test_a_memory_merged_at_every_commit_stays_bounded(engine: Engine) -> None:
+    """An entity mentioned in every archive of a long session: the oldest lines go past the
+    caps, so the memory and each archive's memory diff (its before and after) stay small."""
+    from viking_mcp.memory.merge import MAX_CONTENT_CHARS, MAX_CONTENT_LINES
+
+    for n in range(MAX_CONTENT_LINES + 15):
+        diff = commit_memories(engine, "s", [{"category": "entities", "name": "Bea", "abstract": "Bea: Ada's sister.",
+                                              "content": f"- Fact {n:03d}: " + "x" * 40}])  # fmt: skip
+    [bea] = stored(engine, "entities")
+    lines = bea.content.splitlines()
+    assert len(lines) == MAX_CONTENT_LINES and len(bea.content) <= MAX_CONTENT_CHARS
+    assert lines[0].startswith("- Fact 015:") and lines[-1].startswith(f"- Fact {MAX_CONTENT_LINES + 14:03d}:")
+    [update] = diff["updates"]
+    assert len(json.dumps(update)) < 3 * MAX_CONTENT_CHARS
+    long_line = "y" * (MAX_CONTENT_CHARS // 4)
+    commit_memories(engine, "s", [{"category": "entities", "name": "Bea", "abstract": "Bea: Ada's sister.",
+                                   "content": "\n".join(f"- {i} {long_line}" for i in range(6))}])  # fmt: skip
+    [bea] = stored(engine, "entities")
+    assert len(bea.content) <= MAX_CONTENT_CHARS and bea.content.splitlines()[-1].startswith("- 5 ")
+
+
 def test_cases_are_never_merged_and_patterns_merge_when_similar(engine: Engine) -> None:
     cases = [
         {"category": "cases", "abstract": "pip install failed offline: used the wheel cache."},

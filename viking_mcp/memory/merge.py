@@ -6,9 +6,13 @@ transaction, checking each updated memory's version, so two processes extracting
 the same user at once cannot silently overwrite each other (the loser retries).
 
 For every merged category the rule is the same: the newest abstract wins, the overview
-is the newest one given, and the content keeps every distinct line it ever had (so a
+is the newest one given, and the content keeps every distinct line it was given (so a
 restated preference is updated, with its history, and a fact that arrives twice is
-stored once). Tools and skills also sum their usage counters.
+stored once), up to MAX_CONTENT_LINES lines and MAX_CONTENT_CHARS characters: past
+either, the oldest lines go first, so that a memory merged at every commit of a long
+session (an entity mentioned in every archive) stays readable, and so does each
+archive's memory diff, which holds its before and after. Tools and skills also sum
+their usage counters.
 """
 
 from __future__ import annotations
@@ -87,14 +91,22 @@ def _lines(text: str) -> list[str]:
     return [line.rstrip() for line in text.splitlines() if line.strip()]
 
 
+MAX_CONTENT_LINES = 60
+MAX_CONTENT_CHARS = 6_000
+
+
 def _union(existing: str, new: str) -> str:
-    """Every distinct line, the existing ones first."""
+    """Every distinct line, the existing ones first; the oldest dropped past the caps."""
     seen = {normalized(line) for line in _lines(existing)}
     merged = _lines(existing)
     for line in _lines(new):
         if normalized(line) not in seen:
             seen.add(normalized(line))
             merged.append(line)
+    merged = merged[-MAX_CONTENT_LINES:]
+    size = sum(len(line) + 1 for line in merged)
+    while len(merged) > 1 and size > MAX_CONTENT_CHARS:
+        size -= len(merged.pop(0)) + 1
     return "\n".join(merged)
 
 
