@@ -6,7 +6,7 @@ import itertools
 import json
 import re
 import zipfile
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from tests.conftest import REPO
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
-from viking_mcp.summarize.extractive import ExtractiveSummariser, split_sentences
+from viking_mcp.summarize.dates import resolve_relative_dates, strip_date_notes
+from viking_mcp.summarize.extractive import ExtractiveSummariser, clean_sentence, split_sentences
 
 LOCOMO = REPO.parent / "shared" / "data" / "locomo10.zip"
 
@@ -174,8 +175,17 @@ def test_relative_dates_are_written_out_from_when_they_were_said() -> None:
         "2023-05-08T14:00:00Z",
     )
     overview = summary.overviews[0]
-    assert "yesterday (7 May 2023)" in overview
-    assert "last Friday (5 May 2023)" in overview
+    written_out = {
+        "yesterday": "yesterday (7 May 2023)",
+        "last Friday": "last Friday (5 May 2023)",
+        "last month": "last month (April 2023)",
+        "last year": "last year (2022)",
+        "last week": "last week (the week before 8 May 2023)",
+    }
+    kept = [said for said in written_out if said in overview]
+    assert len(kept) >= 3, overview  # the newest section keeps most of what was said
+    for said in kept:
+        assert written_out[said] in overview
     assert "## archive_001 · 8 May 2023" in overview
 
 
@@ -198,6 +208,9 @@ def test_relative_dates_are_written_out_from_when_they_were_said() -> None:
         ),  # vague stays vague
         ("Back in January it snowed.", "Back in January it snowed."),  # nothing relative: left alone
         ("yesterday (7 May 2023)", "yesterday (7 May 2023)"),  # never twice
+        ("We hiked this past weekend.", "We hiked this past weekend (the weekend before 8 May 2023)."),
+        ("This weekend I will hike.", "This weekend I will hike."),  # said on a Monday: maybe the next one
+        ("We go on the weekend.", "We go on the weekend."),
     ],
 )
 def test_relative_dates_resolve_against_the_day_they_were_said(said: str, resolved: str) -> None:
@@ -272,3 +285,28 @@ def test_get_context_is_never_over_its_budget(locomo_engine: Engine, budget: int
     assert context.stats.archiveTokens - sum(
         locomo_engine.tokens.count(a.abstract) for a in context.pre_archive_abstracts
     ) == max(fitting, default=0)
+
+
+@pytest.mark.parametrize(
+    ("said", "kept"),
+    [
+        ("Wow, I finally finished the marathon.", "I finally finished the marathon."),
+        ("Oh, wow! Great Barrier Reef was amazing.", "Great Barrier Reef was amazing."),
+        ("Haha, that was a long day at work.", "That was a long day at work."),
+        ("Great Barrier Reef was the best dive.", "Great Barrier Reef was the best dive."),  # a name, not "Great!"
+        ("Yes Man is the movie I liked.", "Yes Man is the movie I liked."),
+        ("OK Computer by Radiohead is on repeat.", "OK Computer by Radiohead is on repeat."),
+        ("Sure enough it rained all week.", "Sure enough it rained all week."),
+    ],
+)
+def test_only_interjections_followed_by_punctuation_are_cut(said: str, kept: str) -> None:
+    assert clean_sentence(said, None) == kept
+
+
+def test_scoring_reads_past_the_written_out_dates() -> None:
+    """The dates written beside "yesterday" are for the reader: a dated line of small talk
+    must not outrank a fact for them."""
+    said = date(2023, 5, 8)
+    for text in ("I went to a pottery workshop in Porto yesterday with Ines.", "We moved last month to Braga."):
+        resolved = resolve_relative_dates(text, said)
+        assert resolved != text and strip_date_notes(resolved) == text

@@ -115,7 +115,9 @@ def _extract(
     else:
         generated = summariser.summarise(archive)
         summary = ArchiveSummary(
-            abstract=abstract or generated.abstract, overviews=[overview] if overview else generated.overviews
+            abstract=abstract or generated.abstract,
+            overviews=[overview] if overview else generated.overviews,
+            overview_tokens=[] if overview else generated.overview_tokens,  # counted once, while rendering
         )
     if agent_memories is not None:
         return Extraction(summary, agent_memories + usage)

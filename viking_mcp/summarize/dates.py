@@ -69,7 +69,11 @@ def _resolve(match: re.Match[str], said: date) -> str | None:
     if kind == "lastweekend":
         return f"the weekend before {day(said)}"
     if kind == "thisweekend":
-        return f"the weekend of {day(said)}" if said.weekday() >= 5 else f"the weekend before {day(said)}"
+        # "this weekend" said on a weekday may be the next one ("this weekend I'll hike"),
+        # and "the weekend" either: a wrong date is worse than none, so only the sure cases.
+        if text == "this past weekend":
+            return f"the weekend before {day(said)}"
+        return f"the weekend of {day(said)}" if text == "this weekend" and said.weekday() >= 5 else None
     if kind == "lastweek":
         return f"the week before {day(said)}"
     if kind == "nextweek":
@@ -95,6 +99,19 @@ def _resolve(match: re.Match[str], said: date) -> str | None:
             return _month(said, -count)
         return str(said.year - count)
     return None
+
+
+# What resolve_relative_dates writes beside an expression: "(7 May 2023)", "(April 2023)",
+# "(2022)", "(the week before 8 May 2023)", "(a few weeks before 15 July 2023)".
+_NOTE = re.compile(
+    r" \((?:the (?:week|weekend) (?:before|after|of) |(?:a )?(?:few|couple of) \w+ before )?"
+    r"(?:\d{1,2} )?(?:[A-Z][a-z]+ )?\d{4}\)"
+)
+
+
+def strip_date_notes(text: str) -> str:
+    """`text` without the dates resolve_relative_dates wrote into it: what was said."""
+    return _NOTE.sub("", text)
 
 
 def resolve_relative_dates(text: str, said: date | None) -> str:

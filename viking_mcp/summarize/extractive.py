@@ -25,7 +25,7 @@ from datetime import date
 
 from viking_mcp.models import ContextPart, Message, TextPart, ToolPart
 from viking_mcp.summarize.base import ArchiveInput, ArchiveSummary
-from viking_mcp.summarize.dates import day, parse_day, resolve_relative_dates
+from viking_mcp.summarize.dates import day, parse_day, resolve_relative_dates, strip_date_notes
 from viking_mcp.tokens import TokenCounter
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
@@ -36,12 +36,14 @@ _SPEAKER_PREFIX = re.compile(r"^([A-Z][\w'-]*(?: [A-Z][\w'-]*){0,2}):\s")
 # What the summariser itself puts before a sentence; only this is stripped for scoring.
 _ROLE_PREFIX = re.compile(r"^(?:User|Assistant): ")
 # Interjections that open a sentence and say nothing: "Wow, ", "Oh yeah! ", "Haha, ".
-_OPENER = re.compile(
-    r"^(?:(?:oh+|ah+|aw+|ooh+|wow+|whoa|yeah|yep|yes|hey|hi|hello|haha+|hehe|lol|omg|um+|uh+|well|ok|okay|"
+# Only a run that ends in punctuation: "Great Barrier Reef", "Sure enough" and "OK Computer"
+# start with such a word too.
+_INTERJECTION = (
+    r"(?:oh+|ah+|aw+|ooh+|wow+|whoa|yeah|yep|yes|hey|hi|hello|haha+|hehe|lol|omg|um+|uh+|well|ok|okay|"
     r"cool|great|nice|sweet|awesome|amazing|thanks|thank you|totally|absolutely|definitely|sure|right|"
-    r"exactly|true|indeed|gosh|geez|man|dude|hmm+)\b[\s,!.…-]*)+",
-    re.IGNORECASE,
+    r"exactly|true|indeed|gosh|geez|man|dude|hmm+)\b"
 )
+_OPENER = re.compile(rf"^(?:{_INTERJECTION}[\s,!.…-]*)*{_INTERJECTION}\s*[,!.…-]+\s*", re.IGNORECASE)
 _MONTHS = {
     "january", "february", "march", "april", "may", "june", "july", "august", "september",
     "october", "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday",
@@ -232,7 +234,9 @@ def _features(sentence: str) -> _Features | None:
     sentences come back at every commit. None for a sentence too short to tell anything."""
     if sentence in _FEATURE_CACHE:
         return _FEATURE_CACHE[sentence]
-    text = _ROLE_PREFIX.sub("", sentence, count=1)  # says who, not what
+    # Scored on what was said: the role prefix says who, and the dates written beside
+    # "yesterday" are for the reader (scoring them would favour every dated small-talk line).
+    text = strip_date_notes(_ROLE_PREFIX.sub("", sentence, count=1))
     words = _WORD.findall(text)
     found: _Features | None = None
     if len(words) >= 4:
