@@ -90,6 +90,23 @@ def test_delete_removes_everything_of_the_session(engine: Engine) -> None:
     assert engine.add_message("s", "user", content="again").session_created is True
 
 
+def test_context_uris_are_bounded_and_a_long_one_never_breaks_phase_2(engine: Engine) -> None:
+    """Found in review: on PostgreSQL a 4 kB context URI failed Phase 2 at every try (too
+    long for the usage counters' index) and wedged the session until skipped."""
+    from viking_mcp.engine.engine import MAX_CONTEXT_URI_BYTES
+
+    engine.add_message("s", "user", content="hello")
+    longest = "https://example.com/" + "é" * ((MAX_CONTEXT_URI_BYTES - 20) // 2)
+    assert len(longest.encode()) == MAX_CONTEXT_URI_BYTES
+    with pytest.raises(InvalidArgument, match="context URI"):
+        engine.record_usage("s", contexts=[longest + "x"])
+    assert engine.store.usage("s").contexts == []
+    engine.record_usage("s", contexts=[longest])
+    commit = engine.commit("s")
+    engine.run_pending_phase2()
+    assert engine.get_task(commit.task_id or "").status == "completed"
+
+
 # --- messages ---------------------------------------------------------------------------------
 
 

@@ -92,6 +92,9 @@ _LIVE_OWNERS_LOCK = threading.Lock()
 PHASE2_LEASE_SECONDS = 600.0
 # Tries of one Phase 2 task that breaks outside the summariser before it is marked failed.
 MAX_PHASE2_ATTEMPTS = 3
+# A context URI is a key of the usage counters (in PostgreSQL, of a b-tree index, which
+# holds at most about 2.7 kB): a URI longer than any real one is refused, not stored.
+MAX_CONTEXT_URI_BYTES = 2_000
 
 
 def _pid_alive(pid: int) -> bool:
@@ -372,6 +375,12 @@ class Engine:
         uris = list(contexts or [])
         if not all(isinstance(u, str) and u for u in uris):
             raise InvalidArgument("contexts must be a list of non-empty URI strings")
+        for uri in uris:
+            if len(uri.encode("utf-8", "surrogatepass")) > MAX_CONTEXT_URI_BYTES:
+                raise InvalidArgument(
+                    f"a context URI is {len(uri.encode('utf-8', 'surrogatepass')):,} bytes long; "
+                    f"the most is {MAX_CONTEXT_URI_BYTES:,}: pass the resource's URI, not its content"
+                )
         skill_data: dict[str, Any] | None = None
         if skill is not None:
             from pydantic import ValidationError

@@ -168,8 +168,12 @@ class ServerState:
             from viking_mcp.engine import Engine, Phase2Worker
 
             engine = Engine(self.settings)
-            worker = Phase2Worker(engine, threads=self.settings.phase2_workers)
-            worker.start()
+            try:
+                worker = Phase2Worker(engine, threads=self.settings.phase2_workers)
+                worker.start()
+            except BaseException:
+                engine.close()
+                raise
             self.engine, self.worker = engine, worker
             logger.info("viking-mcp %s serving data in %s", __version__, self.settings.store_label)
         except BaseException as exc:
@@ -198,6 +202,8 @@ def describe_open_error(exc: BaseException, settings: Settings) -> str:
     """One line saying why the data directory could not be opened, and what to do."""
     if isinstance(exc, VikingError):
         return str(exc)
+    if settings.store is not None:
+        return f"cannot open the store {settings.store_label}: {type(exc).__name__}: {exc}; check VIKING_MCP_STORE"
     if isinstance(exc, OSError):
         return f"cannot use the data directory {settings.home}: {exc}; set VIKING_MCP_HOME or --home"
     return f"cannot open the data directory {settings.home}: {type(exc).__name__}: {exc}"
@@ -300,7 +306,8 @@ def build_server(
         finally:
             if opener is not None:
                 state.wanted.set()  # stopping before the delay: open now, to report what fails
-                await anyio.to_thread.run_sync(opener.join)
+                # Bounded: a store that cannot be reached must not keep the server from leaving.
+                await anyio.to_thread.run_sync(lambda: opener.join(OPEN_WAIT_SECONDS))
             worker, current = state.worker, state.engine
             state.worker = None
             if worker is not None:

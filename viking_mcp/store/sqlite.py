@@ -93,7 +93,7 @@ _MEMORY_FROM = "memories m LEFT JOIN context_usage u ON u.account_id = m.account
 
 
 # Phase 2 tasks that may run now: pending, or running for an owner that may be gone, and
-# every earlier archive of the session done. The NOT EXISTS reads only archives_by_status.
+# every earlier archive of the session done. The NOT EXISTS reads only the archives_listing index.
 RUNNABLE_PHASE2 = (
     "SELECT t.task_id, t.status, t.owner, t.lease_until FROM tasks t "
     "WHERE t.task_type = 'session_commit' AND t.status IN ('pending', 'running') "
