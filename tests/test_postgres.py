@@ -29,6 +29,7 @@ from viking_mcp.errors import FailedPrecondition, InvalidArgument
 from viking_mcp.models import utc_now
 from viking_mcp.store.pg_migrations import SCHEMA_VERSION
 from viking_mcp.store.postgres import PostgresStore
+from viking_mcp.store.urls import redacted
 
 
 def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -308,3 +309,15 @@ def test_export_from_sqlite_import_into_postgresql_gives_the_same_context(url: s
     again = cli("--home", str(tmp_path / "again"), "import", str(tmp_path / "back"), home=home)
     assert again.returncode == 0, again.stderr
     assert [context("--home", str(tmp_path / "again"), budget=b) for b in budgets] == before
+
+
+# --- review fixes: errors, the queue, the pool, the migration lock, redaction ----------------------
+
+
+def test_a_password_in_the_query_string_is_redacted() -> None:
+    assert redacted("postgresql://u@db/x?password=s3cret") == "postgresql://u@db/x?password=***"
+    shown = redacted("postgresql://u:pw@db:5432/v?sslmode=require&PassWord=s3cret&application_name=a")
+    assert "s3cret" not in shown and ":pw@" not in shown and "sslmode=require" in shown
+    assert "application_name=a" in shown
+    assert redacted("host=db password='s 3cret' user=u") == "host=db password=*** user=u"
+    assert redacted("postgresql://u@db/x?sslmode=require") == "postgresql://u@db/x?sslmode=require"
