@@ -25,7 +25,7 @@ from tests.pg_server import PostgresServer
 from viking_mcp.config import Settings, parse_store
 from viking_mcp.engine import Engine, Phase2Worker
 from viking_mcp.engine.engine import owner_is_gone
-from viking_mcp.errors import FailedPrecondition, InvalidArgument
+from viking_mcp.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from viking_mcp.models import utc_now
 from viking_mcp.store.pg_migrations import SCHEMA_VERSION
 from viking_mcp.store.postgres import PostgresStore
@@ -312,6 +312,19 @@ def test_export_from_sqlite_import_into_postgresql_gives_the_same_context(url: s
 
 
 # --- review fixes: errors, the queue, the pool, the migration lock, redaction ----------------------
+
+
+def test_a_value_too_large_for_an_index_is_resource_exhausted_not_unavailable(url: str) -> None:
+    """SQLSTATE class 54 fails the same way every time: not a "retry" error."""
+    store = PostgresStore(url)
+    try:
+        big = "".join(f"{n:x}/{n * 7919 % 104729:x}" for n in range(3000))  # ~25 KB, hardly compressible
+        with store._write() as cur:
+            cur.execute("CREATE TABLE wide (v TEXT PRIMARY KEY)")
+        with pytest.raises(ResourceExhausted, match="too large"), store._write() as cur:
+            cur.execute("INSERT INTO wide VALUES (%s)", (big,))
+    finally:
+        store.close()
 
 
 def test_a_password_in_the_query_string_is_redacted() -> None:

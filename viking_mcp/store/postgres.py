@@ -42,6 +42,7 @@ from viking_mcp.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
     VikingError,
 )
@@ -252,6 +253,10 @@ def _translate(exc: Exception) -> VikingError:
         isinstance(exc, psycopg.DataError) and "NUL" in str(exc)
     ):
         return InvalidArgument(f"text the database cannot store ({exc}); remove NUL characters")
+    if isinstance(exc, pg_errors.ProgramLimitExceeded):
+        # SQLSTATE class 54 (a value too large for an index row, too many columns, ...): the
+        # same write fails the same way every time, so retrying is no answer.
+        return ResourceExhausted(f"a value is too large for the database to store ({exc}); make it smaller")
     if isinstance(exc, psycopg.OperationalError):
         return Unavailable(f"the PostgreSQL server cannot be reached or refused the work ({exc}); retry")
     return Internal(f"storage error: {type(exc).__name__}: {exc}")
