@@ -27,6 +27,7 @@ from viking_mcp.engine import Engine, Phase2Worker
 from viking_mcp.engine.engine import owner_is_gone
 from viking_mcp.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from viking_mcp.models import utc_now
+from viking_mcp.store.base import Owner
 from viking_mcp.store.pg_migrations import SCHEMA_VERSION
 from viking_mcp.store.postgres import PostgresStore
 from viking_mcp.store.urls import redacted
@@ -323,6 +324,23 @@ def test_a_value_too_large_for_an_index_is_resource_exhausted_not_unavailable(ur
             cur.execute("CREATE TABLE wide (v TEXT PRIMARY KEY)")
         with pytest.raises(ResourceExhausted, match="too large"), store._write() as cur:
             cur.execute("INSERT INTO wide VALUES (%s)", (big,))
+    finally:
+        store.close()
+
+
+def test_pooled_connections_the_server_dropped_are_replaced_not_failed(url: str, tmp_path: Path) -> None:
+    store = PostgresStore(url, pool_size=3)
+    try:
+        store.create_session("kept", Owner("a", "u", "g"), {}, utc_now())
+        killed = query(
+            url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+            "AND datname = current_database() AND backend_type = 'client backend'",
+        )
+        assert killed
+        for _ in range(3):
+            session = store.get_session("kept")
+            assert session is not None and session.session_id == "kept"
     finally:
         store.close()
 

@@ -298,6 +298,9 @@ class PostgresStore:
             kwargs={"autocommit": True, "row_factory": dict_row},
             connection_class=psycopg.Connection[DictRow],
             timeout=connect_timeout,
+            # A pooled connection is checked before it is handed out: after a server restart
+            # (or a dropped connection) the pool reconnects instead of failing one request.
+            check=ConnectionPool.check_connection,
             open=False,
             name="viking-mcp",
         )
