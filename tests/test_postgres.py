@@ -25,7 +25,7 @@ from tests.pg_server import PostgresServer
 from viking_mcp.config import Settings, parse_store
 from viking_mcp.engine import Engine, Phase2Worker
 from viking_mcp.engine.engine import owner_is_gone
-from viking_mcp.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from viking_mcp.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from viking_mcp.models import utc_now
 from viking_mcp.store.base import Owner
 from viking_mcp.store.pg_migrations import SCHEMA_VERSION
@@ -343,6 +343,17 @@ def test_pooled_connections_the_server_dropped_are_replaced_not_failed(url: str,
             assert session is not None and session.session_id == "kept"
     finally:
         store.close()
+
+
+def test_opening_gives_up_when_another_instance_holds_the_migration_lock(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtext('viking-mcp migrate ' || current_schema()))")
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match=r"migrating .*retry"):
+            PostgresStore(url, migrate_timeout=1.0)
+        assert time.monotonic() - started < 10
+        holder.execute("SELECT pg_advisory_unlock_all()")
+    PostgresStore(url, migrate_timeout=1.0).close()
 
 
 def test_a_password_in_the_query_string_is_redacted() -> None:

@@ -99,7 +99,7 @@ _MEMORY_COLUMNS = (
 _MEMORY_FROM = "memories m LEFT JOIN context_usage u ON u.account_id = m.account_id AND u.uri = m.uri"
 _DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
 # Seconds since the epoch, on the database's clock.
-_MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('viking-mcp migrate ' || current_schema()))"
+_MIGRATION_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('viking-mcp migrate ' || current_schema())) AS got"
 # Search weights for name, abstract, overview and content (ts_rank's order is D, C, B, A).
 _RANK_WEIGHTS = "'{0.25, 0.375, 0.75, 1.0}'"
 
@@ -272,8 +272,10 @@ class PostgresStore:
         pool_size: int = 10,
         lease_seconds: float = 30.0,
         connect_timeout: float = 10.0,
+        migrate_timeout: float = 30.0,
     ) -> None:
         self.url = url
+        self._migrate_timeout = migrate_timeout
         self._lease_seconds = lease_seconds
         # Tasks this process has claimed and not yet finished: task id -> (owner, hard deadline
         # on the database clock). The heartbeat renews their leases up to that deadline.
@@ -351,7 +353,16 @@ class PostgresStore:
 
     def _migrate(self) -> None:
         with self._write() as cur:
-            cur.execute(_MIGRATION_LOCK)
+            # Tried, not waited on: an instance stuck while migrating (or a session holding the
+            # lock by hand) must not hang every other instance's start forever.
+            deadline = time.monotonic() + self._migrate_timeout
+            while not (got := cur.execute(_MIGRATION_LOCK).fetchone()) or not got["got"]:
+                if time.monotonic() >= deadline:
+                    raise Unavailable(
+                        f"another instance has been migrating {redacted(self.url)} for over "
+                        f"{self._migrate_timeout:g} s (it holds the migration lock); retry"
+                    )
+                time.sleep(0.1)
             # Checked before creating: an instance whose role may not create tables (the schema
             # migrated by `viking-mcp migrate` under another role) still starts.
             found = cur.execute("SELECT to_regclass('schema_version') IS NOT NULL AS found").fetchone()
