@@ -315,6 +315,18 @@ def test_export_from_sqlite_import_into_postgresql_gives_the_same_context(url: s
 # --- review fixes: errors, the queue, the pool, the migration lock, redaction ----------------------
 
 
+def add_tasks(url: str, *rows: tuple[str, str, str | None, float | None]) -> None:
+    """Phase 2 tasks straight into the table: (task id, status, owner, lease until), oldest first."""
+    for n, (task_id, status, owner, lease) in enumerate(rows):
+        query(
+            url,
+            "INSERT INTO tasks (task_id, task_type, status, session_id, archive_no, created_at, updated_at, "
+            "owner, lease_until) VALUES (%s, 'session_commit', %s, %s, 1, %s, %s, %s, %s)",
+            task_id, status, f"s-{task_id}", f"2026-01-01T00:{n // 60:02d}:{n % 60:02d}Z",
+            f"2026-01-01T00:{n // 60:02d}:{n % 60:02d}Z", owner, lease,
+        )  # fmt: skip
+
+
 def test_a_value_too_large_for_an_index_is_resource_exhausted_not_unavailable(url: str) -> None:
     """SQLSTATE class 54 fails the same way every time: not a "retry" error."""
     store = PostgresStore(url)
@@ -324,6 +336,60 @@ def test_a_value_too_large_for_an_index_is_resource_exhausted_not_unavailable(ur
             cur.execute("CREATE TABLE wide (v TEXT PRIMARY KEY)")
         with pytest.raises(ResourceExhausted, match="too large"), store._write() as cur:
             cur.execute("INSERT INTO wide VALUES (%s)", (big,))
+    finally:
+        store.close()
+
+
+def test_instances_claiming_at_once_each_get_a_different_task(url: str) -> None:
+    stores = [PostgresStore(url, pool_size=2) for _ in range(6)]
+    try:
+        for round_no in range(5):
+            add_tasks(url, *((f"r{round_no}-{n}", "pending", None, None) for n in range(12)))
+            barrier = threading.Barrier(len(stores))
+            got: list[str | None] = []
+
+            def claim(store: PostgresStore, who: int, barrier: threading.Barrier, got: list[str | None]) -> None:
+                barrier.wait(10)
+                task = store.claim_phase2(f"host|{who}|x", utc_now(), time.time() + 600, owner_is_gone)
+                got.append(task.task_id if task else None)
+
+            threads = [threading.Thread(target=claim, args=(s, i, barrier, got)) for i, s in enumerate(stores)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert None not in got and len(set(got)) == len(stores), got
+            query(url, "UPDATE tasks SET status = 'completed', owner = NULL, lease_until = NULL")
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_pending_task_behind_many_running_ones_is_claimed(url: str) -> None:
+    store = PostgresStore(url)
+    try:
+        live = time.time() + 3600
+        add_tasks(
+            url,
+            *((f"busy-{n}", "running", f"far-host|{n}|x", live) for n in range(80)),
+            ("late", "pending", None, None),
+        )
+        task = store.claim_phase2("here|1|x", utc_now(), time.time() + 600, owner_is_gone)
+        assert task is not None and task.task_id == "late"
+    finally:
+        store.close()
+
+
+def test_a_live_lease_is_never_taken_over_whatever_the_pid_check_says(url: str) -> None:
+    """Containers sharing a host name each have their own pid 1: on PostgreSQL only the lease
+    (on the database's clock) tells whether an owner is gone."""
+    store = PostgresStore(url)
+    try:
+        add_tasks(url, ("live", "running", "shared-host|1|x", time.time() + 3600))
+        assert store.claim_phase2("shared-host|1|y", utc_now(), time.time() + 600, lambda *_: True) is None
+        query(url, "UPDATE tasks SET lease_until = 0")
+        task = store.claim_phase2("shared-host|1|y", utc_now(), time.time() + 600, lambda *_: False)
+        assert task is not None and task.task_id == "live" and task.owner == "shared-host|1|y"
     finally:
         store.close()
 

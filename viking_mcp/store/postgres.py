@@ -798,34 +798,28 @@ class PostgresStore:
     def claim_phase2(
         self, owner: str, now: str, lease_until: float, owner_is_gone: Callable[[str | None, float], bool]
     ) -> TaskRow | None:
-        """Take the oldest runnable Phase 2 task: pending, or running for an owner that is gone
-        (its lease ran out, or `owner_is_gone` knows its process died).
+        """Take the oldest runnable Phase 2 task: pending, or running for an owner whose lease
+        ran out on the database's clock.
+
+        Only the lease tells whether an owner is gone: `owner_is_gone` is not consulted, since
+        a host name and a process id can name two live processes (containers sharing a host
+        name, each its own pid 1), and a live lease renewed by its heartbeat must never be
+        taken over. A dead instance's task is taken over once its lease runs out.
 
         A task is runnable only when every earlier archive of its session is done, so that
-        Phase 2 of archive N+1 never finishes before archive N's. Rows another instance is
-        claiming right now are skipped, not waited for.
+        Phase 2 of archive N+1 never finishes before archive N's. Only the one row claimed is
+        locked; rows another instance is claiming right now are skipped, not waited for.
         """
+        del owner_is_gone  # see above: on a shared database the lease alone decides
         with self._write() as cur:
-            rows = cur.execute(
-                f"SELECT t.task_id, t.status, t.owner, t.lease_until, {_DB_NOW} AS db_now FROM tasks t "
-                "WHERE t.task_type = 'session_commit' AND t.status IN ('pending', 'running') "
+            chosen = cur.execute(
+                f"SELECT t.task_id, {_DB_NOW} AS db_now FROM tasks t "
+                "WHERE t.task_type = 'session_commit' "
+                f"AND (t.status = 'pending' OR (t.status = 'running' AND COALESCE(t.lease_until, 0) < {_DB_NOW})) "
                 "AND NOT EXISTS (SELECT 1 FROM archives b WHERE b.session_id = t.session_id "
                 "AND b.archive_no < t.archive_no AND b.status NOT IN ('completed', 'skipped')) "
-                "ORDER BY t.created_at, t.seq LIMIT 64 FOR UPDATE OF t SKIP LOCKED"
-            ).fetchall()
-            chosen: DictRow | None = None
-            for row in rows:
-                if row["status"] == "pending":
-                    chosen = row
-                    break
-                lease = row["lease_until"] or 0.0
-                if lease < row["db_now"]:
-                    chosen = row
-                    break
-                # Still leased: the owner may be a process on this machine known to be dead.
-                if owner_is_gone(row["owner"], time.time() + (lease - row["db_now"])):
-                    chosen = row
-                    break
+                "ORDER BY t.created_at, t.seq LIMIT 1 FOR UPDATE OF t SKIP LOCKED"
+            ).fetchone()
             if chosen is None:
                 return None
             db_now = chosen["db_now"]
