@@ -422,6 +422,17 @@ def test_opening_gives_up_when_another_instance_holds_the_migration_lock(url: st
     PostgresStore(url, migrate_timeout=1.0).close()
 
 
+def test_a_deleted_sessions_tasks_keep_no_lease(url: str) -> None:
+    store = PostgresStore(url)
+    try:
+        store.create_session("s-t", Owner("a", "u", "g"), {}, utc_now())
+        add_tasks(url, ("t", "running", "h|1|x", time.time() + 3600))
+        assert store.delete_session("s-t", utc_now())
+        assert query(url, "SELECT status, owner, lease_until FROM tasks") == [("failed", None, None)]
+    finally:
+        store.close()
+
+
 def test_a_password_in_the_query_string_is_redacted() -> None:
     assert redacted("postgresql://u@db/x?password=s3cret") == "postgresql://u@db/x?password=***"
     shown = redacted("postgresql://u:pw@db:5432/v?sslmode=require&PassWord=s3cret&application_name=a")

@@ -503,7 +503,8 @@ class PostgresStore:
                 cur.execute(f"DELETE FROM {table} WHERE session_id = %s", (session_id,))
             cur.execute(
                 "UPDATE tasks SET status = 'failed', error = 'session deleted before the task finished', "
-                "updated_at = %s, owner = NULL WHERE session_id = %s AND status IN ('pending', 'running')",
+                "updated_at = %s, owner = NULL, lease_until = NULL WHERE session_id = %s "
+                "AND status IN ('pending', 'running')",
                 (now, session_id),
             )
         return True
@@ -1162,7 +1163,8 @@ class PostgresStore:
                 cur.execute(f"DELETE FROM {table} WHERE session_id = %s", (session_id,))
             cur.execute(
                 "UPDATE tasks SET status = 'failed', error = 'session replaced by an import before the task finished', "
-                "updated_at = %s, owner = NULL WHERE session_id = %s AND status IN ('pending', 'running')",
+                "updated_at = %s, owner = NULL, lease_until = NULL WHERE session_id = %s "
+                "AND status IN ('pending', 'running')",
                 (now, session_id),
             )
         cum = 0
