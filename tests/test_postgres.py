@@ -440,3 +440,33 @@ def test_a_password_in_the_query_string_is_redacted() -> None:
     assert "application_name=a" in shown
     assert redacted("host=db password='s 3cret' user=u") == "host=db password=*** user=u"
     assert redacted("postgresql://u@db/x?sslmode=require") == "postgresql://u@db/x?sslmode=require"
+
+
+def test_the_context_snapshot_reads_the_large_columns_of_the_latest_completed_archive_only(url: str) -> None:
+    """As on SQLite: get_context lists every archive, but needs the overview of one."""
+    store = PostgresStore(url)
+    try:
+        store.create_session("big", Owner("a", "u", "g"), {}, utc_now())
+        for n, status in enumerate(("completed", "failed", "completed", "pending"), start=1):
+            query(
+                url,
+                "INSERT INTO archives (session_id, archive_no, first_seq, last_seq, message_count, tokens, status, "
+                "created_at, abstract, overview, overview_renderings, memory_diff, supplied, error, task_id) "
+                "VALUES ('big', %s, %s, %s, 1, 5, %s, 'now', %s, %s, '[[3, \"short\"]]', '{\"added\": 1}', "
+                "'{\"x\": 1}', %s, %s)",
+                n, n, n, status, f"abstract {n}", f"overview {n}", f"error {n}", f"task-{n}",
+            )  # fmt: skip
+        snapshot = store.context_snapshot("big")
+        assert snapshot is not None
+        first, failed, latest, pending = snapshot.archives
+        assert [a.abstract for a in snapshot.archives] == [f"abstract {n}" for n in range(1, 5)]
+        assert latest.overview == "overview 3" and [r.text for r in latest.overview_renderings] == ["short"]
+        assert failed.error == "error 2" and first.error is None and pending.error is None
+        for archive in (first, failed, pending):
+            assert archive.overview == "" and archive.overview_renderings == []
+        for archive in snapshot.archives:
+            assert archive.memory_diff is None and archive.supplied == {} and archive.task_id is None
+        full = store.get_archive("big", 3)
+        assert full is not None and full.memory_diff == {"added": 1} and full.task_id == "task-3"
+    finally:
+        store.close()

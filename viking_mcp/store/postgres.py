@@ -84,8 +84,16 @@ _ARCHIVE_COLUMNS = (
     "session_id, archive_no, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
     "abstract, abstract_tokens, overview, overview_renderings, memory_diff, supplied, error, task_id"
 )
-_ARCHIVE_LIGHT_COLUMNS = _ARCHIVE_COLUMNS.replace(
-    "overview, overview_renderings", "'' AS overview, '[]' AS overview_renderings"
+# The same, for get_context's list of every archive of a session (as the SQLite store reads
+# it): none of the large columns, and a failed archive's error only.
+_ARCHIVE_LIGHT_COLUMNS = (
+    "session_id, archive_no, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
+    "abstract, abstract_tokens, '' AS overview, '[]' AS overview_renderings, NULL AS memory_diff, "
+    "'{}' AS supplied, CASE WHEN status = 'failed' THEN error END AS error, NULL AS task_id"
+)
+# The latest completed archive, for get_context: its overview and renderings as well.
+_ARCHIVE_CONTEXT_COLUMNS = _ARCHIVE_LIGHT_COLUMNS.replace(
+    "'' AS overview, '[]' AS overview_renderings", "overview, overview_renderings"
 )
 _TASK_COLUMNS = (
     "task_id, task_type, status, session_id, archive_no, created_at, updated_at, result, error, owner, attempts, "
@@ -746,7 +754,7 @@ class PostgresStore:
             after_seq = 0
             if latest is not None:
                 full = cur.execute(
-                    f"SELECT {_ARCHIVE_COLUMNS} FROM archives WHERE session_id = %s AND archive_no = %s",
+                    f"SELECT {_ARCHIVE_CONTEXT_COLUMNS} FROM archives WHERE session_id = %s AND archive_no = %s",
                     (session_id, latest.number),
                 ).fetchone()
                 assert full is not None
