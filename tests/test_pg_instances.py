@@ -72,6 +72,7 @@ def start_instance(root: Path, url: str, llm: SlowLlm) -> Server:
         VIKING_MCP_API_KEYS=json.dumps(KEYS), VIKING_MCP_STORE=url,
         VIKING_MCP_LLM_MODEL="fake", VIKING_MCP_LLM_BASE_URL=llm.server.base_url, VIKING_MCP_LLM_API_KEY="sk-test",
         VIKING_MCP_LLM_TIMEOUT_SECONDS="90", VIKING_MCP_LLM_MAX_ATTEMPTS="1", VIKING_MCP_LOG_LEVEL="INFO",
+        VIKING_MCP_PG_LEASE_SECONDS="3",  # a killed instance's task is taken over when its lease runs out
     )  # fmt: skip
     server = Server(port, process, root / "home", root / "stdout.txt", root / "stderr.txt")
     deadline = time.monotonic() + 60

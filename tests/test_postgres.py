@@ -25,10 +25,12 @@ from tests.pg_server import PostgresServer
 from viking_mcp.config import Settings, parse_store
 from viking_mcp.engine import Engine, Phase2Worker
 from viking_mcp.engine.engine import owner_is_gone
-from viking_mcp.errors import FailedPrecondition, InvalidArgument
+from viking_mcp.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from viking_mcp.models import utc_now
+from viking_mcp.store.base import Owner
 from viking_mcp.store.pg_migrations import SCHEMA_VERSION
 from viking_mcp.store.postgres import PostgresStore
+from viking_mcp.store.urls import redacted
 
 
 def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -308,3 +310,163 @@ def test_export_from_sqlite_import_into_postgresql_gives_the_same_context(url: s
     again = cli("--home", str(tmp_path / "again"), "import", str(tmp_path / "back"), home=home)
     assert again.returncode == 0, again.stderr
     assert [context("--home", str(tmp_path / "again"), budget=b) for b in budgets] == before
+
+
+# --- review fixes: errors, the queue, the pool, the migration lock, redaction ----------------------
+
+
+def add_tasks(url: str, *rows: tuple[str, str, str | None, float | None]) -> None:
+    """Phase 2 tasks straight into the table: (task id, status, owner, lease until), oldest first."""
+    for n, (task_id, status, owner, lease) in enumerate(rows):
+        query(
+            url,
+            "INSERT INTO tasks (task_id, task_type, status, session_id, archive_no, created_at, updated_at, "
+            "owner, lease_until) VALUES (%s, 'session_commit', %s, %s, 1, %s, %s, %s, %s)",
+            task_id, status, f"s-{task_id}", f"2026-01-01T00:{n // 60:02d}:{n % 60:02d}Z",
+            f"2026-01-01T00:{n // 60:02d}:{n % 60:02d}Z", owner, lease,
+        )  # fmt: skip
+
+
+def test_a_value_too_large_for_an_index_is_resource_exhausted_not_unavailable(url: str) -> None:
+    """SQLSTATE class 54 fails the same way every time: not a "retry" error."""
+    store = PostgresStore(url)
+    try:
+        big = "".join(f"{n:x}/{n * 7919 % 104729:x}" for n in range(3000))  # ~25 KB, hardly compressible
+        with store._write() as cur:
+            cur.execute("CREATE TABLE wide (v TEXT PRIMARY KEY)")
+        with pytest.raises(ResourceExhausted, match="too large"), store._write() as cur:
+            cur.execute("INSERT INTO wide VALUES (%s)", (big,))
+    finally:
+        store.close()
+
+
+def test_instances_claiming_at_once_each_get_a_different_task(url: str) -> None:
+    stores = [PostgresStore(url, pool_size=2) for _ in range(6)]
+    try:
+        for round_no in range(5):
+            add_tasks(url, *((f"r{round_no}-{n}", "pending", None, None) for n in range(12)))
+            barrier = threading.Barrier(len(stores))
+            got: list[str | None] = []
+
+            def claim(store: PostgresStore, who: int, barrier: threading.Barrier, got: list[str | None]) -> None:
+                barrier.wait(10)
+                task = store.claim_phase2(f"host|{who}|x", utc_now(), time.time() + 600, owner_is_gone)
+                got.append(task.task_id if task else None)
+
+            threads = [threading.Thread(target=claim, args=(s, i, barrier, got)) for i, s in enumerate(stores)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert None not in got and len(set(got)) == len(stores), got
+            query(url, "UPDATE tasks SET status = 'completed', owner = NULL, lease_until = NULL")
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_pending_task_behind_many_running_ones_is_claimed(url: str) -> None:
+    store = PostgresStore(url)
+    try:
+        live = time.time() + 3600
+        add_tasks(
+            url,
+            *((f"busy-{n}", "running", f"far-host|{n}|x", live) for n in range(80)),
+            ("late", "pending", None, None),
+        )
+        task = store.claim_phase2("here|1|x", utc_now(), time.time() + 600, owner_is_gone)
+        assert task is not None and task.task_id == "late"
+    finally:
+        store.close()
+
+
+def test_a_live_lease_is_never_taken_over_whatever_the_pid_check_says(url: str) -> None:
+    """Containers sharing a host name each have their own pid 1: on PostgreSQL only the lease
+    (on the database's clock) tells whether an owner is gone."""
+    store = PostgresStore(url)
+    try:
+        add_tasks(url, ("live", "running", "shared-host|1|x", time.time() + 3600))
+        assert store.claim_phase2("shared-host|1|y", utc_now(), time.time() + 600, lambda *_: True) is None
+        query(url, "UPDATE tasks SET lease_until = 0")
+        task = store.claim_phase2("shared-host|1|y", utc_now(), time.time() + 600, lambda *_: False)
+        assert task is not None and task.task_id == "live" and task.owner == "shared-host|1|y"
+    finally:
+        store.close()
+
+
+def test_pooled_connections_the_server_dropped_are_replaced_not_failed(url: str, tmp_path: Path) -> None:
+    store = PostgresStore(url, pool_size=3)
+    try:
+        store.create_session("kept", Owner("a", "u", "g"), {}, utc_now())
+        killed = query(
+            url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+            "AND datname = current_database() AND backend_type = 'client backend'",
+        )
+        assert killed
+        for _ in range(3):
+            session = store.get_session("kept")
+            assert session is not None and session.session_id == "kept"
+    finally:
+        store.close()
+
+
+def test_opening_gives_up_when_another_instance_holds_the_migration_lock(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtext('viking-mcp migrate ' || current_schema()))")
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match=r"migrating .*retry"):
+            PostgresStore(url, migrate_timeout=1.0)
+        assert time.monotonic() - started < 10
+        holder.execute("SELECT pg_advisory_unlock_all()")
+    PostgresStore(url, migrate_timeout=1.0).close()
+
+
+def test_a_deleted_sessions_tasks_keep_no_lease(url: str) -> None:
+    store = PostgresStore(url)
+    try:
+        store.create_session("s-t", Owner("a", "u", "g"), {}, utc_now())
+        add_tasks(url, ("t", "running", "h|1|x", time.time() + 3600))
+        assert store.delete_session("s-t", utc_now())
+        assert query(url, "SELECT status, owner, lease_until FROM tasks") == [("failed", None, None)]
+    finally:
+        store.close()
+
+
+def test_a_password_in_the_query_string_is_redacted() -> None:
+    assert redacted("postgresql://u@db/x?password=s3cret") == "postgresql://u@db/x?password=***"
+    shown = redacted("postgresql://u:pw@db:5432/v?sslmode=require&PassWord=s3cret&application_name=a")
+    assert "s3cret" not in shown and ":pw@" not in shown and "sslmode=require" in shown
+    assert "application_name=a" in shown
+    assert redacted("host=db password='s 3cret' user=u") == "host=db password=*** user=u"
+    assert redacted("postgresql://u@db/x?sslmode=require") == "postgresql://u@db/x?sslmode=require"
+
+
+def test_the_context_snapshot_reads_the_large_columns_of_the_latest_completed_archive_only(url: str) -> None:
+    """As on SQLite: get_context lists every archive, but needs the overview of one."""
+    store = PostgresStore(url)
+    try:
+        store.create_session("big", Owner("a", "u", "g"), {}, utc_now())
+        for n, status in enumerate(("completed", "failed", "completed", "pending"), start=1):
+            query(
+                url,
+                "INSERT INTO archives (session_id, archive_no, first_seq, last_seq, message_count, tokens, status, "
+                "created_at, abstract, overview, overview_renderings, memory_diff, supplied, error, task_id) "
+                "VALUES ('big', %s, %s, %s, 1, 5, %s, 'now', %s, %s, '[[3, \"short\"]]', '{\"added\": 1}', "
+                "'{\"x\": 1}', %s, %s)",
+                n, n, n, status, f"abstract {n}", f"overview {n}", f"error {n}", f"task-{n}",
+            )  # fmt: skip
+        snapshot = store.context_snapshot("big")
+        assert snapshot is not None
+        first, failed, latest, pending = snapshot.archives
+        assert [a.abstract for a in snapshot.archives] == [f"abstract {n}" for n in range(1, 5)]
+        assert latest.overview == "overview 3" and [r.text for r in latest.overview_renderings] == ["short"]
+        assert failed.error == "error 2" and first.error is None and pending.error is None
+        for archive in (first, failed, pending):
+            assert archive.overview == "" and archive.overview_renderings == []
+        for archive in snapshot.archives:
+            assert archive.memory_diff is None and archive.supplied == {} and archive.task_id is None
+        full = store.get_archive("big", 3)
+        assert full is not None and full.memory_diff == {"added": 1} and full.task_id == "task-3"
+    finally:
+        store.close()

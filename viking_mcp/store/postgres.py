@@ -42,6 +42,7 @@ from viking_mcp.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
     VikingError,
 )
@@ -83,8 +84,16 @@ _ARCHIVE_COLUMNS = (
     "session_id, archive_no, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
     "abstract, abstract_tokens, overview, overview_renderings, memory_diff, supplied, error, task_id"
 )
-_ARCHIVE_LIGHT_COLUMNS = _ARCHIVE_COLUMNS.replace(
-    "overview, overview_renderings", "'' AS overview, '[]' AS overview_renderings"
+# The same, for get_context's list of every archive of a session (as the SQLite store reads
+# it): none of the large columns, and a failed archive's error only.
+_ARCHIVE_LIGHT_COLUMNS = (
+    "session_id, archive_no, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
+    "abstract, abstract_tokens, '' AS overview, '[]' AS overview_renderings, NULL AS memory_diff, "
+    "'{}' AS supplied, CASE WHEN status = 'failed' THEN error END AS error, NULL AS task_id"
+)
+# The latest completed archive, for get_context: its overview and renderings as well.
+_ARCHIVE_CONTEXT_COLUMNS = _ARCHIVE_LIGHT_COLUMNS.replace(
+    "'' AS overview, '[]' AS overview_renderings", "overview, overview_renderings"
 )
 _TASK_COLUMNS = (
     "task_id, task_type, status, session_id, archive_no, created_at, updated_at, result, error, owner, attempts, "
@@ -98,7 +107,7 @@ _MEMORY_COLUMNS = (
 _MEMORY_FROM = "memories m LEFT JOIN context_usage u ON u.account_id = m.account_id AND u.uri = m.uri"
 _DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
 # Seconds since the epoch, on the database's clock.
-_MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('viking-mcp migrate ' || current_schema()))"
+_MIGRATION_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('viking-mcp migrate ' || current_schema())) AS got"
 # Search weights for name, abstract, overview and content (ts_rank's order is D, C, B, A).
 _RANK_WEIGHTS = "'{0.25, 0.375, 0.75, 1.0}'"
 
@@ -252,6 +261,10 @@ def _translate(exc: Exception) -> VikingError:
         isinstance(exc, psycopg.DataError) and "NUL" in str(exc)
     ):
         return InvalidArgument(f"text the database cannot store ({exc}); remove NUL characters")
+    if isinstance(exc, pg_errors.ProgramLimitExceeded):
+        # SQLSTATE class 54 (a value too large for an index row, too many columns, ...): the
+        # same write fails the same way every time, so retrying is no answer.
+        return ResourceExhausted(f"a value is too large for the database to store ({exc}); make it smaller")
     if isinstance(exc, psycopg.OperationalError):
         return Unavailable(f"the PostgreSQL server cannot be reached or refused the work ({exc}); retry")
     return Internal(f"storage error: {type(exc).__name__}: {exc}")
@@ -267,8 +280,10 @@ class PostgresStore:
         pool_size: int = 10,
         lease_seconds: float = 30.0,
         connect_timeout: float = 10.0,
+        migrate_timeout: float = 30.0,
     ) -> None:
         self.url = url
+        self._migrate_timeout = migrate_timeout
         self._lease_seconds = lease_seconds
         # Tasks this process has claimed and not yet finished: task id -> (owner, hard deadline
         # on the database clock). The heartbeat renews their leases up to that deadline.
@@ -293,6 +308,9 @@ class PostgresStore:
             kwargs={"autocommit": True, "row_factory": dict_row},
             connection_class=psycopg.Connection[DictRow],
             timeout=connect_timeout,
+            # A pooled connection is checked before it is handed out: after a server restart
+            # (or a dropped connection) the pool reconnects instead of failing one request.
+            check=ConnectionPool.check_connection,
             open=False,
             name="viking-mcp",
         )
@@ -343,7 +361,16 @@ class PostgresStore:
 
     def _migrate(self) -> None:
         with self._write() as cur:
-            cur.execute(_MIGRATION_LOCK)
+            # Tried, not waited on: an instance stuck while migrating (or a session holding the
+            # lock by hand) must not hang every other instance's start forever.
+            deadline = time.monotonic() + self._migrate_timeout
+            while not (got := cur.execute(_MIGRATION_LOCK).fetchone()) or not got["got"]:
+                if time.monotonic() >= deadline:
+                    raise Unavailable(
+                        f"another instance has been migrating {redacted(self.url)} for over "
+                        f"{self._migrate_timeout:g} s (it holds the migration lock); retry"
+                    )
+                time.sleep(0.1)
             # Checked before creating: an instance whose role may not create tables (the schema
             # migrated by `viking-mcp migrate` under another role) still starts.
             found = cur.execute("SELECT to_regclass('schema_version') IS NOT NULL AS found").fetchone()
@@ -484,7 +511,8 @@ class PostgresStore:
                 cur.execute(f"DELETE FROM {table} WHERE session_id = %s", (session_id,))
             cur.execute(
                 "UPDATE tasks SET status = 'failed', error = 'session deleted before the task finished', "
-                "updated_at = %s, owner = NULL WHERE session_id = %s AND status IN ('pending', 'running')",
+                "updated_at = %s, owner = NULL, lease_until = NULL WHERE session_id = %s "
+                "AND status IN ('pending', 'running')",
                 (now, session_id),
             )
         return True
@@ -726,7 +754,7 @@ class PostgresStore:
             after_seq = 0
             if latest is not None:
                 full = cur.execute(
-                    f"SELECT {_ARCHIVE_COLUMNS} FROM archives WHERE session_id = %s AND archive_no = %s",
+                    f"SELECT {_ARCHIVE_CONTEXT_COLUMNS} FROM archives WHERE session_id = %s AND archive_no = %s",
                     (session_id, latest.number),
                 ).fetchone()
                 assert full is not None
@@ -779,34 +807,28 @@ class PostgresStore:
     def claim_phase2(
         self, owner: str, now: str, lease_until: float, owner_is_gone: Callable[[str | None, float], bool]
     ) -> TaskRow | None:
-        """Take the oldest runnable Phase 2 task: pending, or running for an owner that is gone
-        (its lease ran out, or `owner_is_gone` knows its process died).
+        """Take the oldest runnable Phase 2 task: pending, or running for an owner whose lease
+        ran out on the database's clock.
+
+        Only the lease tells whether an owner is gone: `owner_is_gone` is not consulted, since
+        a host name and a process id can name two live processes (containers sharing a host
+        name, each its own pid 1), and a live lease renewed by its heartbeat must never be
+        taken over. A dead instance's task is taken over once its lease runs out.
 
         A task is runnable only when every earlier archive of its session is done, so that
-        Phase 2 of archive N+1 never finishes before archive N's. Rows another instance is
-        claiming right now are skipped, not waited for.
+        Phase 2 of archive N+1 never finishes before archive N's. Only the one row claimed is
+        locked; rows another instance is claiming right now are skipped, not waited for.
         """
+        del owner_is_gone  # see above: on a shared database the lease alone decides
         with self._write() as cur:
-            rows = cur.execute(
-                f"SELECT t.task_id, t.status, t.owner, t.lease_until, {_DB_NOW} AS db_now FROM tasks t "
-                "WHERE t.task_type = 'session_commit' AND t.status IN ('pending', 'running') "
+            chosen = cur.execute(
+                f"SELECT t.task_id, {_DB_NOW} AS db_now FROM tasks t "
+                "WHERE t.task_type = 'session_commit' "
+                f"AND (t.status = 'pending' OR (t.status = 'running' AND COALESCE(t.lease_until, 0) < {_DB_NOW})) "
                 "AND NOT EXISTS (SELECT 1 FROM archives b WHERE b.session_id = t.session_id "
                 "AND b.archive_no < t.archive_no AND b.status NOT IN ('completed', 'skipped')) "
-                "ORDER BY t.created_at, t.seq LIMIT 64 FOR UPDATE OF t SKIP LOCKED"
-            ).fetchall()
-            chosen: DictRow | None = None
-            for row in rows:
-                if row["status"] == "pending":
-                    chosen = row
-                    break
-                lease = row["lease_until"] or 0.0
-                if lease < row["db_now"]:
-                    chosen = row
-                    break
-                # Still leased: the owner may be a process on this machine known to be dead.
-                if owner_is_gone(row["owner"], time.time() + (lease - row["db_now"])):
-                    chosen = row
-                    break
+                "ORDER BY t.created_at, t.seq LIMIT 1 FOR UPDATE OF t SKIP LOCKED"
+            ).fetchone()
             if chosen is None:
                 return None
             db_now = chosen["db_now"]
@@ -1149,7 +1171,8 @@ class PostgresStore:
                 cur.execute(f"DELETE FROM {table} WHERE session_id = %s", (session_id,))
             cur.execute(
                 "UPDATE tasks SET status = 'failed', error = 'session replaced by an import before the task finished', "
-                "updated_at = %s, owner = NULL WHERE session_id = %s AND status IN ('pending', 'running')",
+                "updated_at = %s, owner = NULL, lease_until = NULL WHERE session_id = %s "
+                "AND status IN ('pending', 'running')",
                 (now, session_id),
             )
         cum = 0
