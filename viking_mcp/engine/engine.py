@@ -207,7 +207,8 @@ class Engine:
 
     # --- sessions ---------------------------------------------------------------------------
 
-    def _session_info(self, row: SessionRow) -> SessionInfo:
+    def session_info(self, row: SessionRow) -> SessionInfo:
+        """A stored session as the tools show it."""
         memories = {c: row.memories_extracted.get(c, 0) for c in MEMORY_CATEGORIES}
         memories["total"] = sum(memories.values())
         return SessionInfo(
@@ -312,7 +313,7 @@ class Engine:
             if row is not None and auto_create:
                 raise AlreadyExists(f"session id {session_id} is taken; use another session_id")
             raise NotFound(f"session {session_id} not found; pass auto_create=true to create it")
-        return self._session_info(visible)
+        return self.session_info(visible)
 
     def update_session(
         self, session_id: str, metadata: dict[str, Any], *, actor: Owner | None = None
@@ -606,14 +607,13 @@ class Engine:
             raise NotFound(f"{archive_id_} of session {session_id} not found; see get_context for archive ids")
         stored = self.store.read_messages(session_id, archive.first_seq - 1, archive.last_seq, offset, limit)
         end = offset + len(stored)
-        done = archive.status == "completed"
         return ArchiveDetail(
             session_id=session_id,
             archive_id=archive_id(number),
             uri=archive_uri(session_id, number),
             status=archive.status,
-            abstract=archive.abstract if done else "",
-            overview=archive.overview if done else "",
+            abstract=archive.shown_abstract,
+            overview=archive.shown_overview,
             message_count=archive.message_count,
             messages=[m.message for m in stored],
             offset=offset,

@@ -175,7 +175,7 @@ class _Writer:
         session_id = validate_id(dump.session.session_id)
         base = (files.SESSIONS, session_id)
         # The tree's .meta.json: the session as get_session shows it (owner and counters included).
-        info: SessionInfo = self.engine._session_info(dump.session)
+        info: SessionInfo = self.engine.session_info(dump.session)
         self.text((*base, files.META), _dumps(info.model_dump(mode="json")))
         archived_through = dump.archives[-1].last_seq if dump.archives else 0
         self.messages((*base, files.MESSAGES), [m for m in dump.messages if m.seq > archived_through])

@@ -140,14 +140,13 @@ def read_node(engine: Engine, uri: str, actor: Owner | None = None) -> tuple[str
         archive = store.get_archive(session_id, number)
         if archive is None:
             raise NotFound(f"{rest[1]} of session {session_id} not found")
-        done = archive.status == "completed"
         if len(rest) == 2:
             detail = {
                 "uri": archive_uri(session_id, number),
                 "archive_id": archive_id(number),
                 "status": archive.status,
                 "message_count": archive.message_count,
-                "abstract": archive.abstract if done else "",
+                "abstract": archive.shown_abstract,
                 "error": archive.error,
                 "children": [f"{archive_uri(session_id, number)}/{f}" for f in ARCHIVE_FILES],
             }
@@ -157,11 +156,11 @@ def read_node(engine: Engine, uri: str, actor: Owner | None = None) -> tuple[str
             messages = store.read_messages(session_id, archive.first_seq - 1, archive.last_seq, 0, None)
             return _jsonl([m.message for m in messages]), JSONL
         if file == ".abstract.md":
-            return (archive.abstract if done else ""), MARKDOWN
+            return archive.shown_abstract, MARKDOWN
         if file == ".overview.md":
-            return (archive.overview if done else ""), MARKDOWN
+            return archive.shown_overview, MARKDOWN
         if file == "memory_diff.json" and archive.memory_diff is not None:
             return _dumps(archive.memory_diff), JSON
-        if file == ".done" and archive.done_at is not None and done:
+        if file == ".done" and archive.done_at is not None and archive.summarised:
             return archive.done_at, "text/plain"
     raise NotFound(f"nothing at {uri[:120]}")

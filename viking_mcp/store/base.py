@@ -93,6 +93,20 @@ class ArchiveRow:
     error: str | None
     task_id: str | None
 
+    @property
+    def summarised(self) -> bool:
+        """Whether its summaries may be shown: only a completed archive's are final (a
+        pending, failed or skipped one shows none, whatever a failed try left behind)."""
+        return self.status == "completed"
+
+    @property
+    def shown_abstract(self) -> str:
+        return self.abstract if self.summarised else ""
+
+    @property
+    def shown_overview(self) -> str:
+        return self.overview if self.summarised else ""
+
 
 @dataclass(frozen=True)
 class Phase1Outcome:
