@@ -174,3 +174,38 @@ async def test_commit_wait_sends_progress_notifications(settings: Any) -> None:
             assert [p for p, _, _ in updates] == sorted(p for p, _, _ in updates)
     finally:
         engine.close()
+
+
+async def test_an_append_waits_for_another_writer_off_the_event_loop(mcp: Client, settings: Any) -> None:
+    """add_message appends on the event loop only when it need not wait: while another
+    process holds the write lock it waits on a worker thread, so other calls go on, and it
+    lands once the lock is released."""
+    import sqlite3
+
+    import anyio
+
+    await call(mcp, "add_message", session_id="s", role="user", content="first")
+    other = sqlite3.connect(settings.database_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    added: dict[str, Any] = {}
+    try:
+
+        async def append() -> None:
+            added.update(await call(mcp, "add_message", session_id="s", role="user", content="second"))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(append)
+            await anyio.sleep(0.3)
+            assert not added  # still waiting for the lock
+            # The loop is free meanwhile: had the append blocked it, this call could not run
+            # before the lock is released (and would see two messages).
+            session = await call(mcp, "get_session", session_id="s")
+            assert session["message_count"] == 1
+            other.execute("COMMIT")
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+    assert added["message_count"] == 2
+    context = await call(mcp, "get_context", session_id="s", token_budget=1000)
+    assert [m["parts"][0]["text"] for m in context["messages"]] == ["first", "second"]

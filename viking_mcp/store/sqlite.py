@@ -332,6 +332,19 @@ class SQLiteStore:
             raise
 
     @contextmanager
+    def without_waiting(self) -> Iterator[None]:
+        """This thread's writes fail at once with UNAVAILABLE, instead of waiting for the
+        lock another writer holds: for a caller that must not block (an event loop), which
+        then tries again where it may wait. Nothing is written by a write that fails so."""
+        conn = self._connect()
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            yield
+        finally:
+            with suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+
+    @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: every SELECT inside sees one snapshot."""
         conn = self._connect()
