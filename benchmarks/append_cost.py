@@ -33,7 +33,6 @@ import datetime as dt
 import json
 import os
 import platform
-import random
 import statistics
 import sys
 import tempfile
@@ -45,32 +44,13 @@ from viking_mcp import __version__
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import message_texts  # the same text as the suite's (python -m benchmarks)
+
 WINDOW = 100  # appends per measured window: the first 100 and the last 100
 COMMIT_EVERY = 1_000
 WARMUP = 1_000  # appends to a throwaway session first, so the first window is not a cold start
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "append_cost.json"
-
-_VOCABULARY = """
-the a we I you it they this that with for on in at to from about after before
-flight hotel train booking dinner meeting budget schedule deadline report draft review
-Lisbon Porto Kyoto Oslo Berlin Nairobi Denver Monday Tuesday Friday March April June
-Ada Grace Linus Maya Tomas Priya think need want booked moved changed confirmed asked
-maybe probably definitely tomorrow yesterday morning evening 9:30 14:00 2025-06-12 42
-euros dollars tickets seats window aisle vegetarian allergy passport visa museum beach
-could should would will can remember prefer cheaper earlier later quiet close central
-"""
-_WORDS = _VOCABULARY.split()
-
-
-def message_texts(count: int, seed: int = 20250612) -> list[str]:
-    """`count` deterministic messages of 20-80 words each."""
-    rng = random.Random(seed)
-    texts = []
-    for _ in range(count):
-        words = rng.choices(_WORDS, k=rng.randint(20, 80))
-        words[0] = words[0].capitalize()
-        texts.append(" ".join(words) + rng.choice([".", "?", "!"]))
-    return texts
 
 
 def percentiles_ms(samples_ns: list[int]) -> dict[str, float]:

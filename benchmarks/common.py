@@ -30,7 +30,7 @@ _WORDS = _VOCABULARY.split()
 
 
 def message_texts(count: int, seed: int = 20250612) -> list[str]:
-    """`count` deterministic messages of 20-80 words each (the same text as append_cost.py)."""
+    """`count` deterministic messages of 20-80 words each (append_cost.py and durability.py use it too)."""
     import random
 
     rng = random.Random(seed)
