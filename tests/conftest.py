@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tests.pg_server import PostgresServer
-from tests.pg_server import Unavailable as PostgresUnavailable
+from tests.pg_server import PostgresServer, Unavailable as PostgresUnavailable
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
 from viking_mcp.faces.mcp_server import build_server

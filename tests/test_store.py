@@ -30,8 +30,7 @@ from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
 from viking_mcp.errors import ErrorCode, FailedPrecondition
 from viking_mcp.models import CommitResult, MessageAdded, archive_id
-from viking_mcp.store import migrations
-from viking_mcp.store import sqlite as sqlite_store
+from viking_mcp.store import migrations, sqlite as sqlite_store
 from viking_mcp.store.migrations import SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parent.parent

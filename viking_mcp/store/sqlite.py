@@ -42,7 +42,6 @@ from viking_mcp.store.base import (
     ContextSnapshot,
     ContextUsage,
     MemoryDump,
-    OverviewRendering,
     Owner,
     Phase1Outcome,
     Phase2Output,
@@ -53,10 +52,19 @@ from viking_mcp.store.base import (
     ToolRecord,
     TransferCounts,
     TreeRecords,
-    UsageEntry,
     UsageRecord,
 )
 from viking_mcp.store.migrations import MIGRATIONS, SCHEMA_VERSION
+from viking_mcp.store.rows import (
+    archive_row as _archive_row,
+    dumps as _dumps,
+    memory_row as _memory_row,
+    message_row as _message_row,
+    session_row as _session_row,
+    task_row as _task_row,
+    tool_record as _tool_record,
+    usage_entry as _usage_entry,
+)
 
 _SESSION_COLUMNS = (
     "session_id, account_id, user_id, agent_id, created_at, updated_at, metadata, next_seq, "
@@ -103,84 +111,6 @@ RUNNABLE_PHASE2 = (
 )
 
 
-def _memory_row(row: sqlite3.Row) -> StoredMemory:
-    return StoredMemory(
-        uri=row["uri"],
-        scope=row["scope"],
-        owner_id=row["owner_id"],
-        category=row["category"],
-        key=row["key"],
-        name=row["name"],
-        abstract=row["abstract"],
-        overview=row["overview"],
-        content=row["content"],
-        stats=json.loads(row["stats"]),
-        version=row["version"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        active_count=row["active_count"],
-    )
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _session_row(row: sqlite3.Row) -> SessionRow:
-    return SessionRow(
-        session_id=row["session_id"],
-        owner=Owner(row["account_id"], row["user_id"], row["agent_id"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        metadata=json.loads(row["metadata"]),
-        total_message_count=row["next_seq"] - 1,
-        live_message_count=row["next_seq"] - 1 - row["archived_through"],
-        pending_tokens=row["total_tokens"] - row["archived_tokens"],
-        commit_count=row["commit_count"],
-        last_commit_at=row["last_commit_at"],
-        llm_prompt_tokens=row["llm_prompt_tokens"],
-        llm_completion_tokens=row["llm_completion_tokens"],
-        memories_extracted=json.loads(row["memories_extracted"]),
-        contexts_used=row["contexts_used"],
-        skills_used=row["skills_used"],
-    )
-
-
-def _message_row(row: sqlite3.Row) -> StoredMessage:
-    message = Message.model_validate(
-        {
-            "id": row["message_id"],
-            "role": row["role"],
-            "parts": json.loads(row["parts"]),
-            "created_at": row["created_at"],
-        }
-    )
-    return StoredMessage(seq=row["seq"], message=message, tokens=row["tokens"])
-
-
-def _archive_row(row: sqlite3.Row) -> ArchiveRow:
-    renderings = [OverviewRendering(tokens=t, text=s) for t, s in json.loads(row["overview_renderings"])]
-    return ArchiveRow(
-        session_id=row["session_id"],
-        number=row["archive_no"],
-        first_seq=row["first_seq"],
-        last_seq=row["last_seq"],
-        message_count=row["message_count"],
-        tokens=row["tokens"],
-        status=row["status"],
-        created_at=row["created_at"],
-        done_at=row["done_at"],
-        abstract=row["abstract"],
-        abstract_tokens=row["abstract_tokens"],
-        overview=row["overview"],
-        overview_renderings=renderings,
-        memory_diff=json.loads(row["memory_diff"]) if row["memory_diff"] else None,
-        supplied=json.loads(row["supplied"]),
-        error=row["error"],
-        task_id=row["task_id"],
-    )
-
-
 def _archive_listing_row(row: tuple[Any, ...]) -> ArchiveRow:
     """An archive as `_ARCHIVE_LIGHT_COLUMNS` reads it: no overview, renderings, diff or supplied."""
     # Positional, in ArchiveRow's field order (the columns' order): the fastest way to build one.
@@ -188,24 +118,6 @@ def _archive_listing_row(row: tuple[Any, ...]) -> ArchiveRow:
         row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
         "", [], None, {}, row[15], None,
     )  # fmt: skip
-
-
-def _task_row(row: sqlite3.Row) -> TaskRow:
-    return TaskRow(
-        task_id=row["task_id"],
-        task_type=row["task_type"],
-        status=row["status"],
-        session_id=row["session_id"],
-        archive_number=row["archive_no"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        result=json.loads(row["result"]) if row["result"] else None,
-        error=row["error"],
-        owner=row["owner"],
-        attempts=row["attempts"],
-        account_id=row["account_id"],
-        user_id=row["user_id"],
-    )
 
 
 def _translate(exc: sqlite3.Error, path: Path) -> VikingError:
@@ -1250,27 +1162,3 @@ class _SQLiteTreeRecords:
             "SELECT account_id, uri, active_count, last_used_at FROM context_usage ORDER BY account_id, uri"
         ):
             yield ContextUsage(row["account_id"], row["uri"], row["active_count"], row["last_used_at"])
-
-
-def _tool_record(row: sqlite3.Row) -> ToolRecord:
-    return ToolRecord(
-        tool_id=row["tool_id"],
-        tool_name=row["tool_name"],
-        skill_uri=row["skill_uri"],
-        tool_input=json.loads(row["tool_input"]),
-        tool_output=row["tool_output"],
-        tool_status=row["tool_status"],
-        message_id=row["message_id"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
-
-
-def _usage_entry(row: sqlite3.Row) -> UsageEntry:
-    return UsageEntry(
-        kind=row["kind"],
-        uri=row["uri"],
-        payload=json.loads(row["payload"]),
-        created_at=row["created_at"],
-        archive_number=row["archive_no"],
-    )
