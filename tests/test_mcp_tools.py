@@ -209,3 +209,29 @@ async def test_an_append_waits_for_another_writer_off_the_event_loop(mcp: Client
     assert added["message_count"] == 2
     context = await call(mcp, "get_context", session_id="s", token_budget=1000)
     assert [m["parts"][0]["text"] for m in context["messages"]] == ["first", "second"]
+
+
+@pytest.mark.parametrize(
+    "content", ['{"ok": true}', '["a", "b"]', "[1, 2, 3]", '"quoted"', "42", "null", "true", "{not json"]
+)
+async def test_text_that_reads_as_json_is_stored_as_text(mcp: Client, content: str) -> None:
+    """The SDK reads a string argument as JSON unless it is annotated exactly `str`; for
+    `content: str | None` that turned a tool's JSON output into an object and refused it."""
+    added = await call(mcp, "add_message", session_id="s", role="assistant", content=content)
+    assert not added["duplicate"]
+    archive = await call(mcp, "commit", session_id="s", abstract=content, overview=content, wait=True)
+    detail = await call(mcp, "expand_archive", session_id="s", archive_id=archive["archive_id"])
+    assert detail["messages"][0]["parts"] == [{"type": "text", "text": content}]
+    assert detail["abstract"] == content
+    assert detail["overview"] == content
+
+
+async def test_lists_and_objects_sent_as_json_text_are_still_read(mcp: Client) -> None:
+    """What the SDK's JSON reading is for: a host that sends a list or an object as JSON text."""
+    parts = json.dumps([{"type": "text", "text": "as JSON text"}])
+    await call(mcp, "add_message", session_id="s", role="user", parts=parts)
+    await call(mcp, "update_session", session_id="s", metadata=json.dumps({"topic": "json"}))
+    info = await call(mcp, "get_session", session_id="s")
+    assert info["metadata"] == {"topic": "json"}
+    context = await call(mcp, "get_context", session_id="s")
+    assert context["messages"][0]["parts"] == [{"type": "text", "text": "as JSON text"}]

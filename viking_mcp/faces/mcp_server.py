@@ -1,22 +1,26 @@
 """The MCP face: the engine's operations as MCP tools, resources and a prompt.
 
-Thin by design: each tool validates its arguments through its typed signature, calls
-one engine method on a worker thread, and returns the engine's pydantic model as
-structured output. Engine errors become `ToolError`s whose text starts with the code
-(`NOT_FOUND: session a1b2 not found`), the one kind of error whose message reaches the
-model.
+The tools themselves are in `mcp_tools.py`. This module is what a host waits for when it
+starts the server over stdio, so it does as little as it can before the first
+`tools/list`: the data directory is opened on a thread of its own (`ServerState`), the
+tools are registered (each one a pydantic model and JSON schemas, built by the SDK) after
+the server has answered, and `tools/list` is answered meanwhile from `mcp_tools.json`,
+the listing those registrations produce, used only when it was written from this very
+code and SDK (`cached_tool_listing`).
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
+import hashlib
+import json
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -26,46 +30,22 @@ from mcp.server.mcpserver.exceptions import ResourceError, ToolError, Unexpected
 from mcp.server.mcpserver.prompts.base import Message as PromptMessage, UserMessage
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
-from mcp.types import INVALID_PARAMS, CallToolResult, ToolAnnotations
-from pydantic import Field, ValidationError
+from mcp.types import INVALID_PARAMS, CallToolResult, Tool as MCPTool
+from pydantic import ValidationError
 
 from viking_mcp import __version__
 from viking_mcp.config import Settings, settings_from_env
-from viking_mcp.errors import Unavailable, VikingError
+from viking_mcp.errors import VikingError
 from viking_mcp.faces.stdio import AnsweringReadStream
-from viking_mcp.models import (
-    ArchiveDetail,
-    CommitResult,
-    ExtractResult,
-    MemoryCategory,
-    MemoryInput,
-    MemorySearchResult,
-    MessageAdded,
-    MetadataUpdated,
-    Part,
-    RetryResult,
-    SessionContext,
-    SessionCreated,
-    SessionDeleted,
-    SessionInfo,
-    SessionPage,
-    SkillUse,
-    TaskList,
-    TaskRecord,
-    UsageRecorded,
-)
 
 if TYPE_CHECKING:
-    # The engine, the store and API keys are imported when first needed, not to list the
-    # tools: a host starting the server over stdio waits for that list.
+    # The engine, the store, API keys and the tools' models are imported when first
+    # needed, not to list the tools: a host starting the server over stdio waits for that.
     from viking_mcp.auth import KeyRing
     from viking_mcp.engine import Engine, Phase2Worker
     from viking_mcp.store.base import Owner
 
 logger = logging.getLogger(__name__)
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 INSTRUCTIONS = """\
 viking-mcp keeps this conversation's memory across context windows.
@@ -79,45 +59,6 @@ viking-mcp keeps this conversation's memory across context windows.
 - search_memories(query) finds long-term memories (profile, preferences, people, events,
   cases, patterns, tools, skills) kept across sessions.
 """
-
-SessionId = Annotated[
-    str,
-    Field(
-        description="The session's id: 1-128 characters from A-Z a-z 0-9 . _ - (e.g. one per conversation).",
-        max_length=128,
-    ),
-]
-ArchiveId = Annotated[
-    str, Field(description="An archive of the session, as get_context or commit named it: 'archive_001'.")
-]
-
-READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
-
-
-def _writes(*, destructive: bool = False, idempotent: bool = False) -> ToolAnnotations:
-    return ToolAnnotations(
-        read_only_hint=False, destructive_hint=destructive, idempotent_hint=idempotent, open_world_hint=False
-    )
-
-
-def coded(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn engine errors into ToolErrors the model can read (crashes keep their text private)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except VikingError as exc:
-            raise ToolError(str(exc)) from exc
-
-    return clean_doc(wrapper)
-
-
-def clean_doc(fn: Callable[P, R]) -> Callable[P, R]:
-    """The docstring is the tool's description for the model: without source indentation."""
-    fn.__doc__ = inspect.cleandoc(fn.__doc__ or "")
-    return fn
-
 
 # How long a tool call waits for the data directory to open (it opens as the server starts).
 OPEN_WAIT_SECONDS = 30.0
@@ -208,40 +149,144 @@ def describe_open_error(exc: BaseException, settings: Settings) -> str:
     return f"cannot open the data directory {settings.home}: {type(exc).__name__}: {exc}"
 
 
+# What `tools/list` answers before the tools are registered: see `cached_tool_listing`.
+LISTING_PATH = Path(__file__).with_name("mcp_tools.json")
+# The files whose code the listing is built from (the tools' signatures and result models).
+LISTED_SOURCES = ("faces/mcp_tools.py", "models.py")
+
+
+def listing_key(token_budget_default: int) -> dict[str, Any]:
+    """What the tool listing depends on: our sources, the SDK's and pydantic's versions, and
+    the one setting that appears in it (get_context's default budget)."""
+    import pydantic
+    import pydantic_core
+
+    package = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for name in LISTED_SOURCES:
+        digest.update((package / name).read_bytes())
+    versions = {"pydantic": pydantic.VERSION, "pydantic_core": pydantic_core.__version__}
+    # The SDK has no __version__, and importlib.metadata costs 30 ms to import: read the
+    # versions off the dist-info directories beside the package (a source checkout of
+    # the SDK has none, so its listing is never taken from the file).
+    import mcp
+
+    site = Path(mcp.__file__).resolve().parent.parent
+    for entry in os.listdir(site):
+        for dist in ("mcp", "mcp_types"):
+            if entry.startswith(f"{dist}-") and entry.endswith(".dist-info"):
+                versions[dist] = entry[len(dist) + 1 : -len(".dist-info")]
+    return {"sources": digest.hexdigest(), "versions": versions, "token_budget_default": token_budget_default}
+
+
+def cached_tool_listing(settings: Settings) -> list[MCPTool] | None:
+    """The tools as `tools/list` lists them, from `mcp_tools.json`, or None when that file
+    was not written from this code, this SDK and these settings (then the tools are
+    registered, and listed, at the first `tools/list`). Nothing but start time depends on
+    it: the tools are always called through their registrations. The tests check that the
+    file is current and lists exactly what the registrations do."""
+    try:
+        document = json.loads(LISTING_PATH.read_text(encoding="utf-8"))
+        if document.get("key") != listing_key(settings.mcp_default_token_budget):
+            logger.debug("%s is out of date: the tools are listed from their registrations", LISTING_PATH.name)
+            return None
+        return [MCPTool.model_validate(tool) for tool in document["tools"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        logger.debug("cannot use %s: %s", LISTING_PATH.name, exc)
+        return None
+
+
+class Later:
+    """Work put off until something first needs it, then done once, from whichever thread
+    asks first (the others wait for it)."""
+
+    def __init__(self) -> None:
+        self._work: Callable[[], None] | None = None
+        self._lock = threading.Lock()
+        self.done = True
+
+    def put_off(self, work: Callable[[], None]) -> None:
+        self._work, self.done = work, False
+
+    def now(self) -> None:
+        if self.done:
+            return
+        with self._lock:
+            if self._work is not None:
+                self._work()
+                self._work = None
+            self.done = True
+
+
 class VikingMCPServer(MCPServer[ServerState]):
     """MCPServer whose argument-validation errors carry the INVALID_ARGUMENT code too, and
-    whose resource templates are registered when resources are first asked for: building
-    25 templates is a fifth of what the server does before it can list its tools."""
+    whose tools, resource templates and prompt are registered when first needed, not as it
+    starts.
 
-    _add_resources: Callable[[], None] | None = None
-    _resources_lock = threading.Lock()
+    Registering the 15 tools (the SDK builds a pydantic model and JSON schemas for each)
+    and the 25 resource templates was most of what the server did before it could answer
+    `tools/list`. The tools are registered at the first tool call or when the server has
+    settled (`ensure_tools`), and until then `tools/list` is answered from the listing
+    they produce (`cached_tool_listing`); resource templates and the prompt when resources
+    or prompts are first asked for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tools_later = Later()
+        self._resources_later = Later()
+        self._prompts_later = Later()
+        self._tool_listing: list[MCPTool] | None = None
+
+    def add_tools_later(self, add: Callable[[], None], listing: list[MCPTool] | None = None) -> None:
+        """`add` registers the tools; `listing`, if given, is what they list as."""
+        self._tools_later.put_off(add)
+        self._tool_listing = listing
 
     def add_resources_later(self, add: Callable[[], None]) -> None:
-        self._add_resources = add
+        self._resources_later.put_off(add)
 
-    def _ensure_resources(self) -> None:
-        if self._add_resources is None:
-            return
-        with self._resources_lock:
-            if self._add_resources is not None:
-                self._add_resources()
-                self._add_resources = None
+    def add_prompts_later(self, add: Callable[[], None]) -> None:
+        self._prompts_later.put_off(add)
+
+    def ensure_tools(self) -> None:
+        """Register the tools now, if they are not yet (blocks for tens of milliseconds)."""
+        self._tools_later.now()
+
+    async def list_tools(self) -> list[MCPTool]:
+        if not self._tools_later.done and self._tool_listing is not None:
+            return list(self._tool_listing)
+        self.ensure_tools()
+        return await super().list_tools()
+
+    def _tool_input_schema(self, name: str) -> dict[str, Any] | None:
+        self.ensure_tools()
+        return super()._tool_input_schema(name)
 
     async def list_resources(self, *args: Any, **kwargs: Any) -> Any:
-        self._ensure_resources()
+        self._resources_later.now()
         return await super().list_resources(*args, **kwargs)
 
     async def list_resource_templates(self, *args: Any, **kwargs: Any) -> Any:
-        self._ensure_resources()
+        self._resources_later.now()
         return await super().list_resource_templates(*args, **kwargs)
 
     async def read_resource(self, *args: Any, **kwargs: Any) -> Any:
-        self._ensure_resources()
+        self._resources_later.now()
         return await super().read_resource(*args, **kwargs)
+
+    async def list_prompts(self, *args: Any, **kwargs: Any) -> Any:
+        self._prompts_later.now()
+        return await super().list_prompts(*args, **kwargs)
+
+    async def get_prompt(self, *args: Any, **kwargs: Any) -> Any:
+        self._prompts_later.now()
+        return await super().get_prompt(*args, **kwargs)
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[ServerState, Any] | None = None
     ) -> Any:
+        if not self._tools_later.done:
+            await anyio.to_thread.run_sync(self.ensure_tools)
         try:
             return await super().call_tool(name, arguments, context)
         except UnexpectedToolError:
@@ -286,6 +331,7 @@ def build_server(
         state.open_engine(delay=OPEN_DELAY_SECONDS)
         if state.open_error is not None and on_open_error is not None:
             on_open_error(state.open_error)
+        server.ensure_tools()  # settled: register the tools now rather than at the first call
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[ServerState]) -> AsyncIterator[ServerState]:
@@ -326,265 +372,12 @@ def build_server(
     )
     budget_default = state.settings.mcp_default_token_budget
 
-    # --- sessions -------------------------------------------------------------------------
+    def register_tools() -> None:
+        from viking_mcp.faces.mcp_tools import add_tools
 
-    @server.tool(title="Create session", annotations=_writes())
-    @coded
-    def create_session(
-        ctx: Context[ServerState, Any],
-        session_id: Annotated[
-            str | None, Field(description="Id to use; omit it to get a fresh random id.", max_length=128)
-        ] = None,
-        metadata: Annotated[
-            dict[str, Any] | None, Field(description="Free-form JSON object stored with the session.")
-        ] = None,
-        user_id: Annotated[str | None, Field(description="The user this session belongs to.", max_length=128)] = None,
-    ) -> SessionCreated:
-        """Create a session to record a conversation in. Optional: add_message creates sessions on
-        first use. Fails with ALREADY_EXISTS if the id is taken."""
-        return state.require_engine().create_session(session_id, metadata, user_id, actor=state.actor(ctx))
+        add_tools(server, state)
 
-    @server.tool(title="List sessions", annotations=READ_ONLY)
-    @coded
-    def list_sessions(
-        ctx: Context[ServerState, Any],
-        limit: Annotated[int, Field(description="Sessions per page.", ge=1, le=500)] = 50,
-        cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
-    ) -> SessionPage:
-        """List sessions, newest first, a page at a time; pass next_cursor back for the next page."""
-        return state.require_engine().list_sessions(limit, cursor, actor=state.actor(ctx))
-
-    @server.tool(title="Get session", annotations=_writes(idempotent=True))
-    @coded
-    def get_session(
-        ctx: Context[ServerState, Any],
-        session_id: SessionId,
-        auto_create: Annotated[bool, Field(description="Create the session if it does not exist.")] = False,
-    ) -> SessionInfo:
-        """A session's counters: live and total messages, commits, pending_tokens (tokens of
-        the live messages: commit when it grows large), extracted memories, metadata."""
-        return state.require_engine().get_session(session_id, auto_create, actor=state.actor(ctx))
-
-    @server.tool(title="Update session metadata", annotations=_writes(destructive=True, idempotent=True))
-    @coded
-    def update_session(
-        ctx: Context[ServerState, Any],
-        session_id: SessionId,
-        metadata: Annotated[
-            dict[str, Any],
-            Field(description="Keys to set; merged into the existing metadata. A null value removes it."),
-        ],
-    ) -> MetadataUpdated:
-        """Merge keys into a session's metadata (other keys are kept) and return the result."""
-        return state.require_engine().update_session(session_id, metadata, actor=state.actor(ctx))
-
-    @server.tool(title="Delete session", annotations=_writes(destructive=True, idempotent=True))
-    @coded
-    def delete_session(ctx: Context[ServerState, Any], session_id: SessionId) -> SessionDeleted:
-        """Delete a session: its messages, archives, summaries, tool records and metadata.
-        Long-term memories extracted from it stay. This cannot be undone."""
-        return state.require_engine().delete_session(session_id, actor=state.actor(ctx))
-
-    # --- messages ---------------------------------------------------------------------------
-
-    @server.tool(title="Add message", annotations=_writes())
-    @clean_doc
-    async def add_message(
-        ctx: Context[ServerState, Any],
-        session_id: SessionId,
-        role: Annotated[Literal["user", "assistant"], Field(description="Who said it: 'user' or 'assistant'.")],
-        content: Annotated[str | None, Field(description="The message text. Give this or parts, not both.")] = None,
-        parts: Annotated[
-            list[Part] | None,
-            Field(description="The message as parts (text, context, tool). Give this or content, not both."),
-        ] = None,
-        created_at: Annotated[str | None, Field(description="When it was said (ISO 8601); default now.")] = None,
-        message_id: Annotated[
-            str | None,
-            Field(
-                description="Your id for the message; retrying with the same id stores it once.",
-                max_length=128,
-            ),
-        ] = None,
-    ) -> MessageAdded:
-        """Record one turn of the conversation. Creates the session if needed (session_created
-        tells). Use a message_id to make retries safe."""
-        engine = await state.engine_async()
-        append = functools.partial(
-            engine.add_message, session_id, role, content, parts, created_at, message_id, actor=state.actor(ctx)
-        )
-        try:
-            # The hot path: an append is one short SQLite transaction (a tenth of a
-            # millisecond), cheaper here than the hop to a worker thread, which was a
-            # quarter of a stdio round trip. Only when it needs no waiting: if another
-            # writer holds the lock, it fails at once, writing nothing, and waits off the loop.
-            nowait = getattr(engine.store, "without_waiting", None)
-            if nowait is not None:
-                try:
-                    with nowait():
-                        return append()
-                except Unavailable:
-                    pass
-            return await anyio.to_thread.run_sync(append)
-        except VikingError as exc:
-            raise ToolError(str(exc)) from exc
-
-    @server.tool(title="Record usage", annotations=_writes())
-    @coded
-    def record_usage(
-        ctx: Context[ServerState, Any],
-        session_id: SessionId,
-        contexts: Annotated[list[str] | None, Field(description="URIs of resources or memories the turn used.")] = None,
-        skill: Annotated[SkillUse | None, Field(description="A skill the turn used, and how it went.")] = None,
-    ) -> UsageRecorded:
-        """Record which contexts and skills were used, so commit can credit them."""
-        return state.require_engine().record_usage(session_id, contexts, skill, actor=state.actor(ctx))
-
-    # --- commit and tasks ------------------------------------------------------------------------
-
-    @server.tool(title="Commit session", annotations=_writes())
-    @clean_doc
-    async def commit(
-        ctx: Context[ServerState, Any],
-        session_id: SessionId,
-        abstract: Annotated[
-            str | None, Field(description="Your one- or two-sentence summary of the messages being archived.")
-        ] = None,
-        overview: Annotated[
-            str | None,
-            Field(description="Your markdown overview of the conversation so far (carry forward what matters)."),
-        ] = None,
-        keep_recent_count: Annotated[
-            int, Field(description="Leave this many newest messages live (not archived).", ge=0)
-        ] = 0,
-        wait: Annotated[bool, Field(description="Wait (up to ~40 s) until the archive is summarised.")] = False,
-        memories: Annotated[
-            list[MemoryInput] | None,
-            Field(
-                description="Long-term memories you took from these messages (facts about the user, preferences, "
-                "people, dated events, solved cases...). Stored verbatim and merged by category; omit to let "
-                "the server extract them."
-            ),
-        ] = None,
-    ) -> CommitResult:
-        """Archive the live messages now and summarise them in the background (task_id tracks
-        it). Call when the window fills. status 'skipped' means there was nothing to archive.
-        FAILED_PRECONDITION means an earlier archive failed: retry_archive it first."""
-        engine = await state.engine_async()
-        actor = state.actor(ctx)
-        try:
-            result = await anyio.to_thread.run_sync(
-                lambda: engine.commit(
-                    session_id, abstract, overview, keep_recent_count, False, None, memories, actor=actor
-                )
-            )
-            if wait and result.task_id is not None:
-                from viking_mcp.engine.waiting import wait_for_task
-
-                # Waits on the event loop, reporting progress, not on a shared worker thread.
-                task = await wait_for_task(
-                    engine, result.task_id, engine.settings.commit_wait_seconds, actor, ctx.report_progress
-                )
-                result.task_status = task.status
-            return result
-        except VikingError as exc:
-            raise ToolError(str(exc)) from exc
-
-    @server.tool(title="Get task", annotations=READ_ONLY)
-    @coded
-    def get_task(
-        ctx: Context[ServerState, Any], task_id: Annotated[str, Field(description="task_id returned by commit.")]
-    ) -> TaskRecord:
-        """A background task's status (pending, running, completed, failed), result and error."""
-        return state.require_engine().get_task(task_id, actor=state.actor(ctx))
-
-    @server.tool(title="List tasks", annotations=READ_ONLY)
-    @coded
-    def list_tasks(
-        ctx: Context[ServerState, Any],
-        task_type: Annotated[
-            Literal["session_commit", "session_extract"] | None, Field(description="Only tasks of this type.")
-        ] = None,
-        status: Annotated[
-            Literal["pending", "running", "completed", "failed"] | None,
-            Field(description="Only tasks in this state."),
-        ] = None,
-        resource_id: Annotated[str | None, Field(description="Only tasks of this session id.")] = None,
-        limit: Annotated[int, Field(description="At most this many tasks.", ge=1, le=500)] = 50,
-    ) -> TaskList:
-        """Background tasks, newest first, optionally filtered."""
-        return state.require_engine().list_tasks(task_type, status, resource_id, limit, actor=state.actor(ctx))
-
-    # --- long-term memory ----------------------------------------------------------------------------
-
-    @server.tool(title="Extract memories now", annotations=_writes())
-    @coded
-    def extract(ctx: Context[ServerState, Any], session_id: SessionId) -> ExtractResult:
-        """Extract long-term memories from the session's live messages now, without committing.
-        Memories merge by category, so extracting again or committing later adds no duplicates."""
-        return state.require_engine().extract(session_id, actor=state.actor(ctx))
-
-    @server.tool(title="Search memories", annotations=READ_ONLY)
-    @coded
-    def search_memories(
-        ctx: Context[ServerState, Any],
-        query: Annotated[str, Field(description="What to look for, in plain words.", min_length=1, max_length=2000)],
-        category: Annotated[MemoryCategory | None, Field(description="Only memories of this category.")] = None,
-        limit: Annotated[int, Field(description="At most this many results.", ge=1, le=100)] = 10,
-    ) -> MemorySearchResult:
-        """Search long-term memories (the user's profile, preferences, people, events, and the
-        agent's cases, patterns, tools, skills), best match first. Read a whole memory as a
-        resource at its uri."""
-        return state.require_engine().search_memories(query, category, limit, actor=state.actor(ctx))
-
-    # --- context and archives ---------------------------------------------------------------------
-
-    @server.tool(title="Get context", annotations=READ_ONLY)
-    @coded
-    def get_context(
-        ctx: Context[ServerState, Any],
-        session_id: SessionId,
-        token_budget: Annotated[
-            int,
-            Field(
-                description="Tokens you can spend on this context; the live messages are always returned.",
-                ge=0,
-            ),
-        ] = budget_default,
-    ) -> SessionContext:
-        """Rebuild your context window: the latest archive's overview and earlier archives'
-        abstracts (as many as fit the budget after the messages), plus the messages not yet
-        summarised. Use expand_archive for any archive's full text."""
-        return state.require_engine().get_context(session_id, token_budget, actor=state.actor(ctx))
-
-    @server.tool(title="Expand archive", annotations=READ_ONLY)
-    @coded
-    def expand_archive(
-        ctx: Context[ServerState, Any],
-        session_id: SessionId,
-        archive_id: ArchiveId,
-        offset: Annotated[int, Field(description="Skip this many messages (for paging).", ge=0)] = 0,
-        limit: Annotated[int, Field(description="At most this many messages.", ge=1, le=1000)] = 200,
-    ) -> ArchiveDetail:
-        """An archive's status, abstract, overview and raw messages (paged: pass next_offset back
-        as offset). Pending and failed archives have their messages and empty summaries."""
-        return state.require_engine().expand_archive(session_id, archive_id, offset, limit, actor=state.actor(ctx))
-
-    # Destructive: skipping gives up an archive's summaries for good.
-    @server.tool(title="Retry or skip a failed archive", annotations=_writes(destructive=True))
-    @coded
-    def retry_archive(
-        ctx: Context[ServerState, Any],
-        session_id: SessionId,
-        archive_id: ArchiveId,
-        action: Annotated[
-            Literal["retry", "skip"],
-            Field(description="'retry' summarises it again; 'skip' gives up on its summary."),
-        ] = "retry",
-    ) -> RetryResult:
-        """Recover an archive whose background summarising failed, so that commits proceed. Its
-        messages are kept either way (expand_archive)."""
-        return state.require_engine().retry_archive(session_id, archive_id, action, actor=state.actor(ctx))
+    server.add_tools_later(register_tools, cached_tool_listing(state.settings))
 
     # --- resources ------------------------------------------------------------------------------
 
@@ -656,31 +449,35 @@ def build_server(
 
     # --- prompts --------------------------------------------------------------------------------
 
-    @server.prompt(title="Rebuild context from a session")
-    def rebuild_context(
-        ctx: Context[ServerState, Any], session_id: str, token_budget: str = str(budget_default)
-    ) -> list[PromptMessage]:
-        """Rebuild an agent's context window from a session within a token budget."""
-        try:
-            budget = int(token_budget)
-        except ValueError:
-            raise MCPError(
-                code=INVALID_PARAMS, message=f"INVALID_ARGUMENT: token_budget {token_budget!r} is not a whole number"
-            ) from None
-        try:
-            context = state.require_engine().get_context(session_id, budget, actor=state.actor(ctx))
-        except (VikingError, ToolError) as exc:
-            # A protocol error keeps its message (the SDK hides a plain exception's text).
-            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from exc
-        from viking_mcp.engine.context import render_context_text
+    def add_prompts() -> None:
+        @server.prompt(title="Rebuild context from a session")
+        def rebuild_context(
+            ctx: Context[ServerState, Any], session_id: str, token_budget: str = str(budget_default)
+        ) -> list[PromptMessage]:
+            """Rebuild an agent's context window from a session within a token budget."""
+            try:
+                budget = int(token_budget)
+            except ValueError:
+                raise MCPError(
+                    code=INVALID_PARAMS,
+                    message=f"INVALID_ARGUMENT: token_budget {token_budget!r} is not a whole number",
+                ) from None
+            try:
+                context = state.require_engine().get_context(session_id, budget, actor=state.actor(ctx))
+            except (VikingError, ToolError) as exc:
+                # A protocol error keeps its message (the SDK hides a plain exception's text).
+                raise MCPError(code=INVALID_PARAMS, message=str(exc)) from exc
+            from viking_mcp.engine.context import render_context_text
 
-        text = render_context_text(session_id, context)
-        return [
-            UserMessage(
-                "Continue our conversation. Here is what viking-mcp kept of it "
-                f"(session {session_id}, within {budget} tokens):\n\n{text}"
-            )
-        ]
+            text = render_context_text(session_id, context)
+            return [
+                UserMessage(
+                    "Continue our conversation. Here is what viking-mcp kept of it "
+                    f"(session {session_id}, within {budget} tokens):\n\n{text}"
+                )
+            ]
+
+    server.add_prompts_later(add_prompts)
 
     return server
 
