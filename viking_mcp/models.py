@@ -22,8 +22,6 @@ ID_MAX_LENGTH = 128
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _ARCHIVE_RE = re.compile(r"archive_([0-9]{3,9})")  # ASCII digits only, no look-alikes
 
-MEMORY_CATEGORIES = ("profile", "preferences", "entities", "events", "cases", "patterns", "tools", "skills")
-
 Role = Literal["user", "assistant"]
 
 

@@ -35,10 +35,10 @@ from viking_mcp.errors import (
     Unavailable,
     VikingError,
 )
+from viking_mcp.memory import MEMORY_CATEGORIES
 from viking_mcp.memory.offline import extract_offline
 from viking_mcp.memory.search import fts_query
 from viking_mcp.models import (
-    MEMORY_CATEGORIES,
     ArchiveDetail,
     CommitResult,
     CommitTaskResult,
@@ -345,6 +345,7 @@ class Engine:
     ) -> MessageAdded:
         """Append a message, creating the session if it does not exist yet."""
         validate_id(session_id)
+        now = utc_now()
         message = build_message(
             role=role,
             content=content,
@@ -353,9 +354,10 @@ class Engine:
             message_id=message_id,
             limits=self.settings.limits,
             parts_win=parts_win,
+            now=now,
         )
         tokens = self.tokens.count(message_text(message)) + MESSAGE_OVERHEAD_TOKENS
-        outcome = self.store.append_message(session_id, message, tokens, utc_now(), actor or self.owner, actor)
+        outcome = self.store.append_message(session_id, message, tokens, now, actor or self.owner, actor)
         return MessageAdded(
             session_id=session_id,
             message_id=outcome.message_id,

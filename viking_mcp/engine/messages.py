@@ -14,7 +14,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from viking_mcp.config import Limits
 from viking_mcp.errors import InvalidArgument, ResourceExhausted
-from viking_mcp.models import Message, Part, normalize_time, utc_now, validate_id
+from viking_mcp.models import Message, Part, TextPart, normalize_time, utc_now, validate_id
 
 _PARTS = TypeAdapter(list[Part])
 
@@ -105,11 +105,12 @@ def build_message(
     message_id: str | None,
     limits: Limits,
     parts_win: bool = False,
+    now: str | None = None,
 ) -> Message:
     """Validate an add_message request and return the message to store.
 
     `content` is shorthand for one text part. Giving both is an error, except where
-    `parts_win` keeps OpenViking's HTTP rule (parts win).
+    `parts_win` keeps OpenViking's HTTP rule (parts win). `now` is the default created_at.
     """
     if role not in ("user", "assistant"):
         raise InvalidArgument(f"role {str(role)[:20]!r} is not allowed; use 'user' or 'assistant'")
@@ -120,10 +121,15 @@ def build_message(
             raise InvalidArgument("give the message as content (text) or parts (a list of parts)")
         if not isinstance(content, str):
             raise InvalidArgument(f"content must be a string, got {type(content).__name__}")
-        parts = [{"type": "text", "text": content}]
+        # One text part, the common case: checked as the JSON text it is stored as, which is
+        # all a string needs (parse_parts would also walk and re-parse it).
+        _canonical_json([{"type": "text", "text": content}], limits.max_message_bytes, "the message")
+        checked: list[Part] = [TextPart(text=content)]
+    else:
+        checked = parse_parts(parts, limits)
     return Message(
         id=validate_id(message_id, "message_id") if message_id is not None else f"msg_{uuid.uuid4().hex}",
         role=role,  # checked above
-        parts=parse_parts(parts, limits),
-        created_at=normalize_time(created_at) if created_at is not None else utc_now(),
+        parts=checked,
+        created_at=normalize_time(created_at) if created_at is not None else now or utc_now(),
     )

@@ -9,26 +9,25 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from viking_mcp.models import (
-    ArchiveDetail,
-    CommitResult,
-    MemorySearchResult,
-    Message,
-    MessageAdded,
-    SessionContext,
-    SessionCreated,
-    SessionDeleted,
-    SessionInfo,
-    SessionPage,
-    TaskList,
-    TaskRecord,
-    UserRef,
-    message_text,
-)
-
 if TYPE_CHECKING:
-    # Only a type here: the engine is not imported to build the command line.
+    # Only types here: neither the engine nor the models are imported to build the
+    # command line, which the stdio server parses too before it can answer.
     from viking_mcp.engine.transfer import TransferResult
+    from viking_mcp.models import (
+        ArchiveDetail,
+        CommitResult,
+        MemorySearchResult,
+        Message,
+        MessageAdded,
+        SessionContext,
+        SessionCreated,
+        SessionDeleted,
+        SessionInfo,
+        SessionPage,
+        TaskList,
+        TaskRecord,
+        UserRef,
+    )
 
 # --- pieces -------------------------------------------------------------------------------------
 
@@ -72,6 +71,8 @@ def indented(text: str, indent: str = "  ") -> str:
 
 
 def message_line(message: Message) -> str:
+    from viking_mcp.models import message_text
+
     text = message_text(message)
     head, *rest = text.split("\n")
     lines = [f"[{when(message.created_at, seconds=False)}] {message.role}: {head}"]

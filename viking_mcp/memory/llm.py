@@ -34,7 +34,8 @@ from typing import Any, Literal, NoReturn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from viking_mcp.errors import InvalidArgument
-from viking_mcp.models import MEMORY_CATEGORIES, MemoryInput, Message, message_text
+from viking_mcp.memory import MEMORY_CATEGORIES
+from viking_mcp.models import MemoryInput, Message, message_text
 from viking_mcp.summarize.base import ArchiveInput
 from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
 

@@ -79,7 +79,7 @@ class MergePlan:
         return {"archive_id": archive_id, "adds": self.adds, "updates": self.updates, "deletes": []}
 
     def counts(self) -> dict[str, int]:
-        from viking_mcp.models import MEMORY_CATEGORIES
+        from viking_mcp.memory import MEMORY_CATEGORIES
 
         counts = dict.fromkeys(MEMORY_CATEGORIES, 0)
         for write in self.writes:

@@ -46,8 +46,9 @@ from viking_mcp.errors import (
     Unavailable,
     VikingError,
 )
+from viking_mcp.memory import MEMORY_CATEGORIES
 from viking_mcp.memory.merge import MemoryWrite, StoredMemory
-from viking_mcp.models import MEMORY_CATEGORIES, Message, archive_id
+from viking_mcp.models import Message, archive_id
 from viking_mcp.store.base import (
     AppendOutcome,
     ArchiveRow,

@@ -34,8 +34,9 @@ from viking_mcp.errors import (
     Unavailable,
     VikingError,
 )
+from viking_mcp.memory import MEMORY_CATEGORIES
 from viking_mcp.memory.merge import MemoryWrite, StoredMemory
-from viking_mcp.models import MEMORY_CATEGORIES, Message, archive_id
+from viking_mcp.models import Message, archive_id
 from viking_mcp.store.base import (
     AppendOutcome,
     ArchiveRow,
@@ -147,10 +148,12 @@ def _translate(exc: sqlite3.Error, path: Path) -> VikingError:
 class _Holder:
     """A thread's connection, owned by that thread's `threading.local`."""
 
-    __slots__ = ("__weakref__", "conn")
+    __slots__ = ("__weakref__", "conn", "waits")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        # False while the connection's busy timeout is 0 (`without_waiting`).
+        self.waits = True
 
 
 class SQLiteStore:
@@ -173,7 +176,11 @@ class SQLiteStore:
     # --- connections and transactions ------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use.
+        """This thread's connection, opened on first use."""
+        return self._holder().conn
+
+    def _holder(self) -> _Holder:
+        """This thread's connection and its state.
 
         A connection belongs to its thread's `_Holder`; when the thread ends (worker pools
         retire idle threads) the holder is collected and the connection closed with it.
@@ -182,7 +189,9 @@ class SQLiteStore:
             raise Unavailable("the store is closed")
         holder: _Holder | None = getattr(self._local, "holder", None)
         if holder is not None:
-            return holder.conn
+            if not holder.waits and not getattr(self._local, "nowait", False):
+                self._set_waiting(holder, True)
+            return holder
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -200,7 +209,14 @@ class SQLiteStore:
         weakref.finalize(holder, conn.close)
         self._local.holder = holder
         self._holders.add(holder)
-        return conn
+        return holder
+
+    def _set_waiting(self, holder: _Holder, waits: bool) -> None:
+        try:
+            holder.conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms) if waits else 0}")
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+        holder.waits = waits
 
     def _ensure_wal(self, conn: sqlite3.Connection) -> None:
         """Switch the database to WAL once; later connections find it already set.
@@ -247,14 +263,19 @@ class SQLiteStore:
     def without_waiting(self) -> Iterator[None]:
         """This thread's writes fail at once with UNAVAILABLE, instead of waiting for the
         lock another writer holds: for a caller that must not block (an event loop), which
-        then tries again where it may wait. Nothing is written by a write that fails so."""
-        conn = self._connect()
-        conn.execute("PRAGMA busy_timeout = 0")
+        then tries again where it may wait. Nothing is written by a write that fails so.
+
+        The connection keeps its zero timeout after the block (setting it is two statements
+        per append on the hot path); this thread's next write outside such a block sets it
+        back first."""
+        holder = self._holder()
+        if holder.waits:
+            self._set_waiting(holder, False)
+        self._local.nowait = True
         try:
             yield
         finally:
-            with suppress(sqlite3.Error):
-                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            self._local.nowait = False
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
