@@ -47,8 +47,8 @@ FULL = Sizes(
     commit_small=20,
     commit_large=2,
     reads=50,
-    cold_starts=10,
-    round_trips=500,
+    cold_starts=15,
+    round_trips=1_000,
     throughput_messages=3_000,
     bench_quick=False,
 )

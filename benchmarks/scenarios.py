@@ -190,8 +190,8 @@ def cold_starts(sizes: Sizes, workdir: Path) -> dict[str, Any]:
 async def stdio_round_trips(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     """add_message on viking-mcp and the bare server's no-op tool, both over stdio, same client.
 
-    Both servers run at once and take turns in blocks of 50 calls, so that a busy machine
-    weighs on both alike; the no-op takes add_message's arguments.
+    Both servers run at once and take turns call by call, so that a busy machine weighs on
+    both alike; the no-op takes add_message's arguments.
     """
     from mcp import Client, StdioServerParameters
 
@@ -208,16 +208,15 @@ async def stdio_round_trips(sizes: Sizes, workdir: Path) -> dict[str, Any]:
             for client in (ours, bare):
                 listed = await client.list_tools()
                 client.session._tool_output_schemas.update(dict.fromkeys(t.name for t in listed.tools))
-        for block in range(0, len(texts), 50):
+        for index, text in enumerate(texts):
+            arguments = {"session_id": "round-trip", "role": role_of(index + 1), "content": text}
             for name, client, tool in (("ours", ours, "add_message"), ("bare", bare, "noop")):
-                for index in range(block, min(block + 50, len(texts))):
-                    arguments = {"session_id": "round-trip", "role": role_of(index + 1), "content": texts[index]}
-                    begin = clock()
-                    result = await client.call_tool(tool, arguments)
-                    elapsed = clock() - begin
-                    assert not result.is_error, result.content
-                    if block:  # the first block of each warms up
-                        samples[name].append(elapsed)
+                begin = clock()
+                result = await client.call_tool(tool, arguments)
+                elapsed = clock() - begin
+                assert not result.is_error, result.content
+                if index >= 50:  # the first 50 of each warm up
+                    samples[name].append(elapsed)
     return {"add_message": summary_ms(samples["ours"]), "bare_noop": summary_ms(samples["bare"])}
 
 
