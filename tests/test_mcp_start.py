@@ -94,15 +94,21 @@ async def test_another_default_budget_is_listed_as_configured(settings: Settings
 
 
 def test_listing_the_tools_imports_neither_models_nor_engine(tmp_path: Path) -> None:
-    """In a fresh interpreter: build the server as the stdio command does, list the tools."""
+    """In a fresh interpreter: serve as the stdio command does (lifespan and all), initialize
+    and list the tools, then look at what was imported to do that."""
     code = """
 import sys, anyio
+from mcp import Client
 from viking_mcp.config import settings_from_env
 from viking_mcp.faces.mcp_server import build_server
-server = build_server(settings_from_env())
-tools = anyio.run(server.list_tools)
-loaded = [m for m in ("viking_mcp.models", "viking_mcp.faces.mcp_tools", "viking_mcp.engine") if m in sys.modules]
-print(len(tools), loaded)
+
+async def main():
+    async with Client(build_server(settings_from_env())) as client:
+        tools = (await client.list_tools()).tools
+        heavy = ("viking_mcp.models", "viking_mcp.faces.mcp_tools", "viking_mcp.engine", "viking_mcp.store", "sqlite3")
+        print(len(tools), [m for m in heavy if m in sys.modules])
+
+anyio.run(main)
 """
     env = {"VIKING_MCP_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True)

@@ -335,10 +335,10 @@ def build_server(
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[ServerState]) -> AsyncIterator[ServerState]:
-        from viking_mcp.engine import Phase2Worker
-
         opener: threading.Thread | None = None
         if engine is not None:
+            from viking_mcp.engine import Phase2Worker
+
             state.engine, state.external_engine = engine, True
             state.worker = Phase2Worker(engine, threads=state.settings.phase2_workers)
             state.worker.start()
