@@ -732,3 +732,31 @@ async def test_one_session_through_mcp_rest_and_the_cli(server: Server) -> None:
         cli_info = await anyio.to_thread.run_sync(lambda: cli("session", "get", sid))
         assert info == rest_info == cli_info
         assert info["commit_count"] == 1 and info["total_message_count"] == 3
+
+
+def test_an_append_waits_for_another_writer_off_the_event_loop(quiet_engine: Engine) -> None:
+    """An append runs on the event loop only when it need not wait: while another process
+    holds the write lock it waits on a worker thread, the server answers other requests
+    meanwhile, and the append lands once the lock is released."""
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = quiet_engine.settings
+    with TestClient(build_app(settings, engine=quiet_engine, keyring=KeyRing())) as client:
+        envelope(client.post("/api/v1/sessions/s/messages", json={"role": "user", "content": "first"}))
+        other = sqlite3.connect(settings.database_path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                second = {"role": "user", "content": "second"}
+                pending = pool.submit(client.post, "/api/v1/sessions/s/messages", json=second)
+                time.sleep(0.3)
+                assert not pending.done()  # still waiting for the lock
+                # Had the append blocked the event loop, this request could not be answered now.
+                assert envelope(client.get("/api/v1/sessions/s"))["message_count"] == 1
+                other.execute("COMMIT")
+                assert envelope(pending.result(timeout=10))["message_count"] == 2
+        finally:
+            if other.in_transaction:
+                other.execute("ROLLBACK")
+            other.close()

@@ -1,4 +1,5 @@
-"""Waiting for a background task from async code without holding a worker thread.
+"""Async code and the engine: waiting for a task without holding a worker thread, and
+writing without a worker thread when no wait is needed.
 
 A `commit(wait=true)` over MCP or HTTP may wait up to tens of seconds; done on a thread,
 a handful of such calls would take every thread of the pool that all requests share,
@@ -11,15 +12,39 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
+import anyio.to_thread
 
 from viking_mcp.engine.engine import Engine
+from viking_mcp.errors import Unavailable
 from viking_mcp.models import TaskRecord
 from viking_mcp.store.base import Owner
 
 AsyncProgress = Callable[[float, float, str], Awaitable[None]]
 POLL_SECONDS = 0.1
+T = TypeVar("T")
+
+
+async def write_soon(engine: Engine, write: Callable[[], T]) -> T:
+    """Run a short write (an append: one transaction of a tenth of a millisecond) on the
+    event loop when it need not wait, else on a worker thread, where it waits.
+
+    The hop to a worker thread and back was a quarter of an MCP round trip over stdio and
+    a sixth of the HTTP server's CPU per appended message. On the loop the write must never
+    wait for SQLite's write lock (another process's Phase 2 transaction can hold it for
+    milliseconds): with the store's `without_waiting` it fails at once, writing nothing,
+    and is run again where it may wait. A store without it (PostgreSQL, whose writes can
+    always wait on the network) always writes on a thread."""
+    nowait = getattr(engine.store, "without_waiting", None)
+    if nowait is not None:
+        try:
+            with nowait():
+                return write()
+        except Unavailable:
+            pass
+    return await anyio.to_thread.run_sync(write)
 
 
 async def wait_for_task(

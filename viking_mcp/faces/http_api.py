@@ -47,7 +47,7 @@ from viking_mcp import __version__
 from viking_mcp.auth import KeyRing, key_from_headers, keyring_from_env
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine, Phase2Worker
-from viking_mcp.engine.waiting import wait_for_task
+from viking_mcp.engine.waiting import wait_for_task, write_soon
 from viking_mcp.errors import (
     ErrorCode,
     Internal,
@@ -505,8 +505,11 @@ def _actor(request: Request) -> Owner | None:
 M = TypeVar("M", bound=BaseModel)
 
 
-async def _call(request: Request, operation: Callable[[Engine, Owner | None], M]) -> JSONResponse:
-    """Run one engine operation on a worker thread as the caller, and wrap its result."""
+async def _call(
+    request: Request, operation: Callable[[Engine, Owner | None], M], *, short_write: bool = False
+) -> JSONResponse:
+    """Run one engine operation on a worker thread as the caller, and wrap its result. A
+    `short_write` (an append) runs on the event loop when it need not wait (`write_soon`)."""
     state = _state(request)
     engine = state.require_engine()
     actor = _actor(request)
@@ -520,7 +523,10 @@ async def _call(request: Request, operation: Callable[[Engine, Owner | None], M]
             logger.exception("%s %s failed", request.method, request.url.path)
             raise Internal(f"the server failed on this request ({type(exc).__name__}); see its log") from exc
 
-    result = await run_in_threadpool(run)
+    if short_write:
+        result = await write_soon(engine, run)
+    else:
+        result = await run_in_threadpool(run)
     return _Json({"status": "ok", "result": result.model_dump(mode="json"), "time": _elapsed(request.scope)})
 
 
@@ -583,6 +589,7 @@ def _router() -> APIRouter:
             lambda e, a: e.add_message(
                 session_id, body.role, body.content, parts, body.created_at, body.message_id, parts_win=True, actor=a
             ),
+            short_write=True,
         )
 
     @router.post(

@@ -32,7 +32,8 @@ from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp.types import ToolAnnotations
 from pydantic import Field, PrivateAttr
 
-from viking_mcp.errors import Unavailable, VikingError
+from viking_mcp.engine.waiting import wait_for_task, write_soon
+from viking_mcp.errors import VikingError
 from viking_mcp.faces.mcp_server import ServerState, VikingMCPServer
 from viking_mcp.models import (
     ArchiveDetail,
@@ -190,18 +191,7 @@ def add_tools(server: VikingMCPServer, state: ServerState) -> None:
             engine.add_message, session_id, role, content, parts, created_at, message_id, actor=state.actor(ctx)
         )
         try:
-            # The hot path: an append is one short SQLite transaction (a tenth of a
-            # millisecond), cheaper here than the hop to a worker thread, which was a
-            # quarter of a stdio round trip. Only when it needs no waiting: if another
-            # writer holds the lock, it fails at once, writing nothing, and waits off the loop.
-            nowait = getattr(engine.store, "without_waiting", None)
-            if nowait is not None:
-                try:
-                    with nowait():
-                        return append()
-                except Unavailable:
-                    pass
-            return await anyio.to_thread.run_sync(append)
+            return await write_soon(engine, append)
         except VikingError as exc:
             raise ToolError(str(exc)) from exc
 
@@ -255,8 +245,6 @@ def add_tools(server: VikingMCPServer, state: ServerState) -> None:
                 )
             )
             if wait and result.task_id is not None:
-                from viking_mcp.engine.waiting import wait_for_task
-
                 # Waits on the event loop, reporting progress, not on a shared worker thread.
                 task = await wait_for_task(
                     engine, result.task_id, engine.settings.commit_wait_seconds, actor, ctx.report_progress
