@@ -182,7 +182,8 @@ def judge(report: dict[str, Any]) -> list[dict[str, Any]]:
     for face in ("engine", "mcp_stdio"):
         row(
             f"{face}_growth_ratio",
-            f"add_message ({face}): p50 of the {big:,}th window <= 1.2x the {small:,}th's",
+            f"add_message ({face}): p50 of messages {big - 99:,}-{big:,} <= 1.2x that of a new session's "
+            f"first {small}, appended in turns",
             _get(report, "faces", face, "add_message_growth_ratio"),
             1.2,
             "x",
@@ -338,7 +339,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| add_message, messages {end - 99:,}-{end:,} | {cells('add_message', f'{end - 99}-{end}')} |")
     lines.append(f"| add_message, all {sizes['growth']:,} | {cells('add_message', 'all')} |")
     lines.append(
-        "| add_message p50, last window / first | "
+        "| add_message, messages 1-100 of a new session, in turns with the last window | "
+        + cells("add_message_first_100_alongside")
+        + " |"
+    )
+    lines.append(
+        "| add_message p50, last window / a new session's first 100 | "
         + " | ".join(f"{faces[n]['add_message_growth_ratio']:.2f}" for n in names)
         + " |"
     )
