@@ -16,13 +16,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 
 from viking_mcp.config import Settings
 from viking_mcp.faces import mcp_server
 from viking_mcp.faces.cli import _arguments, _parser
-from viking_mcp.faces.mcp_server import build_server, cached_tool_listing
+from viking_mcp.faces.mcp_server import build_server, cached_tool_listing, listing_key, remember_tool_listing
 
 pytestmark = pytest.mark.anyio
 
@@ -39,11 +40,20 @@ async def registered_listing(settings: Settings) -> list[dict[str, Any]]:
     return dumped(await server.list_tools())
 
 
+def shipped_key() -> dict[str, Any]:
+    key: dict[str, Any] = json.loads(mcp_server.LISTING_PATH.read_text(encoding="utf-8"))["key"]
+    return key
+
+
 def test_the_tool_listing_file_is_current() -> None:
-    assert cached_tool_listing(Settings()) is not None, f"mcp_tools.json is out of date: {REGENERATE}"
+    """Written from the tools as they are now (the SDK and pydantic may have moved on since:
+    then it is not used, and the next test says so)."""
+    assert shipped_key()["sources"] == listing_key(20_000)["sources"], f"mcp_tools.json is out of date: {REGENERATE}"
 
 
 async def test_the_tool_listing_file_lists_exactly_what_the_tools_register(settings: Settings) -> None:
+    if shipped_key() != listing_key(settings.mcp_default_token_budget):
+        pytest.skip(f"mcp_tools.json was written with other versions {shipped_key()['versions']}: {REGENERATE}")
     cached = cached_tool_listing(settings)
     assert cached is not None, REGENERATE
     assert dumped(cached) == await registered_listing(settings), REGENERATE
@@ -120,3 +130,46 @@ def test_no_arguments_is_the_stdio_server_without_building_the_parser() -> None:
     parsed = vars(_parser().parse_args([]))
     assert fast == {key: parsed[key] for key in fast}
     assert fast["command"] is None
+
+
+async def test_a_listing_that_does_not_fit_is_remembered_in_the_data_directory(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Installed beside another SDK or pydantic release than the shipped file was written
+    with, the first start registers the tools to list them and writes their listing into
+    the data directory; the next start lists from it."""
+    monkeypatch.setattr(mcp_server, "LISTING_PATH", tmp_path / "missing.json")
+    assert cached_tool_listing(settings) is None
+    settings.home.mkdir(parents=True, exist_ok=True)
+    server = build_server(settings)
+    server.ensure_tools()
+    await remember_tool_listing(server, settings)
+    remembered = cached_tool_listing(settings)
+    assert remembered is not None
+    assert dumped(remembered) == await registered_listing(settings)
+    restarted = build_server(settings)
+    assert restarted.listed_from_file
+    assert dumped(await restarted.list_tools()) == dumped(remembered)
+    assert list(settings.home.glob("*.tmp")) == []
+
+
+async def test_the_stdio_server_remembers_the_listing_once_settled(tmp_path: Path) -> None:
+    """The real command, with a shipped file that does not fit (another -O level than the
+    tests run with): after it settles, the data directory holds the listing."""
+    from mcp import StdioServerParameters
+
+    from tests.conftest import server_env
+
+    home = tmp_path / "home"
+    params = StdioServerParameters(
+        command=sys.executable, args=["-O", "-m", "viking_mcp"], env=server_env(home), cwd=str(tmp_path)
+    )
+    async with Client(params) as client:
+        listed = (await client.list_tools()).tools
+        for _ in range(100):
+            if (home / mcp_server.LISTING_CACHE_NAME).exists():
+                break
+            await anyio.sleep(0.1)
+    document = json.loads((home / mcp_server.LISTING_CACHE_NAME).read_text(encoding="utf-8"))
+    assert document["key"]["optimize"] == 1
+    assert document["tools"] == dumped(listed)

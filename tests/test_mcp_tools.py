@@ -235,3 +235,15 @@ async def test_lists_and_objects_sent_as_json_text_are_still_read(mcp: Client) -
     assert info["metadata"] == {"topic": "json"}
     context = await call(mcp, "get_context", session_id="s")
     assert context["messages"][0]["parts"] == [{"type": "text", "text": "as JSON text"}]
+
+
+async def test_null_for_an_optional_id_or_filter_still_means_none(mcp: Client) -> None:
+    """Only free text (content, abstract, overview) is kept as sent; for other optional
+    arguments a host's "null" still means none, as the SDK reads it."""
+    first = await call(mcp, "add_message", session_id="s", role="user", content="one", message_id="null")
+    second = await call(mcp, "add_message", session_id="s", role="user", content="two", message_id="null")
+    assert not second["duplicate"] and first["message_id"] != second["message_id"] != "null"
+    tasks = await call(mcp, "list_tasks", status="null", task_type="null")
+    assert tasks["tasks"] == []
+    page = await call(mcp, "list_sessions", cursor="null")
+    assert [s["session_id"] for s in page["sessions"]] == ["s"]

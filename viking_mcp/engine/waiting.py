@@ -18,31 +18,40 @@ import anyio
 import anyio.to_thread
 
 from viking_mcp.engine.engine import Engine
-from viking_mcp.errors import Unavailable
+from viking_mcp.errors import WouldWait
 from viking_mcp.models import TaskRecord
 from viking_mcp.store.base import Owner
 
 AsyncProgress = Callable[[float, float, str], Awaitable[None]]
 POLL_SECONDS = 0.1
 T = TypeVar("T")
+# Text longer than this is appended on a worker thread: counting its tokens and encoding it
+# would hold the event loop, which every other client of the server shares, for milliseconds.
+SHORT_TEXT_CHARS = 16_384
 
 
-async def write_soon(engine: Engine, write: Callable[[], T]) -> T:
+def is_short_text(content: object, parts: object) -> bool:
+    """Whether an append of this content is short enough to run on the event loop."""
+    return not parts and isinstance(content, str) and len(content) <= SHORT_TEXT_CHARS
+
+
+async def write_soon(engine: Engine, write: Callable[[], T], short: bool = True) -> T:
     """Run a short write (an append: one transaction of a tenth of a millisecond) on the
-    event loop when it need not wait, else on a worker thread, where it waits.
+    event loop when it need not wait, else on a worker thread, where it waits. A write
+    that is not `short` always runs on the thread.
 
     The hop to a worker thread and back was a quarter of an MCP round trip over stdio and
     a sixth of the HTTP server's CPU per appended message. On the loop the write must never
     wait for SQLite's write lock (another process's Phase 2 transaction can hold it for
-    milliseconds): with the store's `without_waiting` it fails at once, writing nothing,
-    and is run again where it may wait. A store without it (PostgreSQL, whose writes can
-    always wait on the network) always writes on a thread."""
+    milliseconds): with the store's `without_waiting` it fails at once with WouldWait,
+    before writing anything, and is run again where it may wait. A store without it
+    (PostgreSQL, whose writes can always wait on the network) always writes on a thread."""
     nowait = getattr(engine.store, "without_waiting", None)
-    if nowait is not None:
+    if nowait is not None and short:
         try:
             with nowait():
                 return write()
-        except Unavailable:
+        except WouldWait:
             pass
     return await anyio.to_thread.run_sync(write)
 

@@ -47,7 +47,7 @@ from viking_mcp import __version__
 from viking_mcp.auth import KeyRing, key_from_headers, keyring_from_env
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine, Phase2Worker
-from viking_mcp.engine.waiting import wait_for_task, write_soon
+from viking_mcp.engine.waiting import is_short_text, wait_for_task, write_soon
 from viking_mcp.errors import (
     ErrorCode,
     Internal,
@@ -509,7 +509,7 @@ async def _call(
     request: Request, operation: Callable[[Engine, Owner | None], M], *, short_write: bool = False
 ) -> JSONResponse:
     """Run one engine operation on a worker thread as the caller, and wrap its result. A
-    `short_write` (an append) runs on the event loop when it need not wait (`write_soon`)."""
+    `short_write` (a short append) runs on the event loop when it need not wait (`write_soon`)."""
     state = _state(request)
     engine = state.require_engine()
     actor = _actor(request)
@@ -589,7 +589,7 @@ def _router() -> APIRouter:
             lambda e, a: e.add_message(
                 session_id, body.role, body.content, parts, body.created_at, body.message_id, parts_win=True, actor=a
             ),
-            short_write=True,
+            short_write=is_short_text(body.content, body.parts),
         )
 
     @router.post(
@@ -832,6 +832,10 @@ def build_app(
             state.worker.start()
         # The MCP face shares the engine and this app's worker: its own lifespan runs none.
         mcp_server = build_server(replace(settings, phase2_workers=0), engine=current, keyring=state.keyring)
+        # Before serving, off the event loop: the tokenizer (appends run on the loop) and the
+        # MCP tools (the first streamable-HTTP tool call would otherwise register them there).
+        await anyio.to_thread.run_sync(current.tokens.warm_up)
+        await anyio.to_thread.run_sync(mcp_server.ensure_tools)
         mcp_host, security = _mcp_security(host)
         mcp_server.streamable_http_app(streamable_http_path=MCP_PATH, host=mcp_host, transport_security=security)
         manager = mcp_server.session_manager

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -109,6 +110,8 @@ class ServerState:
 
             engine = Engine(self.settings)
             try:
+                # Loaded here, not by the first add_message, which runs on the event loop.
+                engine.tokens.warm_up()
                 worker = Phase2Worker(engine, threads=self.settings.phase2_workers)
                 worker.start()
             except BaseException:
@@ -151,13 +154,17 @@ def describe_open_error(exc: BaseException, settings: Settings) -> str:
 
 # What `tools/list` answers before the tools are registered: see `cached_tool_listing`.
 LISTING_PATH = Path(__file__).with_name("mcp_tools.json")
+# The same, written into the data directory when the shipped file does not fit this
+# installation (another SDK or pydantic release than it was written with).
+LISTING_CACHE_NAME = ".mcp_tools.json"
 # The files whose code the listing is built from (the tools' signatures and result models).
 LISTED_SOURCES = ("faces/mcp_tools.py", "models.py")
 
 
 def listing_key(token_budget_default: int) -> dict[str, Any]:
-    """What the tool listing depends on: our sources, the SDK's and pydantic's versions, and
-    the one setting that appears in it (get_context's default budget)."""
+    """What the tool listing depends on: our sources, the SDK's and pydantic's versions,
+    Python's -O level (-OO drops the docstrings that describe the tools), and the one
+    setting that appears in it (get_context's default budget)."""
     import pydantic
     import pydantic_core
 
@@ -172,28 +179,58 @@ def listing_key(token_budget_default: int) -> dict[str, Any]:
     import mcp
 
     site = Path(mcp.__file__).resolve().parent.parent
-    for entry in os.listdir(site):
+    for entry in sorted(os.listdir(site)):
         for dist in ("mcp", "mcp_types"):
             if entry.startswith(f"{dist}-") and entry.endswith(".dist-info"):
                 versions[dist] = entry[len(dist) + 1 : -len(".dist-info")]
-    return {"sources": digest.hexdigest(), "versions": versions, "token_budget_default": token_budget_default}
+    return {
+        "sources": digest.hexdigest(),
+        "versions": versions,
+        "optimize": sys.flags.optimize,
+        "token_budget_default": token_budget_default,
+    }
 
 
 def cached_tool_listing(settings: Settings) -> list[MCPTool] | None:
-    """The tools as `tools/list` lists them, from `mcp_tools.json`, or None when that file
-    was not written from this code, this SDK and these settings (then the tools are
-    registered, and listed, at the first `tools/list`). Nothing but start time depends on
-    it: the tools are always called through their registrations. The tests check that the
-    file is current and lists exactly what the registrations do."""
+    """The tools as `tools/list` lists them, from `mcp_tools.json` (shipped) or from the
+    data directory's `.mcp_tools.json` (written by `remember_tool_listing`), whichever was
+    written from this code, this SDK and these settings; None if neither (then the tools
+    are registered, and listed, at the first `tools/list`). Nothing but start time depends
+    on it: the tools are always called through their registrations. The tests check that
+    the shipped file is current and lists exactly what the registrations do."""
+    key: dict[str, Any] | None = None
+    for path in (LISTING_PATH, settings.home / LISTING_CACHE_NAME):
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            key = key or listing_key(settings.mcp_default_token_budget)
+            if document.get("key") == key:
+                return [MCPTool.model_validate(tool) for tool in document["tools"]]
+            logger.debug("%s is out of date", path)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.debug("cannot use %s: %s", path, exc)
+    return None
+
+
+def write_tool_listing(path: Path, settings: Settings, tools: list[MCPTool]) -> None:
+    """Write a tool listing with its key, atomically (a reader sees the old file or the new)."""
+    document = {
+        "key": listing_key(settings.mcp_default_token_budget),
+        "tools": [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in tools],
+    }
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+async def remember_tool_listing(server: VikingMCPServer, settings: Settings) -> None:
+    """After the tools are registered, if they were not listed from a file: write their
+    listing into the data directory, so that the next start need not register them first."""
+    if server.listed_from_file or not settings.home.is_dir():
+        return
     try:
-        document = json.loads(LISTING_PATH.read_text(encoding="utf-8"))
-        if document.get("key") != listing_key(settings.mcp_default_token_budget):
-            logger.debug("%s is out of date: the tools are listed from their registrations", LISTING_PATH.name)
-            return None
-        return [MCPTool.model_validate(tool) for tool in document["tools"]]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        logger.debug("cannot use %s: %s", LISTING_PATH.name, exc)
-        return None
+        write_tool_listing(settings.home / LISTING_CACHE_NAME, settings, await server.list_tools())
+    except OSError as exc:  # a read-only directory: the next start is only slower
+        logger.debug("cannot write the tool listing: %s", exc)
 
 
 class Later:
@@ -247,6 +284,10 @@ class VikingMCPServer(MCPServer[ServerState]):
 
     def add_prompts_later(self, add: Callable[[], None]) -> None:
         self._prompts_later.put_off(add)
+
+    @property
+    def listed_from_file(self) -> bool:
+        return self._tool_listing is not None
 
     def ensure_tools(self) -> None:
         """Register the tools now, if they are not yet (blocks for tens of milliseconds)."""
@@ -332,6 +373,8 @@ def build_server(
         if state.open_error is not None and on_open_error is not None:
             on_open_error(state.open_error)
         server.ensure_tools()  # settled: register the tools now rather than at the first call
+        if state.open_error is None:
+            anyio.run(remember_tool_listing, server, state.settings)
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[ServerState]) -> AsyncIterator[ServerState]:

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import sys
-import types
-import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
@@ -32,7 +29,7 @@ from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp.types import ToolAnnotations
 from pydantic import Field, PrivateAttr
 
-from viking_mcp.engine.waiting import wait_for_task, write_soon
+from viking_mcp.engine.waiting import is_short_text, wait_for_task, write_soon
 from viking_mcp.errors import VikingError
 from viking_mcp.faces.mcp_server import ServerState, VikingMCPServer
 from viking_mcp.models import (
@@ -191,7 +188,7 @@ def add_tools(server: VikingMCPServer, state: ServerState) -> None:
             engine.add_message, session_id, role, content, parts, created_at, message_id, actor=state.actor(ctx)
         )
         try:
-            return await write_soon(engine, append)
+            return await write_soon(engine, append, short=is_short_text(content, parts))
         except VikingError as exc:
             raise ToolError(str(exc)) from exc
 
@@ -354,31 +351,30 @@ def add_tools(server: VikingMCPServer, state: ServerState) -> None:
         tool.fn_metadata = TextSafeMetadata.wrapping(tool.fn_metadata)
 
 
+# The arguments that are free text: whatever the caller wrote, kept as written.
+FREE_TEXT = frozenset({"content", "abstract", "overview"})
+
+
 class TextSafeMetadata(FuncMetadata):
-    """The SDK's argument handling, except that a text argument stays text.
+    """The SDK's argument handling, except that free text stays text.
 
     Before validating, the SDK reads every string argument whose annotation is not exactly
-    `str` as JSON, so that a host that sends a list as JSON text still works. For an
-    optional text (`str | None`) that turned a message whose content is JSON text
-    (`'{"ok": true}'`) into an object, which then failed validation: an agent could not
-    record a tool's JSON output. Arguments whose annotation accepts text are passed on as
-    sent; the others (lists, objects) are still read from JSON text.
+    `str` as JSON, so that a host that sends a list as JSON text still works (and `"null"`
+    for an optional id or filter means none). For free text (`content: str | None`) that
+    turned a message whose text is JSON (`'{"ok": true}'`, a tool's output) into an
+    object, which then failed validation, and the text "null" into no message at all.
+    The `FREE_TEXT` arguments are passed on as sent; the others as the SDK reads them.
     """
 
     _texts: frozenset[str] = PrivateAttr(default=frozenset())
 
     @classmethod
     def wrapping(cls, metadata: FuncMetadata) -> TextSafeMetadata:
-        safe = cls(
-            arg_model=metadata.arg_model,
-            output_schema=metadata.output_schema,
-            output_model=metadata.output_model,
-            wrap_output=metadata.wrap_output,
-        )
+        safe = cls(**{name: getattr(metadata, name) for name in FuncMetadata.model_fields})
         safe._texts = frozenset(
             key
             for name, info in metadata.arg_model.model_fields.items()
-            if accepts_text(info.annotation)
+            if name in FREE_TEXT
             for key in (name, info.alias)
             if key
         )
@@ -386,40 +382,23 @@ class TextSafeMetadata(FuncMetadata):
 
     def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
         others = {key: value for key, value in data.items() if key not in self._texts}
-        if not others:
-            return dict(data)
-        parsed = super().pre_parse_json(others)
+        if len(others) == len(data):
+            return super().pre_parse_json(data)
+        parsed = super().pre_parse_json(others) if others else {}
         return {key: parsed.get(key, value) for key, value in data.items()}
 
 
-def accepts_text(annotation: object) -> bool:
-    """Whether a value of this annotation may be a plain string."""
-    if annotation is str:
-        return True
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return any(isinstance(arg, str) for arg in typing.get_args(annotation))
-    if origin is typing.Union or origin is types.UnionType or origin is Annotated:
-        return any(accepts_text(arg) for arg in typing.get_args(annotation))
-    return False
-
-
-def write_tool_listing() -> str:
+def write_shipped_listing() -> str:
     """Write `mcp_tools.json`: the tool listing as the SDK builds it with default settings."""
     from viking_mcp.config import Settings
-    from viking_mcp.faces.mcp_server import LISTING_PATH, build_server, listing_key
+    from viking_mcp.faces.mcp_server import LISTING_PATH, build_server, write_tool_listing
 
     settings = Settings()
     server = build_server(settings)
     server.ensure_tools()
-    listed = anyio.run(server.list_tools)
-    document = {
-        "key": listing_key(settings.mcp_default_token_budget),
-        "tools": [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in listed],
-    }
-    LISTING_PATH.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_tool_listing(LISTING_PATH, settings, anyio.run(server.list_tools))
     return str(LISTING_PATH)
 
 
 if __name__ == "__main__":
-    sys.stderr.write(f"wrote {write_tool_listing()}\n")
+    sys.stderr.write(f"wrote {write_shipped_listing()}\n")

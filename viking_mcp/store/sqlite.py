@@ -33,6 +33,7 @@ from viking_mcp.errors import (
     NotFound,
     Unavailable,
     VikingError,
+    WouldWait,
 )
 from viking_mcp.memory import MEMORY_CATEGORIES
 from viking_mcp.memory.merge import MemoryWrite, StoredMemory
@@ -248,6 +249,8 @@ class SQLiteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            if getattr(self._local, "nowait", False) and ("locked" in str(exc) or "busy" in str(exc)):
+                raise WouldWait("another writer holds the database's write lock") from exc
             raise _translate(exc, self.path) from exc
         try:
             yield conn
@@ -261,7 +264,7 @@ class SQLiteStore:
 
     @contextmanager
     def without_waiting(self) -> Iterator[None]:
-        """This thread's writes fail at once with UNAVAILABLE, instead of waiting for the
+        """This thread's writes fail at once with WouldWait, instead of waiting for the
         lock another writer holds: for a caller that must not block (an event loop), which
         then tries again where it may wait. Nothing is written by a write that fails so.
 
