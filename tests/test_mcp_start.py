@@ -125,6 +125,30 @@ anyio.run(main)
     assert out.stdout.strip() == "15 []", out.stdout + out.stderr
 
 
+def test_a_settled_idle_server_has_not_loaded_the_tokenizer(tmp_path: Path) -> None:
+    """The tokenizer (40 MB) is loaded by the first append, not at start: the idle server's
+    memory is a target. That first append runs on a thread, not on the event loop."""
+    code = """
+import sys, time, anyio
+from mcp import Client
+from viking_mcp.config import settings_from_env
+from viking_mcp.faces.mcp_server import build_server
+
+async def main():
+    async with Client(build_server(settings_from_env())) as client:
+        await client.call_tool("list_sessions", {})  # the data directory is open
+        await anyio.sleep(1.0)  # settled: tools registered, listing remembered
+        print("tiktoken" in sys.modules, end=" ")
+        await client.call_tool("add_message", {"session_id": "s", "role": "user", "content": "hi"})
+        print("tiktoken" in sys.modules)
+
+anyio.run(main)
+"""
+    env = {"VIKING_MCP_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True)
+    assert out.stdout.strip() == "False True", out.stdout + out.stderr
+
+
 def test_no_arguments_is_the_stdio_server_without_building_the_parser() -> None:
     fast = vars(_arguments([]))
     parsed = vars(_parser().parse_args([]))

@@ -832,9 +832,8 @@ def build_app(
             state.worker.start()
         # The MCP face shares the engine and this app's worker: its own lifespan runs none.
         mcp_server = build_server(replace(settings, phase2_workers=0), engine=current, keyring=state.keyring)
-        # Before serving, off the event loop: the tokenizer (appends run on the loop) and the
-        # MCP tools (the first streamable-HTTP tool call would otherwise register them there).
-        await anyio.to_thread.run_sync(current.tokens.warm_up)
+        # Before serving, off the event loop: the first streamable-HTTP tool call would
+        # otherwise register the MCP tools there.
         await anyio.to_thread.run_sync(mcp_server.ensure_tools)
         mcp_host, security = _mcp_security(host)
         mcp_server.streamable_http_app(streamable_http_path=MCP_PATH, host=mcp_host, transport_security=security)

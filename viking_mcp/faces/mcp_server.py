@@ -110,8 +110,6 @@ class ServerState:
 
             engine = Engine(self.settings)
             try:
-                # Loaded here, not by the first add_message, which runs on the event loop.
-                engine.tokens.warm_up()
                 worker = Phase2Worker(engine, threads=self.settings.phase2_workers)
                 worker.start()
             except BaseException:
