@@ -141,7 +141,7 @@ def _io_error(exc: OSError, doing: str) -> Unavailable:
 
 
 @contextmanager
-def _atomic(path: Path, durable: bool = False) -> Iterator[IO[str]]:
+def atomic_file(path: Path, durable: bool = False) -> Iterator[IO[str]]:
     """A file that appears whole, under its name, or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -168,7 +168,7 @@ class _Writer:
         self.counts = {f.name: 0 for f in fields(TransferCounts)}
 
     def text(self, names: tuple[str, ...], text: str) -> None:
-        with _atomic(self.folder.path(*names)) as file:
+        with atomic_file(self.folder.path(*names)) as file:
             file.write(text)
 
     def session(self, dump: SessionDump) -> None:
@@ -236,13 +236,13 @@ class _Writer:
             self.text((*where, files.DONE), archive.done_at)
 
     def messages(self, names: tuple[str, ...], stored: list[StoredMessage]) -> None:
-        with _atomic(self.folder.path(*names)) as file:
+        with atomic_file(self.folder.path(*names)) as file:
             for item in stored:
                 line = MessageLine(**item.message.model_dump(), tokens=item.tokens)
                 file.write(line.model_dump_json() + "\n")
 
     def tasks(self, tasks: Iterator[TaskRow]) -> None:
-        with _atomic(self.folder.path(files.TASKS)) as file:
+        with atomic_file(self.folder.path(files.TASKS)) as file:
             for task in tasks:
                 line = TaskLine(
                     task_id=task.task_id,
@@ -279,7 +279,7 @@ class _Writer:
         self.counts["memories"] += 1
 
     def context_usage(self, rows: Iterator[ContextUsage]) -> None:
-        with _atomic(self.folder.path(files.CONTEXT_USAGE)) as file:
+        with atomic_file(self.folder.path(files.CONTEXT_USAGE)) as file:
             for row in rows:
                 file.write(ContextUsageLine(**asdict(row)).model_dump_json() + "\n")
                 self.counts["context_usage"] += 1
@@ -308,7 +308,7 @@ def export_tree(engine: Engine, directory: str | os.PathLike[str]) -> TransferRe
             encoding=engine.tokens.encoding_name,
             counts=writer.counts,
         )
-        with _atomic(writer.folder.path(files.MANIFEST), durable=True) as file:
+        with atomic_file(writer.folder.path(files.MANIFEST), durable=True) as file:
             file.write(_dumps(manifest.model_dump(mode="json")))
     except OSError as exc:
         raise _io_error(exc, "write") from exc

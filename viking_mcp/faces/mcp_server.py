@@ -211,13 +211,14 @@ def cached_tool_listing(settings: Settings) -> list[MCPTool] | None:
 
 def write_tool_listing(path: Path, settings: Settings, tools: list[MCPTool]) -> None:
     """Write a tool listing with its key, atomically (a reader sees the old file or the new)."""
+    from viking_mcp.engine.transfer import atomic_file
+
     document = {
         "key": listing_key(settings.mcp_default_token_budget),
         "tools": [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in tools],
     }
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    with atomic_file(path) as file:
+        file.write(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
 
 
 async def remember_tool_listing(server: VikingMCPServer, settings: Settings) -> None:

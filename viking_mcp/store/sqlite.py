@@ -122,9 +122,15 @@ def _archive_listing_row(row: tuple[Any, ...]) -> ArchiveRow:
     )  # fmt: skip
 
 
+def _is_locked(exc: sqlite3.Error) -> bool:
+    """Whether SQLite refused for a lock another connection holds (SQLITE_BUSY/LOCKED)."""
+    text = str(exc)
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
 def _translate(exc: sqlite3.Error, path: Path) -> VikingError:
     text = str(exc)
-    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+    if _is_locked(exc):
         return Unavailable(
             "the data directory's database is locked by another process past the busy timeout; "
             "retry, or raise VIKING_MCP_BUSY_TIMEOUT_MS"
@@ -249,7 +255,7 @@ class SQLiteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            if getattr(self._local, "nowait", False) and ("locked" in str(exc) or "busy" in str(exc)):
+            if getattr(self._local, "nowait", False) and _is_locked(exc):
                 raise WouldWait("another writer holds the database's write lock") from exc
             raise _translate(exc, self.path) from exc
         try:
