@@ -103,6 +103,14 @@ async def test_another_default_budget_is_listed_as_configured(settings: Settings
     assert listed["get_context"].input_schema["properties"]["token_budget"]["default"] == 1234
 
 
+def in_fresh_interpreter(code: str, tmp_path: Path) -> str:
+    """What `code` prints, run by a new Python on a new data directory."""
+    env = {"VIKING_MCP_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def test_listing_the_tools_imports_neither_models_nor_engine(tmp_path: Path) -> None:
     """In a fresh interpreter: serve as the stdio command does (lifespan and all), initialize
     and list the tools, then look at what was imported to do that."""
@@ -120,9 +128,7 @@ async def main():
 
 anyio.run(main)
 """
-    env = {"VIKING_MCP_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True)
-    assert out.stdout.strip() == "15 []", out.stdout + out.stderr
+    assert in_fresh_interpreter(code, tmp_path) == "15 []"
 
 
 def test_a_settled_idle_server_has_not_loaded_the_tokenizer(tmp_path: Path) -> None:
@@ -144,9 +150,7 @@ async def main():
 
 anyio.run(main)
 """
-    env = {"VIKING_MCP_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True)
-    assert out.stdout.strip() == "False True", out.stdout + out.stderr
+    assert in_fresh_interpreter(code, tmp_path) == "False True"
 
 
 def test_no_arguments_is_the_stdio_server_without_building_the_parser() -> None:
