@@ -29,6 +29,11 @@ TARGETS = {
     "http_no_message_lost",
     "bench_client_add_message",
     "bench_client_context",
+    "tail_add_message_all",
+    "tail_get_context_0",
+    "tail_get_context_10",
+    "tail_get_context_100",
+    "tail_get_context_1000",
 }
 
 

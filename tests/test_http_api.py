@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,10 +130,11 @@ def start_server(home: Path, logs: Path, *args: str, **env: str) -> tuple[subpro
     return process, port
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("http")
-    process, port = start_server(root / "home", root, VIKING_MCP_API_KEYS=json.dumps(KEYS))
+@contextmanager
+def http_server(root: Path, *args: str, **env: str) -> Iterator[Server]:
+    """`viking-mcp serve --transport http` on data in root/home, from its first /health 200
+    until it has stopped on SIGTERM (cleanly, with nothing on stdout)."""
+    process, port = start_server(root / "home", root, *args, **env)
     running = Server(port, process, root / "home", root / "stdout.txt", root / "stderr.txt")
     deadline = time.monotonic() + 30
     while True:
@@ -159,6 +161,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             pytest.fail("the server did not stop within 15 s of SIGTERM")
         assert code == 0, running.stderr.read_text()
         assert running.stdout.read_bytes() == b"", "the HTTP server must log to stderr only"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with http_server(tmp_path_factory.mktemp("http"), VIKING_MCP_API_KEYS=json.dumps(KEYS)) as running:
+        yield running
 
 
 # --- 1. OpenViking's documented curl flow ---------------------------------------------------------

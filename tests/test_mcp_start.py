@@ -1,156 +1,111 @@
-"""What the MCP server does before it can answer: as little as it can.
+"""How the MCP server starts and stops, and what it leaves behind.
 
-A host waits for `tools/list` when it starts the server, so the tools (a pydantic model and
-JSON schemas each, built by the SDK), the resource templates and the prompt are registered
-after start, and `tools/list` is answered meanwhile from `mcp_tools.json`. These tests
-keep that file honest: current, identical to what the registrations list, and ignored
-when it is not.
+The tools, resource templates and prompt are registered the ordinary way, before anything
+is served; the store opens in the server's lifespan. Nothing but the database is written
+into the data directory, whatever the installed SDK or pydantic release.
 """
 
 from __future__ import annotations
 
-import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import anyio
 import pytest
 from mcp import Client
 
+from tests.conftest import REPO, stdio_params
+from tests.test_http_api import NO_KEY, http_server
 from viking_mcp.config import Settings
-from viking_mcp.faces import mcp_server
 from viking_mcp.faces.cli import _arguments, _parser
-from viking_mcp.faces.mcp_server import build_server, cached_tool_listing, listing_key, remember_tool_listing
+from viking_mcp.faces.mcp_server import build_server, describe_open_error
 
 pytestmark = pytest.mark.anyio
 
-REGENERATE = "run `python -m viking_mcp.faces.mcp_tools` to write it again"
+# What a data directory may hold: SQLite's database, and its WAL and shared-memory files.
+DATABASE_FILES = {"viking.db", "viking.db-wal", "viking.db-shm"}
 
 
-def dumped(tools: list[Any]) -> list[dict[str, Any]]:
-    return [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in tools]
-
-
-async def registered_listing(settings: Settings) -> list[dict[str, Any]]:
+async def test_the_tools_are_registered_before_the_server_runs(settings: Settings) -> None:
     server = build_server(settings)
-    server.ensure_tools()
-    return dumped(await server.list_tools())
-
-
-def shipped_key() -> dict[str, Any]:
-    key: dict[str, Any] = json.loads(mcp_server.LISTING_PATH.read_text(encoding="utf-8"))["key"]
-    return key
-
-
-def test_the_tool_listing_file_is_current() -> None:
-    """Written from the tools as they are now (the SDK and pydantic may have moved on since:
-    then it is not used, and the next test says so)."""
-    assert shipped_key()["sources"] == listing_key(20_000)["sources"], f"mcp_tools.json is out of date: {REGENERATE}"
-
-
-async def test_the_tool_listing_file_lists_exactly_what_the_tools_register(settings: Settings) -> None:
-    if shipped_key() != listing_key(settings.mcp_default_token_budget):
-        pytest.skip(f"mcp_tools.json was written with other versions {shipped_key()['versions']}: {REGENERATE}")
-    cached = cached_tool_listing(settings)
-    assert cached is not None, REGENERATE
-    assert dumped(cached) == await registered_listing(settings), REGENERATE
-    names = [tool.name for tool in cached]
+    names = [tool.name for tool in await server.list_tools()]
     assert len(names) == 15 and "add_message" in names and "retry_archive" in names
-
-
-async def test_before_registration_tools_list_answers_from_the_file(settings: Settings) -> None:
-    server = build_server(settings)
-    assert server._tool_manager.list_tools() == []  # nothing registered yet
-    listed = await server.list_tools()
-    assert dumped(listed) == dumped(cached_tool_listing(settings) or [])
-    assert server._tool_manager.list_tools() == []  # listing registered nothing
-
-
-async def test_a_tool_call_registers_the_tools_first(settings: Settings) -> None:
-    server = build_server(settings)
-    async with Client(server) as client:
-        result = await client.call_tool("add_message", {"session_id": "s", "role": "user", "content": "hi"})
-        assert not result.is_error
-        assert len(server._tool_manager.list_tools()) == 15
-
-
-async def test_a_stale_file_is_not_used(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    document = json.loads(mcp_server.LISTING_PATH.read_text(encoding="utf-8"))
-    document["key"]["sources"] = "0" * 64  # as if a tool changed since the file was written
-    document["tools"][0]["description"] = "stale"
-    stale = tmp_path / "mcp_tools.json"
-    stale.write_text(json.dumps(document), encoding="utf-8")
-    monkeypatch.setattr(mcp_server, "LISTING_PATH", stale)
-    assert cached_tool_listing(settings) is None
-    server = build_server(settings)
-    assert dumped(await server.list_tools()) == await registered_listing(settings)
-
-    stale.write_text("{not json", encoding="utf-8")
-    assert cached_tool_listing(settings) is None
-    stale.unlink()
-    assert cached_tool_listing(settings) is None
+    templates = await server.list_resource_templates()
+    assert any(t.uri_template == "viking://session/{session_id}/history/{archive_id}" for t in templates)
+    assert [prompt.name for prompt in await server.list_prompts()] == ["rebuild_context"]
+    assert not settings.home.exists(), "building the server opened the store"
 
 
 async def test_another_default_budget_is_listed_as_configured(settings: Settings) -> None:
     """get_context's default budget is a setting, and it appears in the listing."""
-    custom = replace(settings, mcp_default_token_budget=1234)
-    assert cached_tool_listing(custom) is None
-    server = build_server(custom)
+    server = build_server(replace(settings, mcp_default_token_budget=1234))
     listed = {tool.name: tool for tool in await server.list_tools()}
     assert listed["get_context"].input_schema["properties"]["token_budget"]["default"] == 1234
 
 
-def in_fresh_interpreter(code: str, tmp_path: Path) -> str:
-    """What `code` prints, run by a new Python on a new data directory."""
-    env = {"VIKING_MCP_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+async def test_a_store_that_cannot_be_opened_stops_the_server_with_the_reason(tmp_path: Path) -> None:
+    """The lifespan raises the store's error before anything is served (the CLI prints
+    `describe_open_error`'s line for it and exits 2: tests/test_stdio_server.py)."""
+    home = tmp_path / "home"
+    home.write_text("a file, not a folder")
+    settings = Settings(home=home)
+    with pytest.raises(OSError) as raised:
+        async with Client(build_server(settings)):
+            pass
+    assert describe_open_error(raised.value, settings).startswith(f"cannot use the data directory {home}:")
+    assert home.read_text() == "a file, not a folder"
 
 
-def test_listing_the_tools_imports_neither_models_nor_engine(tmp_path: Path) -> None:
-    """In a fresh interpreter: serve as the stdio command does (lifespan and all), initialize
-    and list the tools, then look at what was imported to do that."""
-    code = """
-import sys, anyio
-from mcp import Client
-from viking_mcp.config import settings_from_env
-from viking_mcp.faces.mcp_server import build_server
+async def test_after_stdio_and_http_the_data_directory_holds_only_the_database(tmp_path: Path) -> None:
+    """A real stdio server and a real HTTP server (REST and MCP at /mcp), each used for a
+    whole session's life, leave nothing in the data directory but the database."""
+    home = tmp_path / "home"
+    async with Client(stdio_params(home)) as client:
+        await client.list_tools()
+        for text in ("I fly to Lisbon on 3 May.", "Booked TP1351."):
+            result = await client.call_tool("add_message", {"session_id": "s", "role": "user", "content": text})
+            assert not result.is_error, result.content
+        result = await client.call_tool("commit", {"session_id": "s", "wait": True})
+        assert not result.is_error and result.structured_content is not None
+        assert result.structured_content["task_status"] == "completed"
+        await client.read_resource("viking://session/s/history/archive_001/.overview.md")
+    assert {p.name for p in home.iterdir()} <= DATABASE_FILES
 
-async def main():
-    async with Client(build_server(settings_from_env())) as client:
-        tools = (await client.list_tools()).tools
-        heavy = ("viking_mcp.models", "viking_mcp.faces.mcp_tools", "viking_mcp.engine", "viking_mcp.store", "sqlite3")
-        print(len(tools), [m for m in heavy if m in sys.modules])
-
-anyio.run(main)
-"""
-    assert in_fresh_interpreter(code, tmp_path) == "15 []"
+    with http_server(tmp_path) as server:
+        server.ok("POST", "/api/v1/sessions/h/messages", {"role": "user", "content": "Hello over HTTP."}, key=NO_KEY)
+        assert server.ok("POST", "/api/v1/sessions/h/commit", {"wait": True}, key=NO_KEY)["task_status"] == "completed"
+        async with Client(f"{server.base}/mcp") as client:
+            result = await client.call_tool("get_context", {"session_id": "h", "token_budget": 2000})
+            assert not result.is_error, result.content
+    assert {p.name for p in home.iterdir()} <= DATABASE_FILES
+    # Beside it, only the HTTP server's captured output (the test's, not the server's).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "stderr.txt", "stdout.txt"]
 
 
 def test_a_settled_idle_server_has_not_loaded_the_tokenizer(tmp_path: Path) -> None:
     """The tokenizer (40 MB) is loaded by the first append, not at start: the idle server's
-    memory is a target. That first append runs on a thread, not on the event loop."""
+    memory is a target."""
     code = """
-import sys, time, anyio
+import sys, anyio
 from mcp import Client
 from viking_mcp.config import settings_from_env
-from viking_mcp.faces.mcp_server import build_server
+from viking_mcp.faces.mcp_server import build_server, describe_open_error
 
 async def main():
     async with Client(build_server(settings_from_env())) as client:
-        await client.call_tool("list_sessions", {})  # the data directory is open
-        await anyio.sleep(1.0)  # settled: tools registered, listing remembered
+        await client.call_tool("list_sessions", {})
         print("tiktoken" in sys.modules, end=" ")
         await client.call_tool("add_message", {"session_id": "s", "role": "user", "content": "hi"})
         print("tiktoken" in sys.modules)
 
 anyio.run(main)
 """
-    assert in_fresh_interpreter(code, tmp_path) == "False True"
+    env = {"VIKING_MCP_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False True"
 
 
 def test_no_arguments_is_the_stdio_server_without_building_the_parser() -> None:
@@ -160,44 +115,24 @@ def test_no_arguments_is_the_stdio_server_without_building_the_parser() -> None:
     assert fast["command"] is None
 
 
-async def test_a_listing_that_does_not_fit_is_remembered_in_the_data_directory(
-    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Installed beside another SDK or pydantic release than the shipped file was written
-    with, the first start registers the tools to list them and writes their listing into
-    the data directory; the next start lists from it."""
-    monkeypatch.setattr(mcp_server, "LISTING_PATH", tmp_path / "missing.json")
-    assert cached_tool_listing(settings) is None
-    settings.home.mkdir(parents=True, exist_ok=True)
-    server = build_server(settings)
-    server.ensure_tools()
-    await remember_tool_listing(server, settings)
-    remembered = cached_tool_listing(settings)
-    assert remembered is not None
-    assert dumped(remembered) == await registered_listing(settings)
-    restarted = build_server(settings)
-    assert restarted.listed_from_file
-    assert dumped(await restarted.list_tools()) == dumped(remembered)
-    assert list(settings.home.glob("*.tmp")) == []
+# The SDK's private names that code of ours once reached into. Each broke, or could break,
+# silently on the next SDK release; only the SDK's public API is used now.
+PRIVATE_SDK_NAMES = re.compile(r"_tool_manager|_lowlevel_server|fn_metadata|_stream_protocols|FuncMetadata")
 
 
-async def test_the_stdio_server_remembers_the_listing_once_settled(tmp_path: Path) -> None:
-    """The real command, with a shipped file that does not fit (another -O level than the
-    tests run with): after it settles, the data directory holds the listing."""
-    from mcp import StdioServerParameters
+def test_only_the_sdks_public_api_is_used() -> None:
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in sorted((REPO / "viking_mcp").rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if PRIVATE_SDK_NAMES.search(line) or re.search(r"from mcp[\w.]*\._", line)
+    ]
+    assert found == []
 
-    from tests.conftest import server_env
 
-    home = tmp_path / "home"
-    params = StdioServerParameters(
-        command=sys.executable, args=["-O", "-m", "viking_mcp"], env=server_env(home), cwd=str(tmp_path)
-    )
-    async with Client(params) as client:
-        listed = (await client.list_tools()).tools
-        for _ in range(100):
-            if (home / mcp_server.LISTING_CACHE_NAME).exists():
-                break
-            await anyio.sleep(0.1)
-    document = json.loads((home / mcp_server.LISTING_CACHE_NAME).read_text(encoding="utf-8"))
-    assert document["key"]["optimize"] == 1
-    assert document["tools"] == dumped(listed)
+def test_nothing_shipped_names_an_exact_dependency_version() -> None:
+    """No file in the package is keyed to the installed release of a dependency."""
+    pinned = re.compile(r'"(pydantic|pydantic_core|mcp|mcp_types)"\s*:\s*"\d+\.\d+\.\d+')
+    shipped = [p for p in (REPO / "viking_mcp").rglob("*") if p.is_file() and p.suffix in (".json", ".py")]
+    assert [str(p) for p in shipped if pinned.search(p.read_text(encoding="utf-8"))] == []
+    assert not list((REPO / "viking_mcp").rglob("*.json"))

@@ -177,9 +177,9 @@ async def test_commit_wait_sends_progress_notifications(settings: Any) -> None:
 
 
 async def test_an_append_waits_for_another_writer_off_the_event_loop(mcp: Client, settings: Any) -> None:
-    """add_message appends on the event loop only when it need not wait: while another
-    process holds the write lock it waits on a worker thread, so other calls go on, and it
-    lands once the lock is released."""
+    """add_message appends on a worker thread, never on the event loop: while another
+    process holds the write lock it waits there, other calls go on, and it lands once the
+    lock is released."""
     import sqlite3
 
     import anyio
@@ -215,8 +215,10 @@ async def test_an_append_waits_for_another_writer_off_the_event_loop(mcp: Client
     "content", ['{"ok": true}', '["a", "b"]', "[1, 2, 3]", '"quoted"', "42", "null", "true", "{not json"]
 )
 async def test_text_that_reads_as_json_is_stored_as_text(mcp: Client, content: str) -> None:
-    """The SDK reads a string argument as JSON unless it is annotated exactly `str`; for
-    `content: str | None` that turned a tool's JSON output into an object and refused it."""
+    """The SDK reads a string argument as JSON unless it is annotated exactly `str`
+    (modelcontextprotocol/python-sdk#1873); for `content: str | None` that turned a tool's
+    JSON output into an object and refused it, and "null" into no message. Free text is
+    annotated `OptionalText` (faces/mcp_tools.py) so that it stays as sent."""
     added = await call(mcp, "add_message", session_id="s", role="assistant", content=content)
     assert not added["duplicate"]
     archive = await call(mcp, "commit", session_id="s", abstract=content, overview=content, wait=True)
@@ -224,6 +226,25 @@ async def test_text_that_reads_as_json_is_stored_as_text(mcp: Client, content: s
     assert detail["messages"][0]["parts"] == [{"type": "text", "text": content}]
     assert detail["abstract"] == content
     assert detail["overview"] == content
+
+
+async def test_an_explicit_null_for_free_text_means_not_given(mcp: Client) -> None:
+    parts = [{"type": "text", "text": "in parts"}]
+    added = await call(mcp, "add_message", session_id="s", role="user", content=None, parts=parts)
+    assert added["message_count"] == 1
+    committed = await call(mcp, "commit", session_id="s", abstract=None, overview=None, wait=True)
+    detail = await call(mcp, "expand_archive", session_id="s", archive_id=committed["archive_id"])
+    assert detail["messages"][0]["parts"] == parts
+    assert detail["abstract"] and detail["overview"]  # the built-in summariser wrote them
+    refused = await mcp.call_tool("add_message", {"session_id": "s", "role": "user", "content": 42})
+    assert refused.is_error and "INVALID_ARGUMENT" in result_text(refused)
+
+
+async def test_free_text_is_listed_as_an_optional_string(mcp: Client) -> None:
+    tools = {tool.name: tool for tool in (await mcp.list_tools()).tools}
+    for tool, argument in (("add_message", "content"), ("commit", "abstract"), ("commit", "overview")):
+        schema = tools[tool].input_schema["properties"][argument]
+        assert schema["anyOf"] == [{"type": "string"}, {"type": "null"}] and schema["default"] is None
 
 
 async def test_lists_and_objects_sent_as_json_text_are_still_read(mcp: Client) -> None:

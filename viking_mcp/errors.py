@@ -69,11 +69,6 @@ class Unavailable(VikingError):
     code = ErrorCode.UNAVAILABLE
 
 
-class WouldWait(Unavailable):
-    """A write that was asked not to wait (`without_waiting`) found the write lock taken.
-    Nothing was written: run it again where it may wait."""
-
-
 class Internal(VikingError):
     code = ErrorCode.INTERNAL
 

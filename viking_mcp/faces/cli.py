@@ -434,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure_logging(level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "WARNING", one_line=True)
         return _migrate(args) if args.command == "migrate" else _run(args)
     _configure_logging(level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO")
+    settings: Settings | None = None
     try:
         settings = _settings(args)
         if args.command == "serve" and args.transport == "http":
@@ -447,10 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cause = _first_cause(exc)
         if cause is None:
             raise
-        if isinstance(cause, OSError):
-            sys.stderr.write(f"viking-mcp: cannot use the data directory: {cause}; set VIKING_MCP_HOME or --home\n")
-        else:
-            sys.stderr.write(f"viking-mcp: {cause}\n")
+        from viking_mcp.faces.mcp_server import describe_open_error
+
+        message = describe_open_error(cause, settings) if settings is not None else str(cause)
+        sys.stderr.write(f"viking-mcp: {message}\n")
         return 2
     except KeyboardInterrupt:
         return 130
@@ -483,25 +484,18 @@ def _stop_on_signal(signum: int, _frame: object) -> None:
     os._exit(0)
 
 
-def _serve_stdio(settings: object) -> int:
-    from viking_mcp.config import Settings
-    from viking_mcp.faces.mcp_server import build_server
+def _serve_stdio(settings: Settings) -> int:
+    import anyio
 
-    assert isinstance(settings, Settings)
+    from viking_mcp.faces.mcp_server import build_server
+    from viking_mcp.faces.stdio import serve_stdio
+
     signal.signal(signal.SIGINT, _stop_on_signal)
     signal.signal(signal.SIGTERM, _stop_on_signal)
     if sys.stdin.isatty():
         command = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else "viking-mcp"
         sys.stderr.write(_TTY_HELP.format(version=__version__, command=command, home=settings.home))
         sys.stderr.flush()
-
-    def cannot_open(exc: BaseException) -> None:
-        """The data directory cannot be used: one line, and exit as a failed start does."""
-        from viking_mcp.faces.mcp_server import describe_open_error
-
-        sys.stderr.write(f"viking-mcp: {describe_open_error(exc, settings)}\n")
-        sys.stderr.flush()
-        os._exit(2)
-
-    build_server(settings, on_open_error=cannot_open).run("stdio")
+    # A store that cannot be opened ends the server's lifespan: main() says why, in one line.
+    anyio.run(serve_stdio, build_server(settings))
     return 0

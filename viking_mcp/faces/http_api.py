@@ -47,7 +47,7 @@ from viking_mcp import __version__
 from viking_mcp.auth import KeyRing, key_from_headers, keyring_from_env
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine, Phase2Worker
-from viking_mcp.engine.waiting import is_short_text, wait_for_task, write_soon
+from viking_mcp.engine.waiting import wait_for_task
 from viking_mcp.errors import (
     ErrorCode,
     Internal,
@@ -55,6 +55,7 @@ from viking_mcp.errors import (
     Unavailable,
     VikingError,
 )
+from viking_mcp.faces.mcp_server import build_server
 from viking_mcp.models import (
     ArchiveDetail,
     CommitResult,
@@ -505,11 +506,8 @@ def _actor(request: Request) -> Owner | None:
 M = TypeVar("M", bound=BaseModel)
 
 
-async def _call(
-    request: Request, operation: Callable[[Engine, Owner | None], M], *, short_write: bool = False
-) -> JSONResponse:
-    """Run one engine operation on a worker thread as the caller, and wrap its result. A
-    `short_write` (a short append) runs on the event loop when it need not wait (`write_soon`)."""
+async def _call(request: Request, operation: Callable[[Engine, Owner | None], M]) -> JSONResponse:
+    """Run one engine operation on a worker thread as the caller, and wrap its result."""
     state = _state(request)
     engine = state.require_engine()
     actor = _actor(request)
@@ -523,10 +521,7 @@ async def _call(
             logger.exception("%s %s failed", request.method, request.url.path)
             raise Internal(f"the server failed on this request ({type(exc).__name__}); see its log") from exc
 
-    if short_write:
-        result = await write_soon(engine, run)
-    else:
-        result = await run_in_threadpool(run)
+    result = await run_in_threadpool(run)
     return _Json({"status": "ok", "result": result.model_dump(mode="json"), "time": _elapsed(request.scope)})
 
 
@@ -589,7 +584,6 @@ def _router() -> APIRouter:
             lambda e, a: e.add_message(
                 session_id, body.role, body.content, parts, body.created_at, body.message_id, parts_win=True, actor=a
             ),
-            short_write=is_short_text(body.content, body.parts),
         )
 
     @router.post(
@@ -822,8 +816,6 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        from viking_mcp.faces.mcp_server import build_server
-
         if state.engine is None:
             state.engine = await anyio.to_thread.run_sync(Engine, settings)
         current = state.engine
@@ -832,9 +824,6 @@ def build_app(
             state.worker.start()
         # The MCP face shares the engine and this app's worker: its own lifespan runs none.
         mcp_server = build_server(replace(settings, phase2_workers=0), engine=current, keyring=state.keyring)
-        # Before serving, off the event loop: the first streamable-HTTP tool call would
-        # otherwise register the MCP tools there.
-        await anyio.to_thread.run_sync(mcp_server.ensure_tools)
         mcp_host, security = _mcp_security(host)
         mcp_server.streamable_http_app(streamable_http_path=MCP_PATH, host=mcp_host, transport_security=security)
         manager = mcp_server.session_manager

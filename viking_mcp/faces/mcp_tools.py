@@ -1,37 +1,34 @@
 """The MCP tools: the engine's operations, one tool each, registered on the server.
 
 Thin by design: each tool validates its arguments through its typed signature, calls
-one engine method (on a worker thread, or on the event loop when it cannot wait), and
-returns the engine's pydantic model as structured output. Engine errors become
-`ToolError`s whose text starts with the code (`NOT_FOUND: session a1b2 not found`), the
-one kind of error whose message reaches the model.
-
-This module is imported when the tools are first needed (a tool call, or the server
-settling after start), not to answer `tools/list`: that is answered from
-`mcp_tools.json`, the listing these registrations produce, written by
-`python -m viking_mcp.faces.mcp_tools` and checked by the tests (see
-`mcp_server.cached_tool_listing`).
+one engine method, and returns the engine's pydantic model as structured output. The
+tools are plain functions, which the SDK runs on worker threads, so no engine call
+(a write least of all) ever runs on the event loop; `commit` alone is async, to wait for
+Phase 2 on the loop without holding a thread. Engine errors become `ToolError`s whose
+text starts with the code (`NOT_FOUND: session a1b2 not found`), the one kind of error
+whose message reaches the model.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import sys
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, ParamSpec, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar
 
-import anyio
 import anyio.to_thread
+from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp.types import ToolAnnotations
-from pydantic import Field, PrivateAttr
+from pydantic import Field, ValidatorFunctionWrapHandler, WrapValidator
 
-from viking_mcp.engine.waiting import is_short_text, wait_for_task, write_soon
+from viking_mcp.auth import KeyRing, key_from_headers
+from viking_mcp.config import Settings
+from viking_mcp.engine import Engine
+from viking_mcp.engine.waiting import wait_for_task
 from viking_mcp.errors import VikingError
-from viking_mcp.faces.mcp_server import ServerState, VikingMCPServer
 from viking_mcp.models import (
     ArchiveDetail,
     CommitResult,
@@ -53,9 +50,55 @@ from viking_mcp.models import (
     TaskRecord,
     UsageRecorded,
 )
+from viking_mcp.store.base import Owner
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+@dataclass
+class ServerState:
+    """What the tools reach through: the settings, API keys, and (while the server runs) the engine."""
+
+    settings: Settings
+    # API keys, when served over HTTP with keys; None: no keys (stdio).
+    keyring: KeyRing | None = None
+    # Set by the server's lifespan for as long as it runs.
+    engine: Engine | None = None
+
+    def actor(self, ctx: Context[ServerState, Any]) -> Owner | None:
+        """Who is calling: the owner of the request's API key over HTTP; None (everything) over
+        stdio, where the person who started the server is the only one there."""
+        if self.keyring is None or not self.keyring.enabled:
+            return None
+        headers = ctx.headers
+        if headers is None:  # keys are only given to a server that listens on HTTP: fail closed
+            raise ToolError("UNAUTHENTICATED: this request carried no API key")
+        try:
+            return self.keyring.authenticate(key_from_headers(headers))
+        except VikingError as exc:
+            raise ToolError(str(exc)) from exc
+
+    def require_engine(self) -> Engine:
+        if self.engine is None:  # only outside the lifespan: before the server runs, or after
+            raise ToolError("UNAVAILABLE: the server is starting or stopping; retry in a moment")
+        return self.engine
+
+
+def _text_or_none(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    return None if value is None else handler(value)
+
+
+# Free text (a message, a summary): kept exactly as sent, even when it reads as JSON
+# (`'{"ok": true}'`, `'["a"]'`, `'null'`). Before validating, the SDK reads a string argument
+# as JSON unless its annotation is exactly `str` (modelcontextprotocol/python-sdk#1873), which
+# turned `str | None` text into an object or into None. So at run time the annotation is
+# `str`, a validator lets an explicit null through as "not given", and the input schema is
+# the one `str | None` has; type checkers see `str | None`. tests/test_mcp_tools.py pins it.
+if TYPE_CHECKING:
+    OptionalText = str | None
+else:
+    OptionalText = Annotated[str, WrapValidator(_text_or_none, json_schema_input_type=str | None)]
 
 SessionId = Annotated[
     str,
@@ -96,7 +139,7 @@ def clean_doc(fn: Callable[P, R]) -> Callable[P, R]:
     return fn
 
 
-def add_tools(server: VikingMCPServer, state: ServerState) -> None:
+def add_tools(server: MCPServer[ServerState], state: ServerState) -> None:
     """Register every tool on `server`, each calling the engine `state` holds."""
     budget_default = state.settings.mcp_default_token_budget
 
@@ -162,12 +205,12 @@ def add_tools(server: VikingMCPServer, state: ServerState) -> None:
     # --- messages ---------------------------------------------------------------------------
 
     @server.tool(title="Add message", annotations=_writes())
-    @clean_doc
-    async def add_message(
+    @coded
+    def add_message(
         ctx: Context[ServerState, Any],
         session_id: SessionId,
         role: Annotated[Literal["user", "assistant"], Field(description="Who said it: 'user' or 'assistant'.")],
-        content: Annotated[str | None, Field(description="The message text. Give this or parts, not both.")] = None,
+        content: Annotated[OptionalText, Field(description="The message text. Give this or parts, not both.")] = None,
         parts: Annotated[
             list[Part] | None,
             Field(description="The message as parts (text, context, tool). Give this or content, not both."),
@@ -183,14 +226,9 @@ def add_tools(server: VikingMCPServer, state: ServerState) -> None:
     ) -> MessageAdded:
         """Record one turn of the conversation. Creates the session if needed (session_created
         tells). Use a message_id to make retries safe."""
-        engine = await state.engine_async()
-        append = functools.partial(
-            engine.add_message, session_id, role, content, parts, created_at, message_id, actor=state.actor(ctx)
+        return state.require_engine().add_message(
+            session_id, role, content, parts, created_at, message_id, actor=state.actor(ctx)
         )
-        try:
-            return await write_soon(engine, append, short=is_short_text(content, parts))
-        except VikingError as exc:
-            raise ToolError(str(exc)) from exc
 
     @server.tool(title="Record usage", annotations=_writes())
     @coded
@@ -211,10 +249,10 @@ def add_tools(server: VikingMCPServer, state: ServerState) -> None:
         ctx: Context[ServerState, Any],
         session_id: SessionId,
         abstract: Annotated[
-            str | None, Field(description="Your one- or two-sentence summary of the messages being archived.")
+            OptionalText, Field(description="Your one- or two-sentence summary of the messages being archived.")
         ] = None,
         overview: Annotated[
-            str | None,
+            OptionalText,
             Field(description="Your markdown overview of the conversation so far (carry forward what matters)."),
         ] = None,
         keep_recent_count: Annotated[
@@ -233,7 +271,7 @@ def add_tools(server: VikingMCPServer, state: ServerState) -> None:
         """Archive the live messages now and summarise them in the background (task_id tracks
         it). Call when the window fills. status 'skipped' means there was nothing to archive.
         FAILED_PRECONDITION means an earlier archive failed: retry_archive it first."""
-        engine = await state.engine_async()
+        engine = state.require_engine()
         actor = state.actor(ctx)
         try:
             result = await anyio.to_thread.run_sync(
@@ -346,59 +384,3 @@ def add_tools(server: VikingMCPServer, state: ServerState) -> None:
         """Recover an archive whose background summarising failed, so that commits proceed. Its
         messages are kept either way (expand_archive)."""
         return state.require_engine().retry_archive(session_id, archive_id, action, actor=state.actor(ctx))
-
-    for tool in server._tool_manager.list_tools():
-        tool.fn_metadata = TextSafeMetadata.wrapping(tool.fn_metadata)
-
-
-# The arguments that are free text: whatever the caller wrote, kept as written.
-FREE_TEXT = frozenset({"content", "abstract", "overview"})
-
-
-class TextSafeMetadata(FuncMetadata):
-    """The SDK's argument handling, except that free text stays text.
-
-    Before validating, the SDK reads every string argument whose annotation is not exactly
-    `str` as JSON, so that a host that sends a list as JSON text still works (and `"null"`
-    for an optional id or filter means none). For free text (`content: str | None`) that
-    turned a message whose text is JSON (`'{"ok": true}'`, a tool's output) into an
-    object, which then failed validation, and the text "null" into no message at all.
-    The `FREE_TEXT` arguments are passed on as sent; the others as the SDK reads them.
-    """
-
-    _texts: frozenset[str] = PrivateAttr(default=frozenset())
-
-    @classmethod
-    def wrapping(cls, metadata: FuncMetadata) -> TextSafeMetadata:
-        safe = cls(**{name: getattr(metadata, name) for name in FuncMetadata.model_fields})
-        safe._texts = frozenset(
-            key
-            for name, info in metadata.arg_model.model_fields.items()
-            if name in FREE_TEXT
-            for key in (name, info.alias)
-            if key
-        )
-        return safe
-
-    def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
-        others = {key: value for key, value in data.items() if key not in self._texts}
-        if len(others) == len(data):
-            return super().pre_parse_json(data)
-        parsed = super().pre_parse_json(others) if others else {}
-        return {key: parsed.get(key, value) for key, value in data.items()}
-
-
-def write_shipped_listing() -> str:
-    """Write `mcp_tools.json`: the tool listing as the SDK builds it with default settings."""
-    from viking_mcp.config import Settings
-    from viking_mcp.faces.mcp_server import LISTING_PATH, build_server, write_tool_listing
-
-    settings = Settings()
-    server = build_server(settings)
-    server.ensure_tools()
-    write_tool_listing(LISTING_PATH, settings, anyio.run(server.list_tools))
-    return str(LISTING_PATH)
-
-
-if __name__ == "__main__":
-    sys.stderr.write(f"wrote {write_shipped_listing()}\n")

@@ -1,132 +1,137 @@
-"""The stdio transport: the SDK's, plus an answer for every request line it cannot read.
+"""Serving MCP on stdio: the SDK's transport, plus an answer for the request lines it drops.
 
-The SDK's stdin reader parses each line with pydantic's JSON parser, which stops at about
-200 levels of nesting, and drops a line it cannot parse or validate without answering it:
-the host then waits for its own timeout (a minute or more) instead of getting an error.
-A tool argument may well nest that deep before our own limit answers RESOURCE_EXHAUSTED.
+The SDK's stdin reader drops a line it cannot read as JSON-RPC (not JSON, nested deeper
+than its JSON parser's limit of about 200 levels, or not a JSON-RPC message) without
+answering it, so a host would wait out its own timeout, a minute or more, for an answer
+that never comes (modelcontextprotocol/python-sdk#2751).
 
-`AnsweringReadStream` wraps the reader's stream. Each line the SDK rejected gets a second
-reading with the standard library's parser (its depth limit is Python's recursion limit,
-about 1,000 levels), so that a deep but well-formed request reaches its tool and gets the
-tool's coded error. A line that still cannot be read is answered with JSON-RPC's parse
-error (-32700) or invalid request (-32600), carrying the request's id when it can be
-found, so the caller's request ends at once.
+The SDK reads stdin through `sys.stdin`. `serve_stdio` puts `AnsweredStdin` there for
+the duration: it hands the SDK every line unchanged, except a line the SDK would drop
+(checked with the SDK's own parser, `mcp_types.jsonrpc_message_adapter`) that names a
+request id. That line is replaced by a request for `UNREADABLE_METHOD`, which the
+`UnreadableLines` extension answers with the JSON-RPC error for it (parse error -32700,
+or invalid request -32600) under the request's own id. So the answer goes out through the
+SDK's own writer, in order with every other, and only the SDK's public API is used. A line
+with no id to answer is logged on stderr and dropped: nobody can be waiting for it by id.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
-from types import TracebackType
-from typing import TYPE_CHECKING
+import sys
+from collections.abc import Sequence
+from typing import IO, Any, NoReturn
 
-import anyio
 import mcp_types as types
-from mcp.shared.message import SessionMessage
+from mcp.server import MCPServer, ServerRequestContext
+from mcp.server.extension import Extension, MethodBinding
+from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
-
-if TYPE_CHECKING:  # the SDK's stream protocols live in a private module: only for typing
-    from mcp.shared._stream_protocols import ReadStream, WriteStream
 
 logger = logging.getLogger(__name__)
 
+UNREADABLE_METHOD = "viking-mcp/unreadable"
 RequestId = int | str
 # The characters that matter when walking a JSON text for its top-level keys.
 _STRUCTURE = re.compile(r'["{}\[\],]')
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _decoder = json.JSONDecoder()
+# A modern (2026-07-28) connection refuses a request without the envelope its client stamps
+# on every request: the replacement request carries the last one seen.
+_ENVELOPE_KEYS = (types.PROTOCOL_VERSION_META_KEY, types.CLIENT_CAPABILITIES_META_KEY)
 
 
-class AnsweringReadStream:
-    """A read stream of the SDK's stdio transport that answers the lines the SDK drops."""
+class UnreadableParams(types.RequestParams):
+    """What `AnsweredStdin` says about a line it replaced: the JSON-RPC error to answer with."""
 
-    def __init__(self, inner: ReadStream[SessionMessage | Exception], replies: WriteStream[SessionMessage]) -> None:
-        self._inner = inner
-        self._replies = replies
+    code: int
+    message: str
 
-    @property
-    def last_context(self) -> object:
-        """The sender's context, which the SDK's dispatcher reads off its read stream."""
-        return getattr(self._inner, "last_context", None)
 
-    async def receive(self) -> SessionMessage | Exception:
-        while True:
-            item = await self._inner.receive()
-            if not isinstance(item, ValidationError):
-                return item
-            line = rejected_line(item)
-            answer = reread(line) if line is not None else invalid_request(item)
-            if answer is None:
-                return item  # not a request (a malformed response or notification): nobody waits
-            if isinstance(answer, SessionMessage):
-                return answer
-            error = answer
-            logger.warning("answered an unreadable request line with %s", error.error.message)
-            try:
-                await self._replies.send(SessionMessage(error))
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return item
+async def _answer_unreadable(_ctx: ServerRequestContext[Any, Any], params: UnreadableParams) -> NoReturn:
+    raise MCPError(code=params.code, message=params.message)
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
-    def __aiter__(self) -> AnsweringReadStream:
-        return self
+class UnreadableLines(Extension):
+    """Answers the requests `AnsweredStdin` put in place of unreadable lines."""
 
-    async def __anext__(self) -> SessionMessage | Exception:
+    identifier = "io.github.viking-mcp/unreadable-lines"
+
+    def methods(self) -> Sequence[MethodBinding]:
+        return [MethodBinding(method=UNREADABLE_METHOD, params_type=UnreadableParams, handler=_answer_unreadable)]
+
+
+class AnsweredStdin(io.RawIOBase):
+    """The bytes of `source`, a line at a time, with each line the SDK would drop replaced
+    by a request for the error answer it is owed (or left out, if it names no request)."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        super().__init__()
+        self._source = source
+        self._pending = b""
+        self._envelope: dict[str, Any] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            line = self._source.readline()
+            if not line:
+                return 0  # end of input
+            self._pending = self._checked(line)
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+    def _checked(self, line: bytes) -> bytes:
+        # Decoded as the SDK decodes stdin, so that both read the same text.
+        text = line.decode("utf-8", errors="replace")
+        if not text.strip():
+            return b""
         try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
+            message = types.jsonrpc_message_adapter.validate_json(text, by_name=False)
+        except ValidationError as exc:
+            return self._replacement(text, exc)
+        if isinstance(message, types.JSONRPCRequest):
+            meta = (message.params or {}).get("_meta")
+            if isinstance(meta, dict) and all(key in meta for key in _ENVELOPE_KEYS):
+                self._envelope = {key: meta[key] for key in _ENVELOPE_KEYS}
+        return line
 
-    async def __aenter__(self) -> AnsweringReadStream:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-
-def rejected_line(item: ValidationError) -> str | None:
-    """The raw line, when `item` is the SDK's failure to parse one (its error carries the input)."""
-    for error in item.errors():
-        if error["type"] == "json_invalid" and isinstance(error.get("input"), str):
-            line: str = error["input"]
-            return line
-    return None
-
-
-def invalid_request(item: ValidationError) -> types.JSONRPCError | None:
-    """The answer to a request that is JSON but not a valid JSON-RPC request; None if not a request."""
-    for error in item.errors():
-        data = error.get("input")
-        if isinstance(data, dict) and "method" in data:
-            request_id = _request_id(data.get("id"))
-            if request_id is not None:
-                return _error(request_id, types.INVALID_REQUEST, "Invalid request: not a JSON-RPC 2.0 request")
-    return None
+    def _replacement(self, text: str, exc: ValidationError) -> bytes:
+        request_id, code, message = unreadable_answer(text, exc)
+        if request_id is None:
+            logger.warning("dropped a stdin line that is not a JSON-RPC request: %s", message)
+            return b""
+        logger.warning("answered an unreadable request (id %r) with %s", request_id, message)
+        params: dict[str, Any] = {"code": code, "message": message}
+        if self._envelope is not None:
+            params["_meta"] = self._envelope
+        request = {"jsonrpc": "2.0", "id": request_id, "method": UNREADABLE_METHOD, "params": params}
+        return (json.dumps(request) + "\n").encode()
 
 
-def reread(line: str) -> SessionMessage | types.JSONRPCError:
-    """The message the line holds, read with the standard library; or the error to answer with."""
-    try:
-        data = json.loads(line)
-    except RecursionError:
-        return _error(
-            find_request_id(line),
-            types.INVALID_REQUEST,
-            "RESOURCE_EXHAUSTED: the request is nested too deeply to read; "
-            "send arguments nested at most a few dozen levels",
-        )
-    except ValueError as exc:
-        return _error(find_request_id(line), types.PARSE_ERROR, f"Parse error: the line is not JSON ({exc})")
-    try:
-        return SessionMessage(types.jsonrpc_message_adapter.validate_python(data, by_name=False))
-    except (ValidationError, RecursionError):
-        request_id = _request_id(data.get("id")) if isinstance(data, dict) else None
-        return _error(request_id, types.INVALID_REQUEST, "Invalid request: not a JSON-RPC 2.0 message")
+def unreadable_answer(text: str, exc: ValidationError) -> tuple[RequestId | None, int, str]:
+    """The id of the request in a line the SDK could not read, and the error it is owed."""
+    reason = exc.errors()[0]
+    if reason["type"] == "json_invalid":
+        if "recursion limit" in reason["msg"]:
+            return (
+                find_request_id(text),
+                types.INVALID_REQUEST,
+                "RESOURCE_EXHAUSTED: the request is nested too deeply to read; "
+                "send arguments nested at most a few dozen levels",
+            )
+        return find_request_id(text), types.PARSE_ERROR, f"Parse error: the line is not JSON ({reason['msg']})"
+    # JSON (as deep as the SDK reads), but not a JSON-RPC message: answered only if it is a request.
+    data = json.loads(text)
+    request_id = _request_id(data.get("id")) if isinstance(data, dict) and "method" in data else None
+    return request_id, types.INVALID_REQUEST, "Invalid request: not a JSON-RPC 2.0 request"
 
 
 def find_request_id(line: str) -> RequestId | None:
@@ -160,5 +165,11 @@ def _request_id(value: object) -> RequestId | None:
     return value if isinstance(value, int | str) and not isinstance(value, bool) else None
 
 
-def _error(request_id: RequestId | None, code: int, message: str) -> types.JSONRPCError:
-    return types.JSONRPCError(jsonrpc="2.0", id=request_id, error=types.ErrorData(code=code, message=message))
+async def serve_stdio(server: MCPServer[Any]) -> None:
+    """Serve `server` on this process's stdin and stdout, until stdin closes."""
+    stdin = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(AnsweredStdin(stdin.buffer)), encoding="utf-8", errors="replace")
+    try:
+        await server.run_stdio_async()
+    finally:
+        sys.stdin = stdin

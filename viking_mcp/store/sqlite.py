@@ -33,7 +33,6 @@ from viking_mcp.errors import (
     NotFound,
     Unavailable,
     VikingError,
-    WouldWait,
 )
 from viking_mcp.memory import MEMORY_CATEGORIES
 from viking_mcp.memory.merge import MemoryWrite, StoredMemory
@@ -155,12 +154,10 @@ def _translate(exc: sqlite3.Error, path: Path) -> VikingError:
 class _Holder:
     """A thread's connection, owned by that thread's `threading.local`."""
 
-    __slots__ = ("__weakref__", "conn", "waits")
+    __slots__ = ("__weakref__", "conn")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        # False while the connection's busy timeout is 0 (`without_waiting`).
-        self.waits = True
 
 
 class SQLiteStore:
@@ -183,11 +180,7 @@ class SQLiteStore:
     # --- connections and transactions ------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use."""
-        return self._holder().conn
-
-    def _holder(self) -> _Holder:
-        """This thread's connection and its state.
+        """This thread's connection, opened on first use.
 
         A connection belongs to its thread's `_Holder`; when the thread ends (worker pools
         retire idle threads) the holder is collected and the connection closed with it.
@@ -196,9 +189,7 @@ class SQLiteStore:
             raise Unavailable("the store is closed")
         holder: _Holder | None = getattr(self._local, "holder", None)
         if holder is not None:
-            if not holder.waits and not getattr(self._local, "nowait", False):
-                self._set_waiting(holder, True)
-            return holder
+            return holder.conn
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -216,14 +207,7 @@ class SQLiteStore:
         weakref.finalize(holder, conn.close)
         self._local.holder = holder
         self._holders.add(holder)
-        return holder
-
-    def _set_waiting(self, holder: _Holder, waits: bool) -> None:
-        try:
-            holder.conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms) if waits else 0}")
-        except sqlite3.Error as exc:
-            raise _translate(exc, self.path) from exc
-        holder.waits = waits
+        return conn
 
     def _ensure_wal(self, conn: sqlite3.Connection) -> None:
         """Switch the database to WAL once; later connections find it already set.
@@ -255,8 +239,6 @@ class SQLiteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            if getattr(self._local, "nowait", False) and _is_locked(exc):
-                raise WouldWait("another writer holds the database's write lock") from exc
             raise _translate(exc, self.path) from exc
         try:
             yield conn
@@ -267,24 +249,6 @@ class SQLiteStore:
             if isinstance(exc, sqlite3.Error):
                 raise _translate(exc, self.path) from exc
             raise
-
-    @contextmanager
-    def without_waiting(self) -> Iterator[None]:
-        """This thread's writes fail at once with WouldWait, instead of waiting for the
-        lock another writer holds: for a caller that must not block (an event loop), which
-        then tries again where it may wait. Nothing is written by a write that fails so.
-
-        The connection keeps its zero timeout after the block (setting it is two statements
-        per append on the hot path); this thread's next write outside such a block sets it
-        back first."""
-        holder = self._holder()
-        if holder.waits:
-            self._set_waiting(holder, False)
-        self._local.nowait = True
-        try:
-            yield
-        finally:
-            self._local.nowait = False
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
