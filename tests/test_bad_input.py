@@ -10,6 +10,7 @@ path-shaped id that leaked into a file name would show up there).
 from __future__ import annotations
 
 import base64
+import io
 import json
 import queue
 import sqlite3
@@ -24,14 +25,14 @@ import anyio
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_REQUEST, PARSE_ERROR
+from mcp_types import CLIENT_CAPABILITIES_META_KEY, INVALID_REQUEST, PARSE_ERROR, PROTOCOL_VERSION_META_KEY
 
 from tests.conftest import stdio_params
 from viking_mcp.config import Limits, Settings, settings_from_env
 from viking_mcp.engine import Engine
 from viking_mcp.errors import ErrorCode, VikingError
 from viking_mcp.faces.mcp_server import result_text
-from viking_mcp.faces.stdio import find_request_id
+from viking_mcp.faces.stdio import UNREADABLE_METHOD, AnsweredStdin, find_request_id
 from viking_mcp.models import ID_MAX_LENGTH, TextPart, message_text
 from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS
 
@@ -604,6 +605,34 @@ def test_raw_stdio_deep_tool_input_is_answered_with_the_code(raw_server: RawStdi
 )
 def test_the_id_of_an_unreadable_request_is_found_at_the_top_level_only(line: str, request_id: Any) -> None:
     assert find_request_id(line) == request_id
+
+
+def through_stdin(*lines: bytes) -> list[bytes]:
+    """What the SDK's reader gets from `AnsweredStdin` for these stdin lines."""
+    reader = io.BufferedReader(AnsweredStdin(io.BytesIO(b"".join(line + b"\n" for line in lines))))
+    return reader.read().splitlines()
+
+
+def test_stdin_lines_the_sdk_reads_pass_unchanged_and_the_others_become_answers() -> None:
+    ping = b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}'
+    odd_text = (
+        b'{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "x", "arguments": {"t": "\xff"}}}'
+    )
+    seen = through_stdin(ping, b"", b"not json, no id", odd_text, b'{"jsonrpc": "2.0", "id": "q", "method": 5}')
+    assert seen[:2] == [ping, odd_text]  # invalid UTF-8 in a string: the SDK reads it (as U+FFFD)
+    answer = json.loads(seen[2])
+    assert answer["id"] == "q" and answer["method"] == UNREADABLE_METHOD
+    assert answer["params"] == {"code": INVALID_REQUEST, "message": "Invalid request: not a JSON-RPC 2.0 request"}
+    assert len(seen) == 3
+
+
+def test_an_unreadable_request_on_a_modern_connection_carries_its_envelope() -> None:
+    envelope = {PROTOCOL_VERSION_META_KEY: "2026-07-28", CLIENT_CAPABILITIES_META_KEY: {}}
+    modern = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": envelope}}
+    seen = through_stdin(json.dumps(modern).encode(), b'{"jsonrpc": "2.0", "id": 2, "method": "tools/list", ')
+    answer = json.loads(seen[1])
+    assert answer["id"] == 2 and answer["params"]["code"] == PARSE_ERROR
+    assert answer["params"]["_meta"] == envelope
 
 
 @pytest.mark.slow

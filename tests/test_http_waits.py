@@ -44,7 +44,10 @@ async def test_many_waiting_commits_leave_other_requests_alone(tmp_path: Path) -
                 async with anyio.create_task_group() as group:
                     for i in range(60):  # more waiting commits than the thread pool has threads
                         group.start_soon(commit, i)
-                    await anyio.sleep(1.0)
+                    # Until every commit has passed Phase 1 (its task exists) and is waiting.
+                    with anyio.fail_after(30):
+                        while len((await http.get("/api/v1/tasks?limit=100")).json()["result"]["tasks"]) < 60:
+                            await anyio.sleep(0.05)
                     started = time.monotonic()
                     answer = await http.get("/api/v1/sessions?limit=5")
                     took = time.monotonic() - started

@@ -129,7 +129,10 @@ def unreadable_answer(text: str, exc: ValidationError) -> tuple[RequestId | None
             )
         return find_request_id(text), types.PARSE_ERROR, f"Parse error: the line is not JSON ({reason['msg']})"
     # JSON (as deep as the SDK reads), but not a JSON-RPC message: answered only if it is a request.
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):  # what the SDK's parser read and the standard library's does not
+        data = None
     request_id = _request_id(data.get("id")) if isinstance(data, dict) and "method" in data else None
     return request_id, types.INVALID_REQUEST, "Invalid request: not a JSON-RPC 2.0 request"
 
