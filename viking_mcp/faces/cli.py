@@ -497,5 +497,5 @@ def _serve_stdio(settings: Settings) -> int:
         sys.stderr.write(_TTY_HELP.format(version=__version__, command=command, home=settings.home))
         sys.stderr.flush()
     # A store that cannot be opened ends the server's lifespan: main() says why, in one line.
-    anyio.run(serve_stdio, build_server(settings))
+    anyio.run(serve_stdio, build_server(settings, settle_heap=True))
     return 0

@@ -905,6 +905,11 @@ def serve_http(settings: Settings, host: str, port: int) -> None:
     engine = Engine(settings)
     try:
         app = build_app(settings, engine=engine, keyring=keyring, host=host, run_worker=True)
+        # This process serves until stopped: its start-up heap is left out of later garbage
+        # collections, a little after it starts and once the tokenizer loads (viking_mcp/heap.py).
+        from viking_mcp.heap import settle_later
+
+        settle_later(engine)
         config = uvicorn.Config(
             app,
             host=host,

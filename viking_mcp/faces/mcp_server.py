@@ -82,10 +82,16 @@ class VikingMCPServer(MCPServer[ServerState]):
 
 
 def build_server(
-    settings: Settings | None = None, engine: Engine | None = None, keyring: KeyRing | None = None
+    settings: Settings | None = None,
+    engine: Engine | None = None,
+    keyring: KeyRing | None = None,
+    *,
+    settle_heap: bool = False,
 ) -> VikingMCPServer:
     """The MCP server. Give `engine` to serve an engine you own (tests, the HTTP app), and
-    `keyring` when it is served over HTTP with API keys.
+    `keyring` when it is served over HTTP with API keys. `settle_heap`: the server is the
+    process (the stdio command), whose start-up heap later garbage collections should skip
+    (`viking_mcp.heap`).
 
     Without `engine`, the server's lifespan opens one on `settings`, on a worker thread, and
     closes it when the server stops; if the store cannot be opened, the lifespan raises
@@ -101,6 +107,10 @@ def build_server(
             if worker is not None:
                 worker.start()
             state.engine = current
+            if settle_heap:
+                from viking_mcp.heap import settle_later
+
+                settle_later(current)
             if engine is None:
                 logger.info("viking-mcp %s serving data in %s", __version__, state.settings.store_label)
             yield state
