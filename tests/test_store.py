@@ -572,3 +572,38 @@ def test_looking_for_phase2_work_reads_no_archive_row(engine: Engine, settings: 
     archive_steps = [step for step in plan if step.startswith(("SEARCH b ", "SCAN b"))]
     assert archive_steps and all("COVERING INDEX" in step for step in archive_steps), plan
     assert len(runnable) == 1  # only archive_001's task: the others wait for the one before
+
+
+def test_wal_checkpoints_run_on_the_store_thread_not_in_the_writing_call(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 10)
+    checkpoints: list[str] = []
+    real_connect = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = real_connect(*args, **kwargs)
+        thread = threading.current_thread().name
+        conn.set_trace_callback(lambda sql: checkpoints.append(thread) if "wal_checkpoint" in sql else None)
+        return conn
+
+    monkeypatch.setattr(sqlite_store.sqlite3, "connect", connect)
+    engine = Engine(settings)
+    store = engine.store
+    assert isinstance(store, sqlite_store.SQLiteStore)
+    try:
+        # The calls' own connections checkpoint only far later than SQLite's 1,000 pages.
+        assert store._connect().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 4_000
+        for index in range(30):
+            engine.add_message("s", "user", content=f"message {index}")
+        checkpointer = store._checkpointer
+        assert checkpointer is not None and checkpointer.is_alive()
+        for _ in range(500):
+            if checkpoints:
+                break
+            threading.Event().wait(0.01)
+        assert set(checkpoints) == {"viking-checkpoint"}
+        assert len(all_messages(engine, "s")) == 30
+    finally:
+        engine.close()
+    assert not checkpointer.is_alive()
