@@ -18,11 +18,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
 from viking_mcp.config import Settings
+from viking_mcp.engine.batching import WriteBatcher
 from viking_mcp.engine.context import assemble_context
 from viking_mcp.engine.messages import build_message, check_encodable, describe_validation_error
 from viking_mcp.engine.phase2 import candidates_from, owners_of, plan_memories, run_phase2
@@ -48,6 +50,7 @@ from viking_mcp.models import (
     MemoryInput,
     MemorySearchResult,
     MemoryWriteResult,
+    Message,
     MessageAdded,
     MetadataUpdated,
     RetryResult,
@@ -152,6 +155,16 @@ def _task_record(row: TaskRow) -> TaskRecord:
     )
 
 
+@dataclass(frozen=True)
+class PreparedMessage:
+    """A message ready to be appended (`Engine.prepare_message`)."""
+
+    session_id: str
+    message: Message
+    tokens: int
+    now: str
+
+
 class Engine:
     """Sessions, messages, commits, tasks and context over one store."""
 
@@ -191,6 +204,8 @@ class Engine:
         self.has_worker = False
         # Set by a Phase2Worker so that a commit wakes it at once.
         self.on_task_queued: Callable[[], None] | None = None
+        # Appends for async callers (the servers): on a thread of their own, many to a transaction.
+        self.batched_writes = WriteBatcher(self.store)
         self._closed = False
 
     @property
@@ -203,6 +218,7 @@ class Engine:
         self._closed = True
         with _LIVE_OWNERS_LOCK:
             _LIVE_OWNERS.discard(self.worker_id)
+        self.batched_writes.close()
         self.store.close()
 
     # --- sessions ---------------------------------------------------------------------------
@@ -344,6 +360,22 @@ class Engine:
         actor: Owner | None = None,
     ) -> MessageAdded:
         """Append a message, creating the session if it does not exist yet."""
+        prepared = self.prepare_message(session_id, role, content, parts, created_at, message_id, parts_win=parts_win)
+        return self.write_message(prepared, actor=actor)
+
+    def prepare_message(
+        self,
+        session_id: str,
+        role: str,
+        content: str | None = None,
+        parts: list[Any] | None = None,
+        created_at: str | None = None,
+        message_id: str | None = None,
+        *,
+        parts_win: bool = False,
+    ) -> PreparedMessage:
+        """The first half of add_message, which reads no store: the message validated and its
+        tokens counted. `write_message` stores it."""
         validate_id(session_id)
         now = utc_now()
         message = build_message(
@@ -357,9 +389,15 @@ class Engine:
             now=now,
         )
         tokens = self.tokens.count(message_text(message)) + MESSAGE_OVERHEAD_TOKENS
-        outcome = self.store.append_message(session_id, message, tokens, now, actor or self.owner, actor)
+        return PreparedMessage(session_id, message, tokens, now)
+
+    def write_message(self, prepared: PreparedMessage, *, actor: Owner | None = None) -> MessageAdded:
+        """The second half of add_message: one write to the store."""
+        outcome = self.store.append_message(
+            prepared.session_id, prepared.message, prepared.tokens, prepared.now, actor or self.owner, actor
+        )
         return MessageAdded(
-            session_id=session_id,
+            session_id=prepared.session_id,
             message_id=outcome.message_id,
             message_count=outcome.live_message_count,
             session_created=outcome.session_created,

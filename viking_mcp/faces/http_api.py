@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -47,6 +47,7 @@ from viking_mcp import __version__
 from viking_mcp.auth import KeyRing, key_from_headers, keyring_from_env
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine, Phase2Worker
+from viking_mcp.engine.engine import PreparedMessage
 from viking_mcp.engine.waiting import wait_for_task
 from viking_mcp.errors import (
     ErrorCode,
@@ -56,6 +57,7 @@ from viking_mcp.errors import (
     VikingError,
 )
 from viking_mcp.faces.mcp_server import build_server
+from viking_mcp.heap import settle_later
 from viking_mcp.models import (
     ArchiveDetail,
     CommitResult,
@@ -106,6 +108,7 @@ _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 T = TypeVar("T")
+Params = ParamSpec("Params")
 
 
 # --- envelope ----------------------------------------------------------------------------------
@@ -508,20 +511,43 @@ M = TypeVar("M", bound=BaseModel)
 
 async def _call(request: Request, operation: Callable[[Engine, Owner | None], M]) -> JSONResponse:
     """Run one engine operation on a worker thread as the caller, and wrap its result."""
-    state = _state(request)
-    engine = state.require_engine()
-    actor = _actor(request)
+    engine, actor = _state(request).require_engine(), _actor(request)
+    result = await run_in_threadpool(_guarded(request, lambda: operation(engine, actor)))
+    return _ok(request, result)
 
-    def run() -> M:
+
+async def _append(request: Request, session_id: str, body: AddMessageBody, parts: list[Any] | None) -> JSONResponse:
+    """add_message, on the engine's batch thread (`engine/batching.py`) as the caller."""
+    engine, actor = _state(request).require_engine(), _actor(request)
+
+    def prepare() -> PreparedMessage:
+        return engine.prepare_message(
+            session_id, body.role, body.content, parts, body.created_at, body.message_id, parts_win=True
+        )
+
+    def write(prepared: PreparedMessage) -> MessageAdded:
+        return engine.write_message(prepared, actor=actor)
+
+    result = await engine.batched_writes.run(_guarded(request, prepare), _guarded(request, write))
+    return _ok(request, result)
+
+
+def _guarded(request: Request, run: Callable[Params, T]) -> Callable[Params, T]:
+    """`run`, whose crashes (not the engine's coded errors) are logged and answered INTERNAL."""
+
+    def guarded(*args: Params.args, **kwargs: Params.kwargs) -> T:
         try:
-            return operation(engine, actor)
+            return run(*args, **kwargs)
         except VikingError:
             raise
         except Exception as exc:
             logger.exception("%s %s failed", request.method, request.url.path)
             raise Internal(f"the server failed on this request ({type(exc).__name__}); see its log") from exc
 
-    result = await run_in_threadpool(run)
+    return guarded
+
+
+def _ok(request: Request, result: BaseModel) -> JSONResponse:
     return _Json({"status": "ok", "result": result.model_dump(mode="json"), "time": _elapsed(request.scope)})
 
 
@@ -578,13 +604,7 @@ def _router() -> APIRouter:
     )
     async def add_message(request: Request, session_id: SessionIdPath, body: AddMessageBody) -> JSONResponse:
         """Append a message (content, or parts; parts win when both are given). Creates the session."""
-        parts = _openviking_parts(body.parts)
-        return await _call(
-            request,
-            lambda e, a: e.add_message(
-                session_id, body.role, body.content, parts, body.created_at, body.message_id, parts_win=True, actor=a
-            ),
-        )
+        return await _append(request, session_id, body, _openviking_parts(body.parts))
 
     @router.post(
         "/sessions/{session_id}/used", response_model=Ok[UsageRecorded], tags=["messages"], summary="Record usage"
@@ -907,8 +927,6 @@ def serve_http(settings: Settings, host: str, port: int) -> None:
         app = build_app(settings, engine=engine, keyring=keyring, host=host, run_worker=True)
         # This process serves until stopped: its start-up heap is left out of later garbage
         # collections, a little after it starts and once the tokenizer loads (viking_mcp/heap.py).
-        from viking_mcp.heap import settle_later
-
         settle_later(engine)
         config = uvicorn.Config(
             app,

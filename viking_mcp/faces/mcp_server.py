@@ -32,6 +32,7 @@ from viking_mcp.engine.tree import read_node
 from viking_mcp.errors import VikingError
 from viking_mcp.faces.mcp_tools import ServerState, add_tools
 from viking_mcp.faces.stdio import UnreadableLines
+from viking_mcp.heap import settle_later
 
 if TYPE_CHECKING:
     from viking_mcp.auth import KeyRing
@@ -108,8 +109,6 @@ def build_server(
                 worker.start()
             state.engine = current
             if settle_heap:
-                from viking_mcp.heap import settle_later
-
                 settle_later(current)
             if engine is None:
                 logger.info("viking-mcp %s serving data in %s", __version__, state.settings.store_label)

@@ -3,7 +3,8 @@
 Thin by design: each tool validates its arguments through its typed signature, calls
 one engine method, and returns the engine's pydantic model as structured output. The
 tools are plain functions, which the SDK runs on worker threads, so no engine call
-(a write least of all) ever runs on the event loop; `commit` alone is async, to wait for
+(a write least of all) ever runs on the event loop. Two are async: `add_message` hands
+its append to the engine's batch thread (`engine/batching.py`), and `commit` waits for
 Phase 2 on the loop without holding a thread. Engine errors become `ToolError`s whose
 text starts with the code (`NOT_FOUND: session a1b2 not found`), the one kind of error
 whose message reaches the model.
@@ -205,8 +206,8 @@ def add_tools(server: MCPServer[ServerState], state: ServerState) -> None:
     # --- messages ---------------------------------------------------------------------------
 
     @server.tool(title="Add message", annotations=_writes())
-    @coded
-    def add_message(
+    @clean_doc
+    async def add_message(
         ctx: Context[ServerState, Any],
         session_id: SessionId,
         role: Annotated[Literal["user", "assistant"], Field(description="Who said it: 'user' or 'assistant'.")],
@@ -226,9 +227,15 @@ def add_tools(server: MCPServer[ServerState], state: ServerState) -> None:
     ) -> MessageAdded:
         """Record one turn of the conversation. Creates the session if needed (session_created
         tells). Use a message_id to make retries safe."""
-        return state.require_engine().add_message(
-            session_id, role, content, parts, created_at, message_id, actor=state.actor(ctx)
-        )
+        engine, actor = state.require_engine(), state.actor(ctx)
+        try:
+            # On the engine's batch thread, with other appends (engine/batching.py).
+            return await engine.batched_writes.run(
+                lambda: engine.prepare_message(session_id, role, content, parts, created_at, message_id),
+                lambda prepared: engine.write_message(prepared, actor=actor),
+            )
+        except VikingError as exc:
+            raise ToolError(str(exc)) from exc
 
     @server.tool(title="Record usage", annotations=_writes())
     @coded

@@ -10,6 +10,12 @@ guarantees:
   to add to it);
 - commit Phase 1 is O(1) in the number of messages: an archive is a range of message
   sequence numbers, so moving the live buffer into an archive rewrites no message.
+
+`write_batch()` groups the methods one thread calls inside it into one transaction (a
+group commit): each still happens entirely or not at all, none is durable (or visible to
+others) before the batch commits, and if the batch cannot commit, none happens. A store
+may also commit each on its own (PostgreSQL does: its appends lock a session's row, and
+a batch would hold many).
 """
 
 from __future__ import annotations
@@ -191,6 +197,10 @@ class UsageRecord:
 
 class Store(Protocol):
     def close(self) -> None: ...
+    def write_batch(self) -> AbstractContextManager[None]:
+        """The writes this thread makes inside, committed together (see the module's docstring)."""
+        ...
+
     def schema_version(self) -> int:
         """How far the store's schema has come (migrations run when it opens)."""
         ...

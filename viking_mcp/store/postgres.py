@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any
 
 import psycopg
@@ -286,6 +286,11 @@ class PostgresStore:
         with self._read() as cur:
             row = cur.execute("SELECT version FROM schema_version").fetchone()
         return int(row["version"]) if row else 0
+
+    def write_batch(self) -> AbstractContextManager[None]:
+        """Each write commits on its own: an append holds its session's row lock until it
+        commits, and a batch would hold the locks of many sessions at once."""
+        return nullcontext()
 
     def close(self) -> None:
         if self._closed:
