@@ -14,8 +14,7 @@ import pytest
 
 from viking_mcp.engine import Engine
 from viking_mcp.errors import AlreadyExists, InvalidArgument, Unavailable
-from viking_mcp.models import utc_now
-from viking_mcp.store.base import Owner
+from viking_mcp.models import Owner, utc_now
 
 pytestmark = pytest.mark.anyio
 

@@ -21,7 +21,7 @@ from viking_mcp.engine.engine import owner_is_gone
 from viking_mcp.engine.transfer import export_tree, import_tree
 from viking_mcp.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from viking_mcp.memory.llm import LlmSettings
-from viking_mcp.models import Message, utc_now
+from viking_mcp.models import Message, Owner, utc_now
 from viking_mcp.summarize.base import ArchiveInput, ArchiveSummary
 from viking_mcp.summarize.extractive import ExtractiveSummariser
 from viking_mcp.tokens import TokenCounter
@@ -411,7 +411,6 @@ def test_import_reads_nothing_outside_its_directory(rich: tuple[Engine, Path], t
 
 @pytest.mark.both_stores
 def test_other_accounts_memories_go_under_accounts(tmp_path: Path, new_settings: Callable[[str], Settings]) -> None:
-    from viking_mcp.store.base import Owner
 
     ada = Owner("acme", "ada", "claude")
     engine = Engine(new_settings("a"))

@@ -27,7 +27,7 @@ from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
 from viking_mcp.errors import NotFound
 from viking_mcp.faces.http_api import build_app
-from viking_mcp.store.base import Owner
+from viking_mcp.models import Owner
 
 ERROR_CODES = {
     "NOT_FOUND",

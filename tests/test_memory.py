@@ -18,7 +18,7 @@ from tests.test_summariser import ingest, locomo
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
 from viking_mcp.errors import InvalidArgument
-from viking_mcp.memory.merge import StoredMemory
+from viking_mcp.models import Owner, StoredMemory
 
 # The engine behaves the same on both stores.
 pytestmark = pytest.mark.both_stores
@@ -351,7 +351,6 @@ def test_memory_diff_is_readable_per_archive(engine: Engine) -> None:
 def test_one_users_agent_memories_are_not_anothers(engine: Engine) -> None:
     from viking_mcp.engine.tree import read_node
     from viking_mcp.errors import NotFound
-    from viking_mcp.store.base import Owner
 
     ada, bob = Owner("acme", "ada", "claude"), Owner("acme", "bob", "claude")
     engine.add_message("ada-s", "user", content="My insurance claim 12345 was refused.", actor=ada)
@@ -412,7 +411,6 @@ def test_dates_without_a_year_do_not_jump_into_the_future() -> None:
 
 
 def test_active_count_counts_each_context_once_and_only_the_owners(engine: Engine) -> None:
-    from viking_mcp.store.base import Owner
 
     ada, bob = Owner("default", "ada", "default"), Owner("default", "bob", "default")
     engine.add_message("ada-s", "user", content="x", actor=ada)

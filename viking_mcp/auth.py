@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from viking_mcp.errors import InvalidArgument, Unauthenticated
-from viking_mcp.models import validate_id
-from viking_mcp.store.base import Owner
+from viking_mcp.models import Owner, validate_id
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from them.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -165,6 +166,15 @@ def message_text(message: Message) -> str:
 # --- sessions ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Owner:
+    """Who a session belongs to."""
+
+    account_id: str = "default"
+    user_id: str = "default"
+    agent_id: str = "default"
+
+
 class UserRef(BaseModel):
     account_id: str
     user_id: str
@@ -250,6 +260,39 @@ class SkillUse(BaseModel):
 
 
 # --- memories ------------------------------------------------------------------------------
+
+Scope = Literal["user", "agent"]  # whose memory space: the user's or the agent's
+
+
+@dataclass(frozen=True)
+class StoredMemory:
+    uri: str
+    scope: Scope
+    owner_id: str
+    category: MemoryCategory
+    key: str
+    name: str | None
+    abstract: str
+    overview: str
+    content: str
+    stats: dict[str, int]
+    version: int = 0
+    created_at: str = ""
+    updated_at: str = ""
+    active_count: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"abstract": self.abstract, "overview": self.overview, "content": self.content, "stats": self.stats}
+
+
+@dataclass(frozen=True)
+class MemoryWrite:
+    action: Literal["add", "update"]
+    memory: StoredMemory
+    # The version the update was planned against; the store refuses the write if it moved.
+    expected_version: int | None
+    before: StoredMemory | None
+
 
 MemoryCategory = Literal["profile", "preferences", "entities", "events", "cases", "patterns", "tools", "skills"]
 

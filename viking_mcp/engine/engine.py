@@ -53,6 +53,7 @@ from viking_mcp.models import (
     Message,
     MessageAdded,
     MetadataUpdated,
+    Owner,
     RetryResult,
     SessionContext,
     SessionCreated,
@@ -74,7 +75,7 @@ from viking_mcp.models import (
     validate_id,
 )
 from viking_mcp.store import Store, open_store
-from viking_mcp.store.base import Owner, SessionRow, TaskRow
+from viking_mcp.store.base import SessionRow, TaskRow
 from viking_mcp.summarize.base import ArchiveInput, Summariser
 from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
 

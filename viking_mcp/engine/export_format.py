@@ -36,8 +36,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from viking_mcp.memory.categories import Scope
-from viking_mcp.models import ArchiveStatus, MemoryCategory, Message, TaskStatus, TaskType
+from viking_mcp.models import ArchiveStatus, MemoryCategory, Message, Scope, TaskStatus, TaskType
 
 FORMAT_VERSION = 1
 

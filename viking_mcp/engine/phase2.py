@@ -22,11 +22,20 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from viking_mcp.errors import Conflict, VikingError
-from viking_mcp.memory.categories import Candidate, Scope, agent_space
-from viking_mcp.memory.merge import MergePlan, StoredMemory, plan_merge
+from viking_mcp.memory.categories import Candidate, agent_space
+from viking_mcp.memory.merge import MergePlan, plan_merge
 from viking_mcp.memory.offline import extract_offline, extract_usage
-from viking_mcp.models import CommitTaskResult, MemoryInput, Message, archive_id, archive_uri
-from viking_mcp.store.base import OverviewRendering, Owner, Phase2Output, Store, TaskRow
+from viking_mcp.models import (
+    CommitTaskResult,
+    MemoryInput,
+    Message,
+    Owner,
+    Scope,
+    StoredMemory,
+    archive_id,
+    archive_uri,
+)
+from viking_mcp.store.base import OverviewRendering, Phase2Output, Store, TaskRow
 from viking_mcp.summarize.base import ArchiveInput, ArchiveSummary, Summariser
 from viking_mcp.summarize.extractive import ExtractiveSummariser
 from viking_mcp.tokens import TokenCounter

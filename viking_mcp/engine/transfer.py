@@ -48,10 +48,11 @@ from viking_mcp.engine.export_format import (
 )
 from viking_mcp.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from viking_mcp.memory.categories import SCOPES, memory_uri
-from viking_mcp.memory.merge import StoredMemory
 from viking_mcp.models import (
     Message,
+    Owner,
     SessionInfo,
+    StoredMemory,
     archive_id,
     archive_uri,
     message_text,
@@ -65,7 +66,6 @@ from viking_mcp.store.base import (
     ContextUsage,
     MemoryDump,
     OverviewRendering,
-    Owner,
     SessionDump,
     SessionRow,
     StoredMessage,

@@ -18,9 +18,16 @@ from typing import TYPE_CHECKING, Any
 from viking_mcp.engine.phase2 import owners_of
 from viking_mcp.errors import InvalidArgument, NotFound
 from viking_mcp.memory.categories import SCOPES
-from viking_mcp.memory.merge import StoredMemory
-from viking_mcp.models import Message, archive_id, archive_uri, parse_archive_id, session_uri, validate_id
-from viking_mcp.store.base import Owner
+from viking_mcp.models import (
+    Message,
+    Owner,
+    StoredMemory,
+    archive_id,
+    archive_uri,
+    parse_archive_id,
+    session_uri,
+    validate_id,
+)
 
 if TYPE_CHECKING:
     from viking_mcp.engine.engine import Engine

@@ -16,8 +16,7 @@ import anyio
 import anyio.to_thread
 
 from viking_mcp.engine.engine import Engine
-from viking_mcp.models import TaskRecord
-from viking_mcp.store.base import Owner
+from viking_mcp.models import Owner, TaskRecord
 
 AsyncProgress = Callable[[float, float, str], Awaitable[None]]
 POLL_SECONDS = 0.1

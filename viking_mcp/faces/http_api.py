@@ -68,6 +68,7 @@ from viking_mcp.models import (
     MemorySearchResult,
     MessageAdded,
     MetadataUpdated,
+    Owner,
     RetryResult,
     SessionContext,
     SessionCreated,
@@ -80,7 +81,6 @@ from viking_mcp.models import (
     ToolPart,
     UsageRecorded,
 )
-from viking_mcp.store.base import Owner
 
 logger = logging.getLogger(__name__)
 

@@ -39,6 +39,7 @@ from viking_mcp.models import (
     MemorySearchResult,
     MessageAdded,
     MetadataUpdated,
+    Owner,
     Part,
     RetryResult,
     SessionContext,
@@ -51,7 +52,6 @@ from viking_mcp.models import (
     TaskRecord,
     UsageRecorded,
 )
-from viking_mcp.store.base import Owner
 
 P = ParamSpec("P")
 R = TypeVar("R")

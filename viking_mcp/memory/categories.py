@@ -23,9 +23,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Literal
 
-from viking_mcp.models import MemoryCategory
+from viking_mcp.models import MemoryCategory, Scope
 
-Scope = Literal["user", "agent"]
 MergeRule = Literal["always", "by_name", "similar", "never"]
 
 SCOPES: dict[str, Scope] = {

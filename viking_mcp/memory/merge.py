@@ -18,50 +18,19 @@ their usage counters.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from viking_mcp.memory.categories import (
     RULES,
     SCOPES,
     Candidate,
-    Scope,
     memory_key,
     memory_uri,
     normalized,
     similar,
     slug,
 )
-from viking_mcp.models import MemoryCategory
-
-
-@dataclass(frozen=True)
-class StoredMemory:
-    uri: str
-    scope: Scope
-    owner_id: str
-    category: MemoryCategory
-    key: str
-    name: str | None
-    abstract: str
-    overview: str
-    content: str
-    stats: dict[str, int]
-    version: int = 0
-    created_at: str = ""
-    updated_at: str = ""
-    active_count: int = 0
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"abstract": self.abstract, "overview": self.overview, "content": self.content, "stats": self.stats}
-
-
-@dataclass(frozen=True)
-class MemoryWrite:
-    action: Literal["add", "update"]
-    memory: StoredMemory
-    # The version the update was planned against; the store refuses the write if it moved.
-    expected_version: int | None
-    before: StoredMemory | None
+from viking_mcp.models import MemoryWrite, Scope, StoredMemory
 
 
 class MemoryLookup(Protocol):
@@ -188,4 +157,4 @@ def plan_merge(candidates: list[Candidate], owners: dict[Scope, str], lookup: Me
     return plan
 
 
-__all__ = ["MemoryLookup", "MemoryWrite", "MergePlan", "StoredMemory", "plan_merge", "slug"]
+__all__ = ["MemoryLookup", "MergePlan", "plan_merge", "slug"]

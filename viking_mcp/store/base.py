@@ -25,17 +25,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from viking_mcp.memory.merge import MemoryWrite, StoredMemory
-from viking_mcp.models import ArchiveStatus, Message, TaskStatus, TaskType
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Who a session belongs to."""
-
-    account_id: str = "default"
-    user_id: str = "default"
-    agent_id: str = "default"
+from viking_mcp.models import ArchiveStatus, MemoryWrite, Message, Owner, StoredMemory, TaskStatus, TaskType
 
 
 @dataclass(frozen=True)

@@ -47,15 +47,13 @@ from viking_mcp.errors import (
     VikingError,
 )
 from viking_mcp.memory import MEMORY_CATEGORIES
-from viking_mcp.memory.merge import MemoryWrite, StoredMemory
-from viking_mcp.models import Message, archive_id
+from viking_mcp.models import MemoryWrite, Message, Owner, StoredMemory, archive_id
 from viking_mcp.store.base import (
     AppendOutcome,
     ArchiveRow,
     ContextSnapshot,
     ContextUsage,
     MemoryDump,
-    Owner,
     Phase1Outcome,
     Phase2Output,
     SessionDump,

@@ -9,12 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from viking_mcp.memory.merge import StoredMemory
-from viking_mcp.models import Message
+from viking_mcp.models import Message, Owner, StoredMemory
 from viking_mcp.store.base import (
     ArchiveRow,
     OverviewRendering,
-    Owner,
     SessionRow,
     StoredMessage,
     TaskRow,
