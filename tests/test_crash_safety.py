@@ -47,7 +47,7 @@ from tests.crash_driver import content_for
 from tests.invariants import Checked, Ledger, check_store, settle_over_stdio
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
-from viking_mcp.engine.transfer import export_tree, import_tree
+from viking_mcp.engine.export_import import export_tree, import_tree
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from tests.fake_llm import FakeLlmServer
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
 from viking_mcp.engine.engine import owner_is_gone
-from viking_mcp.engine.transfer import export_tree, import_tree
+from viking_mcp.engine.export_import import export_tree, import_tree
 from viking_mcp.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from viking_mcp.memory.llm import LlmSettings
 from viking_mcp.models import Message, Owner, utc_now
@@ -617,13 +617,13 @@ def test_import_opens_only_regular_files(rich: tuple[Engine, Path], tmp_path: Pa
 def test_import_caps_the_size_of_a_file(
     rich: tuple[Engine, Path], engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from viking_mcp.engine import transfer
+    from viking_mcp.engine import export_import
     from viking_mcp.errors import ResourceExhausted
 
     largest = max((p for p in rich[1].rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-    monkeypatch.setattr(transfer, "MAX_FILE_BYTES", largest.stat().st_size - 1)
+    monkeypatch.setattr(export_import, "MAX_FILE_BYTES", largest.stat().st_size - 1)
     with pytest.raises(ResourceExhausted, match=rf"{largest.name} is larger than"):
         import_tree(engine, rich[1])
     assert session_ids(engine) == []
-    monkeypatch.setattr(transfer, "MAX_FILE_BYTES", largest.stat().st_size)
+    monkeypatch.setattr(export_import, "MAX_FILE_BYTES", largest.stat().st_size)
     assert import_tree(engine, rich[1]).sessions == len(session_ids(rich[0]))

@@ -349,7 +349,7 @@ def test_memory_diff_is_readable_per_archive(engine: Engine) -> None:
 
 
 def test_one_users_agent_memories_are_not_anothers(engine: Engine) -> None:
-    from viking_mcp.engine.tree import read_node
+    from viking_mcp.engine.uris import read_node
     from viking_mcp.errors import NotFound
 
     ada, bob = Owner("acme", "ada", "claude"), Owner("acme", "bob", "claude")

@@ -25,7 +25,7 @@ from viking_mcp.models import (
 
 if TYPE_CHECKING:
     from viking_mcp.engine.engine import ProgressCallback
-    from viking_mcp.engine.transfer import TransferResult
+    from viking_mcp.engine.export_import import TransferResult
 
 
 class Backend(Protocol):

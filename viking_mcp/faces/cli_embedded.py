@@ -11,7 +11,7 @@ from typing import Any
 
 from viking_mcp.config import Settings
 from viking_mcp.engine.engine import Engine, ProgressCallback
-from viking_mcp.engine.transfer import TransferResult, export_tree, import_tree
+from viking_mcp.engine.export_import import TransferResult, export_tree, import_tree
 from viking_mcp.models import (
     ArchiveDetail,
     CommitResult,

@@ -48,7 +48,7 @@ from viking_mcp.models import (
 
 if TYPE_CHECKING:
     from viking_mcp.engine.engine import ProgressCallback
-    from viking_mcp.engine.transfer import TransferResult
+    from viking_mcp.engine.export_import import TransferResult
 
 API_PREFIX = "/api/v1"
 # Longer than the server holds a commit with wait=true (at most 50 s).

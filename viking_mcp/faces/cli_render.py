@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     # Only types here: neither the engine nor the models are imported to build the
     # command line, which the stdio server parses too before it can answer.
-    from viking_mcp.engine.transfer import TransferResult
+    from viking_mcp.engine.export_import import TransferResult
     from viking_mcp.models import (
         ArchiveDetail,
         CommitResult,

@@ -28,7 +28,7 @@ from viking_mcp.config import Settings, settings_from_env
 from viking_mcp.engine import Engine, Phase2Worker
 from viking_mcp.engine.context import render_context_text
 from viking_mcp.engine.messages import describe_validation_error
-from viking_mcp.engine.tree import read_node
+from viking_mcp.engine.uris import read_node
 from viking_mcp.errors import VikingError
 from viking_mcp.faces.mcp_tools import ServerState, add_tools
 from viking_mcp.faces.stdio import UnreadableLines

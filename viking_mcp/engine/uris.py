@@ -1,7 +1,8 @@
-"""The viking:// tree: every session, message file, archive and summary by URI.
+"""Reading a viking:// URI: every session, message file, archive, summary and memory.
 
 The tree is logical, as in OpenViking: the store keeps rows, and this module renders
-the node a URI names (MCP resources read through it; export will write it as files).
+the node a URI names (MCP resources read through it; `export_import` writes the same
+tree as files).
 
     viking://session/{session_id}/
       messages.jsonl  .meta.json  .abstract.md  .overview.md  .relations.json
