@@ -20,11 +20,12 @@ The layout and each file's shape: `viking_mcp.engine.export_format`.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -46,6 +47,7 @@ from viking_mcp.engine.export_format import (
     ToolFile,
     UsageLine,
 )
+from viking_mcp.engine.uris import render_memory
 from viking_mcp.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from viking_mcp.memory.categories import SCOPES, memory_uri
 from viking_mcp.models import (
@@ -80,6 +82,7 @@ if TYPE_CHECKING:
     from viking_mcp.engine.engine import Engine
 
 Model = TypeVar("Model", bound=BaseModel)
+Made = TypeVar("Made")
 
 # The largest single file import reads: far beyond any real session, small enough to hold in memory.
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -130,6 +133,20 @@ class _Folder:
             return sorted(entry.name for entry in os.scandir(path) if entry.is_dir(follow_symlinks=False))
         except OSError as exc:
             raise _io_error(exc, "read") from exc
+
+
+def _copy(target: Callable[..., Made], source: object, **values: Any) -> Made:
+    """A `target` made of the fields of `source` that `target` has by the same name, and `values`."""
+    names = inspect.signature(target).parameters
+    return target(**{name: getattr(source, name) for name in names if hasattr(source, name)} | values)
+
+
+def _archive_id(number: int | None) -> str | None:
+    return None if number is None else archive_id(number)
+
+
+def _archive_number(name: str | None) -> int | None:
+    return None if name is None else parse_archive_id(name)
 
 
 def _io_error(exc: OSError, doing: str) -> Unavailable:
@@ -185,16 +202,7 @@ class _Writer:
         relations = RelationsFile(
             contexts=[u.uri for u in dump.usage if u.kind == "context"],
             skills=[u.payload for u in dump.usage if u.kind == "skill"],
-            records=[
-                UsageLine(
-                    kind=u.kind,
-                    uri=u.uri,
-                    payload=u.payload,
-                    created_at=u.created_at,
-                    archive_id=archive_id(u.archive_number) if u.archive_number is not None else None,
-                )
-                for u in dump.usage
-            ],
+            records=[_copy(UsageLine, u, archive_id=_archive_id(u.archive_number)) for u in dump.usage],
         )
         self.text((*base, files.RELATIONS), _dumps(relations.model_dump(mode="json")))
         for tool in dump.tools:
@@ -210,19 +218,13 @@ class _Writer:
         name = archive_id(archive.number)
         where = (*base, files.HISTORY, name)
         renderings = archive.overview_renderings
-        meta = ArchiveMeta(
+        meta = _copy(
+            ArchiveMeta,
+            archive,
             archive_id=name,
             uri=archive_uri(dump.session.session_id, archive.number),
-            status=archive.status,
-            created_at=archive.created_at,
-            done_at=archive.done_at,
-            message_count=archive.message_count,
-            error=archive.error,
-            task_id=archive.task_id,
-            abstract_tokens=archive.abstract_tokens,
             overview_tokens=renderings[0].tokens if renderings else None,
             shorter_overviews=[Rendering(tokens=r.tokens, text=r.text) for r in renderings[1:]],
-            supplied=archive.supplied,
         )
         self.text((*where, files.META), _dumps(meta.model_dump(mode="json")))
         self.messages(
@@ -244,21 +246,7 @@ class _Writer:
     def tasks(self, tasks: Iterator[TaskRow]) -> None:
         with atomic_file(self.folder.path(files.TASKS)) as file:
             for task in tasks:
-                line = TaskLine(
-                    task_id=task.task_id,
-                    task_type=task.task_type,
-                    status=task.status,
-                    resource_id=task.session_id,
-                    archive_id=archive_id(task.archive_number) if task.archive_number is not None else None,
-                    created_at=task.created_at,
-                    updated_at=task.updated_at,
-                    result=task.result,
-                    error=task.error,
-                    account_id=task.account_id,
-                    user_id=task.user_id,
-                    attempts=task.attempts,
-                    owner=task.owner,
-                )
+                line = _copy(TaskLine, task, resource_id=task.session_id, archive_id=_archive_id(task.archive_number))
                 file.write(line.model_dump_json() + "\n")
                 self.counts["tasks"] += 1
 
@@ -269,13 +257,7 @@ class _Writer:
             raise InvalidArgument(f"memory URI {memory.uri[:80]!r} is not a viking:// URI")
         names = (*prefix, *memory.uri[len("viking://") :].split("/"))
         front = MemoryFile(account_id=dump.account_id, source=dump.source, **asdict(memory))
-        lines = [f"{field}: {json.dumps(value, ensure_ascii=False)}" for field, value in front.model_dump().items()]
-        body = [f"# {memory.abstract}"]
-        if memory.overview:
-            body.append(memory.overview)
-        if memory.content and memory.content != memory.abstract:
-            body.append(memory.content)
-        self.text(names, "---\n" + "\n".join(lines) + "\n---\n\n" + "\n\n".join(body) + "\n")
+        self.text(names, render_memory(memory, front.model_dump()))
         self.counts["memories"] += 1
 
     def context_usage(self, rows: Iterator[ContextUsage]) -> None:
@@ -514,8 +496,9 @@ class _FileRecords:
             tool.updated_at = self.time(tool_names, "updated_at", tool.updated_at)
             tools.append(ToolRecord(**tool.model_dump()))
         user = info.user
-        row = SessionRow(
-            session_id=session_id,
+        row = _copy(
+            SessionRow,
+            info,  # metadata, commit_count, contexts_used and skills_used as they are
             owner=Owner(
                 validate_id(user.account_id, "account_id"),
                 validate_id(user.user_id, "user_id"),
@@ -523,11 +506,9 @@ class _FileRecords:
             ),
             created_at=self.time(meta_names, "created_at", info.created_at),
             updated_at=self.time(meta_names, "updated_at", info.updated_at),
-            metadata=info.metadata,
             total_message_count=len(messages),
             live_message_count=len(live),
             pending_tokens=sum(m.tokens for m in live),
-            commit_count=info.commit_count,
             last_commit_at=(
                 self.time(meta_names, "last_commit_at", info.last_commit_at)
                 if info.last_commit_at is not None
@@ -536,12 +517,10 @@ class _FileRecords:
             llm_prompt_tokens=info.llm_token_usage.prompt,
             llm_completion_tokens=info.llm_token_usage.completion,
             memories_extracted={k: v for k, v in info.memories_extracted.items() if k != "total"},
-            contexts_used=info.contexts_used,
-            skills_used=info.skills_used,
         )
         usage = []
         for index, record in enumerate(relations.records):
-            number = parse_archive_id(record.archive_id) if record.archive_id is not None else None
+            number = _archive_number(record.archive_id)
             if number is not None and number not in numbers:
                 raise InvalidArgument(
                     f"{self.folder.shown(relations_names)}: records[{index}] names {record.archive_id}, "
@@ -585,14 +564,15 @@ class _FileRecords:
                 raise InvalidArgument(f"{self.folder.shown((*where, files.MEMORY_DIFF))} is not JSON") from None
             if not isinstance(memory_diff, dict):
                 raise InvalidArgument(f"{self.folder.shown((*where, files.MEMORY_DIFF))} is not a JSON object")
-        return ArchiveRow(
+        return _copy(
+            ArchiveRow,
+            meta,  # status, supplied, error and task_id as they are
             session_id=base[-1],
             number=number,
             first_seq=stored[0].seq,
             last_seq=stored[-1].seq,
             message_count=len(stored),
             tokens=sum(m.tokens for m in stored),
-            status=meta.status,
             created_at=self.time(meta_names, "created_at", meta.created_at),
             done_at=self.time(meta_names, "done_at", meta.done_at) if meta.done_at is not None else None,
             abstract=abstract,
@@ -600,16 +580,13 @@ class _FileRecords:
             overview=overview,
             overview_renderings=renderings,
             memory_diff=memory_diff,
-            supplied=meta.supplied,
-            error=meta.error,
-            task_id=meta.task_id,
         )
 
     def tasks(self) -> Iterator[TaskRow]:
         for where, line in self.task_lines:
             shown = self.folder.shown(where)
             session_id = validate_id(line.resource_id, "resource_id")
-            number = parse_archive_id(line.archive_id) if line.archive_id is not None else None
+            number = _archive_number(line.archive_id)
             if line.account_id is None or line.user_id is None:
                 raise InvalidArgument(f"{shown}: task {line.task_id} has no account_id and user_id (whose it is)")
             owner = (validate_id(line.account_id, "account_id"), validate_id(line.user_id, "user_id"))
@@ -635,20 +612,13 @@ class _FileRecords:
                     )
             if line.task_type == "session_commit" and line.status in _UNFINISHED and number is None:
                 raise InvalidArgument(f"{shown}: task {line.task_id} is {line.status} but names no archive_id")
-            yield TaskRow(
-                task_id=line.task_id,
-                task_type=line.task_type,
-                status=line.status,
+            yield _copy(
+                TaskRow,
+                line,
                 session_id=session_id,
                 archive_number=number,
                 created_at=self.time(where, "created_at", line.created_at),
                 updated_at=self.time(where, "updated_at", line.updated_at),
-                result=line.result,
-                error=line.error,
-                owner=line.owner,
-                attempts=line.attempts,
-                account_id=line.account_id,
-                user_id=line.user_id,
             )
 
     def memory_files(self) -> Iterator[tuple[str, ...]]:

@@ -49,19 +49,16 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=2)
 
 
-def render_memory(memory: StoredMemory) -> str:
-    """A memory as markdown: its facts up front, then L0 (abstract), L1 (overview), L2 (content)."""
-    header = {
-        "uri": memory.uri,
-        "category": memory.category,
-        "name": memory.name,
-        "created_at": memory.created_at,
-        "updated_at": memory.updated_at,
-        "active_count": memory.active_count,
-        **({"stats": memory.stats} if memory.stats else {}),
-    }
-    front = "\n".join(f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in header.items() if v not in (None, ""))
-    blocks = [f"---\n{front}\n---", f"# {memory.abstract}"]
+def render_memory(memory: StoredMemory, front: dict[str, Any] | None = None) -> str:
+    """A memory as markdown: a front matter of `field: <JSON>` lines (`front`, or by default
+    the facts a reader wants), then L0 (abstract), L1 (overview), L2 (content). An export
+    writes its memory files with this, the whole memory as the front matter."""
+    if front is None:
+        fields = ("uri", "category", "name", "created_at", "updated_at", "active_count")
+        front = {k: v for k in fields if (v := getattr(memory, k)) not in (None, "")}
+        front |= {"stats": memory.stats} if memory.stats else {}
+    lines = "\n".join(f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in front.items())
+    blocks = [f"---\n{lines}\n---", f"# {memory.abstract}"]
     if memory.overview:
         blocks.append(memory.overview)
     if memory.content and memory.content != memory.abstract:
