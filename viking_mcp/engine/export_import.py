@@ -25,7 +25,7 @@ import json
 import os
 import stat
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -121,9 +121,6 @@ class _Folder:
             raise InvalidArgument(f"{'/'.join(names)[:160]} leads outside {self.root}; links out of DIR are refused")
         return path
 
-    def shown(self, names: tuple[str, ...]) -> str:
-        return "/".join(names)
-
     def subfolders(self, *names: str) -> list[str]:
         """Names of the folders in DIR/names (none if it is missing), sorted."""
         path = self.path(*names)
@@ -139,6 +136,10 @@ def _copy(target: Callable[..., Made], source: object, **values: Any) -> Made:
     """A `target` made of the fields of `source` that `target` has by the same name, and `values`."""
     names = inspect.signature(target).parameters
     return target(**{name: getattr(source, name) for name in names if hasattr(source, name)} | values)
+
+
+def _shown(names: tuple[str, ...]) -> str:
+    return "/".join(names)
 
 
 def _archive_id(number: int | None) -> str | None:
@@ -187,6 +188,15 @@ class _Writer:
     def text(self, names: tuple[str, ...], text: str) -> None:
         with atomic_file(self.folder.path(*names)) as file:
             file.write(text)
+
+    def jsonl(self, names: tuple[str, ...], lines: Iterable[BaseModel]) -> int:
+        """Write one JSON object a line; how many."""
+        written = 0
+        with atomic_file(self.folder.path(*names)) as file:
+            for line in lines:
+                file.write(line.model_dump_json() + "\n")
+                written += 1
+        return written
 
     def session(self, dump: SessionDump) -> None:
         session_id = validate_id(dump.session.session_id)
@@ -238,17 +248,13 @@ class _Writer:
             self.text((*where, files.DONE), archive.done_at)
 
     def messages(self, names: tuple[str, ...], stored: list[StoredMessage]) -> None:
-        with atomic_file(self.folder.path(*names)) as file:
-            for item in stored:
-                line = MessageLine(**item.message.model_dump(), tokens=item.tokens)
-                file.write(line.model_dump_json() + "\n")
+        self.jsonl(names, (MessageLine(**m.message.model_dump(), tokens=m.tokens) for m in stored))
 
     def tasks(self, tasks: Iterator[TaskRow]) -> None:
-        with atomic_file(self.folder.path(files.TASKS)) as file:
-            for task in tasks:
-                line = _copy(TaskLine, task, resource_id=task.session_id, archive_id=_archive_id(task.archive_number))
-                file.write(line.model_dump_json() + "\n")
-                self.counts["tasks"] += 1
+        self.counts["tasks"] += self.jsonl(
+            (files.TASKS,),
+            (_copy(TaskLine, t, resource_id=t.session_id, archive_id=_archive_id(t.archive_number)) for t in tasks),
+        )
 
     def memory(self, dump: MemoryDump) -> None:
         memory = dump.memory
@@ -261,10 +267,9 @@ class _Writer:
         self.counts["memories"] += 1
 
     def context_usage(self, rows: Iterator[ContextUsage]) -> None:
-        with atomic_file(self.folder.path(files.CONTEXT_USAGE)) as file:
-            for row in rows:
-                file.write(ContextUsageLine(**asdict(row)).model_dump_json() + "\n")
-                self.counts["context_usage"] += 1
+        self.counts["context_usage"] += self.jsonl(
+            (files.CONTEXT_USAGE,), (ContextUsageLine(**asdict(r)) for r in rows)
+        )
 
 
 def export_tree(engine: Engine, directory: str | os.PathLike[str]) -> TransferResult:
@@ -324,7 +329,7 @@ class _FileRecords:
         """A regular file's text. Nothing else is opened: a pipe would hang the import, a
         device or a link is not what an export writes."""
         path = self.folder.path(*names)
-        shown = self.folder.shown(names)
+        shown = _shown(names)
         try:
             info = os.lstat(path)
         except FileNotFoundError:
@@ -369,22 +374,19 @@ class _FileRecords:
             return normalize_time(value)
         except InvalidArgument:
             raise InvalidArgument(
-                f"{self.folder.shown(names)}: {field} {str(value)[:40]!r} is not an ISO 8601 timestamp "
-                "with a year from 1 to 9999"
+                f"{_shown(names)}: {field} {str(value)[:40]!r} is not an ISO 8601 timestamp with a year from 1 to 9999"
             ) from None
 
     def counts(self, names: tuple[str, ...], values: dict[str, int]) -> None:
         for field, value in values.items():
             if not 0 <= value <= files.MAX_COUNT:
-                raise InvalidArgument(
-                    f"{self.folder.shown(names)}: {field} is {str(value)[:30]}; counts run from 0 to 2**62"
-                )
+                raise InvalidArgument(f"{_shown(names)}: {field} is {str(value)[:30]}; counts run from 0 to 2**62")
 
     def model(self, kind: type[Model], names: tuple[str, ...], text: str | None = None) -> Model:
         try:
             return kind.model_validate_json(self.text(names) if text is None else text)
         except ValidationError as exc:
-            raise InvalidArgument(f"{self.folder.shown(names)}: {_describe(exc)}") from None
+            raise InvalidArgument(f"{_shown(names)}: {_describe(exc)}") from None
 
     def lines(self, kind: type[Model], names: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Model]]:
         """Each non-blank line as `kind`, with the names that show where it is (`file line N`)."""
@@ -416,7 +418,7 @@ class _FileRecords:
         self.task_lines = []
         seen: dict[str, str] = {}
         for where, line in self.lines(TaskLine, (files.TASKS,)):
-            shown = self.folder.shown(where)
+            shown = _shown(where)
             validate_id(line.task_id, "task_id")
             if line.task_id in seen:
                 raise InvalidArgument(f"{shown}: task {line.task_id} is also on {seen[line.task_id]}")
@@ -449,7 +451,7 @@ class _FileRecords:
         meta_names = (*base, files.META)
         info = self.model(SessionInfo, meta_names)
         if info.session_id != session_id:
-            raise InvalidArgument(f"{self.folder.shown(meta_names)} is session {info.session_id[:80]!r}")
+            raise InvalidArgument(f"{_shown(meta_names)} is session {info.session_id[:80]!r}")
         self.counts(
             meta_names,
             {
@@ -464,7 +466,7 @@ class _FileRecords:
         numbers = sorted(parse_archive_id(name) for name in self.folder.subfolders(*base, files.HISTORY))
         if numbers != list(range(1, len(numbers) + 1)) or len(numbers) != info.commit_count:
             raise InvalidArgument(
-                f"{self.folder.shown(base)}: history/ has archives {numbers[:5]}..., but the session had "
+                f"{_shown(base)}: history/ has archives {numbers[:5]}..., but the session had "
                 f"{info.commit_count} commits; archives run from archive_001 without gaps"
             )
         messages: list[StoredMessage] = []
@@ -473,12 +475,12 @@ class _FileRecords:
         messages += live
         if (info.total_message_count, info.message_count) != (len(messages), len(live)):
             raise InvalidArgument(
-                f"{self.folder.shown(meta_names)} counts {info.total_message_count} messages "
+                f"{_shown(meta_names)} counts {info.total_message_count} messages "
                 f"({info.message_count} live), but the files hold {len(messages)} ({len(live)} live)"
             )
         message_ids = {m.message.id for m in messages}
         if len(message_ids) != len(messages):
-            raise InvalidArgument(f"{self.folder.shown(base)}: two messages have the same id")
+            raise InvalidArgument(f"{_shown(base)}: two messages have the same id")
         relations_names = (*base, files.RELATIONS)
         relations = self.model(RelationsFile, relations_names, self.text(relations_names, "{}"))
         tools = []
@@ -486,10 +488,10 @@ class _FileRecords:
             tool_names = (*base, files.TOOLS, tool_id, files.TOOL)
             tool = self.model(ToolFile, tool_names)
             if tool.tool_id != tool_id:
-                raise InvalidArgument(f"{self.folder.shown((*base, files.TOOLS, tool_id))} holds {tool.tool_id!r}")
+                raise InvalidArgument(f"{_shown((*base, files.TOOLS, tool_id))} holds {tool.tool_id!r}")
             if tool.message_id not in message_ids:
                 raise InvalidArgument(
-                    f"{self.folder.shown(tool_names)}: message_id {tool.message_id[:80]!r} is not a message of "
+                    f"{_shown(tool_names)}: message_id {tool.message_id[:80]!r} is not a message of "
                     f"session {session_id}"
                 )
             tool.created_at = self.time(tool_names, "created_at", tool.created_at)
@@ -523,7 +525,7 @@ class _FileRecords:
             number = _archive_number(record.archive_id)
             if number is not None and number not in numbers:
                 raise InvalidArgument(
-                    f"{self.folder.shown(relations_names)}: records[{index}] names {record.archive_id}, "
+                    f"{_shown(relations_names)}: records[{index}] names {record.archive_id}, "
                     f"which session {session_id} does not have"
                 )
             created_at = self.time(relations_names, f"records[{index}].created_at", record.created_at)
@@ -536,17 +538,16 @@ class _FileRecords:
         meta_names = (*where, files.META)
         meta = self.model(ArchiveMeta, meta_names)
         if meta.archive_id != archive_id(number):
-            raise InvalidArgument(f"{self.folder.shown(meta_names)} is {meta.archive_id[:40]!r}")
+            raise InvalidArgument(f"{_shown(meta_names)} is {meta.archive_id[:40]!r}")
         if meta.status == "pending" and not self.unfinished_task(base[-1], number):
             raise InvalidArgument(
-                f"{self.folder.shown(meta_names)}: the archive is pending, but {files.TASKS} has no pending or "
+                f"{_shown(meta_names)}: the archive is pending, but {files.TASKS} has no pending or "
                 f"running session_commit task for {base[-1]}/{archive_id(number)}; nothing would ever finish it"
             )
         stored = self.stored_messages((*where, files.MESSAGES), len(messages) + 1)
         if len(stored) != meta.message_count or not stored:
             raise InvalidArgument(
-                f"{self.folder.shown(where)}: .meta.json counts {meta.message_count} messages, "
-                f"messages.jsonl holds {len(stored)}"
+                f"{_shown(where)}: .meta.json counts {meta.message_count} messages, messages.jsonl holds {len(stored)}"
             )
         messages += stored
         abstract = self.text((*where, files.ABSTRACT), "")
@@ -561,9 +562,9 @@ class _FileRecords:
             try:
                 memory_diff = json.loads(diff)
             except ValueError:
-                raise InvalidArgument(f"{self.folder.shown((*where, files.MEMORY_DIFF))} is not JSON") from None
+                raise InvalidArgument(f"{_shown((*where, files.MEMORY_DIFF))} is not JSON") from None
             if not isinstance(memory_diff, dict):
-                raise InvalidArgument(f"{self.folder.shown((*where, files.MEMORY_DIFF))} is not a JSON object")
+                raise InvalidArgument(f"{_shown((*where, files.MEMORY_DIFF))} is not a JSON object")
         return _copy(
             ArchiveRow,
             meta,  # status, supplied, error and task_id as they are
@@ -584,7 +585,7 @@ class _FileRecords:
 
     def tasks(self) -> Iterator[TaskRow]:
         for where, line in self.task_lines:
-            shown = self.folder.shown(where)
+            shown = _shown(where)
             session_id = validate_id(line.resource_id, "resource_id")
             number = _archive_number(line.archive_id)
             if line.account_id is None or line.user_id is None:
@@ -640,7 +641,7 @@ class _FileRecords:
     def memories(self) -> Iterator[MemoryDump]:
         seen: dict[tuple[str, str], str] = {}
         for names in self.memory_files():
-            shown = self.folder.shown(names)
+            shown = _shown(names)
             try:
                 front = MemoryFile.model_validate(self.front_matter(names, self.text(names)))
             except ValidationError as exc:
@@ -668,7 +669,7 @@ class _FileRecords:
     def front_matter(self, names: tuple[str, ...], text: str) -> dict[str, Any]:
         end = text.find("\n---", 3)
         if not text.startswith("---\n") or end < 0:
-            raise InvalidArgument(f"{self.folder.shown(names)} has no front matter (--- ... ---)")
+            raise InvalidArgument(f"{_shown(names)} has no front matter (--- ... ---)")
         found: dict[str, Any] = {}
         for line in text[4:end].split("\n"):
             if not line.strip():
@@ -677,7 +678,7 @@ class _FileRecords:
             try:
                 found[name.strip()] = json.loads(value)
             except ValueError:
-                raise InvalidArgument(f"{self.folder.shown(names)}: {name.strip()[:40]} is not a JSON value") from None
+                raise InvalidArgument(f"{_shown(names)}: {name.strip()[:40]} is not a JSON value") from None
         return found
 
     def context_usage(self) -> Iterator[ContextUsage]:

@@ -31,7 +31,6 @@ from viking_mcp.models import (
     Message,
     Owner,
     Scope,
-    StoredMemory,
     archive_id,
     archive_uri,
 )
@@ -44,20 +43,6 @@ if TYPE_CHECKING:
     from viking_mcp.memory.llm import LlmPhase2
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StoreLookup:
-    """The store's memories of one account, as the merge planner reads them."""
-
-    store: Store
-    account_id: str
-
-    def memories_by_uri(self, uris: list[str]) -> dict[str, StoredMemory]:
-        return self.store.memories_by_uri(self.account_id, uris)
-
-    def memories_in_category(self, scope: Scope, owner_id: str, category: str) -> list[StoredMemory]:
-        return self.store.memories_in_category(self.account_id, scope, owner_id, category)
 
 
 @dataclass(frozen=True)
@@ -86,30 +71,13 @@ def extract(
 
     An overview written by the agent or an LLM is kept verbatim as the longest rendering;
     the extractive summariser adds shorter ones beside it, so one fits a tight budget."""
-    found = _extract(archive, supplied, skills, summariser, llm)
-    overviews = found.summary.overviews
-    if len(overviews) == 1 and isinstance(summariser, ExtractiveSummariser):
-        summary = replace(found.summary, overviews=overviews + summariser.shorter_renderings(overviews[0]))
-        return Extraction(summary, found.candidates)
-    return found
-
-
-def _extract(
-    archive: ArchiveInput,
-    supplied: dict[str, Any],
-    skills: list[dict[str, Any]],
-    summariser: Summariser,
-    llm: LlmPhase2 | None,
-) -> Extraction:
     abstract = (supplied.get("abstract") or "").strip()
     overview = (supplied.get("overview") or "").strip()
     given = supplied.get("memories")
-    agent_memories = candidates_from([MemoryInput.model_validate(m) for m in given]) if given is not None else None
+    memories = candidates_from([MemoryInput.model_validate(m) for m in given]) if given is not None else None
     usage = extract_usage(archive.messages, skills)
 
-    if abstract and overview and agent_memories is not None:
-        return Extraction(ArchiveSummary(abstract=abstract, overviews=[overview]), agent_memories + usage)
-    if llm is not None:
+    if llm is not None and not (abstract and overview and memories is not None):
         result = llm.run(archive)
         summary = ArchiveSummary(
             abstract=abstract or result.abstract,
@@ -117,9 +85,8 @@ def _extract(
             llm_prompt_tokens=result.prompt_tokens,
             llm_completion_tokens=result.completion_tokens,
         )
-        memories = agent_memories if agent_memories is not None else candidates_from(result.memories)
-        return Extraction(summary, memories + usage)
-    if abstract and overview:
+        memories = memories if memories is not None else candidates_from(result.memories)
+    elif abstract and overview:
         summary = ArchiveSummary(abstract=abstract, overviews=[overview])
     else:
         generated = summariser.summarise(archive)
@@ -128,13 +95,16 @@ def _extract(
             overviews=[overview] if overview else generated.overviews,
             overview_tokens=[] if overview else generated.overview_tokens,  # counted once, while rendering
         )
-    if agent_memories is not None:
-        return Extraction(summary, agent_memories + usage)
-    return Extraction(summary, extract_offline(archive.messages) + usage)
+    if memories is None:
+        memories = extract_offline(archive.messages)
+    overviews = summary.overviews
+    if len(overviews) == 1 and isinstance(summariser, ExtractiveSummariser):
+        summary = replace(summary, overviews=overviews + summariser.shorter_renderings(overviews[0]))
+    return Extraction(summary, memories + usage)
 
 
 def plan_memories(store: Store, owner: Owner, candidates: list[Candidate]) -> MergePlan:
-    return plan_merge(candidates, owners_of(owner), StoreLookup(store, owner.account_id))
+    return plan_merge(candidates, owners_of(owner), store, owner.account_id)
 
 
 def _output(

@@ -27,26 +27,19 @@ from viking_mcp.models import MemoryCategory, Scope
 
 MergeRule = Literal["always", "by_name", "similar", "never"]
 
-SCOPES: dict[str, Scope] = {
-    "profile": "user",
-    "preferences": "user",
-    "entities": "user",
-    "events": "user",
-    "cases": "agent",
-    "patterns": "agent",
-    "tools": "agent",
-    "skills": "agent",
+# Whose each category is, and how it merges: the table above.
+_TABLE: dict[str, tuple[Scope, MergeRule]] = {
+    "profile": ("user", "always"),
+    "preferences": ("user", "similar"),
+    "entities": ("user", "by_name"),
+    "events": ("user", "never"),
+    "cases": ("agent", "never"),
+    "patterns": ("agent", "similar"),
+    "tools": ("agent", "by_name"),
+    "skills": ("agent", "by_name"),
 }
-RULES: dict[str, MergeRule] = {
-    "profile": "always",
-    "preferences": "similar",
-    "entities": "by_name",
-    "events": "never",
-    "cases": "never",
-    "patterns": "similar",
-    "tools": "by_name",
-    "skills": "by_name",
-}
+SCOPES: dict[str, Scope] = {category: scope for category, (scope, _) in _TABLE.items()}
+RULES: dict[str, MergeRule] = {category: rule for category, (_, rule) in _TABLE.items()}
 
 _SLUG_STRIP = re.compile(r"[^a-z0-9]+")
 _WORD = re.compile(r"[a-z0-9]+")

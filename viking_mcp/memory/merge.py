@@ -1,7 +1,7 @@
 """Merging candidate memories into what is stored, by each category's rule.
 
-`plan_merge` is pure: it reads the memories it may touch through a `MemoryLookup` and
-returns the writes and the archive's memory diff. The store applies the writes in one
+`plan_merge` is pure: it reads the memories it may touch through a `MemoryLookup` (the
+store) and returns the writes and the archive's memory diff. The store applies the writes in one
 transaction, checking each updated memory's version, so two processes extracting for
 the same user at once cannot silently overwrite each other (the loser retries).
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from viking_mcp.memory import MEMORY_CATEGORIES
 from viking_mcp.memory.categories import (
     RULES,
     SCOPES,
@@ -28,14 +29,15 @@ from viking_mcp.memory.categories import (
     memory_uri,
     normalized,
     similar,
-    slug,
 )
 from viking_mcp.models import MemoryWrite, Scope, StoredMemory
 
 
 class MemoryLookup(Protocol):
-    def memories_by_uri(self, uris: list[str]) -> dict[str, StoredMemory]: ...
-    def memories_in_category(self, scope: Scope, owner_id: str, category: str) -> list[StoredMemory]: ...
+    def memories_by_uri(self, account_id: str, uris: list[str]) -> dict[str, StoredMemory]: ...
+    def memories_in_category(
+        self, account_id: str, scope: Scope, owner_id: str, category: str
+    ) -> list[StoredMemory]: ...
 
 
 @dataclass
@@ -48,8 +50,6 @@ class MergePlan:
         return {"archive_id": archive_id, "adds": self.adds, "updates": self.updates, "deletes": []}
 
     def counts(self) -> dict[str, int]:
-        from viking_mcp.memory import MEMORY_CATEGORIES
-
         counts = dict.fromkeys(MEMORY_CATEGORIES, 0)
         for write in self.writes:
             counts[write.memory.category] += 1
@@ -95,15 +95,18 @@ def _merged(current: StoredMemory, candidate: Candidate) -> StoredMemory:
     )
 
 
-def plan_merge(candidates: list[Candidate], owners: dict[Scope, str], lookup: MemoryLookup) -> MergePlan:
-    """Decide, for each candidate, whether it adds a memory, updates one, or changes nothing."""
+def plan_merge(
+    candidates: list[Candidate], owners: dict[Scope, str], lookup: MemoryLookup, account_id: str
+) -> MergePlan:
+    """Decide, for each candidate, whether it adds a memory, updates one, or changes nothing
+    (among the memories of `account_id`)."""
     originals: dict[str, StoredMemory | None] = {}
     working: dict[str, StoredMemory] = {}
     stored_in: dict[tuple[str, str], list[StoredMemory]] = {}  # each category read once per plan
 
     def category(scope: Scope, name: str) -> list[StoredMemory]:
         if (scope, name) not in stored_in:
-            stored_in[(scope, name)] = lookup.memories_in_category(scope, owners[scope], name)
+            stored_in[(scope, name)] = lookup.memories_in_category(account_id, scope, owners[scope], name)
         return stored_in[(scope, name)]
 
     def uri_for(candidate: Candidate) -> tuple[str, str]:
@@ -122,7 +125,7 @@ def plan_merge(candidates: list[Candidate], owners: dict[Scope, str], lookup: Me
         scope = SCOPES[candidate.category]
         uri, key = uri_for(candidate)
         if uri not in originals:
-            found = lookup.memories_by_uri([uri]).get(uri)
+            found = lookup.memories_by_uri(account_id, [uri]).get(uri)
             originals[uri] = found
             if found is not None:
                 working[uri] = found
@@ -155,6 +158,3 @@ def plan_merge(candidates: list[Candidate], owners: dict[Scope, str], lookup: Me
                 {"uri": uri, "category": memory.category, "before": before.snapshot(), "after": memory.snapshot()}
             )
     return plan
-
-
-__all__ = ["MemoryLookup", "MergePlan", "plan_merge", "slug"]

@@ -22,6 +22,7 @@ from typing import Any
 
 from viking_mcp.memory.categories import Candidate, slug
 from viking_mcp.models import Message, ToolPart
+from viking_mcp.summarize.dates import MONTHS as _MONTHS, WEEKDAYS as _WEEKDAYS
 from viking_mcp.summarize.extractive import Unit, message_units, speaker_names
 
 # What people say about who they are: name, work, home, origin, family, status, age.
@@ -44,11 +45,6 @@ _PREFERENCE = re.compile(
     r"(?:to |the |a |an |my |our )?([^.,!?;]{3,80})",
     re.IGNORECASE,
 )
-_WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
-_MONTHS = [
-    "january", "february", "march", "april", "may", "june",
-    "july", "august", "september", "october", "november", "december",
-]  # fmt: skip
 _NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "few": 3, "couple of": 2}
 _AGO = re.compile(r"\b(\d+|a|an|one|two|three|four|five|six|few|couple of) (day|week|month|year)s? ago\b", re.I)
 _LAST_DAY = re.compile(r"\blast (" + "|".join(_WEEKDAYS) + r"|weekend|week|month|year|night)\b", re.I)
@@ -153,30 +149,17 @@ def extract_offline(messages: list[Message], user_label: str = "User") -> list[C
             continue
         speaker = unit.speaker if unit.speaker != "User" else user_label
         text = unit.text.strip()
+        line = f"{speaker}: {text}"
         if _PROFILE.search(text) and len(profile[speaker]) < _PROFILE_PER_ARCHIVE:
             profile[speaker].append(text)
         if match := _PREFERENCE.search(text):
             # The topic is the first word that says what: "hiking" in "hiking in the hills".
             words = [w for w in re.findall(r"[A-Za-z][\w'-]*", match.group(2)) if w.lower() not in _TOPIC_FILLER]
             topic = (words or match.group(2).split())[0].lower()
-            candidates.append(
-                Candidate(
-                    "preferences",
-                    abstract=f"{speaker}: {text}",
-                    content=f"- {speaker}: {text}",
-                    name=f"{speaker} {topic}",
-                )
-            )
+            candidates.append(Candidate("preferences", line, content=f"- {line}", name=f"{speaker} {topic}"))
         if when := resolve_when(text, day):
-            candidates.append(
-                Candidate(
-                    "events",
-                    abstract=f"{human(when)}: {speaker}: {text}",
-                    content=f"- {speaker}: {text}",
-                    overview=f"Said on {day.isoformat()}.",
-                    when=when,
-                )
-            )
+            said_on = f"Said on {day.isoformat()}."
+            candidates.append(Candidate("events", f"{human(when)}: {line}", said_on, f"- {line}", when=when))
 
     if profile:
         facts = [f"- {speaker}: {fact}" for speaker, lines in profile.items() for fact in lines]
@@ -199,9 +182,7 @@ def _entities(said: list[tuple[Unit, date]], names: set[str], profile: dict[str,
         facts = profile.get(speaker, [])
         lines = [f"- {speaker}: {fact}" for fact in facts] or [f"- {speaker} took part in the conversation."]
         entities.append(
-            Candidate(
-                "entities", abstract=f"{speaker}: a person in the conversation.", content="\n".join(lines), name=speaker
-            )
+            Candidate("entities", f"{speaker}: a person in the conversation.", "", "\n".join(lines), speaker)
         )
     mentions: Counter[str] = Counter()
     where: dict[str, list[str]] = defaultdict(list)
@@ -215,14 +196,8 @@ def _entities(said: list[tuple[Unit, date]], names: set[str], profile: dict[str,
     for name, count in sorted(mentions.items()):
         if count >= 2:
             first = where[name][0][2:]
-            entities.append(
-                Candidate(
-                    "entities",
-                    abstract=f"{name}: mentioned {count} times. {first}"[:400],
-                    content="\n".join(where[name]),
-                    name=name,
-                )
-            )
+            abstract = f"{name}: mentioned {count} times. {first}"[:400]
+            entities.append(Candidate("entities", abstract, content="\n".join(where[name]), name=name))
     return entities
 
 
@@ -248,15 +223,8 @@ def _tools(messages: list[Message]) -> list[Candidate]:
             "errors": sum(1 for c in calls if c.tool_status == "error"),
         }
         example = next((c for c in reversed(calls) if c.tool_output), calls[-1])
-        candidates.append(
-            Candidate(
-                "tools",
-                abstract=f"Tool {name}.",
-                name=name,
-                stats=stats,
-                content=f"- {name}({example.tool_input}) -> {example.tool_output[:200]}",
-            )
-        )
+        content = f"- {name}({example.tool_input}) -> {example.tool_output[:200]}"
+        candidates.append(Candidate("tools", f"Tool {name}.", content=content, name=name, stats=stats))
     return candidates
 
 
@@ -272,13 +240,7 @@ def _skills(skills: list[dict[str, Any]]) -> list[Candidate]:
             "successes": sum(1 for u in uses if u.get("success", True)),
             "failures": sum(1 for u in uses if not u.get("success", True)),
         }
-        candidates.append(
-            Candidate(
-                "skills",
-                abstract=f"Skill {name} ({uses[-1].get('uri', '')}).",
-                name=name,
-                stats=stats,
-                content="\n".join(f"- {u.get('input', '')[:100]} -> {u.get('output', '')[:100]}" for u in uses),
-            )
-        )
+        content = "\n".join(f"- {u.get('input', '')[:100]} -> {u.get('output', '')[:100]}" for u in uses)
+        abstract = f"Skill {name} ({uses[-1].get('uri', '')})."
+        candidates.append(Candidate("skills", abstract, content=content, name=name, stats=stats))
     return candidates

@@ -12,7 +12,11 @@ from __future__ import annotations
 import re
 from datetime import date, timedelta
 
-_WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+MONTHS = [
+    "january", "february", "march", "april", "may", "june",
+    "july", "august", "september", "october", "november", "december",
+]  # fmt: skip
 _NUMBERS = {
     "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
     "eight": 8, "nine": 9, "ten": 10, "a couple of": 2, "a few": 3, "couple of": 2, "few": 3,
@@ -63,7 +67,7 @@ def _resolve(match: re.Match[str], said: date) -> str | None:
     if kind == "tomorrow":
         return day(said + timedelta(days=1))
     if kind == "lastweekday":
-        target = _WEEKDAYS.index(text.split()[1])
+        target = WEEKDAYS.index(text.split()[1])
         back = (said.weekday() - target) % 7 or 7
         return day(said - timedelta(days=back))
     if kind == "lastweekend":

@@ -25,7 +25,7 @@ from datetime import date
 
 from viking_mcp.models import ContextPart, Message, TextPart, ToolPart
 from viking_mcp.summarize.base import ArchiveInput, ArchiveSummary
-from viking_mcp.summarize.dates import day, parse_day, resolve_relative_dates, strip_date_notes
+from viking_mcp.summarize.dates import MONTHS, WEEKDAYS, day, parse_day, resolve_relative_dates, strip_date_notes
 from viking_mcp.tokens import TokenCounter
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
@@ -44,11 +44,7 @@ _INTERJECTION = (
     r"exactly|true|indeed|gosh|geez|man|dude|hmm+)\b"
 )
 _OPENER = re.compile(rf"^(?:{_INTERJECTION}[\s,!.…-]*)*{_INTERJECTION}\s*[,!.…-]+\s*", re.IGNORECASE)
-_MONTHS = {
-    "january", "february", "march", "april", "may", "june", "july", "august", "september",
-    "october", "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday",
-    "saturday", "sunday", "yesterday", "today", "tomorrow", "week", "weekend", "month", "year",
-}  # fmt: skip
+_DATE_WORDS = {*MONTHS, *WEEKDAYS, "yesterday", "today", "tomorrow", "week", "weekend", "month", "year"}
 _STOPWORDS = {
     "a", "about", "after", "again", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be",
     "because", "been", "before", "being", "but", "by", "can", "could", "did", "do", "does", "doing",
@@ -243,7 +239,7 @@ def _features(sentence: str) -> _Features | None:
         content = tuple(sorted(set(_content_words(text))))  # a fixed order: float sums must not depend on hash seeds
         capitalised = tuple(sorted({w for w in words[1:] if w[0].isupper() and w != "I"}))
         numbers = sum(1 for w in words if w[0].isdigit())
-        dates = sum(1 for w in words if w.lower() in _MONTHS)
+        dates = sum(1 for w in words if w.lower() in _DATE_WORDS)
         lowered = {w.lower() for w in words}
         second_person = bool(lowered & _SECOND_PERSON) and not lowered & _FIRST_PERSON
         found = (len(words), content, capitalised, numbers, dates, text.rstrip().endswith("?"), second_person)
@@ -282,10 +278,7 @@ def _parse_sections(overview: str, speakers: set[str]) -> list[_Section]:
 def _overview_speakers(overview: str) -> set[str]:
     """Names that open two or more sentences of an overview ("Caroline: ...")."""
     seen = Counter(m.group(1) for s in split_sentences(overview) if (m := _SPEAKER_PREFIX.match(s)))
-    return {name for name, count in seen.items() if count >= 2 and name not in ("User", "Assistant")} | {
-        "User",
-        "Assistant",
-    }
+    return {name for name, count in seen.items() if count >= 2} | {"User", "Assistant"}
 
 
 def _date_span(messages: list[Message]) -> str:
@@ -418,15 +411,12 @@ class ExtractiveSummariser:
         scorer = _Scorer([u.text for s in sections for u in s.units], speakers)
         size = self.tokens.count(overview)
         empty = self._render(sections, [])  # headings alone are no overview
-        renderings = self.render_overviews(sections, scorer, start=int(size * _RENDERING_STEP))
-        return [r for r in renderings if r != empty and r.strip() != overview.strip()]
-
-    def render_overviews(self, sections: list[_Section], scorer: _Scorer, start: int | None = None) -> list[str]:
-        """The overview at its bound (or `start`) and at shorter lengths, longest first, each distinct."""
-        return [text for text, _ in self._renderings(sections, scorer, start)]
+        renderings = self._renderings(sections, scorer, start=int(size * _RENDERING_STEP))
+        return [r for r, _ in renderings if r != empty and r.strip() != overview.strip()]
 
     def _renderings(self, sections: list[_Section], scorer: _Scorer, start: int | None = None) -> list[tuple[str, int]]:
-        """Each rendering with its exact token count."""
+        """The overview at its bound (or `start`) and at shorter lengths, longest first, each
+        distinct, with its exact token count."""
         ranked = self._rank(sections, scorer)
         heading_tokens = [self._count(f"## {s.heading}") + 2 for s in sections]
         renderings: list[tuple[str, int]] = []
