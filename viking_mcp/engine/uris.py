@@ -105,11 +105,11 @@ def read_node(engine: Engine, uri: str, actor: Owner | None = None) -> tuple[str
     rest = segments[1:]
     store = engine.store
     info = engine.get_session(session_id, actor=actor)  # NOT_FOUND for an unknown (or another's) session
+    here = session_uri(session_id)
 
     if not rest:
-        children = [f"{session_uri(session_id)}/{name}" for name in SESSION_FILES]
-        children += [f"{session_uri(session_id)}/history", f"{session_uri(session_id)}/tools"]
-        return _dumps({"uri": session_uri(session_id), "children": children, **info.model_dump()}), JSON
+        children = [f"{here}/{name}" for name in (*SESSION_FILES, "history", "tools")]
+        return _dumps({"uri": here, "children": children, **info.model_dump()}), JSON
     name = rest[0]
     if len(rest) == 1:
         if name == ".meta.json":
@@ -118,9 +118,7 @@ def read_node(engine: Engine, uri: str, actor: Owner | None = None) -> tuple[str
             return _jsonl([m.message for m in store.live_messages(session_id)]), JSONL
         if name in (".abstract.md", ".overview.md"):
             latest = next((a for a in reversed(store.list_archives(session_id)) if a.status == "completed"), None)
-            if latest is None:
-                return "", MARKDOWN
-            return (latest.abstract if name == ".abstract.md" else latest.overview), MARKDOWN
+            return ((latest.abstract if name == ".abstract.md" else latest.overview) if latest else ""), MARKDOWN
         if name == ".relations.json":
             usage = store.usage(session_id)
             return _dumps({"contexts": usage.contexts, "skills": usage.skills}), JSON
@@ -130,16 +128,15 @@ def read_node(engine: Engine, uri: str, actor: Owner | None = None) -> tuple[str
                  "message_count": a.message_count, "abstract": a.abstract}
                 for a in store.list_archives(session_id)
             ]  # fmt: skip
-            return _dumps({"uri": f"{session_uri(session_id)}/history", "archives": archives}), JSON
+            return _dumps({"uri": f"{here}/history", "archives": archives}), JSON
         if name == "tools":
             tools = [asdict(t) for t in store.tool_records(session_id)]
-            return _dumps({"uri": f"{session_uri(session_id)}/tools", "tools": tools}), JSON
+            return _dumps({"uri": f"{here}/tools", "tools": tools}), JSON
     if name == "tools" and len(rest) in (2, 3) and (len(rest) == 2 or rest[2] == "tool.json"):
-        tool_id = rest[1]
-        for record in store.tool_records(session_id):
-            if record.tool_id == tool_id:
-                return _dumps(asdict(record)), JSON
-        raise NotFound(f"tool call {tool_id[:80]!r} not found in session {session_id}")
+        found = [asdict(t) for t in store.tool_records(session_id) if t.tool_id == rest[1]]
+        if not found:
+            raise NotFound(f"tool call {rest[1][:80]!r} not found in session {session_id}")
+        return _dumps(found[0]), JSON
     if name == "history" and len(rest) in (2, 3):
         number = parse_archive_id(rest[1])
         archive = store.get_archive(session_id, number)
@@ -147,14 +144,10 @@ def read_node(engine: Engine, uri: str, actor: Owner | None = None) -> tuple[str
             raise NotFound(f"{rest[1]} of session {session_id} not found")
         if len(rest) == 2:
             detail = {
-                "uri": archive_uri(session_id, number),
-                "archive_id": archive_id(number),
-                "status": archive.status,
-                "message_count": archive.message_count,
-                "abstract": archive.shown_abstract,
-                "error": archive.error,
+                "uri": archive_uri(session_id, number), "archive_id": archive_id(number), "status": archive.status,
+                "message_count": archive.message_count, "abstract": archive.shown_abstract, "error": archive.error,
                 "children": [f"{archive_uri(session_id, number)}/{f}" for f in ARCHIVE_FILES],
-            }
+            }  # fmt: skip
             return _dumps(detail), JSON
         file = rest[2]
         if file == "messages.jsonl":
