@@ -27,7 +27,7 @@ import stat
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -73,7 +73,6 @@ from viking_mcp.store.base import (
     StoredMessage,
     TaskRow,
     ToolRecord,
-    TransferCounts,
     UsageEntry,
 )
 from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
@@ -183,7 +182,7 @@ class _Writer:
     def __init__(self, folder: _Folder, engine: Engine) -> None:
         self.folder = folder
         self.engine = engine
-        self.counts = {f.name: 0 for f in fields(TransferCounts)}
+        self.counts = {name: 0 for name in TransferResult.model_fields if name != "directory"}
 
     def text(self, names: tuple[str, ...], text: str) -> None:
         with atomic_file(self.folder.path(*names)) as file:
