@@ -249,12 +249,6 @@ class _Writer:
     def messages(self, names: tuple[str, ...], stored: list[StoredMessage]) -> None:
         self.jsonl(names, (MessageLine(**m.message.model_dump(), tokens=m.tokens) for m in stored))
 
-    def tasks(self, tasks: Iterator[TaskRow]) -> None:
-        self.counts["tasks"] += self.jsonl(
-            (files.TASKS,),
-            (_copy(TaskLine, t, resource_id=t.session_id, archive_id=_archive_id(t.archive_number)) for t in tasks),
-        )
-
     def memory(self, dump: MemoryDump) -> None:
         memory = dump.memory
         prefix = () if dump.account_id == files.DEFAULT_ACCOUNT else (files.ACCOUNTS, dump.account_id)
@@ -264,11 +258,6 @@ class _Writer:
         front = MemoryFile(account_id=dump.account_id, source=dump.source, **asdict(memory))
         self.text(names, render_memory(memory, front.model_dump()))
         self.counts["memories"] += 1
-
-    def context_usage(self, rows: Iterator[ContextUsage]) -> None:
-        self.counts["context_usage"] += self.jsonl(
-            (files.CONTEXT_USAGE,), (ContextUsageLine(**asdict(r)) for r in rows)
-        )
 
 
 def export_tree(engine: Engine, directory: str | os.PathLike[str]) -> TransferResult:
@@ -284,10 +273,15 @@ def export_tree(engine: Engine, directory: str | os.PathLike[str]) -> TransferRe
         with engine.store.export_tree() as records:
             for dump in records.sessions():
                 writer.session(dump)
-            writer.tasks(records.tasks())
+            tasks = records.tasks()
+            writer.counts["tasks"] = writer.jsonl(
+                (files.TASKS,),
+                (_copy(TaskLine, t, resource_id=t.session_id, archive_id=_archive_id(t.archive_number)) for t in tasks),
+            )
             for memory in records.memories():
                 writer.memory(memory)
-            writer.context_usage(records.context_usage())
+            usage = (ContextUsageLine(**asdict(r)) for r in records.context_usage())
+            writer.counts["context_usage"] = writer.jsonl((files.CONTEXT_USAGE,), usage)
         manifest = Manifest(
             viking_mcp_version=__version__,
             exported_at=utc_now(),
@@ -376,10 +370,9 @@ class _FileRecords:
                 f"{_shown(names)}: {field} {str(value)[:40]!r} is not an ISO 8601 timestamp with a year from 1 to 9999"
             ) from None
 
-    def counts(self, names: tuple[str, ...], values: dict[str, int]) -> None:
-        for field, value in values.items():
-            if not 0 <= value <= files.MAX_COUNT:
-                raise InvalidArgument(f"{_shown(names)}: {field} is {str(value)[:30]}; counts run from 0 to 2**62")
+    def times(self, names: tuple[str, ...], source: object, *fields: str) -> dict[str, str | None]:
+        """`source`'s `fields` as `time` makes them (None stays None)."""
+        return {f: None if (v := getattr(source, f)) is None else self.time(names, f, v) for f in fields}
 
     def model(self, kind: type[Model], names: tuple[str, ...], text: str | None = None) -> Model:
         try:
@@ -451,17 +444,14 @@ class _FileRecords:
         info = self.model(SessionInfo, meta_names)
         if info.session_id != session_id:
             raise InvalidArgument(f"{_shown(meta_names)} is session {info.session_id[:80]!r}")
-        self.counts(
-            meta_names,
-            {
-                "commit_count": info.commit_count,
-                "llm_token_usage.prompt": info.llm_token_usage.prompt,
-                "llm_token_usage.completion": info.llm_token_usage.completion,
-                "contexts_used": info.contexts_used,
-                "skills_used": info.skills_used,
-                **{f"memories_extracted.{k}": v for k, v in info.memories_extracted.items()},
-            },
-        )
+        usage = info.llm_token_usage
+        counters = {"commit_count": info.commit_count, "llm_token_usage.prompt": usage.prompt}
+        counters |= {"llm_token_usage.completion": usage.completion, "contexts_used": info.contexts_used}
+        counters |= {"skills_used": info.skills_used}
+        counters |= {f"memories_extracted.{k}": v for k, v in info.memories_extracted.items()}
+        for field, value in counters.items():
+            if not 0 <= value <= files.MAX_COUNT:
+                raise InvalidArgument(f"{_shown(meta_names)}: {field} is {str(value)[:30]}; counts run from 0 to 2**62")
         numbers = sorted(parse_archive_id(name) for name in self.folder.subfolders(*base, files.HISTORY))
         if numbers != list(range(1, len(numbers) + 1)) or len(numbers) != info.commit_count:
             raise InvalidArgument(
@@ -493,9 +483,7 @@ class _FileRecords:
                     f"{_shown(tool_names)}: message_id {tool.message_id[:80]!r} is not a message of "
                     f"session {session_id}"
                 )
-            tool.created_at = self.time(tool_names, "created_at", tool.created_at)
-            tool.updated_at = self.time(tool_names, "updated_at", tool.updated_at)
-            tools.append(ToolRecord(**tool.model_dump()))
+            tools.append(ToolRecord(**tool.model_dump() | self.times(tool_names, tool, "created_at", "updated_at")))
         user = info.user
         row = _copy(
             SessionRow,
@@ -505,16 +493,10 @@ class _FileRecords:
                 validate_id(user.user_id, "user_id"),
                 validate_id(user.agent_id, "agent_id"),
             ),
-            created_at=self.time(meta_names, "created_at", info.created_at),
-            updated_at=self.time(meta_names, "updated_at", info.updated_at),
+            **self.times(meta_names, info, "created_at", "updated_at", "last_commit_at"),
             total_message_count=len(messages),
             live_message_count=len(live),
             pending_tokens=sum(m.tokens for m in live),
-            last_commit_at=(
-                self.time(meta_names, "last_commit_at", info.last_commit_at)
-                if info.last_commit_at is not None
-                else None
-            ),
             llm_prompt_tokens=info.llm_token_usage.prompt,
             llm_completion_tokens=info.llm_token_usage.completion,
             memories_extracted={k: v for k, v in info.memories_extracted.items() if k != "total"},
@@ -573,8 +555,7 @@ class _FileRecords:
             last_seq=stored[-1].seq,
             message_count=len(stored),
             tokens=sum(m.tokens for m in stored),
-            created_at=self.time(meta_names, "created_at", meta.created_at),
-            done_at=self.time(meta_names, "done_at", meta.done_at) if meta.done_at is not None else None,
+            **self.times(meta_names, meta, "created_at", "done_at"),
             abstract=abstract,
             abstract_tokens=self.count(abstract, meta.abstract_tokens),
             overview=overview,
@@ -617,8 +598,7 @@ class _FileRecords:
                 line,
                 session_id=session_id,
                 archive_number=number,
-                created_at=self.time(where, "created_at", line.created_at),
-                updated_at=self.time(where, "updated_at", line.updated_at),
+                **self.times(where, line, "created_at", "updated_at"),
             )
 
     def memory_files(self) -> Iterator[tuple[str, ...]]:
@@ -660,9 +640,9 @@ class _FileRecords:
                     "an export holds each memory once"
                 )
             seen[account_id, front.uri] = shown
-            values = front.model_dump(exclude={"account_id", "source"})
-            values["created_at"] = self.time(names, "created_at", front.created_at)
-            values["updated_at"] = self.time(names, "updated_at", front.updated_at)
+            values = front.model_dump(exclude={"account_id", "source"}) | self.times(
+                names, front, "created_at", "updated_at"
+            )
             yield MemoryDump(account_id=account_id, memory=StoredMemory(**values), source=front.source)
 
     def front_matter(self, names: tuple[str, ...], text: str) -> dict[str, Any]:
