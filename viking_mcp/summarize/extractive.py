@@ -20,8 +20,10 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
+from functools import cache, lru_cache
 
 from viking_mcp.models import ContextPart, Message, TextPart, ToolPart
 from viking_mcp.summarize.base import ArchiveInput, ArchiveSummary
@@ -45,28 +47,21 @@ _INTERJECTION = (
 )
 _OPENER = re.compile(rf"^(?:{_INTERJECTION}[\s,!.…-]*)*{_INTERJECTION}\s*[,!.…-]+\s*", re.IGNORECASE)
 _DATE_WORDS = {*MONTHS, *WEEKDAYS, "yesterday", "today", "tomorrow", "week", "weekend", "month", "year"}
-_STOPWORDS = {
-    "a", "about", "after", "again", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be",
-    "because", "been", "before", "being", "but", "by", "can", "could", "did", "do", "does", "doing",
-    "don't", "for", "from", "get", "got", "had", "has", "have", "having", "he", "her", "here", "him",
-    "his", "how", "i", "i'm", "i've", "if", "in", "into", "is", "it", "it's", "its", "just", "know",
-    "like", "me", "more", "my", "no", "not", "now", "of", "oh", "on", "one", "or", "our", "out", "really",
-    "so", "some", "such", "than", "that", "that's", "the", "their", "them", "then", "there", "these",
-    "they", "this", "those", "to", "too", "up", "us", "very", "was", "we", "well", "were", "what",
-    "when", "where", "which", "who", "why", "will", "with", "would", "yeah", "yes", "you", "you're",
-    "your", "thanks", "thank", "great", "good", "awesome", "cool", "wow", "hey", "hi", "hello", "lol",
-    "sure", "okay", "ok", "totally", "glad", "nice", "amazing", "love", "think", "feel", "thing",
-    "things", "lot", "much", "way", "going", "make", "see", "want", "let", "say", "said", "tell",
-    "she", "she's", "he's", "we're", "they're", "i'd", "i'll", "you've", "you'll", "we've", "can't",
-    "didn't", "isn't", "wasn't", "there's", "what's", "let's", "gonna", "wanna", "kind", "stuff",
-    "super", "pretty", "happy", "excited", "proud", "fun", "sounds", "sound", "looks", "look", "hope",
-    "definitely", "absolutely", "appreciate", "means", "mean", "wonderful", "fantastic", "incredible",
-    "beautiful", "lovely", "congrats", "congratulations", "wish", "keep", "always", "everything",
-    "something", "anything", "someone", "other", "even", "still", "right", "haha", "hahaha",
-    "aw", "aww", "omg", "yep", "hear", "heard", "time", "day", "life", "new", "lately",
-    "should", "must", "may", "might", "shall", "here's", "sharing", "share", "talk", "talking", "chat",
-    "catch", "soon", "bye", "take", "care", "true", "real", "seems", "seem", "guess", "sorry",
-}  # fmt: skip
+_STOPWORDS = set(
+    """
+a about after again all also am an and any are as at be because been before being but by can could did do does doing
+don't for from get got had has have having he her here him his how i i'm i've if in into is it it's its just know
+like me more my no not now of oh on one or our out really so some such than that that's the their them then there
+these they this those to too up us very was we well were what when where which who why will with would yeah yes you
+you're your thanks thank great good awesome cool wow hey hi hello lol sure okay ok totally glad nice amazing love
+think feel thing things lot much way going make see want let say said tell she she's he's we're they're i'd i'll
+you've you'll we've can't didn't isn't wasn't there's what's let's gonna wanna kind stuff super pretty happy excited
+proud fun sounds sound looks look hope definitely absolutely appreciate means mean wonderful fantastic incredible
+beautiful lovely congrats congratulations wish keep always everything something anything someone other even still
+right haha hahaha aw aww omg yep hear heard time day life new lately should must may might shall here's sharing
+share talk talking chat catch soon bye take care true real seems seem guess sorry
+""".split()
+)
 
 _FIRST_PERSON = {"i", "i'm", "i've", "i'd", "i'll", "my", "me", "mine", "we", "we're", "we've", "our", "us"}
 _SECOND_PERSON = {"you", "you're", "you've", "you'd", "you'll", "your", "yours"}
@@ -117,8 +112,7 @@ class _Section:
 
 
 def split_sentences(text: str) -> list[str]:
-    pieces = (p.strip() for p in _SENTENCE_END.split(text))
-    return [p for p in pieces if p]
+    return [p for p in (p.strip() for p in _SENTENCE_END.split(text)) if p]
 
 
 def speaker_names(messages: list[Message]) -> set[str]:
@@ -158,10 +152,6 @@ def clean_sentence(text: str, said: date | None) -> str:
     return resolve_relative_dates(text, said)
 
 
-def _content_words(sentence: str) -> list[str]:
-    return [w.lower() for w in _WORD.findall(sentence) if w.lower() not in _STOPWORDS and len(w) > 1]
-
-
 class _Scorer:
     """How much a sentence is worth keeping, per token: facts up, chit-chat down.
 
@@ -180,25 +170,13 @@ class _Scorer:
         self.total = max(1, len(sentences))
         # The speakers' names (and their short forms: "Mel" for Melanie) are no news.
         self.speakers = {w.lower() for name in speakers for w in name.split()}
+        # Both asked again and again of the same words and sentences: each answered once.
+        self._is_speaker: Callable[[str], bool] = cache(self._speaker)
+        self.score: Callable[[str], float] = cache(self._score)
 
-        self._speaker_words: dict[str, bool] = {}
-        self._scores: dict[str, float] = {}
-
-    def _is_speaker(self, word: str) -> bool:
-        found = self._speaker_words.get(word)
-        if found is None:
-            lowered = word.lower()
-            found = lowered in self.speakers or (
-                len(lowered) >= 3 and any(s.startswith(lowered) for s in self.speakers)
-            )
-            self._speaker_words[word] = found
-        return found
-
-    def score(self, sentence: str) -> float:
-        found = self._scores.get(sentence)
-        if found is None:
-            found = self._scores[sentence] = self._score(sentence)
-        return found
+    def _speaker(self, word: str) -> bool:
+        lowered = word.lower()
+        return lowered in self.speakers or (len(lowered) >= 3 and any(s.startswith(lowered) for s in self.speakers))
 
     def _score(self, sentence: str) -> float:
         features = _features(sentence)
@@ -222,31 +200,26 @@ class _Scorer:
 
 
 _Features = tuple[int, tuple[str, ...], tuple[str, ...], int, int, bool, bool]
-_FEATURE_CACHE: dict[str, _Features | None] = {}
 
 
+@lru_cache(maxsize=_TOKEN_CACHE_SIZE)
 def _features(sentence: str) -> _Features | None:
     """What scoring reads of a sentence, whatever the conversation: cached, as carried-forward
     sentences come back at every commit. None for a sentence too short to tell anything."""
-    if sentence in _FEATURE_CACHE:
-        return _FEATURE_CACHE[sentence]
     # Scored on what was said: the role prefix says who, and the dates written beside
     # "yesterday" are for the reader (scoring them would favour every dated small-talk line).
     text = strip_date_notes(_ROLE_PREFIX.sub("", sentence, count=1))
     words = _WORD.findall(text)
-    found: _Features | None = None
-    if len(words) >= 4:
-        content = tuple(sorted(set(_content_words(text))))  # a fixed order: float sums must not depend on hash seeds
-        capitalised = tuple(sorted({w for w in words[1:] if w[0].isupper() and w != "I"}))
-        numbers = sum(1 for w in words if w[0].isdigit())
-        dates = sum(1 for w in words if w.lower() in _DATE_WORDS)
-        lowered = {w.lower() for w in words}
-        second_person = bool(lowered & _SECOND_PERSON) and not lowered & _FIRST_PERSON
-        found = (len(words), content, capitalised, numbers, dates, text.rstrip().endswith("?"), second_person)
-    if len(_FEATURE_CACHE) >= _TOKEN_CACHE_SIZE:
-        _FEATURE_CACHE.clear()
-    _FEATURE_CACHE[sentence] = found
-    return found
+    if len(words) < 4:
+        return None
+    # a fixed order: float sums must not depend on hash seeds
+    content = tuple(sorted({w.lower() for w in words if w.lower() not in _STOPWORDS and len(w) > 1}))
+    capitalised = tuple(sorted({w for w in words[1:] if w[0].isupper() and w != "I"}))
+    numbers = sum(1 for w in words if w[0].isdigit())
+    dates = sum(1 for w in words if w.lower() in _DATE_WORDS)
+    lowered = {w.lower() for w in words}
+    second_person = bool(lowered & _SECOND_PERSON) and not lowered & _FIRST_PERSON
+    return (len(words), content, capitalised, numbers, dates, text.rstrip().endswith("?"), second_person)
 
 
 def _parse_sections(overview: str, speakers: set[str]) -> list[_Section]:
@@ -338,15 +311,7 @@ class ExtractiveSummariser:
         self.tokens = tokens
         self.overview_max_tokens = overview_max_tokens
         self.abstract_max_tokens = abstract_max_tokens
-        self._token_cache: dict[str, int] = {}
-
-    def _count(self, text: str) -> int:
-        found = self._token_cache.get(text)
-        if found is None:
-            if len(self._token_cache) >= _TOKEN_CACHE_SIZE:
-                self._token_cache.clear()
-            found = self._token_cache[text] = self.tokens.count(text)
-        return found
+        self._count: Callable[[str], int] = lru_cache(maxsize=_TOKEN_CACHE_SIZE)(tokens.count)
 
     def summarise(self, archive: ArchiveInput) -> ArchiveSummary:
         names = speaker_names(archive.messages)
