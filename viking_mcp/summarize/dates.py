@@ -13,10 +13,8 @@ import re
 from datetime import date, timedelta
 
 WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
-MONTHS = [
-    "january", "february", "march", "april", "may", "june",
-    "july", "august", "september", "october", "november", "december",
-]  # fmt: skip
+MONTHS = ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+          "november", "december"]  # fmt: skip
 _NUMBERS = {
     "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
     "eight": 8, "nine": 9, "ten": 10, "a couple of": 2, "a few": 3, "couple of": 2, "few": 3,
@@ -55,37 +53,33 @@ def _month(when: date, shift: int) -> str:
     return f"{date(index // 12, index % 12 + 1, 1):%B %Y}"
 
 
+# The expressions that are a day, a week or a weekend away from the day they were said.
+_DAYS = {"daybefore": -2, "yesterday": -1, "today": 0, "tomorrow": 1}
+_AROUND = {"lastweekend": "the weekend before", "lastweek": "the week before", "nextweek": "the week after"}
+_SHIFT = {"last": -1, "this": 0, "next": 1}
+
+
 def _resolve(match: re.Match[str], said: date) -> str | None:
-    kind = match.lastgroup
+    kind = match.lastgroup or ""
     text = match.group(0).lower()
-    if kind == "daybefore":
-        return day(said - timedelta(days=2))
-    if kind == "yesterday":
-        return day(said - timedelta(days=1))
-    if kind == "today":
-        return day(said)
-    if kind == "tomorrow":
-        return day(said + timedelta(days=1))
+    if kind in _DAYS:
+        return day(said + timedelta(days=_DAYS[kind]))
+    if kind in _AROUND:
+        return f"{_AROUND[kind]} {day(said)}"
     if kind == "lastweekday":
         target = WEEKDAYS.index(text.split()[1])
         back = (said.weekday() - target) % 7 or 7
         return day(said - timedelta(days=back))
-    if kind == "lastweekend":
-        return f"the weekend before {day(said)}"
     if kind == "thisweekend":
         # "this weekend" said on a weekday may be the next one ("this weekend I'll hike"),
         # and "the weekend" either: a wrong date is worse than none, so only the sure cases.
         if text == "this past weekend":
             return f"the weekend before {day(said)}"
         return f"the weekend of {day(said)}" if text == "this weekend" and said.weekday() >= 5 else None
-    if kind == "lastweek":
-        return f"the week before {day(said)}"
-    if kind == "nextweek":
-        return f"the week after {day(said)}"
-    if kind in ("lastmonth", "thismonth", "nextmonth"):
-        return _month(said, {"lastmonth": -1, "thismonth": 0, "nextmonth": 1}[kind])
-    if kind in ("lastyear", "thisyear", "nextyear"):
-        return str(said.year + {"lastyear": -1, "thisyear": 0, "nextyear": 1}[kind])
+    if kind.endswith("month"):  # last, this or next
+        return _month(said, _SHIFT[kind[:-5]])
+    if kind.endswith("year"):
+        return str(said.year + _SHIFT[kind[:-4]])
     if kind == "ago":
         count_text = text.rsplit(" ", 2)[0]
         count = int(count_text) if count_text.isdigit() else _NUMBERS.get(count_text, 0)
