@@ -67,10 +67,6 @@ _TOPIC_FILLER = {"to", "the", "a", "an", "my", "our", "your", "being", "going", 
 _FUTURE = re.compile(r"\b(will|next|going to|gonna|plan(?:ning)? to|tomorrow|soon)\b", re.I)
 
 
-def _day(message: Message) -> date:
-    return datetime.fromisoformat(message.created_at.replace("Z", "+00:00")).date()
-
-
 def human(when: str) -> str:
     """'2023-05-07' -> '7 May 2023'; '2023-05' -> 'May 2023'; '2023' stays."""
     parts = when.split("-")
@@ -87,17 +83,15 @@ def resolve_when(sentence: str, said_on: date) -> str | None:
         day, month, month2, day2, year = match.groups()
         month_index = _MONTHS.index((month or month2).lower()) + 1
         number = int(day or day2)
-        resolved_year = int(year) if year else said_on.year
         try:
-            resolved = date(resolved_year, month_index, number)
+            resolved = date(int(year) if year else said_on.year, month_index, number)
         except ValueError:
             resolved = None  # "February 30": try the sentence's other time words
         if resolved is not None:
-            # "on December 31", said on 2 January, was last year unless it is a plan.
-            if not year and resolved > said_on + timedelta(days=7) and not _FUTURE.search(sentence):
-                resolved = (
-                    resolved.replace(year=resolved.year - 1) if not (month_index == 2 and number == 29) else resolved
-                )
+            # "on December 31", said on 2 January, was last year unless it is a plan (or 29 February).
+            late = not year and resolved > said_on + timedelta(days=7) and (month_index, number) != (2, 29)
+            if late and not _FUTURE.search(sentence):
+                resolved = resolved.replace(year=resolved.year - 1)
             return resolved.isoformat()
     if match := _RELATIVE.search(sentence):
         offset = 1 if match.group(1).lower() == "yesterday" else 0
@@ -130,22 +124,18 @@ def resolve_when(sentence: str, said_on: date) -> str | None:
     return None
 
 
-def _is_person(unit: Unit, names: set[str]) -> bool:
-    return unit.speaker in names or unit.speaker == "User"
-
-
 def extract_offline(messages: list[Message], user_label: str = "User") -> list[Candidate]:
     """Profile, preference, event and entity candidates, in a deterministic order."""
     names = speaker_names(messages)
     said: list[tuple[Unit, date]] = []
     for message in messages:
-        day = _day(message)
+        day = datetime.fromisoformat(message.created_at.replace("Z", "+00:00")).date()
         said += [(unit, day) for unit in message_units(message, names)]
 
     profile: dict[str, list[str]] = defaultdict(list)
     candidates: list[Candidate] = []
     for unit, day in said:
-        if not _is_person(unit, names):
+        if unit.speaker not in names and unit.speaker != "User":
             continue
         speaker = unit.speaker if unit.speaker != "User" else user_label
         text = unit.text.strip()
@@ -179,8 +169,9 @@ def extract_usage(messages: list[Message], skills: list[dict[str, Any]]) -> list
 def _entities(said: list[tuple[Unit, date]], names: set[str], profile: dict[str, list[str]]) -> list[Candidate]:
     entities: list[Candidate] = []
     for speaker in sorted(names):
-        facts = profile.get(speaker, [])
-        lines = [f"- {speaker}: {fact}" for fact in facts] or [f"- {speaker} took part in the conversation."]
+        lines = [f"- {speaker}: {fact}" for fact in profile.get(speaker, [])] or [
+            f"- {speaker} took part in the conversation."
+        ]
         entities.append(
             Candidate("entities", f"{speaker}: a person in the conversation.", "", "\n".join(lines), speaker)
         )
@@ -205,23 +196,16 @@ def _tools(messages: list[Message]) -> list[Candidate]:
     """One candidate per tool name, counting each tool call (tool_id) once: in the archive
     where it reaches its final status (completed or error), so a call that spans two
     archives is not counted twice."""
-    last: dict[str, ToolPart] = {}
-    for message in messages:
-        for part in message.parts:
-            if isinstance(part, ToolPart):
-                last[part.tool_id] = part
-    last = {tool_id: part for tool_id, part in last.items() if part.tool_status in ("completed", "error")}
+    last = {part.tool_id: part for message in messages for part in message.parts if isinstance(part, ToolPart)}
     by_name: dict[str, list[ToolPart]] = defaultdict(list)
     for part in last.values():
-        by_name[part.tool_name].append(part)
+        if part.tool_status in ("completed", "error"):
+            by_name[part.tool_name].append(part)
     candidates = []
     for name in sorted(by_name):
         calls = by_name[name]
-        stats = {
-            "calls": len(calls),
-            "completed": sum(1 for c in calls if c.tool_status == "completed"),
-            "errors": sum(1 for c in calls if c.tool_status == "error"),
-        }
+        completed = sum(1 for c in calls if c.tool_status == "completed")
+        stats = {"calls": len(calls), "completed": completed, "errors": len(calls) - completed}
         example = next((c for c in reversed(calls) if c.tool_output), calls[-1])
         content = f"- {name}({example.tool_input}) -> {example.tool_output[:200]}"
         candidates.append(Candidate("tools", f"Tool {name}.", content=content, name=name, stats=stats))
@@ -235,11 +219,8 @@ def _skills(skills: list[dict[str, Any]]) -> list[Candidate]:
     candidates = []
     for name in sorted(by_name):
         uses = by_name[name]
-        stats = {
-            "calls": len(uses),
-            "successes": sum(1 for u in uses if u.get("success", True)),
-            "failures": sum(1 for u in uses if not u.get("success", True)),
-        }
+        successes = sum(1 for u in uses if u.get("success", True))
+        stats = {"calls": len(uses), "successes": successes, "failures": len(uses) - successes}
         content = "\n".join(f"- {u.get('input', '')[:100]} -> {u.get('output', '')[:100]}" for u in uses)
         abstract = f"Skill {name} ({uses[-1].get('uri', '')})."
         candidates.append(Candidate("skills", abstract, content=content, name=name, stats=stats))
