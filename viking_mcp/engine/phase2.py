@@ -18,7 +18,7 @@ from the start.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from viking_mcp.errors import Conflict, VikingError
@@ -45,12 +45,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Extraction:
-    summary: ArchiveSummary
-    candidates: list[Candidate]
-
-
 def owners_of(owner: Owner) -> dict[Scope, str]:
     """Whose memories a session's owner has: its user's, and its agent's space for that user."""
     return {"user": owner.user_id, "agent": agent_space(owner.user_id, owner.agent_id)}
@@ -66,7 +60,7 @@ def extract(
     skills: list[dict[str, Any]],
     summariser: Summariser,
     llm: LlmPhase2 | None,
-) -> Extraction:
+) -> tuple[ArchiveSummary, list[Candidate]]:
     """Summary and memory candidates for an archive, from the best source available.
 
     An overview written by the agent or an LLM is kept verbatim as the longest rendering;
@@ -100,7 +94,7 @@ def extract(
     overviews = summary.overviews
     if len(overviews) == 1 and isinstance(summariser, ExtractiveSummariser):
         summary = replace(summary, overviews=overviews + summariser.shorter_renderings(overviews[0]))
-    return Extraction(summary, memories + usage)
+    return summary, memories + usage
 
 
 def plan_memories(store: Store, owner: Owner, candidates: list[Candidate]) -> MergePlan:
@@ -165,17 +159,14 @@ def run_phase2(
     messages: list[Message] = [
         m.message for m in store.read_messages(task.session_id, archive.first_seq - 1, archive.last_seq, 0, None)
     ]
+    previous = store.previous_overview(task.session_id, task.archive_number)
     archive_input = ArchiveInput(
-        session_id=task.session_id,
-        archive_id=name,
-        messages=messages,
-        previous_overview=store.previous_overview(task.session_id, task.archive_number),
+        session_id=task.session_id, archive_id=name, messages=messages, previous_overview=previous
     )
     try:
         skills = store.archive_usage(task.session_id, task.archive_number).skills
-        extraction = extract(archive_input, archive.supplied, skills, summariser, llm)
-        plan = plan_memories(store, session.owner, extraction.candidates)
-        output = _output(task, name, session.owner, extraction.summary, plan, tokens)
+        summary, candidates = extract(archive_input, archive.supplied, skills, summariser, llm)
+        output = _output(task, name, session.owner, summary, plan_memories(store, session.owner, candidates), tokens)
     except VikingError:
         raise  # the store's trouble (locked, full, read-only), not the archive's: try again later
     except Exception as exc:  # a summariser, LLM or extractor failure is the archive's, not the worker's

@@ -17,7 +17,9 @@ their usage counters.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import cache
 from typing import Any, Protocol
 
 from viking_mcp.memory import MEMORY_CATEGORIES
@@ -50,10 +52,7 @@ class MergePlan:
         return {"archive_id": archive_id, "adds": self.adds, "updates": self.updates, "deletes": []}
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(MEMORY_CATEGORIES, 0)
-        for write in self.writes:
-            counts[write.memory.category] += 1
-        return counts
+        return dict.fromkeys(MEMORY_CATEGORIES, 0) | Counter(write.memory.category for write in self.writes)
 
 
 def _lines(text: str) -> list[str]:
@@ -102,12 +101,10 @@ def plan_merge(
     (among the memories of `account_id`)."""
     originals: dict[str, StoredMemory | None] = {}
     working: dict[str, StoredMemory] = {}
-    stored_in: dict[tuple[str, str], list[StoredMemory]] = {}  # each category read once per plan
 
+    @cache  # each category read once per plan
     def category(scope: Scope, name: str) -> list[StoredMemory]:
-        if (scope, name) not in stored_in:
-            stored_in[(scope, name)] = lookup.memories_in_category(account_id, scope, owners[scope], name)
-        return stored_in[(scope, name)]
+        return lookup.memories_in_category(account_id, scope, owners[scope], name)
 
     def uri_for(candidate: Candidate) -> tuple[str, str]:
         scope = SCOPES[candidate.category]
@@ -131,18 +128,9 @@ def plan_merge(
                 working[uri] = found
         current = working.get(uri)
         if current is None:
-            working[uri] = StoredMemory(
-                uri=uri,
-                scope=scope,
-                owner_id=owners[scope],
-                category=candidate.category,
-                key=key,
-                name=candidate.name,
-                abstract=candidate.abstract,
-                overview=candidate.overview,
-                content=candidate.content or candidate.abstract,
-                stats=dict(candidate.stats),
-            )
+            content = candidate.content or candidate.abstract
+            fields = (candidate.name, candidate.abstract, candidate.overview, content, dict(candidate.stats))
+            working[uri] = StoredMemory(uri, scope, owners[scope], candidate.category, key, *fields)
         elif RULES[candidate.category] != "never":
             working[uri] = _merged(current, candidate)
 
