@@ -331,35 +331,32 @@ class _FileRecords:
             raise InvalidArgument(f"{shown} is missing from the export") from None
         except OSError as exc:
             raise _io_error(exc, "read") from exc
-        self.regular(shown, info)
+        self.regular(shown, info.st_mode, info.st_size)
         try:
             # O_NONBLOCK: should a pipe take the file's place after the check, opening it does not wait.
             flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
             with os.fdopen(os.open(path, flags), "rb") as file:
-                self.regular(shown, os.fstat(file.fileno()))
+                info = os.fstat(file.fileno())
+                self.regular(shown, info.st_mode, info.st_size)
                 raw = file.read(MAX_FILE_BYTES + 1)
         except OSError as exc:
             raise _io_error(exc, "read") from exc
-        if len(raw) > MAX_FILE_BYTES:  # it grew after the check
-            raise self.too_large(shown)
+        self.regular(shown, stat.S_IFREG, len(raw))  # it may have grown since
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidArgument(f"{shown} is not UTF-8 text") from None
 
-    def regular(self, shown: str, info: os.stat_result) -> None:
+    def regular(self, shown: str, mode: int, size: int) -> None:
         """Refuse what is not a regular file of at most MAX_FILE_BYTES."""
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(mode):
             raise InvalidArgument(
                 f"{shown} is not a regular file (a link, folder, pipe or device); an export holds only regular files"
             )
-        if info.st_size > MAX_FILE_BYTES:
-            raise self.too_large(shown)
-
-    def too_large(self, shown: str) -> ResourceExhausted:
-        return ResourceExhausted(
-            f"{shown} is larger than {MAX_FILE_BYTES / (1024 * 1024):g} MiB, the most import reads from one file"
-        )
+        if size > MAX_FILE_BYTES:
+            raise ResourceExhausted(
+                f"{shown} is larger than {MAX_FILE_BYTES / (1024 * 1024):g} MiB, the most import reads from one file"
+            )
 
     def time(self, names: tuple[str, ...], field: str, value: str) -> str:
         """An ISO 8601 timestamp in the store's UTC form, or INVALID_ARGUMENT naming the file."""
@@ -423,15 +420,6 @@ class _FileRecords:
             numbers = {parse_archive_id(a) for a in self.folder.subfolders(*base, files.HISTORY)}
             self.outlines[name] = ((info.user.account_id, info.user.user_id), numbers)
 
-    def unfinished_task(self, session_id: str, number: int) -> bool:
-        return any(
-            line.task_type == "session_commit"
-            and line.status in _UNFINISHED
-            and line.resource_id == session_id
-            and line.archive_id == archive_id(number)
-            for _, line in self.task_lines
-        )
-
     # TreeRecords
 
     def sessions(self) -> Iterator[SessionDump]:
@@ -444,9 +432,9 @@ class _FileRecords:
         info = self.model(SessionInfo, meta_names)
         if info.session_id != session_id:
             raise InvalidArgument(f"{_shown(meta_names)} is session {info.session_id[:80]!r}")
-        usage = info.llm_token_usage
-        counters = {"commit_count": info.commit_count, "llm_token_usage.prompt": usage.prompt}
-        counters |= {"llm_token_usage.completion": usage.completion, "contexts_used": info.contexts_used}
+        llm = info.llm_token_usage
+        counters = {"commit_count": info.commit_count, "llm_token_usage.prompt": llm.prompt}
+        counters |= {"llm_token_usage.completion": llm.completion, "contexts_used": info.contexts_used}
         counters |= {"skills_used": info.skills_used}
         counters |= {f"memories_extracted.{k}": v for k, v in info.memories_extracted.items()}
         for field, value in counters.items():
@@ -520,7 +508,10 @@ class _FileRecords:
         meta = self.model(ArchiveMeta, meta_names)
         if meta.archive_id != archive_id(number):
             raise InvalidArgument(f"{_shown(meta_names)} is {meta.archive_id[:40]!r}")
-        if meta.status == "pending" and not self.unfinished_task(base[-1], number):
+        runs = ("session_commit", base[-1], archive_id(number))
+        if meta.status == "pending" and not any(
+            (t.task_type, t.resource_id, t.archive_id) == runs and t.status in _UNFINISHED for _, t in self.task_lines
+        ):
             raise InvalidArgument(
                 f"{_shown(meta_names)}: the archive is pending, but {files.TASKS} has no pending or "
                 f"running session_commit task for {base[-1]}/{archive_id(number)}; nothing would ever finish it"

@@ -47,8 +47,7 @@ _INTERJECTION = (
 )
 _OPENER = re.compile(rf"^(?:{_INTERJECTION}[\s,!.…-]*)*{_INTERJECTION}\s*[,!.…-]+\s*", re.IGNORECASE)
 _DATE_WORDS = {*MONTHS, *WEEKDAYS, "yesterday", "today", "tomorrow", "week", "weekend", "month", "year"}
-_STOPWORDS = set(
-    """
+_STOPWORD_TEXT = """
 a about after again all also am an and any are as at be because been before being but by can could did do does doing
 don't for from get got had has have having he her here him his how i i'm i've if in into is it it's its just know
 like me more my no not now of oh on one or our out really so some such than that that's the their them then there
@@ -60,8 +59,8 @@ proud fun sounds sound looks look hope definitely absolutely appreciate means me
 beautiful lovely congrats congratulations wish keep always everything something anything someone other even still
 right haha hahaha aw aww omg yep hear heard time day life new lately should must may might shall here's sharing
 share talk talking chat catch soon bye take care true real seems seem guess sorry
-""".split()
-)
+"""
+_STOPWORDS = set(_STOPWORD_TEXT.split())
 
 _FIRST_PERSON = {"i", "i'm", "i've", "i'd", "i'll", "my", "me", "mine", "we", "we're", "we've", "our", "us"}
 _SECOND_PERSON = {"you", "you're", "you've", "you'd", "you'll", "your", "yours"}
@@ -267,9 +266,9 @@ class _Measure:
     The renderings of one overview share most of their paragraphs, and a tokenizer such as
     cl100k_base never makes a token across a blank line followed by a heading or a new
     paragraph (its pre-tokenizer splits there), so a rendering's count is the sum of its
-    blocks' counts, each with the blank line after it. `check` compares that sum with a
-    count of the whole text on the longest rendering; should an encoding ever disagree,
-    every rendering is counted whole.
+    blocks' counts, each with the blank line after it. The first call (the longest
+    rendering) compares that sum with a count of the whole text; should an encoding ever
+    disagree, every rendering is counted whole.
     """
 
     def __init__(self, tokens: TokenCounter) -> None:
@@ -288,18 +287,13 @@ class _Measure:
             total += found
         return total
 
-    def check(self, blocks: list[str]) -> int:
-        exact = self.tokens.count("\n\n".join(blocks) + "\n")
-        self.additive = self.additive and self._sum(blocks) == exact
-        self.checked = True
-        return exact
-
     def __call__(self, blocks: list[str]) -> int:
-        if not self.checked:
-            return self.check(blocks)
-        if self.additive:
+        if self.checked and self.additive:
             return self._sum(blocks)
-        return self.tokens.count("\n\n".join(blocks) + "\n")
+        exact = self.tokens.count("\n\n".join(blocks) + "\n")
+        if not self.checked:
+            self.additive, self.checked = self._sum(blocks) == exact, True
+        return exact
 
 
 class ExtractiveSummariser:
@@ -391,7 +385,7 @@ class ExtractiveSummariser:
             # Under its bound, the overview keeps every candidate: nothing is lost to the
             # next commit, which carries this rendering forward.
             whole = self._blocks(sections, ranked)
-            tokens = measure.check(whole)
+            tokens = measure(whole)
             if tokens <= target:
                 renderings.append(("\n\n".join(whole) + "\n", tokens))
                 target = int(tokens * _RENDERING_STEP)
