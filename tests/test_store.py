@@ -323,6 +323,37 @@ def test_same_message_id_across_two_engines(two_engines: tuple[Engine, Engine]) 
     assert two.get_session("s").message_count == 2
 
 
+# --- search ranking ----------------------------------------------------------------------------
+
+
+@pytest.mark.both_stores
+def test_search_scores_are_fractions_of_the_best_hit_on_every_store(engine: Engine) -> None:
+    """Each database ranks with its own full-text search (FTS5's BM25, PostgreSQL's ts_rank,
+    name and abstract weighing most); the scores shown are on one scale on both: the best hit
+    1.0, every other its relevance as a fraction of the best's. So the only memory of a small
+    store, which raw BM25 scores near 0, shows 1.00 (README, "Search")."""
+    engine.add_message("s", "user", "noted")
+    engine.commit("s", abstract="a", overview="o", memories=[
+        {"category": "preferences", "name": "tea", "abstract": "Prefers green tea in the morning."},
+    ])  # fmt: skip
+    engine.run_pending_phase2()
+    (only,) = engine.search_memories("green tea").memories
+    assert only.score == 1.0
+    engine.add_message("s", "user", "noted again")
+    engine.commit("s", abstract="a", overview="o", memories=[
+        {"category": "events", "abstract": "Had coffee, then tea, with Bea in Porto."},
+        {"category": "entities", "name": "Bea", "abstract": "Bea: Ada's sister, lives in Porto."},
+    ])  # fmt: skip
+    engine.run_pending_phase2()
+    hits = engine.search_memories("green tea").memories
+    assert [h.abstract for h in hits] == [
+        "Prefers green tea in the morning.",
+        "Had coffee, then tea, with Bea in Porto.",
+    ]
+    assert hits[0].score == 1.0 and 0 < hits[1].score < 1
+    assert engine.search_memories("Porto").memories[0].score == 1.0
+
+
 # --- two processes ---------------------------------------------------------------------------
 
 WRITER = textwrap.dedent(
