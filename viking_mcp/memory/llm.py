@@ -275,9 +275,10 @@ class LlmPhase2:
             self._url = base + "/chat/completions"
             if settings.api_key:
                 headers["Authorization"] = f"Bearer {settings.api_key}"
-        # One client for every call and worker thread: connections are reused. Redirects are
-        # not followed (the key must never go to another origin); a 3xx is a refusal.
-        # The timeout bounds each connect, read and write, not the whole request (see issue 15).
+        # One client for every call and worker thread (httpx2 documents it as shareable between
+        # threads), so connections are reused. Redirects are not followed: the key must never go
+        # to another origin, and a 3xx is a refusal. The timeout bounds each connect, read and
+        # write, not the whole request, and the reply's size is not capped (both: issue 15).
         self._client = httpx2.Client(headers=headers, timeout=settings.timeout_seconds, follow_redirects=False)
 
     # --- the archive, part by part -----------------------------------------------------
