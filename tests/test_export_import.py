@@ -15,12 +15,11 @@ from typing import Any
 import pytest
 
 from tests.fake_llm import FakeLlmServer
-from viking_mcp.config import Settings
+from viking_mcp.config import LlmSettings, Settings
 from viking_mcp.engine import Engine
 from viking_mcp.engine.engine import owner_is_gone
 from viking_mcp.engine.export_import import export_tree, import_tree
 from viking_mcp.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from viking_mcp.memory.llm import LlmSettings
 from viking_mcp.models import Message, Owner, utc_now
 from viking_mcp.summarize.base import ArchiveInput, ArchiveSummary
 from viking_mcp.summarize.extractive import ExtractiveSummariser

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from tests.fake_llm import FakeLlmServer, Reply
+from viking_mcp.config import LlmSettings, llm_settings_from_env
 from viking_mcp.errors import InvalidArgument
-from viking_mcp.memory.llm import LlmError, LlmPhase2, LlmSettings, llm_settings_from_env
+from viking_mcp.memory.llm import LlmError, LlmPhase2
 from viking_mcp.models import Message, TextPart
 from viking_mcp.summarize.base import ArchiveInput
 from viking_mcp.tokens import TokenCounter

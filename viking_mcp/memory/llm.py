@@ -1,8 +1,8 @@
 """Phase 2 from a configured LLM endpoint: an archive in, abstract, overview and memories out.
 
 Two wire protocols cover the endpoints people run: OpenAI-compatible chat completions
-(OpenAI, Ollama, vLLM, LM Studio, OpenRouter) and Anthropic's Messages API. HTTP is the
-standard library's, so the offline default pulls in nothing.
+(OpenAI, Ollama, vLLM, LM Studio, OpenRouter) and Anthropic's Messages API, over httpx2
+(the HTTP client the MCP SDK already brings).
 
 The prompt is bounded: an archive longer than `max_prompt_tokens` is sent in consecutive
 parts, each carrying the overview and abstract returned for the parts before it, so the
@@ -14,25 +14,23 @@ result: Phase 2 then marks the archive failed and it can be retried.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
+import httpx2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from viking_mcp.config import MIN_PROMPT_TOKENS, LlmSettings
 from viking_mcp.errors import InvalidArgument
 from viking_mcp.memory import MEMORY_CATEGORIES
 from viking_mcp.models import MemoryInput, Message, message_text
@@ -41,45 +39,12 @@ from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
 
 logger = logging.getLogger(__name__)
 
-Provider = Literal["openai", "anthropic"]
-
-DEFAULT_BASE_URLS: dict[str, str] = {
-    "openai": "https://api.openai.com/v1",
-    "anthropic": "https://api.anthropic.com",
-}
 ANTHROPIC_VERSION = "2023-06-01"
 # A server asking us to wait longer than this is treated as asking for this long.
 MAX_RETRY_DELAY_SECONDS = 30.0
-# Below this the fixed part of the prompt leaves too little room for the transcript.
-MIN_PROMPT_TOKENS = 2_000
 # The transcript share of each prompt never drops below this many tokens.
 _MIN_TRANSCRIPT_TOKENS = 400
 _ERROR_EXCERPT_CHARS = 300
-
-
-@dataclass(frozen=True)
-class LlmSettings:
-    provider: Provider
-    # e.g. https://api.openai.com/v1, http://127.0.0.1:11434/v1 (Ollama), https://api.anthropic.com
-    base_url: str
-    model: str
-    api_key: str | None
-    timeout_seconds: float = 60.0
-    # First try plus retries, on 429, 5xx, timeouts and connection errors.
-    max_attempts: int = 4
-    # Doubles each retry; a Retry-After header (seconds) wins when given, capped at 30 s.
-    backoff_seconds: float = 0.5
-    # Archives longer than this are sent in parts.
-    max_prompt_tokens: int = 12_000
-    max_output_tokens: int = 4_000
-
-    def __repr__(self) -> str:  # the key never reaches a log line through repr()
-        key = "None" if self.api_key is None else "'***'"
-        return (
-            f"LlmSettings(provider={self.provider!r}, base_url={self.base_url!r}, model={self.model!r}, "
-            f"api_key={key}, timeout_seconds={self.timeout_seconds}, max_attempts={self.max_attempts}, "
-            f"max_prompt_tokens={self.max_prompt_tokens}, max_output_tokens={self.max_output_tokens})"
-        )
 
 
 class LlmError(Exception):
@@ -95,79 +60,6 @@ class LlmResult:
     completion_tokens: int
     # Completed model calls: one per part of the archive (retries not counted).
     calls: int
-
-
-# --- settings from the environment ---------------------------------------------------
-
-
-def llm_settings_from_env(environ: Mapping[str, str] = os.environ) -> LlmSettings | None:
-    """None unless VIKING_MCP_LLM_MODEL is set. VIKING_MCP_LLM_PROVIDER (openai|anthropic, default openai),
-    VIKING_MCP_LLM_BASE_URL (defaults per provider), VIKING_MCP_LLM_API_KEY (else OPENAI_API_KEY /
-    ANTHROPIC_API_KEY), VIKING_MCP_LLM_TIMEOUT_SECONDS, VIKING_MCP_LLM_MAX_ATTEMPTS,
-    VIKING_MCP_LLM_MAX_PROMPT_TOKENS, VIKING_MCP_LLM_MAX_OUTPUT_TOKENS. Bad values raise
-    viking_mcp.errors.InvalidArgument naming the variable."""
-    model = environ.get("VIKING_MCP_LLM_MODEL", "").strip()
-    if not model:
-        return None
-    provider = environ.get("VIKING_MCP_LLM_PROVIDER", "").strip().lower() or "openai"
-    if provider not in DEFAULT_BASE_URLS:
-        raise InvalidArgument(
-            f"VIKING_MCP_LLM_PROVIDER={provider!r}: use 'openai' (also for Ollama, vLLM, LM Studio, "
-            "OpenRouter and other OpenAI-compatible servers) or 'anthropic'"
-        )
-    base_url = environ.get("VIKING_MCP_LLM_BASE_URL", "").strip() or DEFAULT_BASE_URLS[provider]
-    parsed = urllib.parse.urlsplit(base_url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise InvalidArgument(
-            f"VIKING_MCP_LLM_BASE_URL={base_url[:80]!r} is not an http(s) URL; "
-            f"e.g. {DEFAULT_BASE_URLS[provider]!r} or 'http://127.0.0.1:11434/v1' for Ollama"
-        )
-    fallback_key = "OPENAI_API_KEY" if provider == "openai" else "ANTHROPIC_API_KEY"
-    api_key = environ.get("VIKING_MCP_LLM_API_KEY", "").strip() or environ.get(fallback_key, "").strip() or None
-    defaults = LlmSettings(provider="openai", base_url="", model="", api_key=None)
-    timeout = _float_var(environ, "VIKING_MCP_LLM_TIMEOUT_SECONDS", defaults.timeout_seconds)
-    if not 0 < timeout <= 3600:
-        raise InvalidArgument(f"VIKING_MCP_LLM_TIMEOUT_SECONDS={timeout} must be above 0 and at most 3600")
-    return LlmSettings(
-        provider="anthropic" if provider == "anthropic" else "openai",
-        base_url=base_url.rstrip("/"),
-        model=model,
-        api_key=api_key,
-        timeout_seconds=timeout,
-        max_attempts=_int_var(environ, "VIKING_MCP_LLM_MAX_ATTEMPTS", defaults.max_attempts, 1, 20),
-        max_prompt_tokens=_int_var(
-            environ, "VIKING_MCP_LLM_MAX_PROMPT_TOKENS", defaults.max_prompt_tokens, MIN_PROMPT_TOKENS, 10_000_000
-        ),
-        max_output_tokens=_int_var(
-            environ, "VIKING_MCP_LLM_MAX_OUTPUT_TOKENS", defaults.max_output_tokens, 256, 1_000_000
-        ),
-    )
-
-
-def _int_var(environ: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidArgument(f"{name}={raw[:40]!r} is not an integer; set it to a whole number") from None
-    if not minimum <= value <= maximum:
-        raise InvalidArgument(f"{name}={value} is out of range; use {minimum} to {maximum}")
-    return value
-
-
-def _float_var(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidArgument(f"{name}={raw[:40]!r} is not a number of seconds, e.g. '60' or '2.5'") from None
-    if not math.isfinite(value):
-        raise InvalidArgument(f"{name}={raw[:40]!r} is not a finite number of seconds")
-    return value
 
 
 # --- the prompt ----------------------------------------------------------------------
@@ -334,21 +226,17 @@ def _excerpt(text: str, limit: int = _ERROR_EXCERPT_CHARS) -> str:
 
 def _retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header: a number, or an HTTP date."""
-    if not value:
-        return None
     try:
-        seconds = float(value)
+        seconds = float(value or "")
     except ValueError:
         try:
-            moment = parsedate_to_datetime(value)
+            moment = parsedate_to_datetime(value or "")
         except (TypeError, ValueError):
             return None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         seconds = (moment - datetime.now(UTC)).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _object(value: object) -> dict[str, Any]:
@@ -376,6 +264,22 @@ class LlmPhase2:
         # rejects response_format json_object, reasoning models reject temperature): not sent again.
         self._dropped: set[str] = set()
         self._dropped_lock = threading.Lock()
+        base = settings.base_url.rstrip("/")
+        headers = {"Accept": "application/json"}
+        if settings.provider == "anthropic":
+            self._url = base + "/messages" if base.endswith("/v1") else base + "/v1/messages"
+            headers["anthropic-version"] = ANTHROPIC_VERSION
+            if settings.api_key:
+                headers["x-api-key"] = settings.api_key
+        else:
+            self._url = base + "/chat/completions"
+            if settings.api_key:
+                headers["Authorization"] = f"Bearer {settings.api_key}"
+        # One client for every call and worker thread (httpx2 documents it as shareable between
+        # threads), so connections are reused. Redirects are not followed: the key must never go
+        # to another origin, and a 3xx is a refusal. The timeout bounds each connect, read and
+        # write, not the whole request, and the reply's size is not capped (both: issue 15).
+        self._client = httpx2.Client(headers=headers, timeout=settings.timeout_seconds, follow_redirects=False)
 
     # --- the archive, part by part -----------------------------------------------------
 
@@ -526,70 +430,58 @@ class LlmPhase2:
                 attempt -= 1  # the server told us what to leave out; that try does not count
         raise LlmError(f"LLM endpoint failed after {attempts} attempts: last error {last}")
 
-    def _send(self, system: str, user: str) -> _Completion:
+    def _payload(self, system: str, user: str) -> dict[str, Any]:
         settings = self.settings
-        base = settings.base_url.rstrip("/")
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        payload: dict[str, Any]
         if settings.provider == "anthropic":
-            url = base + "/messages" if base.endswith("/v1") else base + "/v1/messages"
-            headers["anthropic-version"] = ANTHROPIC_VERSION
-            if settings.api_key:
-                headers["x-api-key"] = settings.api_key
-            payload = {
+            return {
                 "model": settings.model,
                 "system": system,
                 "messages": [{"role": "user", "content": user}],
                 "max_tokens": settings.max_output_tokens,
                 "temperature": 0,
             }
-        else:
-            url = base + "/chat/completions"
-            if settings.api_key:
-                headers["Authorization"] = f"Bearer {settings.api_key}"
-            payload = {
-                "model": settings.model,
-                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-                "response_format": {"type": "json_object"},
-                "max_tokens": settings.max_output_tokens,
-                "temperature": 0,
-            }
-            with self._dropped_lock:
-                dropped = set(self._dropped)
-            if "max_tokens" in dropped:
-                payload["max_completion_tokens"] = payload.pop("max_tokens")
-            for key in dropped - {"max_tokens"}:
-                payload.pop(key, None)
+        payload: dict[str, Any] = {
+            "model": settings.model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "response_format": {"type": "json_object"},
+            "max_tokens": settings.max_output_tokens,
+            "temperature": 0,
+        }
+        with self._dropped_lock:
+            dropped = set(self._dropped)
+        if "max_tokens" in dropped:
+            payload["max_completion_tokens"] = payload.pop("max_tokens")
+        for key in dropped - {"max_tokens"}:
+            payload.pop(key, None)
+        return payload
 
-        data = json.dumps(payload).encode("utf-8")
-        request = urllib.request.Request(url, data=data, headers=headers, method="POST")
-        shown = self._safe_url(url)
-        logger.debug("POST %s model=%s (%d bytes)", shown, settings.model, len(data))
+    def _send(self, system: str, user: str) -> _Completion:
+        payload = self._payload(system, user)
+        shown = self._safe_url(self._url)
+        logger.debug("POST %s model=%s", shown, self.settings.model)
         try:
-            with urllib.request.urlopen(request, timeout=settings.timeout_seconds) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            self._http_error(exc, payload)
-        except TimeoutError:
-            raise _Transient(f"no answer from {shown} within {settings.timeout_seconds:g} s") from None
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, TimeoutError):
-                raise _Transient(f"no answer from {shown} within {settings.timeout_seconds:g} s") from None
-            raise _Transient(f"cannot reach {shown}: {self._redact(str(exc.reason))}") from None
-        except (http.client.HTTPException, OSError) as exc:
+            response = self._client.post(self._url, json=payload)
+        except httpx2.TimeoutException:
+            raise _Transient(f"no answer from {shown} within {self.settings.timeout_seconds:g} s") from None
+        except httpx2.ConnectError as exc:
+            raise _Transient(f"cannot reach {shown}: {self._redact(str(exc))}") from None
+        except httpx2.TransportError as exc:
             raise _Transient(f"connection to {shown} failed: {self._redact(str(exc)) or type(exc).__name__}") from None
-
+        if not response.is_success:
+            self._http_error(response, payload)
         try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            body = response.json()
+        except ValueError:  # not JSON, or not UTF-8
             raise LlmError(
                 f"LLM endpoint {shown} answered with something that is not JSON "
-                f"({self._redact(_excerpt(raw.decode('utf-8', 'replace'), 120))!r}); "
+                f"({self._redact(_excerpt(response.text, 120))!r}); "
                 "check VIKING_MCP_LLM_BASE_URL and VIKING_MCP_LLM_PROVIDER"
             ) from None
         if not isinstance(body, dict):
             raise LlmError(f"LLM endpoint {shown} answered with a JSON {type(body).__name__}, not an object")
-        return self._anthropic_completion(body) if settings.provider == "anthropic" else self._openai_completion(body)
+        return (
+            self._anthropic_completion(body) if self.settings.provider == "anthropic" else self._openai_completion(body)
+        )
 
     def _openai_completion(self, body: dict[str, Any]) -> _Completion:
         choices = body.get("choices")
@@ -646,17 +538,11 @@ class LlmPhase2:
             "check VIKING_MCP_LLM_PROVIDER matches the endpoint's API"
         )
 
-    def _http_error(self, exc: urllib.error.HTTPError, payload: dict[str, Any]) -> NoReturn:
-        status = exc.code
-        try:
-            text = exc.read(4096).decode("utf-8", "replace")
-        except Exception:  # the body is only an excerpt for the message
-            text = ""
-        finally:
-            exc.close()
-        detail = self._redact(_excerpt(text)) or (exc.reason if isinstance(exc.reason, str) else "")
+    def _http_error(self, response: httpx2.Response, payload: dict[str, Any]) -> NoReturn:
+        status, text = response.status_code, response.text[:4096]
+        detail = self._redact(_excerpt(text)) or response.reason_phrase
         if status == 429 or 500 <= status <= 599:
-            raise _Transient(f"HTTP {status}: {detail}", _retry_after(exc.headers.get("Retry-After")))
+            raise _Transient(f"HTTP {status}: {detail}", _retry_after(response.headers.get("Retry-After")))
         if status == 400 and self.settings.provider == "openai":
             self._adapt(text, payload)
         if status in (401, 403):
@@ -696,8 +582,8 @@ class LlmPhase2:
     @staticmethod
     def _safe_url(url: str) -> str:
         """The URL without credentials or query (where some gateways put keys)."""
-        parts = urllib.parse.urlsplit(url)
+        parts = urlsplit(url)
         host = parts.hostname or ""
         if parts.port:
             host = f"{host}:{parts.port}"
-        return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
