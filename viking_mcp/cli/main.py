@@ -63,8 +63,8 @@ examples:
 """
 
 if TYPE_CHECKING:
+    from viking_mcp.cli.backend import Backend
     from viking_mcp.config import Settings
-    from viking_mcp.faces.cli_backend import Backend
 
     # A subcommand: one backend call with the parsed arguments.
     Call = Callable[[Backend, argparse.Namespace], BaseModel]
@@ -133,7 +133,7 @@ def _common(defaults: bool) -> argparse.ArgumentParser:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from viking_mcp.faces import cli_render as render
+    from viking_mcp.cli import render
 
     common = _common(defaults=False)
     parser = _Parser(
@@ -328,7 +328,7 @@ def _stdin_text() -> str:
 
 
 def _commit(backend: Backend, args: argparse.Namespace) -> BaseModel:
-    from viking_mcp.faces.cli_progress import Progress
+    from viking_mcp.cli.progress import Progress
 
     session_id, keep, abstract, overview = args.session_id, args.keep_recent, args.abstract, args.overview
     if not args.wait:
@@ -343,10 +343,10 @@ def _commit(backend: Backend, args: argparse.Namespace) -> BaseModel:
 def _backend(args: argparse.Namespace) -> Backend:
     url = args.url or os.environ.get("VIKING_MCP_URL")
     if url:
-        from viking_mcp.faces.cli_remote import RemoteBackend
+        from viking_mcp.cli.remote import RemoteBackend
 
         return RemoteBackend(url, args.api_key or os.environ.get("VIKING_MCP_API_KEY"))
-    from viking_mcp.faces.cli_embedded import EmbeddedBackend
+    from viking_mcp.cli.embedded import EmbeddedBackend
 
     try:
         return EmbeddedBackend(_settings(args))
@@ -438,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         if args.command == "serve" and args.transport == "http":
-            from viking_mcp.faces.http_api import serve_http
+            from viking_mcp.api.app import serve_http
 
             serve_http(settings, args.host, args.port)
             return 0
@@ -448,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cause = _first_cause(exc)
         if cause is None:
             raise
-        from viking_mcp.faces.mcp_server import describe_open_error
+        from viking_mcp.mcp.server import describe_open_error
 
         message = describe_open_error(cause, settings) if settings is not None else str(cause)
         sys.stderr.write(f"viking-mcp: {message}\n")
@@ -487,8 +487,8 @@ def _stop_on_signal(signum: int, _frame: object) -> None:
 def _serve_stdio(settings: Settings) -> int:
     import anyio
 
-    from viking_mcp.faces.mcp_server import build_server
-    from viking_mcp.faces.stdio import serve_stdio
+    from viking_mcp.mcp.server import build_server
+    from viking_mcp.mcp.stdio import serve_stdio
 
     signal.signal(signal.SIGINT, _stop_on_signal)
     signal.signal(signal.SIGTERM, _stop_on_signal)

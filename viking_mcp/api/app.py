@@ -56,8 +56,8 @@ from viking_mcp.errors import (
     Unavailable,
     VikingError,
 )
-from viking_mcp.faces.mcp_server import build_server
 from viking_mcp.heap import settle_later
+from viking_mcp.mcp.server import build_server
 from viking_mcp.models import (
     ArchiveDetail,
     CommitResult,

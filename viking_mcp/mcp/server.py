@@ -30,9 +30,9 @@ from viking_mcp.engine.context import render_context_text
 from viking_mcp.engine.messages import describe_validation_error
 from viking_mcp.engine.tree import read_node
 from viking_mcp.errors import VikingError
-from viking_mcp.faces.mcp_tools import ServerState, add_tools
-from viking_mcp.faces.stdio import UnreadableLines
 from viking_mcp.heap import settle_later
+from viking_mcp.mcp.stdio import UnreadableLines
+from viking_mcp.mcp.tools import ServerState, add_tools
 
 if TYPE_CHECKING:
     from viking_mcp.auth import KeyRing
