@@ -1,13 +1,10 @@
-"""The HTTP face: OpenViking's session API at /api/v1 and MCP (streamable HTTP) at /mcp.
+"""The HTTP app: OpenViking's session API at /api/v1 and MCP (streamable HTTP) at /mcp.
 
 One ASGI app, one engine, one Phase 2 worker: a session written over REST is the same
-session an agent reads over MCP. Thin by design, like the MCP face: each endpoint takes
-OpenViking's request shape (unknown fields ignored, `keepRecentCount` accepted for
-`keep_recent_count`), calls one engine method on a worker thread as the caller's API key
-says, and wraps the engine's pydantic result in OpenViking's envelope:
-
-    {"status": "ok", "result": {...}, "time": 0.0012}
-    {"status": "error", "error": {"code": "NOT_FOUND", "message": "..."}}   (with 404)
+session an agent reads over MCP. The routes are module-level functions, by area, in
+`sessions.py`, `messages.py`, `commits.py`, `context.py` and `memories.py`; what they share
+(the envelope, one engine call) is in `envelope.py`. This module holds the app: the gate
+in front of everything, MCP at /mcp, error handlers, and `serve_http`.
 
 Every failure a client can cause is a 4xx with a code, never a 5xx: validation errors
 (including bad JSON) are 400 INVALID_ARGUMENT, unknown routes 404 NOT_FOUND, bodies over
@@ -17,202 +14,51 @@ the size limit 413 RESOURCE_EXHAUSTED (refused before they are read).
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
-from typing import Annotated, Any, Generic, Literal, ParamSpec, TypeVar
+from dataclasses import replace
+from typing import Annotated, Any, Literal
 
 import anyio
 import anyio.to_thread
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Security
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, WithJsonSchema
-from starlette.concurrency import run_in_threadpool
+from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from viking_mcp import __version__
+from viking_mcp.api.commits import commits
+from viking_mcp.api.context import context
+from viking_mcp.api.envelope import API_PREFIX, HttpState, error_from, error_response
+from viking_mcp.api.memories import memories
+from viking_mcp.api.messages import messages
+from viking_mcp.api.sessions import sessions
 from viking_mcp.auth import KeyRing, key_from_headers, keyring_from_env
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine, Phase2Worker
-from viking_mcp.engine.engine import PreparedMessage
-from viking_mcp.engine.waiting import wait_for_task
-from viking_mcp.errors import (
-    ErrorCode,
-    Internal,
-    NotFound,
-    Unavailable,
-    VikingError,
-)
+from viking_mcp.errors import ErrorCode, VikingError
 from viking_mcp.heap import settle_later
 from viking_mcp.mcp.server import build_server
-from viking_mcp.models import (
-    ArchiveDetail,
-    CommitResult,
-    ContextPart,
-    ExtractResult,
-    MemoryCategory,
-    MemoryInput,
-    MemorySearchResult,
-    MessageAdded,
-    MetadataUpdated,
-    Owner,
-    RetryResult,
-    SessionContext,
-    SessionCreated,
-    SessionDeleted,
-    SessionInfo,
-    SessionPage,
-    TaskList,
-    TaskRecord,
-    TextPart,
-    ToolPart,
-    UsageRecorded,
-)
 
 logger = logging.getLogger(__name__)
 
-API_PREFIX = "/api/v1"
 MCP_PATH = "/mcp"
-# OpenViking's default budget for get_session_context over HTTP.
-HTTP_DEFAULT_TOKEN_BUDGET = 128_000
 # Request bodies past this are refused (413) before they are read; a message at the
 # engine's own limit (VIKING_MCP_MAX_MESSAGE_BYTES) still fits, JSON escaping included.
 MIN_BODY_LIMIT = 2 * 1024 * 1024
 
-HTTP_STATUS: dict[ErrorCode, int] = {
-    ErrorCode.NOT_FOUND: 404,
-    ErrorCode.INVALID_ARGUMENT: 400,
-    ErrorCode.ALREADY_EXISTS: 409,
-    ErrorCode.FAILED_PRECONDITION: 412,
-    ErrorCode.UNAUTHENTICATED: 401,
-    ErrorCode.PERMISSION_DENIED: 403,
-    ErrorCode.RESOURCE_EXHAUSTED: 413,
-    ErrorCode.UNAVAILABLE: 503,
-    ErrorCode.INTERNAL: 500,
-}
-
-_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-
-T = TypeVar("T")
-Params = ParamSpec("Params")
-
-
-# --- envelope ----------------------------------------------------------------------------------
-
-
-class Ok(BaseModel, Generic[T]):
-    """A successful response."""
-
-    status: Literal["ok"] = "ok"
-    result: T
-    time: float = Field(description="Seconds the server spent on the request.")
-
-
-class ErrorInfo(BaseModel):
-    code: ErrorCode
-    message: str
-
-
-class ErrorEnvelope(BaseModel):
-    """A failed response; the HTTP status matches the code."""
-
-    status: Literal["error"] = "error"
-    error: ErrorInfo
-    time: float | None = None
-
-
-_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorEnvelope, "description": description}
-    for status, description in (
-        (400, "INVALID_ARGUMENT: a malformed request or a value out of range"),
-        (401, "UNAUTHENTICATED: missing or wrong API key"),
-        (403, "PERMISSION_DENIED"),
-        (404, "NOT_FOUND (also another user's session or task)"),
-        (409, "ALREADY_EXISTS"),
-        (412, "FAILED_PRECONDITION"),
-        (413, "RESOURCE_EXHAUSTED: past a size limit"),
-        (503, "UNAVAILABLE: the store is busy or the server is starting; retry"),
-    )
-}
-
-
-class _Json(JSONResponse):
-    """JSON in UTF-8; text the client sent that is not valid Unicode comes back escaped."""
-
-    def render(self, content: Any) -> bytes:
-        try:
-            return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
-        except UnicodeEncodeError:
-            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
-
-
-def _started(scope: Scope) -> float:
-    state = scope.get("state")
-    value = state.get("viking_started") if isinstance(state, dict) else None
-    return value if isinstance(value, float) else time.perf_counter()
-
-
-def _elapsed(scope: Scope) -> float:
-    return round(time.perf_counter() - _started(scope), 6)
-
-
-def error_response(
-    code: ErrorCode, message: str, scope: Scope | None = None, status: int | None = None
-) -> JSONResponse:
-    body = {
-        "status": "error",
-        "error": {"code": code.value, "message": message},
-        "time": _elapsed(scope) if scope is not None else 0.0,
-    }
-    headers = {"WWW-Authenticate": 'Bearer realm="viking-mcp"'} if code is ErrorCode.UNAUTHENTICATED else None
-    return _Json(body, status_code=status or HTTP_STATUS.get(code, 500), headers=headers)
-
-
-def _error_from(exc: VikingError, scope: Scope | None = None) -> JSONResponse:
-    return error_response(exc.code, exc.message, scope)
-
-
-# --- app state ---------------------------------------------------------------------------------
-
-
-@dataclass
-class HttpState:
-    """What the app owns: settings, keys, and (while it runs) the engine, worker and MCP manager."""
-
-    settings: Settings
-    keyring: KeyRing
-    host: str | None
-    engine: Engine | None = None
-    owns_engine: bool = False
-    run_worker: bool = False
-    worker: Phase2Worker | None = None
-    mcp: StreamableHTTPSessionManager | None = None
-
-    def require_engine(self) -> Engine:
-        engine = self.engine
-        if engine is None or engine.closed:
-            raise Unavailable("the server is starting or stopping; retry in a moment")
-        return engine
-
-
-def _state(request: Request) -> HttpState:
-    state = request.app.state.viking
-    assert isinstance(state, HttpState)
-    return state
 
 
 def is_loopback(host: str) -> bool:
@@ -269,7 +115,7 @@ class _Gate:
             try:
                 request_state["viking_actor"] = self.state.keyring.authenticate(key_from_headers(headers))
             except VikingError as exc:
-                await _error_from(exc, scope)(scope, receive, send)
+                await error_from(exc, scope)(scope, receive, send)
                 return
         length_text = headers.get("content-length")
         if length_text is not None:
@@ -351,142 +197,6 @@ def _mcp_security(host: str | None) -> tuple[str, TransportSecuritySettings | No
     return "0.0.0.0", TransportSecuritySettings(enable_dns_rebinding_protection=False)
 
 
-# --- request bodies (OpenViking's names; unknown fields ignored) ---------------------------------
-
-_LENIENT = ConfigDict(extra="ignore", populate_by_name=True)
-
-
-class CreateSessionBody(BaseModel):
-    model_config = _LENIENT
-    session_id: str | None = Field(
-        default=None,
-        description="Id to use (1-128 of A-Z a-z 0-9 . _ -); omit for a random one.",
-        json_schema_extra={"pattern": _ID_PATTERN, "maxLength": 128},
-    )
-    metadata: dict[str, Any] | None = Field(default=None, description="Free-form JSON object kept with the session.")
-    user_id: str | None = Field(
-        default=None, description="The user it belongs to; with an API key, only the key's own user."
-    )
-
-
-class MetadataBody(BaseModel):
-    model_config = _LENIENT
-    metadata: dict[str, Any] = Field(description="Keys to merge into the session's metadata; null removes a key.")
-
-
-# Documented as the parts the engine stores; validated by the engine (after OpenViking's
-# extra fields are dropped), so that its messages say what is wrong.
-def _part_schema(model: type[BaseModel]) -> dict[str, Any]:
-    schema = model.model_json_schema()
-    schema["required"] = ["type", *[name for name in schema.get("required", []) if name != "type"]]
-    return schema
-
-
-_PARTS_SCHEMA: dict[str, Any] = {
-    "anyOf": [
-        {
-            "type": "array",
-            "minItems": 1,
-            "items": {"oneOf": [_part_schema(m) for m in (TextPart, ContextPart, ToolPart)]},
-        },
-        {"type": "null"},
-    ]
-}
-
-
-class AddMessageBody(BaseModel):
-    model_config = _LENIENT
-    role: Literal["user", "assistant"] = Field(description="Who said it.")
-    content: str | None = Field(
-        default=None, description="The text (one text part). If parts are given too, parts win."
-    )
-    parts: Annotated[list[dict[str, Any]] | None, WithJsonSchema(_PARTS_SCHEMA)] = Field(
-        default=None,
-        description="The message as parts: {type: text, text}, {type: context, uri, context_type, abstract}, "
-        "{type: tool, tool_id, tool_name, tool_input, tool_output, tool_status}.",
-    )
-    created_at: str | None = Field(default=None, description="When it was said (ISO 8601); default now.")
-    message_id: str | None = Field(
-        default=None,
-        description="Your id for the message: the same id twice stores it once.",
-        json_schema_extra={"pattern": _ID_PATTERN, "maxLength": 128},
-    )
-
-
-class UsedBody(BaseModel):
-    model_config = _LENIENT
-    contexts: list[str] | None = Field(default=None, description="URIs of contexts the turn used.")
-    skill: dict[str, Any] | None = Field(default=None, description="A skill used: {uri, input, output, success}.")
-
-
-class CommitBody(BaseModel):
-    model_config = _LENIENT
-    abstract: str | None = Field(default=None, description="Your one- or two-sentence summary of what is archived.")
-    overview: str | None = Field(default=None, description="Your markdown overview of the conversation so far.")
-    keep_recent_count: int | None = Field(
-        default=None,
-        ge=0,
-        le=1_000_000_000,
-        validation_alias=AliasChoices("keep_recent_count", "keepRecentCount"),
-        description="Leave this many newest messages live (also accepted as keepRecentCount).",
-    )
-    wait: bool | None = Field(default=None, description="Block (up to ~40 s) until Phase 2 has finished.")
-    memories: list[MemoryInput] | None = Field(default=None, description="Long-term memories you took from them.")
-
-
-class RetryBody(BaseModel):
-    model_config = _LENIENT
-    action: Literal["retry", "skip"] = Field(
-        default="retry", description="'retry' summarises it again; 'skip' gives up on its summary."
-    )
-
-
-# Parts as OpenViking clients send them carry fields we do not keep (tool_uri, null
-# tool_input...): drop those, so that the engine validates what it stores.
-_PART_FIELDS: dict[str, frozenset[str]] = {
-    "text": frozenset({"type", "text"}),
-    "context": frozenset({"type", "uri", "context_type", "abstract"}),
-    "tool": frozenset({"type", "tool_id", "tool_name", "skill_uri", "tool_input", "tool_output", "tool_status"}),
-}
-
-
-def _openviking_parts(parts: list[dict[str, Any]] | None) -> list[Any] | None:
-    if parts is None:
-        return None
-    cleaned: list[Any] = []
-    for part in parts:
-        kind = part.get("type")
-        fields = _PART_FIELDS.get(kind) if isinstance(kind, str) else None
-        if fields is None:
-            cleaned.append(part)  # unknown type: the engine says what is wrong
-            continue
-        cleaned.append({k: v for k, v in part.items() if k in fields and not (v is None and k != "type")})
-    return cleaned
-
-
-# --- endpoints -------------------------------------------------------------------------------------
-
-SessionIdPath = Annotated[
-    str,
-    Path(
-        description="The session's id: 1-128 characters from A-Z a-z 0-9 . _ -",
-        examples=["demo"],
-        json_schema_extra={"pattern": _ID_PATTERN, "maxLength": 128},
-    ),
-]
-ArchiveIdPath = Annotated[
-    str,
-    Path(
-        description="An archive of the session: archive_001, archive_002, ...",
-        examples=["archive_001"],
-        json_schema_extra={"pattern": r"^archive_[0-9]{3,9}$"},
-    ),
-]
-TaskIdPath = Annotated[
-    str,
-    Path(description="A task id, as commit returned it.", json_schema_extra={"pattern": _ID_PATTERN, "maxLength": 128}),
-]
-
 _api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key (VIKING_MCP_API_KEYS).")
 _bearer_scheme = HTTPBearer(auto_error=False, description="The same API key as a bearer token.")
 
@@ -496,240 +206,6 @@ async def _documented_auth(
     _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer_scheme)] = None,
 ) -> None:
     """Declares the API key schemes in the OpenAPI document; the gate does the checking."""
-
-
-def _actor(request: Request) -> Owner | None:
-    state = request.scope.get("state")
-    if isinstance(state, dict) and "viking_actor" in state:
-        actor = state["viking_actor"]
-        return actor if isinstance(actor, Owner) else None
-    return _state(request).keyring.authenticate(key_from_headers(request.headers))
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-async def _call(request: Request, operation: Callable[[Engine, Owner | None], M]) -> JSONResponse:
-    """Run one engine operation on a worker thread as the caller, and wrap its result."""
-    engine, actor = _state(request).require_engine(), _actor(request)
-    result = await run_in_threadpool(_guarded(request, lambda: operation(engine, actor)))
-    return _ok(request, result)
-
-
-async def _append(request: Request, session_id: str, body: AddMessageBody, parts: list[Any] | None) -> JSONResponse:
-    """add_message, on the engine's batch thread (`engine/batching.py`) as the caller."""
-    engine, actor = _state(request).require_engine(), _actor(request)
-
-    def prepare() -> PreparedMessage:
-        return engine.prepare_message(
-            session_id, body.role, body.content, parts, body.created_at, body.message_id, parts_win=True
-        )
-
-    def write(prepared: PreparedMessage) -> MessageAdded:
-        return engine.write_message(prepared, actor=actor)
-
-    result = await engine.batched_writes.run(_guarded(request, prepare), _guarded(request, write))
-    return _ok(request, result)
-
-
-def _guarded(request: Request, run: Callable[Params, T]) -> Callable[Params, T]:
-    """`run`, whose crashes (not the engine's coded errors) are logged and answered INTERNAL."""
-
-    def guarded(*args: Params.args, **kwargs: Params.kwargs) -> T:
-        try:
-            return run(*args, **kwargs)
-        except VikingError:
-            raise
-        except Exception as exc:
-            logger.exception("%s %s failed", request.method, request.url.path)
-            raise Internal(f"the server failed on this request ({type(exc).__name__}); see its log") from exc
-
-    return guarded
-
-
-def _ok(request: Request, result: BaseModel) -> JSONResponse:
-    return _Json({"status": "ok", "result": result.model_dump(mode="json"), "time": _elapsed(request.scope)})
-
-
-def _router() -> APIRouter:
-    router = APIRouter(prefix=API_PREFIX, responses=_ERROR_RESPONSES)
-
-    # --- sessions ---
-
-    @router.post("/sessions", response_model=Ok[SessionCreated], tags=["sessions"], summary="Create a session")
-    async def create_session(request: Request, body: CreateSessionBody | None = None) -> JSONResponse:
-        """Create a session (optional: adding a message creates one). 409 if the id is taken."""
-        b = body or CreateSessionBody()
-        return await _call(request, lambda e, a: e.create_session(b.session_id, b.metadata, b.user_id, actor=a))
-
-    @router.get("/sessions", response_model=Ok[SessionPage], tags=["sessions"], summary="List sessions")
-    async def list_sessions(
-        request: Request,
-        limit: Annotated[int, Query(ge=1, le=500, description="Sessions per page.")] = 50,
-        cursor: Annotated[str | None, Query(max_length=1000, description="next_cursor of the previous page.")] = None,
-    ) -> JSONResponse:
-        """The caller's sessions, newest first, a page at a time."""
-        return await _call(request, lambda e, a: e.list_sessions(limit, cursor, actor=a))
-
-    @router.get("/sessions/{session_id}", response_model=Ok[SessionInfo], tags=["sessions"], summary="Get a session")
-    async def get_session(
-        request: Request,
-        session_id: SessionIdPath,
-        auto_create: Annotated[bool, Query(description="Create the session if it does not exist.")] = False,
-    ) -> JSONResponse:
-        """A session's counters, including pending_tokens (tokens of the live messages)."""
-        return await _call(request, lambda e, a: e.get_session(session_id, auto_create, actor=a))
-
-    @router.patch(
-        "/sessions/{session_id}/metadata",
-        response_model=Ok[MetadataUpdated],
-        tags=["sessions"],
-        summary="Merge session metadata",
-    )
-    async def update_metadata(request: Request, session_id: SessionIdPath, body: MetadataBody) -> JSONResponse:
-        """Merge keys into the session's metadata (Zep's rule: other keys are kept)."""
-        return await _call(request, lambda e, a: e.update_session(session_id, body.metadata, actor=a))
-
-    @router.delete(
-        "/sessions/{session_id}", response_model=Ok[SessionDeleted], tags=["sessions"], summary="Delete a session"
-    )
-    async def delete_session(request: Request, session_id: SessionIdPath) -> JSONResponse:
-        """Delete a session with its messages and archives; extracted memories stay."""
-        return await _call(request, lambda e, a: e.delete_session(session_id, actor=a))
-
-    # --- messages, usage ---
-
-    @router.post(
-        "/sessions/{session_id}/messages", response_model=Ok[MessageAdded], tags=["messages"], summary="Add a message"
-    )
-    async def add_message(request: Request, session_id: SessionIdPath, body: AddMessageBody) -> JSONResponse:
-        """Append a message (content, or parts; parts win when both are given). Creates the session."""
-        return await _append(request, session_id, body, _openviking_parts(body.parts))
-
-    @router.post(
-        "/sessions/{session_id}/used", response_model=Ok[UsageRecorded], tags=["messages"], summary="Record usage"
-    )
-    async def record_used(request: Request, session_id: SessionIdPath, body: UsedBody | None = None) -> JSONResponse:
-        """Record the contexts and skill a turn actually used."""
-        b = body or UsedBody()
-        return await _call(request, lambda e, a: e.record_usage(session_id, b.contexts, b.skill, actor=a))
-
-    # --- commit, extract, tasks ---
-
-    @router.post(
-        "/sessions/{session_id}/commit", response_model=Ok[CommitResult], tags=["commit"], summary="Commit a session"
-    )
-    async def commit(request: Request, session_id: SessionIdPath, body: CommitBody | None = None) -> JSONResponse:
-        """Archive the live messages now (Phase 1); summaries and memories follow in the background
-        (poll GET /tasks/{task_id}, or pass wait=true). 412 when an earlier archive failed."""
-        b = body or CommitBody()
-        response = await _call(
-            request,
-            lambda e, a: e.commit(
-                session_id, b.abstract, b.overview, b.keep_recent_count or 0, False, None, b.memories, actor=a
-            ),
-        )
-        if not b.wait:
-            return response
-        # Wait for Phase 2 on the event loop, not on a pool thread that every request shares.
-        engine, actor = _state(request).require_engine(), _actor(request)
-        result = json.loads(bytes(response.body))["result"]
-        if result.get("task_id"):
-            task = await wait_for_task(engine, result["task_id"], engine.settings.commit_wait_seconds, actor)
-            result["task_status"] = task.status
-        return _Json({"status": "ok", "result": result, "time": _elapsed(request.scope)})
-
-    @router.post(
-        "/sessions/{session_id}/extract", response_model=Ok[ExtractResult], tags=["commit"], summary="Extract memories"
-    )
-    async def extract(request: Request, session_id: SessionIdPath) -> JSONResponse:
-        """Extract long-term memories from the live messages now, without committing."""
-        return await _call(request, lambda e, a: e.extract(session_id, actor=a))
-
-    @router.get("/tasks/{task_id}", response_model=Ok[TaskRecord], tags=["tasks"], summary="Get a task")
-    async def get_task(request: Request, task_id: TaskIdPath) -> JSONResponse:
-        """A background task: status pending/running/completed/failed, result, error."""
-        return await _call(request, lambda e, a: e.get_task(task_id, actor=a))
-
-    @router.get("/tasks", response_model=Ok[TaskList], tags=["tasks"], summary="List tasks")
-    async def list_tasks(
-        request: Request,
-        task_type: Annotated[Literal["session_commit", "session_extract"] | None, Query()] = None,
-        status: Annotated[Literal["pending", "running", "completed", "failed"] | None, Query()] = None,
-        resource_id: Annotated[str | None, Query(max_length=128, description="Only this session's tasks.")] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    ) -> JSONResponse:
-        """The caller's background tasks, newest first."""
-        return await _call(request, lambda e, a: e.list_tasks(task_type, status, resource_id, limit, actor=a))
-
-    # --- context, archives ---
-
-    @router.get(
-        "/sessions/{session_id}/context", response_model=Ok[SessionContext], tags=["context"], summary="Get context"
-    )
-    async def get_context(
-        request: Request,
-        session_id: SessionIdPath,
-        token_budget: Annotated[
-            int, Query(ge=0, le=2**53, description="Tokens to spend on archive summaries after the messages.")
-        ] = HTTP_DEFAULT_TOKEN_BUDGET,
-    ) -> JSONResponse:
-        """The latest archive overview, earlier abstracts within budget, and the unsummarised messages."""
-        return await _call(request, lambda e, a: e.get_context(session_id, token_budget, actor=a))
-
-    @router.get(
-        "/sessions/{session_id}/archives/{archive_id}",
-        response_model=Ok[ArchiveDetail],
-        tags=["context"],
-        summary="Get an archive",
-    )
-    async def get_archive(
-        request: Request,
-        session_id: SessionIdPath,
-        archive_id: ArchiveIdPath,
-        offset: Annotated[int, Query(ge=0, le=2**53, description="Skip this many messages.")] = 0,
-        limit: Annotated[int | None, Query(ge=1, le=100_000, description="At most this many messages.")] = None,
-    ) -> JSONResponse:
-        """A completed archive: abstract, overview and messages. Like OpenViking, an archive whose
-        Phase 2 has not completed answers 404 (MCP's expand_archive shows it with its status)."""
-
-        def read(e: Engine, a: Owner | None) -> ArchiveDetail:
-            detail = e.expand_archive(session_id, archive_id, offset, limit, actor=a)
-            if detail.status != "completed":
-                raise NotFound(
-                    f"{archive_id} of session {session_id} is not completed (Phase 2 {detail.status}); "
-                    "poll its commit task, or read it with MCP's expand_archive"
-                )
-            return detail
-
-        return await _call(request, read)
-
-    @router.post(
-        "/sessions/{session_id}/archives/{archive_id}/retry",
-        response_model=Ok[RetryResult],
-        tags=["context"],
-        summary="Retry or skip a failed archive",
-    )
-    async def retry_archive(
-        request: Request, session_id: SessionIdPath, archive_id: ArchiveIdPath, body: RetryBody | None = None
-    ) -> JSONResponse:
-        """Queue a failed archive's Phase 2 again, or skip it, so that commits proceed."""
-        action = (body or RetryBody()).action
-        return await _call(request, lambda e, a: e.retry_archive(session_id, archive_id, action, actor=a))
-
-    # --- memories ---
-
-    @router.get("/memories/search", response_model=Ok[MemorySearchResult], tags=["memories"], summary="Search memories")
-    async def search_memories(
-        request: Request,
-        query: Annotated[str, Query(min_length=1, max_length=2000, description="What to look for.")],
-        category: Annotated[MemoryCategory | None, Query(description="Only this category.")] = None,
-        limit: Annotated[int, Query(ge=1, le=100)] = 10,
-    ) -> JSONResponse:
-        """Full-text search (BM25) over the caller's long-term memories, best first."""
-        return await _call(request, lambda e, a: e.search_memories(query, category, limit, actor=a))
-
-    return router
 
 
 # --- error handlers ----------------------------------------------------------------------------------
@@ -753,22 +229,10 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(problems) + more
 
 
-_HTTP_CODES = {
-    400: ErrorCode.INVALID_ARGUMENT,
-    401: ErrorCode.UNAUTHENTICATED,
-    403: ErrorCode.PERMISSION_DENIED,
-    404: ErrorCode.NOT_FOUND,
-    409: ErrorCode.ALREADY_EXISTS,
-    412: ErrorCode.FAILED_PRECONDITION,
-    413: ErrorCode.RESOURCE_EXHAUSTED,
-    503: ErrorCode.UNAVAILABLE,
-}
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     async def viking_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, VikingError)
-        return _error_from(exc, request.scope)
+        return error_from(exc, request.scope)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -786,7 +250,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         else:
             message = str(exc.detail)
         default = ErrorCode.INVALID_ARGUMENT if status < 500 else ErrorCode.INTERNAL
-        response = error_response(_HTTP_CODES.get(status, default), message, request.scope, status=status)
+        response = error_response(ErrorCode.for_http_status(status) or default, message, request.scope, status=status)
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response
@@ -893,7 +357,8 @@ def build_app(
         """Liveness; needs no key."""
         return {"status": "ok", "version": __version__}
 
-    app.include_router(_router(), dependencies=[Depends(_documented_auth)])
+    for routes in (sessions, messages, commits, context, memories):
+        app.include_router(routes, dependencies=[Depends(_documented_auth)])
     endpoint = _McpEndpoint(state)
     app.router.routes.append(Route(MCP_PATH, endpoint=endpoint, include_in_schema=False))
     app.router.routes.append(Route(MCP_PATH + "/", endpoint=endpoint, include_in_schema=False))
@@ -956,15 +421,3 @@ def serve_http(settings: Settings, host: str, port: int) -> None:
             raise SystemExit(2)
     finally:
         engine.close()
-
-
-__all__ = [
-    "HTTP_STATUS",
-    "ErrorEnvelope",
-    "HttpState",
-    "Ok",
-    "build_app",
-    "error_response",
-    "is_loopback",
-    "serve_http",
-]
