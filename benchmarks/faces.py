@@ -133,7 +133,7 @@ class McpFace(Face):
 
         if self.transport == "memory":
             from viking_mcp.config import Settings
-            from viking_mcp.faces.mcp_server import build_server
+            from viking_mcp.mcp.server import build_server
 
             target: Any = build_server(Settings(home=self.home), settle_heap=True)  # as the stdio server
         else:

@@ -19,7 +19,7 @@ from mcp import Client, StdioServerParameters
 from tests.pg_server import PostgresServer, Unavailable as PostgresUnavailable
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
-from viking_mcp.faces.mcp_server import build_server
+from viking_mcp.mcp.server import build_server
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -31,8 +31,8 @@ from tests.conftest import stdio_params
 from viking_mcp.config import Limits, Settings, settings_from_env
 from viking_mcp.engine import Engine
 from viking_mcp.errors import ErrorCode, VikingError
-from viking_mcp.faces.mcp_server import result_text
-from viking_mcp.faces.stdio import UNREADABLE_METHOD, AnsweredStdin, find_request_id
+from viking_mcp.mcp.server import result_text
+from viking_mcp.mcp.stdio import UNREADABLE_METHOD, AnsweredStdin, find_request_id
 from viking_mcp.models import ID_MAX_LENGTH, TextPart, message_text
 from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS
 

@@ -276,7 +276,7 @@ def test_export_and_import_through_the_cli(home: Path, tmp_path: Path) -> None:
 # --- remote: a running server's HTTP API ----------------------------------------------------------------
 
 needs_http = pytest.mark.skipif(
-    importlib.util.find_spec("viking_mcp.faces.http_api") is None, reason="the HTTP API is not built yet"
+    importlib.util.find_spec("viking_mcp.api.app") is None, reason="the HTTP API is not built yet"
 )
 
 

@@ -30,7 +30,7 @@ from tests.conftest import REPO, server_env, stdio_params
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
 from viking_mcp.errors import ErrorCode, VikingError
-from viking_mcp.faces.mcp_server import result_text
+from viking_mcp.mcp.server import result_text
 from viking_mcp.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio

@@ -32,10 +32,10 @@ from starlette.testclient import TestClient
 
 from tests.conftest import REPO, server_env
 from viking_mcp import __version__
+from viking_mcp.api.app import build_app
 from viking_mcp.auth import KeyRing
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
-from viking_mcp.faces.http_api import build_app
 from viking_mcp.summarize.base import ArchiveInput, ArchiveSummary
 
 ADA = "key-of-ada-0123456789abcdef"

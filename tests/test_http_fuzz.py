@@ -22,11 +22,11 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 from starlette.testclient import TestClient
 
+from viking_mcp.api.app import build_app
 from viking_mcp.auth import KeyRing
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
 from viking_mcp.errors import NotFound
-from viking_mcp.faces.http_api import build_app
 from viking_mcp.models import Owner
 
 ERROR_CODES = {

@@ -10,10 +10,10 @@ import anyio
 import httpx2
 import pytest
 
+from viking_mcp.api.app import build_app
 from viking_mcp.auth import KeyRing
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
-from viking_mcp.faces.http_api import build_app
 from viking_mcp.summarize.base import ArchiveInput, ArchiveSummary
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

@@ -18,9 +18,9 @@ from mcp import Client
 
 from tests.conftest import REPO, stdio_params
 from tests.test_http_api import NO_KEY, http_server
+from viking_mcp.cli.main import _arguments, _parser
 from viking_mcp.config import Settings
-from viking_mcp.faces.cli import _arguments, _parser
-from viking_mcp.faces.mcp_server import build_server, describe_open_error
+from viking_mcp.mcp.server import build_server, describe_open_error
 
 pytestmark = pytest.mark.anyio
 
@@ -91,7 +91,7 @@ def test_a_settled_idle_server_has_not_loaded_the_tokenizer(tmp_path: Path) -> N
 import sys, anyio
 from mcp import Client
 from viking_mcp.config import settings_from_env
-from viking_mcp.faces.mcp_server import build_server, describe_open_error
+from viking_mcp.mcp.server import build_server, describe_open_error
 
 async def main():
     async with Client(build_server(settings_from_env())) as client:

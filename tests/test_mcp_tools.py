@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from mcp import Client, MCPError
 
-from viking_mcp.faces.mcp_server import result_text
+from viking_mcp.mcp.server import result_text
 
 pytestmark = pytest.mark.anyio
 
@@ -148,7 +148,7 @@ async def test_commit_wait_sends_progress_notifications(settings: Any) -> None:
     import time
 
     from viking_mcp.engine import Engine
-    from viking_mcp.faces.mcp_server import build_server
+    from viking_mcp.mcp.server import build_server
     from viking_mcp.summarize.base import ArchiveInput, ArchiveSummary
 
     class Slow:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from viking_mcp.faces.embedded import Client, Session
+    from viking_mcp.client import Client, Session
 
 __all__ = ["Client", "Session", "__version__"]
 
@@ -23,7 +23,7 @@ __all__ = ["Client", "Session", "__version__"]
 def __getattr__(name: str) -> Any:
     # Imported on first use: `import viking_mcp` stays cheap for the server's cold start.
     if name in ("Client", "Session"):
-        from viking_mcp.faces import embedded
+        from viking_mcp import client
 
-        return getattr(embedded, name)
+        return getattr(client, name)
     raise AttributeError(f"module 'viking_mcp' has no attribute {name!r}")

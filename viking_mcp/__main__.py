@@ -1,4 +1,4 @@
-from viking_mcp.faces.cli import main
+from viking_mcp.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

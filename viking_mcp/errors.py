@@ -21,6 +21,33 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
+    @property
+    def http_status(self) -> int:
+        """The HTTP status that carries this code (the HTTP API answers with it)."""
+        return _HTTP_STATUS[self]
+
+    @staticmethod
+    def for_http_status(status: int) -> ErrorCode | None:
+        """The code an HTTP status means, for answers that did not say (a proxy's error page)."""
+        return {
+            **{s: c for c, s in _HTTP_STATUS.items()},
+            422: ErrorCode.INVALID_ARGUMENT,
+            429: ErrorCode.RESOURCE_EXHAUSTED,
+        }.get(status)
+
+
+_HTTP_STATUS = {
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.INVALID_ARGUMENT: 400,
+    ErrorCode.ALREADY_EXISTS: 409,
+    ErrorCode.FAILED_PRECONDITION: 412,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.PERMISSION_DENIED: 403,
+    ErrorCode.RESOURCE_EXHAUSTED: 413,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 500,
+}
+
 
 class VikingError(Exception):
     """An error a caller can act on. `code` says what kind, the message says what to do."""
@@ -75,3 +102,9 @@ class Internal(VikingError):
 
 class Conflict(Unavailable):
     """Someone else changed what this write was planned against; redo the work and retry."""
+
+
+def error_for(code: str, message: str) -> VikingError:
+    """The exception a coded error stands for (as a server answered it); unknown codes are INTERNAL."""
+    kinds = {kind.code.value: kind for kind in VikingError.__subclasses__()}
+    return kinds[code](message) if code in kinds else Internal(f"{code}: {message}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+from annotated_types import Ge, Le
 from pydantic import BaseModel, ConfigDict, Field
 
 from viking_mcp.errors import InvalidArgument
@@ -65,6 +66,29 @@ def session_uri(session_id: str) -> str:
 
 def archive_uri(session_id: str, number: int) -> str:
     return f"viking://session/{session_id}/history/{archive_id(number)}"
+
+
+# --- request bounds and defaults, defined once ---------------------------------------
+# The engine checks them (the embedded API calls it directly); the MCP tools, the HTTP
+# routes and the CLI declare them from here.
+
+MAX_PAGE = 500  # sessions or tasks in one listing
+MAX_SEARCH_RESULTS = 100
+PageLimit = Annotated[int, Ge(1), Le(MAX_PAGE)]
+SearchLimit = Annotated[int, Ge(1), Le(MAX_SEARCH_RESULTS)]
+SearchQuery = Annotated[str, Field(min_length=1, max_length=2000)]
+# OpenViking's default budget for get_session_context: the HTTP API, the embedded Client
+# and the CLI keep it, so that OpenViking's clients see the same context. MCP's default is
+# a setting (config.py, VIKING_MCP_DEFAULT_TOKEN_BUDGET, 20,000): a model's window is
+# smaller than what OpenViking's SDK assumes.
+OPENVIKING_TOKEN_BUDGET = 128_000
+
+
+def check_limit(limit: object, most: int) -> int:
+    """`limit` if it is a whole number in 1..most, else INVALID_ARGUMENT."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= most:
+        raise InvalidArgument(f"limit {limit!r} is out of range; use 1..{most}")
+    return limit
 
 
 # --- time ----------------------------------------------------------------------------

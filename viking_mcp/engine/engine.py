@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import ValidationError
 
@@ -41,6 +41,8 @@ from viking_mcp.memory import MEMORY_CATEGORIES
 from viking_mcp.memory.offline import extract_offline
 from viking_mcp.memory.search import fts_query
 from viking_mcp.models import (
+    MAX_PAGE,
+    MAX_SEARCH_RESULTS,
     ArchiveDetail,
     CommitResult,
     CommitTaskResult,
@@ -64,10 +66,13 @@ from viking_mcp.models import (
     SkillUse,
     TaskList,
     TaskRecord,
+    TaskStatus,
+    TaskType,
     UsageRecorded,
     UserRef,
     archive_id,
     archive_uri,
+    check_limit,
     message_text,
     parse_archive_id,
     session_uri,
@@ -297,8 +302,7 @@ class Engine:
         )
 
     def list_sessions(self, limit: int = 50, cursor: str | None = None, *, actor: Owner | None = None) -> SessionPage:
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
-            raise InvalidArgument(f"limit {limit!r} is out of range; use 1..500")
+        check_limit(limit, MAX_PAGE)
         after = _decode_cursor(cursor) if cursor else None
         rows = self.store.list_sessions(limit + 1, after, actor)
         page = rows[:limit]
@@ -515,14 +519,13 @@ class Engine:
         *,
         actor: Owner | None = None,
     ) -> TaskList:
-        if task_type is not None and task_type not in ("session_commit", "session_extract"):
+        if task_type is not None and task_type not in get_args(TaskType):
             raise InvalidArgument(f"task_type {task_type!r}: use session_commit or session_extract")
-        if status is not None and status not in ("pending", "running", "completed", "failed"):
+        if status is not None and status not in get_args(TaskStatus):
             raise InvalidArgument(f"status {status!r}: use pending, running, completed or failed")
         if resource_id is not None:
             validate_id(resource_id, "resource_id")
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
-            raise InvalidArgument(f"limit {limit!r} is out of range; use 1..500")
+        check_limit(limit, MAX_PAGE)
         rows = self.store.list_tasks(task_type, status, resource_id, limit, actor)
         return TaskList(tasks=[_task_record(r) for r in rows])
 
@@ -760,8 +763,7 @@ class Engine:
             raise InvalidArgument("query is empty; give some words to look for")
         if category is not None and category not in MEMORY_CATEGORIES:
             raise InvalidArgument(f"category {category!r}: use one of {', '.join(MEMORY_CATEGORIES)}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
-            raise InvalidArgument(f"limit {limit!r} is out of range; use 1..100")
+        check_limit(limit, MAX_SEARCH_RESULTS)
         owner = actor or self.owner
         if user_id is not None and user_id != owner.user_id:
             if actor is not None:

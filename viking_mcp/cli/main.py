@@ -10,7 +10,8 @@
 
 Subcommands work on the data directory in this process (embedded), or against a running
 server's HTTP API with `--url` (and `--api-key`). Each one is one engine method or one HTTP
-endpoint through `Backend`; this module only parses, dispatches and prints.
+endpoint: the embedded `Client` or `cli/remote.py`'s `RemoteClient`, which answer to the same
+method names; this module only parses, dispatches and prints.
 
 When serving over stdio, stdout belongs to the MCP protocol and everything meant for a
 person goes to stderr (logging included). Subcommands print their result on stdout: for
@@ -33,8 +34,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from pydantic import BaseModel
 
 from viking_mcp import __version__
-from viking_mcp.errors import InvalidArgument, Unavailable, VikingError
+from viking_mcp.engine import Engine
+from viking_mcp.engine.export_import import export_tree, import_tree
+from viking_mcp.errors import FailedPrecondition, InvalidArgument, Unavailable, VikingError
 from viking_mcp.memory import MEMORY_CATEGORIES
+from viking_mcp.models import OPENVIKING_TOKEN_BUDGET
 
 logger = logging.getLogger("viking_mcp")
 
@@ -63,8 +67,12 @@ examples:
 """
 
 if TYPE_CHECKING:
+    from viking_mcp.cli.remote import RemoteClient
+    from viking_mcp.client import Client
+
+    # What answers a subcommand: the engine on the data directory, or a server (--url).
+    Backend = Client | RemoteClient
     from viking_mcp.config import Settings
-    from viking_mcp.faces.cli_backend import Backend
 
     # A subcommand: one backend call with the parsed arguments.
     Call = Callable[[Backend, argparse.Namespace], BaseModel]
@@ -133,7 +141,7 @@ def _common(defaults: bool) -> argparse.ArgumentParser:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from viking_mcp.faces import cli_render as render
+    from viking_mcp.cli import render
 
     common = _common(defaults=False)
     parser = _Parser(
@@ -233,16 +241,22 @@ def _parser() -> argparse.ArgumentParser:
         sessions,
         "context",
         "the context an agent would get back",
-        lambda b, a: b.get_context(a.session_id, a.budget),
+        lambda b, a: b.get_session_context(a.session_id, a.budget),
         render.context,
     )
     context.add_argument("session_id", metavar="ID", help="the session's id")
-    context.add_argument("--budget", type=int, metavar="N", help="token budget for archive summaries (default 128000)")
+    context.add_argument(
+        "--budget",
+        type=int,
+        default=OPENVIKING_TOKEN_BUDGET,
+        metavar="N",
+        help=f"token budget for archive summaries (default {OPENVIKING_TOKEN_BUDGET})",
+    )
     archive = command(
         sessions,
         "archive",
         "one archive: status, summaries and messages",
-        lambda b, a: b.get_archive(a.session_id, a.archive_id),
+        lambda b, a: b.get_session_archive(a.session_id, a.archive_id),
         render.archive,
     )
     archive.add_argument("session_id", metavar="ID", help="the session's id")
@@ -280,7 +294,7 @@ def _parser() -> argparse.ArgumentParser:
         commands,
         "export",
         "write the data directory as plain files (JSONL and markdown)",
-        lambda b, a: b.export_tree(a.directory),
+        lambda b, a: export_tree(_engine(b, "export"), a.directory),
         render.exported,
     )
     export.add_argument("directory", metavar="DIR", help="a new or empty directory")
@@ -288,7 +302,7 @@ def _parser() -> argparse.ArgumentParser:
         commands,
         "import",
         "read an export back into the data directory",
-        lambda b, a: b.import_tree(a.directory, a.replace),
+        lambda b, a: import_tree(_engine(b, "import"), a.directory, a.replace),
         render.imported,
     )
     load.add_argument("directory", metavar="DIR", help="a directory `viking-mcp export` wrote")
@@ -312,7 +326,19 @@ def _add_message(backend: Backend, args: argparse.Namespace) -> BaseModel:
     content = args.content
     if content is None and args.parts is None:
         content = _stdin_text()
-    return backend.add_message(args.session_id, args.role, content, args.parts, args.created_at, args.message_id)
+    return backend.add_message(
+        args.session_id, args.role, args.parts, content=content, created_at=args.created_at, message_id=args.message_id
+    )
+
+
+def _engine(backend: Backend, verb: str) -> Engine:
+    """The engine on the data directory: export and import read and write it as files."""
+    engine = getattr(backend, "engine", None)
+    if not isinstance(engine, Engine):
+        raise FailedPrecondition(
+            f"{verb} works on a data directory, not over HTTP: run it without --url where the data lives"
+        )
+    return engine
 
 
 def _stdin_text() -> str:
@@ -328,13 +354,20 @@ def _stdin_text() -> str:
 
 
 def _commit(backend: Backend, args: argparse.Namespace) -> BaseModel:
-    from viking_mcp.faces.cli_progress import Progress
+    from viking_mcp.cli.progress import Progress
 
     session_id, keep, abstract, overview = args.session_id, args.keep_recent, args.abstract, args.overview
     if not args.wait:
-        return backend.commit(session_id, keep, False, abstract, overview, None)
+        return backend.commit_session(session_id, abstract=abstract, overview=overview, keep_recent_count=keep)
     with Progress(sys.stderr, f"committing {session_id} and waiting for its summary") as progress:
-        return backend.commit(session_id, keep, True, abstract, overview, progress.update)
+        return backend.commit_session(
+            session_id,
+            abstract=abstract,
+            overview=overview,
+            keep_recent_count=keep,
+            wait=True,
+            on_progress=progress.update,
+        )
 
 
 # --- running a subcommand ---------------------------------------------------------------------------
@@ -343,13 +376,15 @@ def _commit(backend: Backend, args: argparse.Namespace) -> BaseModel:
 def _backend(args: argparse.Namespace) -> Backend:
     url = args.url or os.environ.get("VIKING_MCP_URL")
     if url:
-        from viking_mcp.faces.cli_remote import RemoteBackend
+        from viking_mcp.cli.remote import RemoteClient
 
-        return RemoteBackend(url, args.api_key or os.environ.get("VIKING_MCP_API_KEY"))
-    from viking_mcp.faces.cli_embedded import EmbeddedBackend
+        return RemoteClient(url, args.api_key or os.environ.get("VIKING_MCP_API_KEY"))
+    from viking_mcp.client import Client
 
     try:
-        return EmbeddedBackend(_settings(args))
+        # No background worker: `commit --wait` runs Phase 2 in this process while it waits.
+        # Without --wait, the task stays queued for a server on the same data directory.
+        return Client(settings=_settings(args), background=False)
     except OSError as exc:
         raise Unavailable(
             f"cannot use the data directory {_settings(args).home}: {exc.strerror or exc}; "
@@ -438,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         if args.command == "serve" and args.transport == "http":
-            from viking_mcp.faces.http_api import serve_http
+            from viking_mcp.api.app import serve_http
 
             serve_http(settings, args.host, args.port)
             return 0
@@ -448,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cause = _first_cause(exc)
         if cause is None:
             raise
-        from viking_mcp.faces.mcp_server import describe_open_error
+        from viking_mcp.mcp.server import describe_open_error
 
         message = describe_open_error(cause, settings) if settings is not None else str(cause)
         sys.stderr.write(f"viking-mcp: {message}\n")
@@ -487,8 +522,8 @@ def _stop_on_signal(signum: int, _frame: object) -> None:
 def _serve_stdio(settings: Settings) -> int:
     import anyio
 
-    from viking_mcp.faces.mcp_server import build_server
-    from viking_mcp.faces.stdio import serve_stdio
+    from viking_mcp.mcp.server import build_server
+    from viking_mcp.mcp.stdio import serve_stdio
 
     signal.signal(signal.SIGINT, _stop_on_signal)
     signal.signal(signal.SIGTERM, _stop_on_signal)

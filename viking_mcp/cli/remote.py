@@ -1,6 +1,6 @@
 """The CLI's remote backend: a running server's HTTP API (`--url`, `--api-key`).
 
-One request per call, with the standard library's urllib. Answers come in OpenViking's
+One request per call, with httpx (`httpx2`, the one the MCP SDK depends on). Answers come in OpenViking's
 envelope, `{"status": "ok", "result": ...}` or `{"status": "error", "error": {"code",
 "message"}}`; an error becomes the same coded exception the engine would have raised, so
 the CLI reports it the same way in both modes.
@@ -9,28 +9,22 @@ the CLI reports it the same way in both modes.
 from __future__ import annotations
 
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx2 as httpx
 from pydantic import BaseModel, ValidationError
 
 from viking_mcp import __version__
 from viking_mcp.errors import (
-    AlreadyExists,
     ErrorCode,
-    FailedPrecondition,
     Internal,
     InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    Unauthenticated,
     Unavailable,
-    VikingError,
+    error_for,
 )
 from viking_mcp.models import (
+    OPENVIKING_TOKEN_BUDGET,
     ArchiveDetail,
     CommitResult,
     MemorySearchResult,
@@ -48,41 +42,12 @@ from viking_mcp.models import (
 
 if TYPE_CHECKING:
     from viking_mcp.engine.engine import ProgressCallback
-    from viking_mcp.engine.export_import import TransferResult
 
 API_PREFIX = "/api/v1"
 # Longer than the server holds a commit with wait=true (at most 50 s).
 TIMEOUT_SECONDS = 120.0
 
 Result = TypeVar("Result", bound=BaseModel)
-
-_ERRORS: dict[str, type[VikingError]] = {
-    cls.code.value: cls
-    for cls in (
-        NotFound,
-        InvalidArgument,
-        AlreadyExists,
-        FailedPrecondition,
-        Unauthenticated,
-        PermissionDenied,
-        ResourceExhausted,
-        Unavailable,
-        Internal,
-    )
-}
-# When an answer is not in the envelope (a proxy's error page, say), its status says what kind.
-_BY_STATUS: dict[int, ErrorCode] = {
-    400: ErrorCode.INVALID_ARGUMENT,
-    401: ErrorCode.UNAUTHENTICATED,
-    403: ErrorCode.PERMISSION_DENIED,
-    404: ErrorCode.NOT_FOUND,
-    409: ErrorCode.ALREADY_EXISTS,
-    412: ErrorCode.FAILED_PRECONDITION,
-    413: ErrorCode.RESOURCE_EXHAUSTED,
-    422: ErrorCode.INVALID_ARGUMENT,
-    429: ErrorCode.RESOURCE_EXHAUSTED,
-    503: ErrorCode.UNAVAILABLE,
-}
 
 
 def _segment(value: str, what: str = "session_id") -> str:
@@ -99,12 +64,9 @@ def _printable_ascii(value: str, space: bool = False) -> bool:
     return all(" " < c < "\x7f" or (space and c == " ") for c in value)
 
 
-def _error(code: str, message: str) -> VikingError:
-    kind = _ERRORS.get(code)
-    return kind(message) if kind is not None else Internal(f"{code}: {message}")
+class RemoteClient:
+    """A running server, answering the CLI through the embedded `Client`'s methods."""
 
-
-class RemoteBackend:
     def __init__(self, url: str, api_key: str | None, timeout: float = TIMEOUT_SECONDS) -> None:
         example = "e.g. http://127.0.0.1:1933"
         try:
@@ -145,28 +107,25 @@ class RemoteBackend:
         if params:
             address += "?" + urllib.parse.urlencode(params)
         headers = {"Accept": "application/json", "User-Agent": f"viking-mcp-cli/{__version__}"}
-        data = None
-        if body is not None:
-            data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-            headers["Content-Type"] = "application/json"
         if self.api_key:
             headers["X-API-Key"] = self.api_key
-        request = urllib.request.Request(address, data=data, headers=headers, method=method)
+        content = None
+        if body is not None:
+            content = json.dumps(body, ensure_ascii=False).encode("utf-8")
+            headers["Content-Type"] = "application/json"
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                status, raw = response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
-        except urllib.error.URLError as exc:
-            reason = exc.reason.strerror if isinstance(exc.reason, OSError) else exc.reason
-            raise Unavailable(
-                f"cannot reach {self.url} ({reason}); is `viking-mcp serve --transport http` running there?"
-            ) from None
-        except TimeoutError:
+            # One request per command: no client kept open; redirects are not followed.
+            response = httpx.request(method, address, content=content, headers=headers, timeout=self.timeout)
+            status, raw = response.status_code, response.content
+        except httpx.TimeoutException:
             raise Unavailable(f"{self.url} did not answer within {self.timeout:.0f} s") from None
-        except ValueError as exc:  # a URL or header urllib will not send (http.client.InvalidURL is one)
+        except httpx.ConnectError as exc:
+            raise Unavailable(
+                f"cannot reach {self.url} ({_reason(exc)}); is `viking-mcp serve --transport http` running there?"
+            ) from None
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:  # a URL or header it will not send
             raise InvalidArgument(f"cannot send {method} {API_PREFIX}{path} to {self.url}: {exc}") from None
-        except OSError as exc:
+        except (httpx.HTTPError, OSError) as exc:
             raise Unavailable(f"talking to {self.url} failed: {exc}") from None
         return self._result(method, path, status, raw)
 
@@ -177,11 +136,11 @@ class RemoteBackend:
             envelope = None
         if isinstance(envelope, dict) and envelope.get("status") == "error":
             error = envelope.get("error") or {}
-            raise _error(str(error.get("code", "INTERNAL")), str(error.get("message", f"HTTP {status}")))
+            raise error_for(str(error.get("code", "INTERNAL")), str(error.get("message", f"HTTP {status}")))
         if 200 <= status < 300 and isinstance(envelope, dict) and "result" in envelope:
             return envelope["result"]
-        code = _BY_STATUS.get(status, ErrorCode.INTERNAL if status >= 500 else ErrorCode.UNAVAILABLE)
-        raise _error(
+        code = ErrorCode.for_http_status(status) or (ErrorCode.INTERNAL if status >= 500 else ErrorCode.UNAVAILABLE)
+        raise error_for(
             code.value,
             f"{method} {API_PREFIX}{path} answered HTTP {status} without a viking-mcp result; "
             f"is {self.url} a viking-mcp server?",
@@ -217,10 +176,11 @@ class RemoteBackend:
         self,
         session_id: str,
         role: str,
-        content: str | None,
-        parts: list[Any] | None,
-        created_at: str | None,
-        message_id: str | None,
+        parts: list[Any] | None = None,
+        *,
+        content: str | None = None,
+        created_at: str | None = None,
+        message_id: str | None = None,
     ) -> MessageAdded:
         body = {"role": role, "content": content, "parts": parts, "created_at": created_at, "message_id": message_id}
         result = self._request(
@@ -228,25 +188,26 @@ class RemoteBackend:
         )
         return self._model(MessageAdded, result)
 
-    def commit(
+    def commit_session(
         self,
         session_id: str,
-        keep_recent_count: int,
-        wait: bool,
-        abstract: str | None,
-        overview: str | None,
-        on_progress: ProgressCallback | None,
+        *,
+        abstract: str | None = None,
+        overview: str | None = None,
+        keep_recent_count: int = 0,
+        wait: bool = False,
+        on_progress: ProgressCallback | None = None,
     ) -> CommitResult:
         # The server waits (bounded) when asked to; no progress comes back over one request.
         body: dict[str, Any] = {"keep_recent_count": keep_recent_count, "wait": wait}
         body.update({k: v for k, v in (("abstract", abstract), ("overview", overview)) if v is not None})
         return self._model(CommitResult, self._request("POST", f"/sessions/{_segment(session_id)}/commit", body=body))
 
-    def get_context(self, session_id: str, token_budget: int | None) -> SessionContext:
+    def get_session_context(self, session_id: str, token_budget: int = OPENVIKING_TOKEN_BUDGET) -> SessionContext:
         result = self._request("GET", f"/sessions/{_segment(session_id)}/context", {"token_budget": token_budget})
         return self._model(SessionContext, result)
 
-    def get_archive(self, session_id: str, archive_id: str) -> ArchiveDetail:
+    def get_session_archive(self, session_id: str, archive_id: str) -> ArchiveDetail:
         result = self._request("GET", f"/sessions/{_segment(session_id)}/archives/{_segment(archive_id, 'archive_id')}")
         return self._model(ArchiveDetail, result)
 
@@ -265,14 +226,10 @@ class RemoteBackend:
         result = self._request("GET", "/memories/search", {"query": query, "category": category, "limit": limit})
         return self._model(MemorySearchResult, result)
 
-    # --- files ---------------------------------------------------------------------------------
 
-    def export_tree(self, directory: str) -> TransferResult:
-        raise FailedPrecondition(
-            "export works on a data directory, not over HTTP: run it without --url where the data lives"
-        )
-
-    def import_tree(self, directory: str, replace: bool) -> TransferResult:
-        raise FailedPrecondition(
-            "import works on a data directory, not over HTTP: run it without --url where the data lives"
-        )
+def _reason(exc: httpx.ConnectError) -> str:
+    """Why a connection failed, as the OS said it ('Connection refused'), without httpx's wrapping."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    return cause.strerror or str(cause) if isinstance(cause, OSError) else str(exc)

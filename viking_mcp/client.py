@@ -19,9 +19,12 @@ from typing import Any
 
 from viking_mcp.config import Settings, settings_from_env
 from viking_mcp.engine import Engine, Phase2Worker
+from viking_mcp.engine.engine import ProgressCallback
 from viking_mcp.models import (
+    OPENVIKING_TOKEN_BUDGET,
     ArchiveDetail,
     CommitResult,
+    MemorySearchResult,
     MessageAdded,
     MetadataUpdated,
     RetryResult,
@@ -59,10 +62,19 @@ class Session:
     def used(self, contexts: list[str] | None = None, skill: dict[str, Any] | None = None) -> UsageRecorded:
         return self.client.engine.record_usage(self.session_id, contexts, skill)
 
-    def commit(self, *, keep_recent_count: int = 0, wait: bool = False, **summaries: str) -> CommitResult:
-        return self.client.commit_session(self.session_id, keep_recent_count=keep_recent_count, wait=wait, **summaries)
+    def commit(
+        self,
+        *,
+        keep_recent_count: int = 0,
+        wait: bool = False,
+        abstract: str | None = None,
+        overview: str | None = None,
+    ) -> CommitResult:
+        return self.client.commit_session(
+            self.session_id, abstract=abstract, overview=overview, keep_recent_count=keep_recent_count, wait=wait
+        )
 
-    def get_context(self, token_budget: int = 128_000) -> SessionContext:
+    def get_context(self, token_budget: int = OPENVIKING_TOKEN_BUDGET) -> SessionContext:
         return self.client.get_session_context(self.session_id, token_budget=token_budget)
 
     def get_archive(self, archive_id: str) -> ArchiveDetail:
@@ -151,10 +163,11 @@ class Client:
         overview: str | None = None,
         keep_recent_count: int = 0,
         wait: bool = False,
+        on_progress: ProgressCallback | None = None,
     ) -> CommitResult:
-        return self.engine.commit(session_id, abstract, overview, keep_recent_count, wait)
+        return self.engine.commit(session_id, abstract, overview, keep_recent_count, wait, on_progress)
 
-    def get_session_context(self, session_id: str, token_budget: int = 128_000) -> SessionContext:
+    def get_session_context(self, session_id: str, token_budget: int = OPENVIKING_TOKEN_BUDGET) -> SessionContext:
         return self.engine.get_context(session_id, token_budget)
 
     def get_session_archive(
@@ -164,6 +177,10 @@ class Client:
 
     def retry_archive(self, session_id: str, archive_id: str, action: str = "retry") -> RetryResult:
         return self.engine.retry_archive(session_id, archive_id, action)  # type: ignore[arg-type]
+
+    # long-term memories
+    def search_memories(self, query: str, category: str | None = None, limit: int = 10) -> MemorySearchResult:
+        return self.engine.search_memories(query, category, limit)
 
     # tasks
     def get_task(self, task_id: str) -> TaskRecord:

@@ -1,0 +1,423 @@
+"""The HTTP app: OpenViking's session API at /api/v1 and MCP (streamable HTTP) at /mcp.
+
+One ASGI app, one engine, one Phase 2 worker: a session written over REST is the same
+session an agent reads over MCP. The routes are module-level functions, by area, in
+`sessions.py`, `messages.py`, `commits.py`, `context.py` and `memories.py`; what they share
+(the envelope, one engine call) is in `envelope.py`. This module holds the app: the gate
+in front of everything, MCP at /mcp, error handlers, and `serve_http`.
+
+Every failure a client can cause is a 4xx with a code, never a 5xx: validation errors
+(including bad JSON) are 400 INVALID_ARGUMENT, unknown routes 404 NOT_FOUND, bodies over
+the size limit 413 RESOURCE_EXHAUSTED (refused before they are read).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Annotated, Any, Literal
+
+import anyio
+import anyio.to_thread
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import BaseModel
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from viking_mcp import __version__
+from viking_mcp.api.commits import commits
+from viking_mcp.api.context import context
+from viking_mcp.api.envelope import API_PREFIX, HttpState, error_from, error_response
+from viking_mcp.api.memories import memories
+from viking_mcp.api.messages import messages
+from viking_mcp.api.sessions import sessions
+from viking_mcp.auth import KeyRing, key_from_headers, keyring_from_env
+from viking_mcp.config import Settings
+from viking_mcp.engine import Engine, Phase2Worker
+from viking_mcp.errors import ErrorCode, VikingError
+from viking_mcp.heap import settle_later
+from viking_mcp.mcp.server import build_server
+
+logger = logging.getLogger(__name__)
+
+MCP_PATH = "/mcp"
+# Request bodies past this are refused (413) before they are read; a message at the
+# engine's own limit (VIKING_MCP_MAX_MESSAGE_BYTES) still fits, JSON escaping included.
+MIN_BODY_LIMIT = 2 * 1024 * 1024
+
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(host_header: str) -> str:
+    """The name part of a Host header: 'localhost:1933' -> 'localhost', '[::1]:80' -> '::1'."""
+    if host_header.startswith("["):
+        return host_header[1 : host_header.find("]")] if "]" in host_header else host_header
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+# --- the gate: Host check, API key, body size -----------------------------------------------------
+
+
+class _Gate:
+    """Pure ASGI middleware in front of everything (so it never breaks MCP's streaming).
+
+    - On a loopback bind, the Host header must name loopback (no DNS rebinding into a
+      server that may have no keys).
+    - /api/... and /mcp need an API key when keys are configured (401 otherwise); the
+      caller's identity goes into the request state for the endpoints.
+    - Bodies over `max_body` are refused with 413 before they are read; a body without a
+      Content-Length is read up to the limit first, then replayed to the app.
+    """
+
+    def __init__(self, app: ASGIApp, state: HttpState, max_body: int) -> None:
+        self.app = app
+        self.state = state
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_state = scope.setdefault("state", {})
+        request_state["viking_started"] = time.perf_counter()
+        headers = Headers(scope=scope)
+        host = self.state.host
+        if host is not None and is_loopback(host):
+            name = _host_name(headers.get("host", "")).lower()
+            if name not in _LOOPBACK_NAMES:
+                message = f"Host {name[:100]!r} is not allowed: this server listens on loopback only"
+                await error_response(ErrorCode.PERMISSION_DENIED, message, scope)(scope, receive, send)
+                return
+        path: str = scope["path"]
+        if path in (API_PREFIX, MCP_PATH) or path.startswith((API_PREFIX + "/", MCP_PATH + "/")):
+            try:
+                request_state["viking_actor"] = self.state.keyring.authenticate(key_from_headers(headers))
+            except VikingError as exc:
+                await error_from(exc, scope)(scope, receive, send)
+                return
+        length_text = headers.get("content-length")
+        if length_text is not None:
+            try:
+                length = int(length_text)
+            except ValueError:
+                await error_response(ErrorCode.INVALID_ARGUMENT, "Content-Length is not a number", scope)(
+                    scope, receive, send
+                )
+                return
+            if length > self.max_body:
+                await self._too_large(scope, receive, send)
+                return
+        elif "transfer-encoding" in headers:
+            body, complete = await self._read_up_to_limit(receive)
+            if not complete:
+                await self._too_large(scope, receive, send)
+                return
+            receive = _replay(body, receive)
+        await self.app(scope, receive, send)
+
+    async def _read_up_to_limit(self, receive: Receive) -> tuple[bytes, bool]:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks), True  # disconnected: the app will see an empty body
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return b"", False
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), True
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"request body is larger than {self.max_body} bytes"
+        response = error_response(ErrorCode.RESOURCE_EXHAUSTED, message, scope)
+        response.headers["Connection"] = "close"  # the unread body is not worth draining
+        await response(scope, receive, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+# --- MCP at /mcp ---------------------------------------------------------------------------------
+
+
+class _McpEndpoint:
+    """Hands /mcp requests to the running MCP session manager (the gate has checked the key)."""
+
+    def __init__(self, state: HttpState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        manager = self.state.mcp
+        if manager is None:
+            message = "MCP is not running (the server is starting or stopping); retry in a moment"
+            await error_response(ErrorCode.UNAVAILABLE, message, scope)(scope, receive, send)
+            return
+        await manager.handle_request(scope, receive, send)
+
+
+def _mcp_security(host: str | None) -> tuple[str, TransportSecuritySettings | None]:
+    """The SDK's DNS-rebinding protection for a loopback bind; otherwise off (keys protect it)."""
+    if host is not None and is_loopback(host):
+        return host, None  # the SDK enables its protection for loopback hosts itself
+    return "0.0.0.0", TransportSecuritySettings(enable_dns_rebinding_protection=False)
+
+
+_api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key (VIKING_MCP_API_KEYS).")
+_bearer_scheme = HTTPBearer(auto_error=False, description="The same API key as a bearer token.")
+
+
+async def _documented_auth(
+    _key: Annotated[str | None, Security(_api_key_scheme)] = None,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer_scheme)] = None,
+) -> None:
+    """Declares the API key schemes in the OpenAPI document; the gate does the checking."""
+
+
+# --- error handlers ----------------------------------------------------------------------------------
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    problems = []
+    errors = list(exc.errors())
+    for error in errors[:3]:
+        loc = [str(p) for p in error.get("loc", ())]
+        if error.get("type") == "json_invalid":
+            detail = (error.get("ctx") or {}).get("error", "")
+            problems.append(f"the body is not valid JSON ({detail})" if detail else "the body is not valid JSON")
+            continue
+        if loc and loc[0] == "body" and len(loc) == 1 and error.get("type") == "missing":
+            problems.append("a JSON body is required")
+            continue
+        where = ".".join(loc) or "request"
+        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "invalid request: " + "; ".join(problems) + more
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def viking_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, VikingError)
+        return error_from(exc, request.scope)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(ErrorCode.INVALID_ARGUMENT, _describe_validation(exc), request.scope)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        status = exc.status_code
+        if status == 404:
+            message = f"no such endpoint: {request.method} {request.url.path[:200]}"
+        elif status == 405:
+            message = f"method {request.method} is not allowed on {request.url.path[:200]}"
+        elif status == 400 and exc.detail == "There was an error parsing the body":
+            message = "the body could not be read as JSON (is it UTF-8?)"
+        else:
+            message = str(exc.detail)
+        default = ErrorCode.INVALID_ARGUMENT if status < 500 else ErrorCode.INTERNAL
+        response = error_response(ErrorCode.for_http_status(status) or default, message, request.scope, status=status)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("%s %s crashed", request.method, request.url.path, exc_info=exc)
+        return error_response(ErrorCode.INTERNAL, "internal error; see the server log", request.scope)
+
+    app.add_exception_handler(VikingError, viking_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, crash)
+
+
+# --- the app ---------------------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+
+
+def build_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    keyring: KeyRing | None = None,
+    host: str | None = None,
+    run_worker: bool | None = None,
+) -> FastAPI:
+    """The HTTP app: /api/v1 (OpenViking's session API), /mcp (streamable HTTP MCP), /health.
+
+    Without `engine` the app's lifespan opens one on `settings` and runs its Phase 2
+    worker; with one, the caller owns it (the app never closes it) and a worker runs only
+    with `run_worker=True`. `keyring` defaults to the keys in the environment. `host` is
+    the address served on: on loopback, requests must carry a loopback Host header (no
+    DNS rebinding); None (in-process use) skips that check.
+    """
+    state = HttpState(
+        settings=settings,
+        keyring=keyring if keyring is not None else keyring_from_env(),
+        host=host,
+        engine=engine,
+        owns_engine=engine is None,
+        run_worker=engine is None if run_worker is None else run_worker,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if state.engine is None:
+            state.engine = await anyio.to_thread.run_sync(Engine, settings)
+        current = state.engine
+        if state.run_worker:
+            state.worker = Phase2Worker(current, threads=settings.phase2_workers)
+            state.worker.start()
+        # The MCP face shares the engine and this app's worker: its own lifespan runs none.
+        mcp_server = build_server(replace(settings, phase2_workers=0), engine=current, keyring=state.keyring)
+        mcp_host, security = _mcp_security(host)
+        mcp_server.streamable_http_app(streamable_http_path=MCP_PATH, host=mcp_host, transport_security=security)
+        manager = mcp_server.session_manager
+        logger.info("viking-mcp %s: HTTP API and MCP on data in %s", __version__, settings.store_label)
+        try:
+            async with manager.run():
+                state.mcp = manager
+                yield
+        finally:
+            state.mcp = None
+            worker, state.worker = state.worker, None
+            if worker is not None:
+                await anyio.to_thread.run_sync(worker.stop)
+            if state.owns_engine:
+                state.engine = None
+                await anyio.to_thread.run_sync(current.close)
+
+    app = FastAPI(
+        title="viking-mcp",
+        version=__version__,
+        summary="Conversation memory for LLM agents: OpenViking's session API, and MCP at /mcp.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.viking = state
+    _install_error_handlers(app)
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, without the 422 responses this app never gives (they are 400s)."""
+        if app.openapi_schema is None:
+            document = FastAPI.openapi(app)
+            for path_item in document.get("paths", {}).values():
+                for operation in path_item.values():
+                    if isinstance(operation, dict):
+                        operation.get("responses", {}).pop("422", None)
+            schemas = document.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/health", response_model=Health, tags=["system"], summary="Health")
+    async def health() -> dict[str, str]:
+        """Liveness; needs no key."""
+        return {"status": "ok", "version": __version__}
+
+    for routes in (sessions, messages, commits, context, memories):
+        app.include_router(routes, dependencies=[Depends(_documented_auth)])
+    endpoint = _McpEndpoint(state)
+    app.router.routes.append(Route(MCP_PATH, endpoint=endpoint, include_in_schema=False))
+    app.router.routes.append(Route(MCP_PATH + "/", endpoint=endpoint, include_in_schema=False))
+    max_body = max(MIN_BODY_LIMIT, 2 * settings.limits.max_message_bytes + 64 * 1024)
+    app.add_middleware(_Gate, state=state, max_body=max_body)
+    return app
+
+
+def _stopped(signum: int, _frame: object) -> None:
+    logger.info("stopped by %s", signal.Signals(signum).name)
+
+
+def serve_http(settings: Settings, host: str, port: int) -> None:
+    """Serve the HTTP app with uvicorn until SIGINT/SIGTERM. Logs go to stderr only.
+
+    Refuses (SystemExit 2) to listen beyond loopback without API keys configured."""
+    import uvicorn
+
+    keyring = keyring_from_env()
+    if not is_loopback(host) and not keyring.enabled:
+        sys.stderr.write(
+            f"viking-mcp: refusing to serve on {host} without API keys: anyone who can reach it could read "
+            "every session. Set VIKING_MCP_API_KEYS (or VIKING_MCP_KEYS_FILE / VIKING_MCP_ADMIN_KEY), "
+            "or listen on 127.0.0.1.\n"
+        )
+        sys.stderr.flush()
+        raise SystemExit(2)
+    # Opened here, before the port is bound, so that a bad data directory is a one-line error.
+    engine = Engine(settings)
+    try:
+        app = build_app(settings, engine=engine, keyring=keyring, host=host, run_worker=True)
+        # This process serves until stopped: its start-up heap is left out of later garbage
+        # collections, a little after it starts and once the tokenizer loads (viking_mcp/heap.py).
+        settle_later(engine)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,  # uvicorn's loggers propagate to ours: stderr only
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+            server_header=False,
+        )
+        server = uvicorn.Server(config)
+        # uvicorn shuts down gracefully on SIGTERM, then raises the signal again to die of
+        # it; with this handler in place the command exits 0 instead (Ctrl-C still gives 130).
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _stopped) if on_main_thread else None
+        try:
+            server.run()  # uvicorn exits (SystemExit 1 or 3) when it cannot bind or start
+        except SystemExit:
+            if server.started:
+                raise
+        finally:
+            if on_main_thread:
+                signal.signal(signal.SIGTERM, previous)
+        if not server.started:
+            sys.stderr.write(f"viking-mcp: could not serve HTTP on {host}:{port} (the reason is logged above)\n")
+            sys.stderr.flush()
+            raise SystemExit(2)
+    finally:
+        engine.close()

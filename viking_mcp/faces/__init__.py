@@ -1,1 +1,0 @@
-"""The faces of the engine: MCP server, CLI, embedded client (and, later, the HTTP API)."""
