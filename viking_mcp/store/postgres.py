@@ -41,8 +41,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from viking_mcp.errors import Conflict, Internal, InvalidArgument, ResourceExhausted, Unavailable, VikingError
 from viking_mcp.store.base import TaskRow
 from viking_mcp.store.pg_migrations import MIGRATIONS, SCHEMA_VERSION
-from viking_mcp.store.rows import task_row
-from viking_mcp.store.sql import MEMORY_COLUMNS, MEMORY_FROM, TASK_COLUMNS, MaybeText, SQLStore, Tx
+from viking_mcp.store.sql import MEMORY_COLUMNS, MEMORY_FROM, TASK_COLUMNS, MaybeText, SQLStore, Tx, task_row
 from viking_mcp.store.urls import redacted
 
 logger = logging.getLogger(__name__)

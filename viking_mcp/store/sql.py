@@ -1,25 +1,41 @@
-"""The SQL store: every operation of the `Store` interface, written once over the tables
-both databases keep (store/migrations.py for SQLite, store/pg_migrations.py for PostgreSQL).
+"""The store: the logical viking:// tree as transactional operations, written once over SQL.
 
-A dialect subclasses `SQLStore` with what differs between the databases: how a transaction
-is got and how driver errors become ours (`_read`, `_write`), migrations, the Phase 2
-claim, the full-text match (`_SEARCH`), row locking (`_LOCK`), text the database cannot
-hold (`_text`) and a full-text index that is not a generated column (`_index_memory`).
-The embedded SQLite store is store/sqlite.py, the PostgreSQL store for many instances
-store/postgres.py.
+The engine validates, counts tokens and decides; the store only keeps bytes and makes each
+operation atomic, with the same guarantees on SQLite and on PostgreSQL:
+
+- every method is one transaction: it happens entirely or not at all;
+- appends cost the same however long the session is (no method reads a whole session
+  to add to it);
+- commit Phase 1 is O(1) in the number of messages: an archive is a range of message
+  sequence numbers, so moving the live buffer into an archive rewrites no message.
+
+`write_batch()` groups the methods one thread calls inside it into one transaction (a
+group commit): each still happens entirely or not at all, none is durable (or visible to
+others) before the batch commits, and if the batch cannot commit, none happens. A store
+may also commit each on its own (PostgreSQL does: its appends lock a session's row, and
+a batch would hold many).
+
+`SQLStore` works on the tables both databases keep (store/migrations.py for SQLite,
+store/pg_migrations.py for PostgreSQL). A dialect subclasses it with what differs between
+the databases: how a transaction is got and how driver errors become ours (`_read`,
+`_write`), migrations, the Phase 2 claim, the full-text match (`_SEARCH`), row locking
+(`_LOCK`), text the database cannot hold (`_text`) and a full-text index that is not a
+generated column (`_index_memory`). The embedded SQLite store is store/sqlite.py, the
+PostgreSQL store for many instances store/postgres.py.
 
 SQL here is written with `?` placeholders (a PostgreSQL transaction takes them as `%s`),
-and rows are read by column name, which sqlite3.Row and psycopg's dict rows both answer.
-Every write that depends on a session's row reads it first with `_LOCK` after the SELECT
-(`FOR UPDATE` on PostgreSQL, nothing on SQLite, whose writers hold the database's lock from
-BEGIN): taking the session lock first in every transaction is also what keeps two
-transactions from deadlocking.
+and rows are read by column name, which sqlite3.Row and psycopg's dict rows both answer;
+both databases keep JSON as text. Every write that depends on a session's row reads it
+first with `_LOCK` after the SELECT (`FOR UPDATE` on PostgreSQL, nothing on SQLite, whose
+writers hold the database's lock from BEGIN): taking the session lock first in every
+transaction is also what keeps two transactions from deadlocking.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol, TypeVar, get_args
 
@@ -31,6 +47,7 @@ from viking_mcp.store.base import (
     ContextSnapshot,
     ContextUsage,
     MemoryDump,
+    OverviewRendering,
     Phase1Outcome,
     Phase2Output,
     SessionDump,
@@ -40,27 +57,58 @@ from viking_mcp.store.base import (
     ToolRecord,
     TransferCounts,
     TreeRecords,
+    UsageEntry,
     UsageRecord,
-)
-from viking_mcp.store.rows import (
-    archive_row,
-    dumps,
-    memory_row,
-    message_row,
-    session_row,
-    task_row,
-    tool_record,
-    usage_entry,
 )
 
 MEMORY_CATEGORIES = get_args(MemoryCategory)
 _ALL = 2**62  # a LIMIT (or a sequence number) past everything, on either database
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# Each table's columns as the store reads them, and the record a row of them becomes.
 
 SESSION_COLUMNS = (
     "session_id, account_id, user_id, agent_id, created_at, updated_at, metadata, next_seq, "
     "archived_through, total_tokens, archived_tokens, commit_count, last_commit_at, "
     "llm_prompt_tokens, llm_completion_tokens, memories_extracted, contexts_used, skills_used"
 )
+
+
+def session_row(row: Any) -> SessionRow:
+    return SessionRow(
+        session_id=row["session_id"],
+        owner=Owner(row["account_id"], row["user_id"], row["agent_id"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        metadata=json.loads(row["metadata"]),
+        total_message_count=row["next_seq"] - 1,
+        live_message_count=row["next_seq"] - 1 - row["archived_through"],
+        pending_tokens=row["total_tokens"] - row["archived_tokens"],
+        commit_count=row["commit_count"],
+        last_commit_at=row["last_commit_at"],
+        llm_prompt_tokens=row["llm_prompt_tokens"],
+        llm_completion_tokens=row["llm_completion_tokens"],
+        memories_extracted=json.loads(row["memories_extracted"]),
+        contexts_used=row["contexts_used"],
+        skills_used=row["skills_used"],
+    )
+
+
+MESSAGE_COLUMNS = "seq, message_id, role, parts, created_at, tokens"
+
+
+def message_row(row: Any) -> StoredMessage:
+    parts = json.loads(row["parts"])
+    message = Message.model_validate(
+        {"id": row["message_id"], "role": row["role"], "parts": parts, "created_at": row["created_at"]}
+    )
+    return StoredMessage(seq=row["seq"], message=message, tokens=row["tokens"])
+
+
 ARCHIVE_COLUMNS = (
     "session_id, archive_no, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
     "abstract, abstract_tokens, overview, overview_renderings, memory_diff, supplied, error, task_id"
@@ -78,12 +126,95 @@ ARCHIVE_LIGHT_COLUMNS = (
 ARCHIVE_CONTEXT_COLUMNS = ARCHIVE_LIGHT_COLUMNS.replace(
     "'' AS overview, '[]' AS overview_renderings", "overview, overview_renderings"
 )
+
+
+def archive_row(row: Any) -> ArchiveRow:
+    renderings = [OverviewRendering(tokens=t, text=s) for t, s in json.loads(row["overview_renderings"])]
+    return ArchiveRow(
+        session_id=row["session_id"],
+        number=row["archive_no"],
+        first_seq=row["first_seq"],
+        last_seq=row["last_seq"],
+        message_count=row["message_count"],
+        tokens=row["tokens"],
+        status=row["status"],
+        created_at=row["created_at"],
+        done_at=row["done_at"],
+        abstract=row["abstract"],
+        abstract_tokens=row["abstract_tokens"],
+        overview=row["overview"],
+        overview_renderings=renderings,
+        memory_diff=json.loads(row["memory_diff"]) if row["memory_diff"] else None,
+        supplied=json.loads(row["supplied"]),
+        error=row["error"],
+        task_id=row["task_id"],
+    )
+
+
+def listing_row(row: Sequence[Any]) -> ArchiveRow:
+    """An archive as `ARCHIVE_LIGHT_COLUMNS` reads it, as a plain tuple: no overview, renderings,
+    diff or supplied."""
+    # Positional, in ArchiveRow's field order (the columns' order): the fastest way to build one.
+    return ArchiveRow(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
+        "", [], None, {}, row[15], None,
+    )  # fmt: skip
+
+
 TASK_COLUMNS = (
     "task_id, task_type, status, session_id, archive_no, created_at, updated_at, result, error, owner, attempts, "
     "account_id, user_id"
 )
-MESSAGE_COLUMNS = "seq, message_id, role, parts, created_at, tokens"
+
+
+def task_row(row: Any) -> TaskRow:
+    return TaskRow(
+        task_id=row["task_id"],
+        task_type=row["task_type"],
+        status=row["status"],
+        session_id=row["session_id"],
+        archive_number=row["archive_no"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        result=json.loads(row["result"]) if row["result"] else None,
+        error=row["error"],
+        owner=row["owner"],
+        attempts=row["attempts"],
+        account_id=row["account_id"],
+        user_id=row["user_id"],
+    )
+
+
 TOOL_COLUMNS = "tool_id, tool_name, skill_uri, tool_input, tool_output, tool_status, message_id, created_at, updated_at"
+
+
+def tool_record(row: Any) -> ToolRecord:
+    return ToolRecord(
+        tool_id=row["tool_id"],
+        tool_name=row["tool_name"],
+        skill_uri=row["skill_uri"],
+        tool_input=json.loads(row["tool_input"]),
+        tool_output=row["tool_output"],
+        tool_status=row["tool_status"],
+        message_id=row["message_id"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+USAGE_COLUMNS = "kind, uri, payload, created_at, archive_no"
+
+
+def usage_entry(row: Any) -> UsageEntry:
+    return UsageEntry(
+        kind=row["kind"],
+        uri=row["uri"],
+        payload=json.loads(row["payload"]),
+        created_at=row["created_at"],
+        archive_number=row["archive_no"],
+    )
+
+
 MEMORY_COLUMNS = (
     "m.id, m.uri, m.scope, m.owner_id, m.category, m.key, m.name, m.abstract, m.overview, m.content, m.stats, "
     "m.version, m.created_at, m.updated_at, COALESCE(u.active_count, 0) AS active_count"
@@ -93,6 +224,33 @@ _MEMORY_INSERT = (
     "INSERT INTO memories (account_id, uri, scope, owner_id, category, key, name, abstract, overview, content, "
     "stats, version, created_at, updated_at, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+def memory_row(row: Any) -> StoredMemory:
+    return StoredMemory(
+        uri=row["uri"],
+        scope=row["scope"],
+        owner_id=row["owner_id"],
+        category=row["category"],
+        key=row["key"],
+        name=row["name"],
+        abstract=row["abstract"],
+        overview=row["overview"],
+        content=row["content"],
+        stats=json.loads(row["stats"]),
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        active_count=row["active_count"],
+    )
+
+
+def normalised(rows: list[Any]) -> list[tuple[StoredMemory, float]]:
+    """Search hits with their scores as fractions of the best hit's (which scores 1.0): the
+    same scale on every store, whatever the database's own rank (see README, "Search")."""
+    best = float(rows[0]["score"]) if rows else 0.0  # rows come best first
+    return [(memory_row(r), float(r["score"]) / best if best > 0 else 1.0) for r in rows]
+
 
 MaybeText = TypeVar("MaybeText", str, str | None)
 
@@ -112,25 +270,8 @@ class Tx(Protocol):
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> object: ...
 
 
-def listing_row(row: Sequence[Any]) -> ArchiveRow:
-    """An archive as `ARCHIVE_LIGHT_COLUMNS` reads it, as a plain tuple: no overview, renderings,
-    diff or supplied."""
-    # Positional, in ArchiveRow's field order (the columns' order): the fastest way to build one.
-    return ArchiveRow(
-        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
-        "", [], None, {}, row[15], None,
-    )  # fmt: skip
-
-
-def normalised(rows: list[Any]) -> list[tuple[StoredMemory, float]]:
-    """Search hits with their scores as fractions of the best hit's (which scores 1.0): the
-    same scale on every store, whatever the database's own rank (see README, "Search")."""
-    best = float(rows[0]["score"]) if rows else 0.0  # rows come best first
-    return [(memory_row(r), float(r["score"]) / best if best > 0 else 1.0) for r in rows]
-
-
-class SQLStore:
-    """The `Store` interface over SQL; a subclass is one database's dialect."""
+class SQLStore(ABC):
+    """The store over SQL (see the module's docstring); a subclass is one database's dialect."""
 
     _LOCK = ""  # after a SELECT: lock the rows it reads until the transaction ends
     _IS = "IS"  # null-safe equality
@@ -140,28 +281,45 @@ class SQLStore:
     # its values are (match, account_id, user space, agent space[, category], limit).
     _SEARCH = ""
 
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def write_batch(self) -> AbstractContextManager[None]:
+        """The writes this thread makes inside, committed together (see the module's docstring)."""
+
+    @abstractmethod
+    def schema_version(self) -> int:
+        """How far the store's schema has come (migrations run when it opens)."""
+
+    @abstractmethod
+    def claim_phase2(
+        self, owner: str, now: str, lease_until: float, owner_is_gone: Callable[[str | None, float], bool]
+    ) -> TaskRow | None:
+        """Take the oldest runnable Phase 2 task, or None."""
+
+    @abstractmethod
     def _read(self) -> AbstractContextManager[Tx]:
         """A read transaction: every SELECT inside sees one snapshot."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _write(self) -> AbstractContextManager[Tx]:
         """One write transaction, all of it or nothing."""
-        raise NotImplementedError
+
+    @abstractmethod
+    def _listing(self, tx: Tx, sql: str, params: Sequence[Any]) -> Iterable[Sequence[Any]]:
+        """Rows as plain tuples (a thousand archives are read on every get_context)."""
 
     def _text(self, value: MaybeText) -> MaybeText:
         """Free text as the database can hold it (SQLite holds any)."""
         return value
 
-    def _index_memory(self, tx: Tx, account_id: str, uri: str, present: bool) -> None:
+    def _index_memory(self, tx: Tx, account_id: str, uri: str, present: bool) -> None:  # noqa: B027 (a hook)
         """Bring the full-text index in step with the memory at `uri`: drop its entry and, if
         `present`, add the memory as it now stands. Nothing where the index is generated."""
 
-    def _forget_claim(self, task_id: str) -> None:
+    def _forget_claim(self, task_id: str) -> None:  # noqa: B027 (a hook)
         """This process stops working on a Phase 2 task it claimed."""
-
-    def _listing(self, tx: Tx, sql: str, params: Sequence[Any]) -> Iterable[Sequence[Any]]:
-        """Rows as plain tuples (a thousand archives are read on every get_context)."""
-        raise NotImplementedError
 
     def _upgrade(self, tx: Tx, version: int, migrations: list[list[str]], where: str) -> bool:
         """Run the migrations past `version`; False if there were none to run."""
@@ -768,6 +926,9 @@ class SQLStore:
             yield _TreeRecords(tx, self._TASK_ORDER)
 
     def import_tree(self, records: TreeRecords, replace: bool, now: str) -> TransferCounts:
+        """Write what `records` yields in one transaction: all of it or nothing. A session, task
+        or memory that already exists is ALREADY_EXISTS, unless `replace` (then the imported one
+        replaces it; a replaced session's unfinished tasks fail as if it had been deleted)."""
         counts = dict.fromkeys(
             ("sessions", "messages", "archives", "tool_records", "tasks", "memories", "context_usage"), 0
         )
@@ -854,7 +1015,7 @@ class SQLStore:
             ],
         )  # fmt: skip
         tx.executemany(
-            "INSERT INTO usage (session_id, kind, uri, payload, created_at, archive_no) VALUES (?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO usage (session_id, {USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
             [(session_id, e.kind, text(e.uri), dumps(e.payload), e.created_at, e.archive_number) for e in dump.usage],
         )
 
@@ -918,9 +1079,7 @@ class _TreeRecords:
             tools = tx.execute(
                 f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE session_id = ? ORDER BY created_at, tool_id", key
             ).fetchall()
-            usage = tx.execute(
-                "SELECT kind, uri, payload, created_at, archive_no FROM usage WHERE session_id = ? ORDER BY id", key
-            ).fetchall()
+            usage = tx.execute(f"SELECT {USAGE_COLUMNS} FROM usage WHERE session_id = ? ORDER BY id", key).fetchall()
             yield SessionDump(
                 session=session_row(row),
                 messages=[message_row(r) for r in messages],

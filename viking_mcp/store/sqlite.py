@@ -28,8 +28,7 @@ from typing import Any
 from viking_mcp.errors import Internal, Unavailable, VikingError
 from viking_mcp.store.base import TaskRow
 from viking_mcp.store.migrations import MIGRATIONS, SCHEMA_VERSION
-from viking_mcp.store.rows import task_row
-from viking_mcp.store.sql import MEMORY_COLUMNS, TASK_COLUMNS, SQLStore, Tx
+from viking_mcp.store.sql import MEMORY_COLUMNS, TASK_COLUMNS, SQLStore, Tx, task_row
 
 # Phase 2 tasks that may run now: pending, or running for an owner that may be gone, and
 # every earlier archive of the session done. The NOT EXISTS reads only the archives_listing index.
