@@ -221,7 +221,7 @@ class TreeRecords(Protocol):
     def context_usage(self) -> Iterator[ContextUsage]: ...
 
 
-@dataclass(frozen=True)
+@dataclass
 class TransferCounts:
     sessions: int = 0
     messages: int = 0

@@ -245,13 +245,6 @@ def memory_row(row: Any) -> StoredMemory:
     )
 
 
-def normalised(rows: list[Any]) -> list[tuple[StoredMemory, float]]:
-    """Search hits with their scores as fractions of the best hit's (which scores 1.0): the
-    same scale on every store, whatever the database's own rank (see README, "Search")."""
-    best = float(rows[0]["score"]) if rows else 0.0  # rows come best first
-    return [(memory_row(r), float(r["score"]) / best if best > 0 else 1.0) for r in rows]
-
-
 MaybeText = TypeVar("MaybeText", str, str | None)
 
 
@@ -333,6 +326,11 @@ class SQLStore(ABC):
                 tx.execute(statement)
         return version != len(migrations)
 
+    def _select(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """The rows `sql` reads, in a read transaction of its own."""
+        with self._read() as tx:
+            return tx.execute(sql, params).fetchall()
+
     # --- sessions -------------------------------------------------------------------------
 
     def _lock_session(self, tx: Tx, session_id: str, columns: str = "session_id") -> Any:
@@ -377,11 +375,10 @@ class SQLStore(ABC):
             clauses.append("account_id = ? AND user_id = ?")
             params += [owner.account_id, owner.user_id]
         where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
-        with self._read() as tx:
-            rows = tx.execute(
-                f"SELECT {SESSION_COLUMNS} FROM sessions {where}ORDER BY created_at DESC, session_id DESC LIMIT ?",
-                (*params, limit),
-            ).fetchall()
+        rows = self._select(
+            f"SELECT {SESSION_COLUMNS} FROM sessions {where}ORDER BY created_at DESC, session_id DESC LIMIT ?",
+            (*params, limit),
+        )
         return [session_row(r) for r in rows]
 
     def merge_metadata(self, session_id: str, patch: dict[str, Any], now: str) -> dict[str, Any]:
@@ -481,12 +478,11 @@ class SQLStore(ABC):
         self, session_id: str, after_seq: int, through_seq: int | None, offset: int, limit: int | None
     ) -> list[StoredMessage]:
         upper = through_seq if through_seq is not None else _ALL
-        with self._read() as tx:
-            rows = tx.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? AND seq <= ? "
-                "ORDER BY seq LIMIT ? OFFSET ?",
-                (session_id, after_seq, upper, _ALL if limit is None else limit, offset),
-            ).fetchall()
+        rows = self._select(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? AND seq <= ? "
+            "ORDER BY seq LIMIT ? OFFSET ?",
+            (session_id, after_seq, upper, _ALL if limit is None else limit, offset),
+        )
         return [message_row(r) for r in rows]
 
     def live_messages(self, session_id: str) -> list[StoredMessage]:
@@ -527,12 +523,11 @@ class SQLStore(ABC):
 
     def _usage_record(self, where: str, params: tuple[Any, ...]) -> UsageRecord:
         record = UsageRecord()
-        with self._read() as tx:
-            for row in tx.execute(f"SELECT kind, uri, payload FROM usage WHERE {where} ORDER BY id", params):
-                if row["kind"] == "context":
-                    record.contexts.append(row["uri"])
-                else:
-                    record.skills.append(json.loads(row["payload"]))
+        for row in self._select(f"SELECT kind, uri, payload FROM usage WHERE {where} ORDER BY id", params):
+            if row["kind"] == "context":
+                record.contexts.append(row["uri"])
+            else:
+                record.skills.append(json.loads(row["payload"]))
         return record
 
     def usage(self, session_id: str) -> UsageRecord:
@@ -542,11 +537,9 @@ class SQLStore(ABC):
         return self._usage_record("session_id = ? AND archive_no = ?", (session_id, number))
 
     def tool_records(self, session_id: str) -> list[ToolRecord]:
-        with self._read() as tx:
-            rows = tx.execute(
-                f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE session_id = ? ORDER BY created_at, tool_id",
-                (session_id,),
-            ).fetchall()
+        rows = self._select(
+            f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE session_id = ? ORDER BY created_at, tool_id", (session_id,)
+        )
         return [tool_record(r) for r in rows]
 
     # --- commit and archives ----------------------------------------------------------------------
@@ -595,18 +588,16 @@ class SQLStore(ABC):
         return Phase1Outcome(archive_number=number, archived=last_seq - archived_through, task_id=task_id)
 
     def list_archives(self, session_id: str) -> list[ArchiveRow]:
-        with self._read() as tx:
-            rows = tx.execute(
-                f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? ORDER BY archive_no", (session_id,)
-            ).fetchall()
+        rows = self._select(
+            f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? ORDER BY archive_no", (session_id,)
+        )
         return [archive_row(r) for r in rows]
 
     def get_archive(self, session_id: str, number: int) -> ArchiveRow | None:
-        with self._read() as tx:
-            row = tx.execute(
-                f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? AND archive_no = ?", (session_id, number)
-            ).fetchone()
-        return archive_row(row) if row else None
+        rows = self._select(
+            f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? AND archive_no = ?", (session_id, number)
+        )
+        return archive_row(rows[0]) if rows else None
 
     def context_snapshot(self, session_id: str) -> ContextSnapshot | None:
         with self._read() as tx:
@@ -648,9 +639,8 @@ class SQLStore(ABC):
         )
 
     def get_task(self, task_id: str) -> TaskRow | None:
-        with self._read() as tx:
-            row = tx.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        return task_row(row) if row else None
+        rows = self._select(f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,))
+        return task_row(rows[0]) if rows else None
 
     def list_tasks(
         self, task_type: str | None, status: str | None, session_id: str | None, limit: int, owner: Owner | None = None
@@ -665,22 +655,20 @@ class SQLStore(ABC):
                 clauses.append(f"{column} = ?")
                 params.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._read() as tx:
-            rows = tx.execute(
-                f"SELECT {TASK_COLUMNS} FROM tasks {where} ORDER BY created_at DESC, {self._TASK_ORDER} DESC LIMIT ?",
-                (*params, limit),
-            ).fetchall()
+        rows = self._select(
+            f"SELECT {TASK_COLUMNS} FROM tasks {where} ORDER BY created_at DESC, {self._TASK_ORDER} DESC LIMIT ?",
+            (*params, limit),
+        )
         return [task_row(r) for r in rows]
 
     def previous_overview(self, session_id: str, number: int) -> str:
         """The overview of the latest completed archive before archive `number`."""
-        with self._read() as tx:
-            row = tx.execute(
-                "SELECT overview FROM archives WHERE session_id = ? AND archive_no < ? AND status = 'completed' "
-                "ORDER BY archive_no DESC LIMIT 1",
-                (session_id, number),
-            ).fetchone()
-        return str(row["overview"]) if row else ""
+        rows = self._select(
+            "SELECT overview FROM archives WHERE session_id = ? AND archive_no < ? AND status = 'completed' "
+            "ORDER BY archive_no DESC LIMIT 1",
+            (session_id, number),
+        )
+        return str(rows[0]["overview"]) if rows else ""
 
     def release_phase2(self, task: TaskRow, now: str) -> None:
         """Give a claimed task back to the queue (its owner could not finish it)."""
@@ -842,12 +830,11 @@ class SQLStore(ABC):
     def memories_by_uri(self, account_id: str, uris: list[str]) -> dict[str, StoredMemory]:
         if not uris:
             return {}
-        with self._read() as tx:
-            rows = tx.execute(
-                f"SELECT {MEMORY_COLUMNS} FROM {MEMORY_FROM} WHERE m.account_id = ? "
-                f"AND m.uri IN ({', '.join('?' * len(uris))})",
-                (account_id, *uris),
-            ).fetchall()
+        rows = self._select(
+            f"SELECT {MEMORY_COLUMNS} FROM {MEMORY_FROM} WHERE m.account_id = ? "
+            f"AND m.uri IN ({', '.join('?' * len(uris))})",
+            (account_id, *uris),
+        )
         return {row["uri"]: memory_row(row) for row in rows}
 
     def memories_in_category(self, account_id: str, scope: str, owner_id: str, category: str) -> list[StoredMemory]:
@@ -858,12 +845,11 @@ class SQLStore(ABC):
     ) -> list[StoredMemory]:
         clause = " AND m.category = ?" if category else ""
         params: tuple[Any, ...] = (account_id, scope, owner_id, *((category,) if category else ()))
-        with self._read() as tx:
-            rows = tx.execute(
-                f"SELECT {MEMORY_COLUMNS} FROM {MEMORY_FROM} WHERE m.account_id = ? AND m.scope = ? "
-                f"AND m.owner_id = ?{clause} ORDER BY m.category, m.key LIMIT ?",
-                (*params, _ALL if limit is None else limit),
-            ).fetchall()
+        rows = self._select(
+            f"SELECT {MEMORY_COLUMNS} FROM {MEMORY_FROM} WHERE m.account_id = ? AND m.scope = ? "
+            f"AND m.owner_id = ?{clause} ORDER BY m.category, m.key LIMIT ?",
+            (*params, _ALL if limit is None else limit),
+        )
         return [memory_row(r) for r in rows]
 
     def _apply_memory_writes(
@@ -908,12 +894,14 @@ class SQLStore(ABC):
         `match` is the engine's query: quoted words joined by OR, which FTS5 and PostgreSQL's
         `websearch_to_tsquery` both read the same way.
         """
-        with self._read() as tx:
-            rows = tx.execute(
-                self._SEARCH.replace("{category}", " AND m.category = ?" if category else ""),
-                (match, account_id, owners["user"], owners["agent"], *((category,) if category else ()), limit),
-            ).fetchall()
-        return normalised(rows)
+        rows = self._select(
+            self._SEARCH.replace("{category}", " AND m.category = ?" if category else ""),
+            (match, account_id, owners["user"], owners["agent"], *((category,) if category else ()), limit),
+        )
+        # Scores as fractions of the best hit's (which scores 1.0): the same scale on every
+        # store, whatever the database's own rank (see README, "Search"). Rows come best first.
+        best = float(rows[0]["score"]) if rows else 0.0
+        return [(memory_row(r), float(r["score"]) / best if best > 0 else 1.0) for r in rows]
 
     # --- export and import ---------------------------------------------------------------------------
 
@@ -929,22 +917,20 @@ class SQLStore(ABC):
         """Write what `records` yields in one transaction: all of it or nothing. A session, task
         or memory that already exists is ALREADY_EXISTS, unless `replace` (then the imported one
         replaces it; a replaced session's unfinished tasks fail as if it had been deleted)."""
-        counts = dict.fromkeys(
-            ("sessions", "messages", "archives", "tool_records", "tasks", "memories", "context_usage"), 0
-        )
+        counts = TransferCounts()
         with self._write() as tx:
             for dump in records.sessions():
                 self._import_session(tx, dump, replace, now)
-                counts["sessions"] += 1
-                counts["messages"] += len(dump.messages)
-                counts["archives"] += len(dump.archives)
-                counts["tool_records"] += len(dump.tools)
+                counts.sessions += 1
+                counts.messages += len(dump.messages)
+                counts.archives += len(dump.archives)
+                counts.tool_records += len(dump.tools)
             for task in records.tasks():
                 self._import_task(tx, task, replace)
-                counts["tasks"] += 1
+                counts.tasks += 1
             for memory in records.memories():
                 self._import_memory(tx, memory, replace)
-                counts["memories"] += 1
+                counts.memories += 1
             for usage in records.context_usage():
                 # Without replace, counts add up: the contexts were used in both places.
                 tx.execute(
@@ -959,8 +945,8 @@ class SQLStore(ABC):
                     ),
                     (usage.account_id, usage.uri, usage.active_count, usage.last_used_at),
                 )
-                counts["context_usage"] += 1
-        return TransferCounts(**counts)
+                counts.context_usage += 1
+        return counts
 
     def _import_session(self, tx: Tx, dump: SessionDump, replace: bool, now: str) -> None:
         row, text = dump.session, self._text
@@ -1066,10 +1052,8 @@ class _TreeRecords:
 
     def sessions(self) -> Iterator[SessionDump]:
         tx = self._tx
-        ids = [r["session_id"] for r in tx.execute("SELECT session_id FROM sessions ORDER BY created_at, session_id")]
-        for session_id in ids:
-            key = (session_id,)
-            row = tx.execute(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?", key).fetchone()
+        for row in tx.execute(f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at, session_id").fetchall():
+            key = (row["session_id"],)
             messages = tx.execute(
                 f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? ORDER BY seq", key
             ).fetchall()
@@ -1089,8 +1073,8 @@ class _TreeRecords:
             )
 
     def tasks(self) -> Iterator[TaskRow]:
-        for row in self._tx.execute(f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY {self._task_order}").fetchall():
-            yield task_row(row)
+        rows = self._tx.execute(f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY {self._task_order}").fetchall()
+        yield from map(task_row, rows)
 
     def memories(self) -> Iterator[MemoryDump]:
         for row in self._tx.execute(
