@@ -5,8 +5,7 @@ is how concurrency is made safe when the writers are other machines:
 
 - Every write that touches a session takes that session's row lock first
   (`SELECT ... FOR UPDATE`), so appends to one session are numbered in one order and
-  never lost, and archive numbers are handed out one at a time. Taking the session lock
-  first in every transaction is also what keeps two transactions from deadlocking.
+  never lost, and archive numbers are handed out one at a time.
 - The Phase 2 queue is claimed with `FOR UPDATE SKIP LOCKED`: instances polling at once
   each take a different task, and none waits for another's claim.
 - A claim is a lease on the database's clock, renewed by a heartbeat while this process
@@ -76,8 +75,6 @@ class _Tx:
 
 
 def _translate(exc: Exception) -> VikingError:
-    if isinstance(exc, VikingError):
-        return exc
     if isinstance(exc, pg_errors.DeadlockDetected | pg_errors.SerializationFailure):
         return Conflict(f"a concurrent write got in the way ({type(exc).__name__}); retry")
     if isinstance(exc, PoolTimeout):
@@ -191,8 +188,6 @@ class PostgresStore(SQLStore):
                     with suppress(psycopg.Error):
                         conn.rollback()
                     raise
-        except VikingError:
-            raise
         except (psycopg.Error, PoolTimeout) as exc:
             raise _translate(exc) from exc
 
@@ -201,7 +196,6 @@ class PostgresStore(SQLStore):
         return self._transaction("BEGIN")
 
     def _read(self) -> AbstractContextManager[_Tx]:
-        """A read transaction: every SELECT inside sees one snapshot."""
         return self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     def _migrate(self) -> None:
@@ -224,9 +218,7 @@ class PostgresStore(SQLStore):
             row = cur.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 cur.execute("INSERT INTO schema_version (version) VALUES (0)")
-                version = 0
-            else:
-                version = int(row["version"])
+            version = int(row["version"]) if row else 0
             if self._upgrade(cur, version, MIGRATIONS, redacted(self.url)):
                 cur.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
@@ -258,8 +250,6 @@ class PostgresStore(SQLStore):
         while not self._stop.wait(interval):
             with self._claimed_lock:
                 claimed = dict(self._claimed)
-            if not claimed:
-                continue
             for task_id, (owner, hard_until) in claimed.items():
                 try:  # one short transaction per task: a renewal never waits on two row locks
                     with self._write() as cur:
