@@ -110,9 +110,7 @@ class PostgresStore(SQLStore):
     _SEARCH = (
         f"SELECT {MEMORY_COLUMNS}, ts_rank({_RANK_WEIGHTS}, m.search, q.query) AS score "
         f"FROM {MEMORY_FROM}, websearch_to_tsquery('english', ?) AS q(query) "
-        "WHERE m.search @@ q.query AND m.account_id = ? "
-        "AND ((m.scope = 'user' AND m.owner_id = ?) OR (m.scope = 'agent' AND m.owner_id = ?))"
-        "{category} ORDER BY score DESC, active_count DESC, m.uri LIMIT ?"
+        "WHERE m.search @@ q.query"
     )
 
     def __init__(

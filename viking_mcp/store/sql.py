@@ -99,6 +99,7 @@ def session_row(row: Any) -> SessionRow:
 
 
 MESSAGE_COLUMNS = "seq, message_id, role, parts, created_at, tokens"
+MESSAGES_AFTER = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq"
 
 
 def message_row(row: Any) -> StoredMessage:
@@ -113,6 +114,7 @@ ARCHIVE_COLUMNS = (
     "session_id, archive_no, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
     "abstract, abstract_tokens, overview, overview_renderings, memory_diff, supplied, error, task_id"
 )
+ARCHIVES_OF = f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? ORDER BY archive_no"
 # The same, for get_context's list of every archive of a session: none of the large
 # columns (it reads the renderings of one archive only), and nothing stored after them
 # that it does not need, since reading a column past a large value walks the row's
@@ -186,6 +188,7 @@ def task_row(row: Any) -> TaskRow:
 
 
 TOOL_COLUMNS = "tool_id, tool_name, skill_uri, tool_input, tool_output, tool_status, message_id, created_at, updated_at"
+TOOLS_OF = f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE session_id = ? ORDER BY created_at, tool_id"
 
 
 def tool_record(row: Any) -> ToolRecord:
@@ -203,6 +206,7 @@ def tool_record(row: Any) -> ToolRecord:
 
 
 USAGE_COLUMNS = "kind, uri, payload, created_at, archive_no"
+USAGE_OF = f"SELECT {USAGE_COLUMNS} FROM usage WHERE session_id = ? ORDER BY id"
 
 
 def usage_entry(row: Any) -> UsageEntry:
@@ -270,8 +274,8 @@ class SQLStore(ABC):
     _IS = "IS"  # null-safe equality
     _GREATEST = "MAX"  # the larger of two values
     _TASK_ORDER = "rowid"  # the tasks' order of insertion
-    # Full-text search: a `score` column (higher is better), `{category}` for the filter;
-    # its values are (match, account_id, user space, agent space[, category], limit).
+    # Full-text search: memories that match the first parameter, with a `score` column
+    # (higher is better), ending in a WHERE clause the store adds to.
     _SEARCH = ""
 
     @abstractmethod
@@ -490,10 +494,7 @@ class SQLStore(ABC):
             row = tx.execute("SELECT archived_through FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
             if row is None:
                 raise NotFound(f"session {session_id} not found")
-            rows = tx.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq",
-                (session_id, row["archived_through"]),
-            ).fetchall()
+            rows = tx.execute(MESSAGES_AFTER, (session_id, row["archived_through"])).fetchall()
         return [message_row(r) for r in rows]
 
     # --- usage and tool records ----------------------------------------------------------------
@@ -537,10 +538,7 @@ class SQLStore(ABC):
         return self._usage_record("session_id = ? AND archive_no = ?", (session_id, number))
 
     def tool_records(self, session_id: str) -> list[ToolRecord]:
-        rows = self._select(
-            f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE session_id = ? ORDER BY created_at, tool_id", (session_id,)
-        )
-        return [tool_record(r) for r in rows]
+        return [tool_record(r) for r in self._select(TOOLS_OF, (session_id,))]
 
     # --- commit and archives ----------------------------------------------------------------------
 
@@ -588,10 +586,7 @@ class SQLStore(ABC):
         return Phase1Outcome(archive_number=number, archived=last_seq - archived_through, task_id=task_id)
 
     def list_archives(self, session_id: str) -> list[ArchiveRow]:
-        rows = self._select(
-            f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? ORDER BY archive_no", (session_id,)
-        )
-        return [archive_row(r) for r in rows]
+        return [archive_row(r) for r in self._select(ARCHIVES_OF, (session_id,))]
 
     def get_archive(self, session_id: str, number: int) -> ArchiveRow | None:
         rows = self._select(
@@ -620,10 +615,7 @@ class SQLStore(ABC):
                 ).fetchone()
                 archives[latest] = archive_row(full)
                 after_seq = archives[latest].last_seq
-            rows = tx.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq",
-                (session_id, after_seq),
-            ).fetchall()
+            rows = tx.execute(MESSAGES_AFTER, (session_id, after_seq)).fetchall()
         return ContextSnapshot(archives=archives, messages=[message_row(r) for r in rows])
 
     # --- tasks and Phase 2 ------------------------------------------------------------------------
@@ -895,7 +887,10 @@ class SQLStore(ABC):
         `websearch_to_tsquery` both read the same way.
         """
         rows = self._select(
-            self._SEARCH.replace("{category}", " AND m.category = ?" if category else ""),
+            f"{self._SEARCH} AND m.account_id = ? "
+            "AND ((m.scope = 'user' AND m.owner_id = ?) OR (m.scope = 'agent' AND m.owner_id = ?))"
+            + (" AND m.category = ?" if category else "")
+            + " ORDER BY score DESC, active_count DESC, m.uri LIMIT ?",
             (match, account_id, owners["user"], owners["agent"], *((category,) if category else ()), limit),
         )
         # Scores as fractions of the best hit's (which scores 1.0): the same scale on every
@@ -1054,22 +1049,12 @@ class _TreeRecords:
         tx = self._tx
         for row in tx.execute(f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at, session_id").fetchall():
             key = (row["session_id"],)
-            messages = tx.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? ORDER BY seq", key
-            ).fetchall()
-            archives = tx.execute(
-                f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? ORDER BY archive_no", key
-            ).fetchall()
-            tools = tx.execute(
-                f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE session_id = ? ORDER BY created_at, tool_id", key
-            ).fetchall()
-            usage = tx.execute(f"SELECT {USAGE_COLUMNS} FROM usage WHERE session_id = ? ORDER BY id", key).fetchall()
             yield SessionDump(
                 session=session_row(row),
-                messages=[message_row(r) for r in messages],
-                archives=[archive_row(r) for r in archives],
-                tools=[tool_record(r) for r in tools],
-                usage=[usage_entry(r) for r in usage],
+                messages=[message_row(r) for r in tx.execute(MESSAGES_AFTER, (*key, 0)).fetchall()],
+                archives=[archive_row(r) for r in tx.execute(ARCHIVES_OF, key).fetchall()],
+                tools=[tool_record(r) for r in tx.execute(TOOLS_OF, key).fetchall()],
+                usage=[usage_entry(r) for r in tx.execute(USAGE_OF, key).fetchall()],
             )
 
     def tasks(self) -> Iterator[TaskRow]:

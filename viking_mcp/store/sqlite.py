@@ -107,9 +107,7 @@ class SQLiteStore(SQLStore):
         f"SELECT {MEMORY_COLUMNS}, -bm25(memories_fts, 4.0, 3.0, 1.5, 1.0) AS score "
         "FROM memories_fts JOIN memories m ON m.id = memories_fts.rowid "
         "LEFT JOIN context_usage u ON u.account_id = m.account_id AND u.uri = m.uri "
-        "WHERE memories_fts MATCH ? AND m.account_id = ? "
-        "AND ((m.scope = 'user' AND m.owner_id = ?) OR (m.scope = 'agent' AND m.owner_id = ?))"
-        "{category} ORDER BY score DESC, active_count DESC, m.uri LIMIT ?"
+        "WHERE memories_fts MATCH ?"
     )
 
     def __init__(self, path: Path, *, busy_timeout_ms: int = 5_000, durability: str = "normal") -> None:
