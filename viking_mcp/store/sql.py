@@ -164,27 +164,14 @@ def listing_row(row: Sequence[Any]) -> ArchiveRow:
 
 
 TASK_COLUMNS = (
-    "task_id, task_type, status, session_id, archive_no, created_at, updated_at, result, error, owner, attempts, "
-    "account_id, user_id"
+    "task_id, task_type, status, session_id, archive_no AS archive_number, created_at, updated_at, result, error, "
+    "owner, attempts, account_id, user_id"
 )
 
 
 def task_row(row: Any) -> TaskRow:
-    return TaskRow(
-        task_id=row["task_id"],
-        task_type=row["task_type"],
-        status=row["status"],
-        session_id=row["session_id"],
-        archive_number=row["archive_no"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        result=json.loads(row["result"]) if row["result"] else None,
-        error=row["error"],
-        owner=row["owner"],
-        attempts=row["attempts"],
-        account_id=row["account_id"],
-        user_id=row["user_id"],
-    )
+    """A row of `TASK_COLUMNS`, which are named as TaskRow's fields."""
+    return TaskRow(**{**row, "result": json.loads(row["result"]) if row["result"] else None})
 
 
 TOOL_COLUMNS = "tool_id, tool_name, skill_uri, tool_input, tool_output, tool_status, message_id, created_at, updated_at"
@@ -192,31 +179,17 @@ TOOLS_OF = f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE session_id = ? ORDER BY
 
 
 def tool_record(row: Any) -> ToolRecord:
-    return ToolRecord(
-        tool_id=row["tool_id"],
-        tool_name=row["tool_name"],
-        skill_uri=row["skill_uri"],
-        tool_input=json.loads(row["tool_input"]),
-        tool_output=row["tool_output"],
-        tool_status=row["tool_status"],
-        message_id=row["message_id"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    """A row of `TOOL_COLUMNS`, which are named as ToolRecord's fields."""
+    return ToolRecord(**{**row, "tool_input": json.loads(row["tool_input"])})
 
 
-USAGE_COLUMNS = "kind, uri, payload, created_at, archive_no"
+USAGE_COLUMNS = "kind, uri, payload, created_at, archive_no AS archive_number"
 USAGE_OF = f"SELECT {USAGE_COLUMNS} FROM usage WHERE session_id = ? ORDER BY id"
 
 
 def usage_entry(row: Any) -> UsageEntry:
-    return UsageEntry(
-        kind=row["kind"],
-        uri=row["uri"],
-        payload=json.loads(row["payload"]),
-        created_at=row["created_at"],
-        archive_number=row["archive_no"],
-    )
+    """A row of `USAGE_COLUMNS`, which are named as UsageEntry's fields."""
+    return UsageEntry(**{**row, "payload": json.loads(row["payload"])})
 
 
 MEMORY_COLUMNS = (
@@ -996,7 +969,7 @@ class SQLStore(ABC):
             ],
         )  # fmt: skip
         tx.executemany(
-            f"INSERT INTO usage (session_id, {USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO usage (session_id, kind, uri, payload, created_at, archive_no) VALUES (?, ?, ?, ?, ?, ?)",
             [(session_id, e.kind, text(e.uri), dumps(e.payload), e.created_at, e.archive_number) for e in dump.usage],
         )
 
