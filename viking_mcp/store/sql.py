@@ -100,6 +100,10 @@ def session_row(row: Any) -> SessionRow:
 
 MESSAGE_COLUMNS = "seq, message_id, role, parts, created_at, tokens"
 MESSAGES_AFTER = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq"
+_MESSAGE_INSERT = (
+    "INSERT INTO messages (session_id, seq, message_id, role, parts, created_at, tokens, cum_tokens) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def message_row(row: Any) -> StoredMessage:
@@ -176,6 +180,7 @@ def task_row(row: Any) -> TaskRow:
 
 TOOL_COLUMNS = "tool_id, tool_name, skill_uri, tool_input, tool_output, tool_status, message_id, created_at, updated_at"
 TOOLS_OF = f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE session_id = ? ORDER BY created_at, tool_id"
+_TOOL_INSERT = f"INSERT INTO tool_calls (session_id, {TOOL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def tool_record(row: Any) -> ToolRecord:
@@ -429,8 +434,7 @@ class SQLStore(ABC):
             if duplicate:
                 return AppendOutcome(message.id, next_seq - 1 - archived_through, created, True)
             tx.execute(
-                "INSERT INTO messages (session_id, seq, message_id, role, parts, created_at, tokens, cum_tokens) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                _MESSAGE_INSERT,
                 (session_id, next_seq, message.id, message.role, parts_json, message.created_at, tokens,
                  total_tokens + tokens),
             )  # fmt: skip
@@ -441,11 +445,11 @@ class SQLStore(ABC):
             for part in message.parts:
                 if part.type == "tool":
                     tx.execute(
-                        f"INSERT INTO tool_calls (session_id, {TOOL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (session_id, tool_id) DO UPDATE SET tool_name = excluded.tool_name, "
-                        "skill_uri = excluded.skill_uri, tool_input = excluded.tool_input, "
-                        "tool_output = excluded.tool_output, tool_status = excluded.tool_status, "
-                        "message_id = excluded.message_id, updated_at = excluded.updated_at",
+                        _TOOL_INSERT + " ON CONFLICT (session_id, tool_id) DO UPDATE SET "
+                        "tool_name = excluded.tool_name, skill_uri = excluded.skill_uri, "
+                        "tool_input = excluded.tool_input, tool_output = excluded.tool_output, "
+                        "tool_status = excluded.tool_status, message_id = excluded.message_id, "
+                        "updated_at = excluded.updated_at",
                         (session_id, part.tool_id, self._text(part.tool_name), self._text(part.skill_uri),
                          dumps(part.tool_input), self._text(part.tool_output), part.tool_status, message.id, now, now),
                     )  # fmt: skip
@@ -934,11 +938,7 @@ class SQLStore(ABC):
                 (session_id, stored.seq, message.id, message.role,
                  dumps([p.model_dump(mode="json") for p in message.parts]), message.created_at, stored.tokens, cum)
             )  # fmt: skip
-        tx.executemany(
-            "INSERT INTO messages (session_id, seq, message_id, role, parts, created_at, tokens, cum_tokens) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            messages,
-        )
+        tx.executemany(_MESSAGE_INSERT, messages)
         tx.executemany(
             f"INSERT INTO archives ({ARCHIVE_COLUMNS}) VALUES ({', '.join('?' * 17)})",
             [
@@ -961,7 +961,7 @@ class SQLStore(ABC):
             ),
         )  # fmt: skip
         tx.executemany(
-            f"INSERT INTO tool_calls (session_id, {TOOL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _TOOL_INSERT,
             [
                 (session_id, t.tool_id, text(t.tool_name), text(t.skill_uri), dumps(t.tool_input),
                  text(t.tool_output), t.tool_status, t.message_id, t.created_at, t.updated_at)
