@@ -47,8 +47,8 @@ logger = logging.getLogger(__name__)
 
 Cursor = psycopg.Cursor[DictRow]
 
-_DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
 # Seconds since the epoch, on the database's clock.
+_DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
 _MIGRATION_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('viking-mcp migrate ' || current_schema())) AS got"
 # Search weights for name, abstract, overview and content (ts_rank's order is D, C, B, A).
 _RANK_WEIGHTS = "'{0.25, 0.375, 0.75, 1.0}'"
