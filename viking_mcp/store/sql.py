@@ -37,6 +37,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import fields
 from typing import Any, Protocol, TypeVar, get_args
 
 from viking_mcp.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
@@ -198,7 +199,7 @@ def usage_entry(row: Any) -> UsageEntry:
 
 
 MEMORY_COLUMNS = (
-    "m.id, m.uri, m.scope, m.owner_id, m.category, m.key, m.name, m.abstract, m.overview, m.content, m.stats, "
+    "m.uri, m.scope, m.owner_id, m.category, m.key, m.name, m.abstract, m.overview, m.content, m.stats, "
     "m.version, m.created_at, m.updated_at, COALESCE(u.active_count, 0) AS active_count"
 )
 MEMORY_FROM = "memories m LEFT JOIN context_usage u ON u.account_id = m.account_id AND u.uri = m.uri"
@@ -208,23 +209,12 @@ _MEMORY_INSERT = (
 )
 
 
+_MEMORY_FIELDS = [f.name for f in fields(StoredMemory) if f.name != "stats"]
+
+
 def memory_row(row: Any) -> StoredMemory:
-    return StoredMemory(
-        uri=row["uri"],
-        scope=row["scope"],
-        owner_id=row["owner_id"],
-        category=row["category"],
-        key=row["key"],
-        name=row["name"],
-        abstract=row["abstract"],
-        overview=row["overview"],
-        content=row["content"],
-        stats=json.loads(row["stats"]),
-        version=row["version"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        active_count=row["active_count"],
-    )
+    """A row with `MEMORY_COLUMNS` (named as StoredMemory's fields) among its columns."""
+    return StoredMemory(**{name: row[name] for name in _MEMORY_FIELDS}, stats=json.loads(row["stats"]))
 
 
 MaybeText = TypeVar("MaybeText", str, str | None)
