@@ -116,7 +116,7 @@ def message_row(row: Any) -> StoredMessage:
 
 
 ARCHIVE_COLUMNS = (
-    "session_id, archive_no, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
+    "session_id, archive_no AS number, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
     "abstract, abstract_tokens, overview, overview_renderings, memory_diff, supplied, error, task_id"
 )
 ARCHIVES_OF = f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? ORDER BY archive_no"
@@ -125,7 +125,7 @@ ARCHIVES_OF = f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? ORDE
 # that it does not need, since reading a column past a large value walks the row's
 # overflow pages: a failed archive's error is read, no other's.
 ARCHIVE_LIGHT_COLUMNS = (
-    "session_id, archive_no, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
+    "session_id, archive_no AS number, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
     "abstract, abstract_tokens, '' AS overview, '[]' AS overview_renderings, NULL AS memory_diff, "
     "'{}' AS supplied, CASE WHEN status = 'failed' THEN error END AS error, NULL AS task_id"
 )
@@ -136,25 +136,14 @@ ARCHIVE_CONTEXT_COLUMNS = ARCHIVE_LIGHT_COLUMNS.replace(
 
 
 def archive_row(row: Any) -> ArchiveRow:
-    renderings = [OverviewRendering(tokens=t, text=s) for t, s in json.loads(row["overview_renderings"])]
+    """A row of `ARCHIVE_COLUMNS`, which are named as ArchiveRow's fields."""
     return ArchiveRow(
-        session_id=row["session_id"],
-        number=row["archive_no"],
-        first_seq=row["first_seq"],
-        last_seq=row["last_seq"],
-        message_count=row["message_count"],
-        tokens=row["tokens"],
-        status=row["status"],
-        created_at=row["created_at"],
-        done_at=row["done_at"],
-        abstract=row["abstract"],
-        abstract_tokens=row["abstract_tokens"],
-        overview=row["overview"],
-        overview_renderings=renderings,
-        memory_diff=json.loads(row["memory_diff"]) if row["memory_diff"] else None,
-        supplied=json.loads(row["supplied"]),
-        error=row["error"],
-        task_id=row["task_id"],
+        **{
+            **row,
+            "overview_renderings": [OverviewRendering(t, s) for t, s in json.loads(row["overview_renderings"])],
+            "memory_diff": json.loads(row["memory_diff"]) if row["memory_diff"] else None,
+            "supplied": json.loads(row["supplied"]),
+        }
     )
 
 
@@ -207,8 +196,6 @@ _MEMORY_INSERT = (
     "INSERT INTO memories (account_id, uri, scope, owner_id, category, key, name, abstract, overview, content, "
     "stats, version, created_at, updated_at, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-
-
 _MEMORY_FIELDS = [f.name for f in fields(StoredMemory) if f.name != "stats"]
 
 
@@ -930,7 +917,9 @@ class SQLStore(ABC):
             )  # fmt: skip
         tx.executemany(_MESSAGE_INSERT, messages)
         tx.executemany(
-            f"INSERT INTO archives ({ARCHIVE_COLUMNS}) VALUES ({', '.join('?' * 17)})",
+            "INSERT INTO archives (session_id, archive_no, first_seq, last_seq, message_count, tokens, status, "
+            "created_at, done_at, abstract, abstract_tokens, overview, overview_renderings, memory_diff, supplied, "
+            f"error, task_id) VALUES ({', '.join('?' * 17)})",
             [
                 (session_id, a.number, a.first_seq, a.last_seq, a.message_count, a.tokens, a.status, a.created_at,
                  a.done_at, text(a.abstract), a.abstract_tokens, text(a.overview),
