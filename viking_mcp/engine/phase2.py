@@ -34,7 +34,8 @@ from viking_mcp.models import (
     archive_id,
     archive_uri,
 )
-from viking_mcp.store.base import OverviewRendering, Phase2Output, Store, TaskRow
+from viking_mcp.store import Store
+from viking_mcp.store.base import OverviewRendering, Phase2Output, TaskRow
 from viking_mcp.summarize.base import ArchiveInput, ArchiveSummary, Summariser
 from viking_mcp.summarize.extractive import ExtractiveSummariser
 from viking_mcp.tokens import TokenCounter

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from viking_mcp.config import Settings
 from viking_mcp.errors import FailedPrecondition
-from viking_mcp.store.base import Store
+from viking_mcp.store.sql import SQLStore as Store
 
 
 def open_store(settings: Settings) -> Store:

@@ -1,27 +1,9 @@
-"""The store's interface: the logical viking:// tree as transactional operations.
-
-The engine validates, counts tokens and decides; a store only keeps bytes and makes
-each operation atomic. The embedded SQLite store (store/sqlite.py) and the PostgreSQL
-store for many instances (store/postgres.py) implement the same methods with the same
-guarantees:
-
-- every method is one transaction: it happens entirely or not at all;
-- appends cost the same however long the session is (no method reads a whole session
-  to add to it);
-- commit Phase 1 is O(1) in the number of messages: an archive is a range of message
-  sequence numbers, so moving the live buffer into an archive rewrites no message.
-
-`write_batch()` groups the methods one thread calls inside it into one transaction (a
-group commit): each still happens entirely or not at all, none is durable (or visible to
-others) before the batch commits, and if the batch cannot commit, none happens. A store
-may also commit each on its own (PostgreSQL does: its appends lock a session's row, and
-a batch would hold many).
-"""
+"""What the store's operations take and return. The store itself, and the guarantees it
+keeps, are in store/sql.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -185,111 +167,6 @@ class UsageRecord:
     skills: list[dict[str, Any]] = field(default_factory=list)
 
 
-class Store(Protocol):
-    def close(self) -> None: ...
-    def write_batch(self) -> AbstractContextManager[None]:
-        """The writes this thread makes inside, committed together (see the module's docstring)."""
-        ...
-
-    def schema_version(self) -> int:
-        """How far the store's schema has come (migrations run when it opens)."""
-        ...
-
-    # sessions
-    def create_session(self, session_id: str, owner: Owner, metadata: dict[str, Any], now: str) -> SessionRow: ...
-    def get_session(self, session_id: str) -> SessionRow | None: ...
-    def list_sessions(
-        self, limit: int, after: tuple[str, str] | None, owner: Owner | None = None
-    ) -> list[SessionRow]: ...
-    def merge_metadata(self, session_id: str, patch: dict[str, Any], now: str) -> dict[str, Any]: ...
-    def delete_session(self, session_id: str, now: str) -> bool: ...
-
-    # messages
-    def append_message(
-        self,
-        session_id: str,
-        message: Message,
-        tokens: int,
-        now: str,
-        create_as: Owner | None,
-        only_for: Owner | None = None,
-    ) -> AppendOutcome: ...
-    def read_messages(
-        self, session_id: str, after_seq: int, through_seq: int | None, offset: int, limit: int | None
-    ) -> list[StoredMessage]: ...
-    def live_messages(self, session_id: str) -> list[StoredMessage]: ...
-
-    # usage and tool records
-    def record_usage(
-        self, session_id: str, contexts: list[str], skill: dict[str, Any] | None, now: str
-    ) -> tuple[int, int]: ...
-    def usage(self, session_id: str) -> UsageRecord: ...
-    def tool_records(self, session_id: str) -> list[ToolRecord]: ...
-
-    # commit and archives
-    def commit_phase1(
-        self, session_id: str, keep_recent: int, supplied: dict[str, Any], task_id: str, now: str
-    ) -> Phase1Outcome: ...
-    def list_archives(self, session_id: str) -> list[ArchiveRow]: ...
-    def get_archive(self, session_id: str, number: int) -> ArchiveRow | None: ...
-    def context_snapshot(self, session_id: str) -> ContextSnapshot | None: ...
-
-    # tasks and Phase 2
-    def get_task(self, task_id: str) -> TaskRow | None: ...
-    def list_tasks(
-        self,
-        task_type: str | None,
-        status: str | None,
-        session_id: str | None,
-        limit: int,
-        owner: Owner | None = None,
-    ) -> list[TaskRow]: ...
-    def claim_phase2(
-        self, owner: str, now: str, lease_until: float, owner_is_gone: Callable[[str | None, float], bool]
-    ) -> TaskRow | None: ...
-    def previous_overview(self, session_id: str, number: int) -> str: ...
-    def finish_phase2(self, task: TaskRow, output: Phase2Output, now: str) -> bool: ...
-    def release_phase2(self, task: TaskRow, now: str) -> None: ...
-    def fail_phase2(self, task: TaskRow, error: str, now: str) -> None: ...
-    def retry_archive(self, session_id: str, number: int, task_id: str, now: str) -> None: ...
-    def skip_archive(self, session_id: str, number: int, now: str) -> None: ...
-    def archive_usage(self, session_id: str, number: int) -> UsageRecord: ...
-
-    # long-term memories
-    def memories_by_uri(self, account_id: str, uris: list[str]) -> dict[str, StoredMemory]: ...
-    def memories_in_category(self, account_id: str, scope: str, owner_id: str, category: str) -> list[StoredMemory]: ...
-    def list_memories(
-        self, account_id: str, scope: str, owner_id: str, category: str | None, limit: int
-    ) -> list[StoredMemory]: ...
-    def finish_extract(
-        self,
-        session_id: str,
-        account_id: str,
-        task_id: str,
-        writes: list[MemoryWrite],
-        counts: dict[str, int],
-        created_at: str,
-        now: str,
-        llm_tokens: tuple[int, int] = (0, 0),
-    ) -> None: ...
-    def fail_extract(self, session_id: str, task_id: str, error: str, created_at: str, now: str) -> None: ...
-    def search_memories(
-        self, account_id: str, owners: dict[str, str], match: str, category: str | None, limit: int
-    ) -> list[tuple[StoredMemory, float]]: ...
-
-    # export and import: the whole tree as records (`viking-mcp export` / `import`)
-    def export_tree(self) -> AbstractContextManager[TreeRecords]:
-        """Every session, task, memory and context-usage count, read in one consistent snapshot
-        that lasts while the context is open."""
-        ...
-
-    def import_tree(self, records: TreeRecords, replace: bool, now: str) -> TransferCounts:
-        """Write what `records` yields in one transaction: all of it or nothing. A session, task
-        or memory that already exists is ALREADY_EXISTS, unless `replace` (then the imported one
-        replaces it; a replaced session's unfinished tasks fail as if it had been deleted)."""
-        ...
-
-
 # --- export and import ------------------------------------------------------------------------
 
 
@@ -344,7 +221,7 @@ class TreeRecords(Protocol):
     def context_usage(self) -> Iterator[ContextUsage]: ...
 
 
-@dataclass(frozen=True)
+@dataclass
 class TransferCounts:
     sessions: int = 0
     messages: int = 0

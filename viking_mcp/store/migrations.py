@@ -104,9 +104,6 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX usage_by_session ON usage (session_id, id)",
     ],
-]
-
-MIGRATIONS.append(
     # 2: long-term memories with full-text search; usage rows tied to the archive that
     # consumed them; how often each context (memory or resource) was used.
     [
@@ -143,10 +140,7 @@ MIGRATIONS.append(
             last_used_at TEXT,
             PRIMARY KEY (account_id, uri)
         ) WITHOUT ROWID""",
-    ]
-)
-
-MIGRATIONS.append(
+    ],
     # 3: tasks remember whose they are, so that one user never lists another's (and a
     # task outlives its session's deletion).
     [
@@ -155,10 +149,7 @@ MIGRATIONS.append(
         """UPDATE tasks SET account_id = (SELECT s.account_id FROM sessions s WHERE s.session_id = tasks.session_id),
             user_id = (SELECT s.user_id FROM sessions s WHERE s.session_id = tasks.session_id)""",
         "CREATE INDEX tasks_by_owner ON tasks (account_id, user_id, created_at)",
-    ]
-)
-
-MIGRATIONS.append(
+    ],
     # 4: get_context lists every archive of a session; this index holds all it reads of
     # them, so the listing never touches the archive rows, whose overviews and memory
     # diffs make them large (15 ms for 200 archives without it, 0.3 ms with it). The
@@ -170,7 +161,7 @@ MIGRATIONS.append(
             session_id, archive_no, status, first_seq, last_seq, message_count, tokens, created_at, done_at,
             abstract_tokens, abstract, error
         )""",
-    ]
-)
+    ],
+]
 
 SCHEMA_VERSION = len(MIGRATIONS)

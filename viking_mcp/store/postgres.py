@@ -5,8 +5,7 @@ is how concurrency is made safe when the writers are other machines:
 
 - Every write that touches a session takes that session's row lock first
   (`SELECT ... FOR UPDATE`), so appends to one session are numbered in one order and
-  never lost, and archive numbers are handed out one at a time. Taking the session lock
-  first in every transaction is also what keeps two transactions from deadlocking.
+  never lost, and archive numbers are handed out one at a time.
 - The Phase 2 queue is claimed with `FOR UPDATE SKIP LOCKED`: instances polling at once
   each take a different task, and none waits for another's claim.
 - A claim is a lease on the database's clock, renewed by a heartbeat while this process
@@ -41,16 +40,15 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from viking_mcp.errors import Conflict, Internal, InvalidArgument, ResourceExhausted, Unavailable, VikingError
 from viking_mcp.store.base import TaskRow
 from viking_mcp.store.pg_migrations import MIGRATIONS, SCHEMA_VERSION
-from viking_mcp.store.rows import task_row
-from viking_mcp.store.sql import MEMORY_COLUMNS, MEMORY_FROM, TASK_COLUMNS, MaybeText, SQLStore, Tx
+from viking_mcp.store.sql import MEMORY_COLUMNS, MEMORY_FROM, TASK_COLUMNS, MaybeText, SQLStore, Tx, task_row
 from viking_mcp.store.urls import redacted
 
 logger = logging.getLogger(__name__)
 
 Cursor = psycopg.Cursor[DictRow]
 
-_DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
 # Seconds since the epoch, on the database's clock.
+_DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
 _MIGRATION_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('viking-mcp migrate ' || current_schema())) AS got"
 # Search weights for name, abstract, overview and content (ts_rank's order is D, C, B, A).
 _RANK_WEIGHTS = "'{0.25, 0.375, 0.75, 1.0}'"
@@ -77,8 +75,6 @@ class _Tx:
 
 
 def _translate(exc: Exception) -> VikingError:
-    if isinstance(exc, VikingError):
-        return exc
     if isinstance(exc, pg_errors.DeadlockDetected | pg_errors.SerializationFailure):
         return Conflict(f"a concurrent write got in the way ({type(exc).__name__}); retry")
     if isinstance(exc, PoolTimeout):
@@ -114,9 +110,7 @@ class PostgresStore(SQLStore):
     _SEARCH = (
         f"SELECT {MEMORY_COLUMNS}, ts_rank({_RANK_WEIGHTS}, m.search, q.query) AS score "
         f"FROM {MEMORY_FROM}, websearch_to_tsquery('english', ?) AS q(query) "
-        "WHERE m.search @@ q.query AND m.account_id = ? "
-        "AND ((m.scope = 'user' AND m.owner_id = ?) OR (m.scope = 'agent' AND m.owner_id = ?))"
-        "{category} ORDER BY score DESC, active_count DESC, m.uri LIMIT ?"
+        "WHERE m.search @@ q.query"
     )
 
     def __init__(
@@ -192,8 +186,6 @@ class PostgresStore(SQLStore):
                     with suppress(psycopg.Error):
                         conn.rollback()
                     raise
-        except VikingError:
-            raise
         except (psycopg.Error, PoolTimeout) as exc:
             raise _translate(exc) from exc
 
@@ -202,7 +194,6 @@ class PostgresStore(SQLStore):
         return self._transaction("BEGIN")
 
     def _read(self) -> AbstractContextManager[_Tx]:
-        """A read transaction: every SELECT inside sees one snapshot."""
         return self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     def _migrate(self) -> None:
@@ -225,9 +216,7 @@ class PostgresStore(SQLStore):
             row = cur.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 cur.execute("INSERT INTO schema_version (version) VALUES (0)")
-                version = 0
-            else:
-                version = int(row["version"])
+            version = int(row["version"]) if row else 0
             if self._upgrade(cur, version, MIGRATIONS, redacted(self.url)):
                 cur.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
@@ -259,8 +248,6 @@ class PostgresStore(SQLStore):
         while not self._stop.wait(interval):
             with self._claimed_lock:
                 claimed = dict(self._claimed)
-            if not claimed:
-                continue
             for task_id, (owner, hard_until) in claimed.items():
                 try:  # one short transaction per task: a renewal never waits on two row locks
                     with self._write() as cur:

@@ -1,26 +1,43 @@
-"""The SQL store: every operation of the `Store` interface, written once over the tables
-both databases keep (store/migrations.py for SQLite, store/pg_migrations.py for PostgreSQL).
+"""The store: the logical viking:// tree as transactional operations, written once over SQL.
 
-A dialect subclasses `SQLStore` with what differs between the databases: how a transaction
-is got and how driver errors become ours (`_read`, `_write`), migrations, the Phase 2
-claim, the full-text match (`_SEARCH`), row locking (`_LOCK`), text the database cannot
-hold (`_text`) and a full-text index that is not a generated column (`_index_memory`).
-The embedded SQLite store is store/sqlite.py, the PostgreSQL store for many instances
-store/postgres.py.
+The engine validates, counts tokens and decides; the store only keeps bytes and makes each
+operation atomic, with the same guarantees on SQLite and on PostgreSQL:
+
+- every method is one transaction: it happens entirely or not at all;
+- appends cost the same however long the session is (no method reads a whole session
+  to add to it);
+- commit Phase 1 is O(1) in the number of messages: an archive is a range of message
+  sequence numbers, so moving the live buffer into an archive rewrites no message.
+
+`write_batch()` groups the methods one thread calls inside it into one transaction (a
+group commit): each still happens entirely or not at all, none is durable (or visible to
+others) before the batch commits, and if the batch cannot commit, none happens. A store
+may also commit each on its own (PostgreSQL does: its appends lock a session's row, and
+a batch would hold many).
+
+`SQLStore` works on the tables both databases keep (store/migrations.py for SQLite,
+store/pg_migrations.py for PostgreSQL). A dialect subclasses it with what differs between
+the databases: how a transaction is got and how driver errors become ours (`_read`,
+`_write`), migrations, the Phase 2 claim, the full-text match (`_SEARCH`), row locking
+(`_LOCK`), text the database cannot hold (`_text`) and a full-text index that is not a
+generated column (`_index_memory`). The embedded SQLite store is store/sqlite.py, the
+PostgreSQL store for many instances store/postgres.py.
 
 SQL here is written with `?` placeholders (a PostgreSQL transaction takes them as `%s`),
-and rows are read by column name, which sqlite3.Row and psycopg's dict rows both answer.
-Every write that depends on a session's row reads it first with `_LOCK` after the SELECT
-(`FOR UPDATE` on PostgreSQL, nothing on SQLite, whose writers hold the database's lock from
-BEGIN): taking the session lock first in every transaction is also what keeps two
-transactions from deadlocking.
+and rows are read by column name, which sqlite3.Row and psycopg's dict rows both answer;
+both databases keep JSON as text. Every write that depends on a session's row reads it
+first with `_LOCK` after the SELECT (`FOR UPDATE` on PostgreSQL, nothing on SQLite, whose
+writers hold the database's lock from BEGIN): taking the session lock first in every
+transaction is also what keeps two transactions from deadlocking.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import fields
 from typing import Any, Protocol, TypeVar, get_args
 
 from viking_mcp.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
@@ -31,6 +48,7 @@ from viking_mcp.store.base import (
     ContextSnapshot,
     ContextUsage,
     MemoryDump,
+    OverviewRendering,
     Phase1Outcome,
     Phase2Output,
     SessionDump,
@@ -40,37 +58,74 @@ from viking_mcp.store.base import (
     ToolRecord,
     TransferCounts,
     TreeRecords,
+    UsageEntry,
     UsageRecord,
-)
-from viking_mcp.store.rows import (
-    archive_row,
-    dumps,
-    memory_row,
-    message_row,
-    session_row,
-    task_row,
-    tool_record,
-    usage_entry,
 )
 
 MEMORY_CATEGORIES = get_args(MemoryCategory)
 _ALL = 2**62  # a LIMIT (or a sequence number) past everything, on either database
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# Each table's columns as the store reads them, and the record a row of them becomes.
 
 SESSION_COLUMNS = (
     "session_id, account_id, user_id, agent_id, created_at, updated_at, metadata, next_seq, "
     "archived_through, total_tokens, archived_tokens, commit_count, last_commit_at, "
     "llm_prompt_tokens, llm_completion_tokens, memories_extracted, contexts_used, skills_used"
 )
+
+
+def session_row(row: Any) -> SessionRow:
+    return SessionRow(
+        session_id=row["session_id"],
+        owner=Owner(row["account_id"], row["user_id"], row["agent_id"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        metadata=json.loads(row["metadata"]),
+        total_message_count=row["next_seq"] - 1,
+        live_message_count=row["next_seq"] - 1 - row["archived_through"],
+        pending_tokens=row["total_tokens"] - row["archived_tokens"],
+        commit_count=row["commit_count"],
+        last_commit_at=row["last_commit_at"],
+        llm_prompt_tokens=row["llm_prompt_tokens"],
+        llm_completion_tokens=row["llm_completion_tokens"],
+        memories_extracted=json.loads(row["memories_extracted"]),
+        contexts_used=row["contexts_used"],
+        skills_used=row["skills_used"],
+    )
+
+
+MESSAGE_COLUMNS = "seq, message_id, role, parts, created_at, tokens"
+MESSAGES_AFTER = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq"
+_MESSAGE_INSERT = (
+    "INSERT INTO messages (session_id, seq, message_id, role, parts, created_at, tokens, cum_tokens) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def message_row(row: Any) -> StoredMessage:
+    parts = json.loads(row["parts"])
+    message = Message.model_validate(
+        {"id": row["message_id"], "role": row["role"], "parts": parts, "created_at": row["created_at"]}
+    )
+    return StoredMessage(seq=row["seq"], message=message, tokens=row["tokens"])
+
+
 ARCHIVE_COLUMNS = (
-    "session_id, archive_no, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
+    "session_id, archive_no AS number, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
     "abstract, abstract_tokens, overview, overview_renderings, memory_diff, supplied, error, task_id"
 )
+ARCHIVES_OF = f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? ORDER BY archive_no"
 # The same, for get_context's list of every archive of a session: none of the large
 # columns (it reads the renderings of one archive only), and nothing stored after them
 # that it does not need, since reading a column past a large value walks the row's
 # overflow pages: a failed archive's error is read, no other's.
 ARCHIVE_LIGHT_COLUMNS = (
-    "session_id, archive_no, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
+    "session_id, archive_no AS number, first_seq, last_seq, message_count, tokens, status, created_at, done_at, "
     "abstract, abstract_tokens, '' AS overview, '[]' AS overview_renderings, NULL AS memory_diff, "
     "'{}' AS supplied, CASE WHEN status = 'failed' THEN error END AS error, NULL AS task_id"
 )
@@ -78,14 +133,62 @@ ARCHIVE_LIGHT_COLUMNS = (
 ARCHIVE_CONTEXT_COLUMNS = ARCHIVE_LIGHT_COLUMNS.replace(
     "'' AS overview, '[]' AS overview_renderings", "overview, overview_renderings"
 )
+
+
+def archive_row(row: Any) -> ArchiveRow:
+    """A row of `ARCHIVE_COLUMNS`, which are named as ArchiveRow's fields."""
+    return ArchiveRow(
+        **{
+            **row,
+            "overview_renderings": [OverviewRendering(t, s) for t, s in json.loads(row["overview_renderings"])],
+            "memory_diff": json.loads(row["memory_diff"]) if row["memory_diff"] else None,
+            "supplied": json.loads(row["supplied"]),
+        }
+    )
+
+
+def listing_row(row: Sequence[Any]) -> ArchiveRow:
+    """An archive as `ARCHIVE_LIGHT_COLUMNS` reads it, as a plain tuple: no overview, renderings,
+    diff or supplied."""
+    # Positional, in ArchiveRow's field order (the columns' order): the fastest way to build one.
+    return ArchiveRow(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
+        "", [], None, {}, row[15], None,
+    )  # fmt: skip
+
+
 TASK_COLUMNS = (
-    "task_id, task_type, status, session_id, archive_no, created_at, updated_at, result, error, owner, attempts, "
-    "account_id, user_id"
+    "task_id, task_type, status, session_id, archive_no AS archive_number, created_at, updated_at, result, error, "
+    "owner, attempts, account_id, user_id"
 )
-MESSAGE_COLUMNS = "seq, message_id, role, parts, created_at, tokens"
+
+
+def task_row(row: Any) -> TaskRow:
+    """A row of `TASK_COLUMNS`, which are named as TaskRow's fields."""
+    return TaskRow(**{**row, "result": json.loads(row["result"]) if row["result"] else None})
+
+
 TOOL_COLUMNS = "tool_id, tool_name, skill_uri, tool_input, tool_output, tool_status, message_id, created_at, updated_at"
+TOOLS_OF = f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE session_id = ? ORDER BY created_at, tool_id"
+_TOOL_INSERT = f"INSERT INTO tool_calls (session_id, {TOOL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def tool_record(row: Any) -> ToolRecord:
+    """A row of `TOOL_COLUMNS`, which are named as ToolRecord's fields."""
+    return ToolRecord(**{**row, "tool_input": json.loads(row["tool_input"])})
+
+
+USAGE_COLUMNS = "kind, uri, payload, created_at, archive_no AS archive_number"
+USAGE_OF = f"SELECT {USAGE_COLUMNS} FROM usage WHERE session_id = ? ORDER BY id"
+
+
+def usage_entry(row: Any) -> UsageEntry:
+    """A row of `USAGE_COLUMNS`, which are named as UsageEntry's fields."""
+    return UsageEntry(**{**row, "payload": json.loads(row["payload"])})
+
+
 MEMORY_COLUMNS = (
-    "m.id, m.uri, m.scope, m.owner_id, m.category, m.key, m.name, m.abstract, m.overview, m.content, m.stats, "
+    "m.uri, m.scope, m.owner_id, m.category, m.key, m.name, m.abstract, m.overview, m.content, m.stats, "
     "m.version, m.created_at, m.updated_at, COALESCE(u.active_count, 0) AS active_count"
 )
 MEMORY_FROM = "memories m LEFT JOIN context_usage u ON u.account_id = m.account_id AND u.uri = m.uri"
@@ -93,6 +196,13 @@ _MEMORY_INSERT = (
     "INSERT INTO memories (account_id, uri, scope, owner_id, category, key, name, abstract, overview, content, "
     "stats, version, created_at, updated_at, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_MEMORY_FIELDS = [f.name for f in fields(StoredMemory) if f.name != "stats"]
+
+
+def memory_row(row: Any) -> StoredMemory:
+    """A row with `MEMORY_COLUMNS` (named as StoredMemory's fields) among its columns."""
+    return StoredMemory(**{name: row[name] for name in _MEMORY_FIELDS}, stats=json.loads(row["stats"]))
+
 
 MaybeText = TypeVar("MaybeText", str, str | None)
 
@@ -112,56 +222,56 @@ class Tx(Protocol):
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> object: ...
 
 
-def listing_row(row: Sequence[Any]) -> ArchiveRow:
-    """An archive as `ARCHIVE_LIGHT_COLUMNS` reads it, as a plain tuple: no overview, renderings,
-    diff or supplied."""
-    # Positional, in ArchiveRow's field order (the columns' order): the fastest way to build one.
-    return ArchiveRow(
-        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
-        "", [], None, {}, row[15], None,
-    )  # fmt: skip
-
-
-def normalised(rows: list[Any]) -> list[tuple[StoredMemory, float]]:
-    """Search hits with their scores as fractions of the best hit's (which scores 1.0): the
-    same scale on every store, whatever the database's own rank (see README, "Search")."""
-    best = float(rows[0]["score"]) if rows else 0.0  # rows come best first
-    return [(memory_row(r), float(r["score"]) / best if best > 0 else 1.0) for r in rows]
-
-
-class SQLStore:
-    """The `Store` interface over SQL; a subclass is one database's dialect."""
+class SQLStore(ABC):
+    """The store over SQL (see the module's docstring); a subclass is one database's dialect."""
 
     _LOCK = ""  # after a SELECT: lock the rows it reads until the transaction ends
     _IS = "IS"  # null-safe equality
     _GREATEST = "MAX"  # the larger of two values
     _TASK_ORDER = "rowid"  # the tasks' order of insertion
-    # Full-text search: a `score` column (higher is better), `{category}` for the filter;
-    # its values are (match, account_id, user space, agent space[, category], limit).
+    # Full-text search: memories that match the first parameter, with a `score` column
+    # (higher is better), ending in a WHERE clause the store adds to.
     _SEARCH = ""
 
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def write_batch(self) -> AbstractContextManager[None]:
+        """The writes this thread makes inside, committed together (see the module's docstring)."""
+
+    @abstractmethod
+    def schema_version(self) -> int:
+        """How far the store's schema has come (migrations run when it opens)."""
+
+    @abstractmethod
+    def claim_phase2(
+        self, owner: str, now: str, lease_until: float, owner_is_gone: Callable[[str | None, float], bool]
+    ) -> TaskRow | None:
+        """Take the oldest runnable Phase 2 task, or None."""
+
+    @abstractmethod
     def _read(self) -> AbstractContextManager[Tx]:
         """A read transaction: every SELECT inside sees one snapshot."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _write(self) -> AbstractContextManager[Tx]:
         """One write transaction, all of it or nothing."""
-        raise NotImplementedError
+
+    @abstractmethod
+    def _listing(self, tx: Tx, sql: str, params: Sequence[Any]) -> Iterable[Sequence[Any]]:
+        """Rows as plain tuples (a thousand archives are read on every get_context)."""
 
     def _text(self, value: MaybeText) -> MaybeText:
         """Free text as the database can hold it (SQLite holds any)."""
         return value
 
-    def _index_memory(self, tx: Tx, account_id: str, uri: str, present: bool) -> None:
+    def _index_memory(self, tx: Tx, account_id: str, uri: str, present: bool) -> None:  # noqa: B027 (a hook)
         """Bring the full-text index in step with the memory at `uri`: drop its entry and, if
         `present`, add the memory as it now stands. Nothing where the index is generated."""
 
-    def _forget_claim(self, task_id: str) -> None:
+    def _forget_claim(self, task_id: str) -> None:  # noqa: B027 (a hook)
         """This process stops working on a Phase 2 task it claimed."""
-
-    def _listing(self, tx: Tx, sql: str, params: Sequence[Any]) -> Iterable[Sequence[Any]]:
-        """Rows as plain tuples (a thousand archives are read on every get_context)."""
-        raise NotImplementedError
 
     def _upgrade(self, tx: Tx, version: int, migrations: list[list[str]], where: str) -> bool:
         """Run the migrations past `version`; False if there were none to run."""
@@ -174,6 +284,11 @@ class SQLStore:
             for statement in statements:
                 tx.execute(statement)
         return version != len(migrations)
+
+    def _select(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """The rows `sql` reads, in a read transaction of its own."""
+        with self._read() as tx:
+            return tx.execute(sql, params).fetchall()
 
     # --- sessions -------------------------------------------------------------------------
 
@@ -219,11 +334,10 @@ class SQLStore:
             clauses.append("account_id = ? AND user_id = ?")
             params += [owner.account_id, owner.user_id]
         where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
-        with self._read() as tx:
-            rows = tx.execute(
-                f"SELECT {SESSION_COLUMNS} FROM sessions {where}ORDER BY created_at DESC, session_id DESC LIMIT ?",
-                (*params, limit),
-            ).fetchall()
+        rows = self._select(
+            f"SELECT {SESSION_COLUMNS} FROM sessions {where}ORDER BY created_at DESC, session_id DESC LIMIT ?",
+            (*params, limit),
+        )
         return [session_row(r) for r in rows]
 
     def merge_metadata(self, session_id: str, patch: dict[str, Any], now: str) -> dict[str, Any]:
@@ -297,8 +411,7 @@ class SQLStore:
             if duplicate:
                 return AppendOutcome(message.id, next_seq - 1 - archived_through, created, True)
             tx.execute(
-                "INSERT INTO messages (session_id, seq, message_id, role, parts, created_at, tokens, cum_tokens) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                _MESSAGE_INSERT,
                 (session_id, next_seq, message.id, message.role, parts_json, message.created_at, tokens,
                  total_tokens + tokens),
             )  # fmt: skip
@@ -309,11 +422,11 @@ class SQLStore:
             for part in message.parts:
                 if part.type == "tool":
                     tx.execute(
-                        f"INSERT INTO tool_calls (session_id, {TOOL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (session_id, tool_id) DO UPDATE SET tool_name = excluded.tool_name, "
-                        "skill_uri = excluded.skill_uri, tool_input = excluded.tool_input, "
-                        "tool_output = excluded.tool_output, tool_status = excluded.tool_status, "
-                        "message_id = excluded.message_id, updated_at = excluded.updated_at",
+                        _TOOL_INSERT + " ON CONFLICT (session_id, tool_id) DO UPDATE SET "
+                        "tool_name = excluded.tool_name, skill_uri = excluded.skill_uri, "
+                        "tool_input = excluded.tool_input, tool_output = excluded.tool_output, "
+                        "tool_status = excluded.tool_status, message_id = excluded.message_id, "
+                        "updated_at = excluded.updated_at",
                         (session_id, part.tool_id, self._text(part.tool_name), self._text(part.skill_uri),
                          dumps(part.tool_input), self._text(part.tool_output), part.tool_status, message.id, now, now),
                     )  # fmt: skip
@@ -323,12 +436,11 @@ class SQLStore:
         self, session_id: str, after_seq: int, through_seq: int | None, offset: int, limit: int | None
     ) -> list[StoredMessage]:
         upper = through_seq if through_seq is not None else _ALL
-        with self._read() as tx:
-            rows = tx.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? AND seq <= ? "
-                "ORDER BY seq LIMIT ? OFFSET ?",
-                (session_id, after_seq, upper, _ALL if limit is None else limit, offset),
-            ).fetchall()
+        rows = self._select(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? AND seq <= ? "
+            "ORDER BY seq LIMIT ? OFFSET ?",
+            (session_id, after_seq, upper, _ALL if limit is None else limit, offset),
+        )
         return [message_row(r) for r in rows]
 
     def live_messages(self, session_id: str) -> list[StoredMessage]:
@@ -336,10 +448,7 @@ class SQLStore:
             row = tx.execute("SELECT archived_through FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
             if row is None:
                 raise NotFound(f"session {session_id} not found")
-            rows = tx.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq",
-                (session_id, row["archived_through"]),
-            ).fetchall()
+            rows = tx.execute(MESSAGES_AFTER, (session_id, row["archived_through"])).fetchall()
         return [message_row(r) for r in rows]
 
     # --- usage and tool records ----------------------------------------------------------------
@@ -369,12 +478,11 @@ class SQLStore:
 
     def _usage_record(self, where: str, params: tuple[Any, ...]) -> UsageRecord:
         record = UsageRecord()
-        with self._read() as tx:
-            for row in tx.execute(f"SELECT kind, uri, payload FROM usage WHERE {where} ORDER BY id", params):
-                if row["kind"] == "context":
-                    record.contexts.append(row["uri"])
-                else:
-                    record.skills.append(json.loads(row["payload"]))
+        for row in self._select(f"SELECT kind, uri, payload FROM usage WHERE {where} ORDER BY id", params):
+            if row["kind"] == "context":
+                record.contexts.append(row["uri"])
+            else:
+                record.skills.append(json.loads(row["payload"]))
         return record
 
     def usage(self, session_id: str) -> UsageRecord:
@@ -384,12 +492,7 @@ class SQLStore:
         return self._usage_record("session_id = ? AND archive_no = ?", (session_id, number))
 
     def tool_records(self, session_id: str) -> list[ToolRecord]:
-        with self._read() as tx:
-            rows = tx.execute(
-                f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE session_id = ? ORDER BY created_at, tool_id",
-                (session_id,),
-            ).fetchall()
-        return [tool_record(r) for r in rows]
+        return [tool_record(r) for r in self._select(TOOLS_OF, (session_id,))]
 
     # --- commit and archives ----------------------------------------------------------------------
 
@@ -437,18 +540,13 @@ class SQLStore:
         return Phase1Outcome(archive_number=number, archived=last_seq - archived_through, task_id=task_id)
 
     def list_archives(self, session_id: str) -> list[ArchiveRow]:
-        with self._read() as tx:
-            rows = tx.execute(
-                f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? ORDER BY archive_no", (session_id,)
-            ).fetchall()
-        return [archive_row(r) for r in rows]
+        return [archive_row(r) for r in self._select(ARCHIVES_OF, (session_id,))]
 
     def get_archive(self, session_id: str, number: int) -> ArchiveRow | None:
-        with self._read() as tx:
-            row = tx.execute(
-                f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? AND archive_no = ?", (session_id, number)
-            ).fetchone()
-        return archive_row(row) if row else None
+        rows = self._select(
+            f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? AND archive_no = ?", (session_id, number)
+        )
+        return archive_row(rows[0]) if rows else None
 
     def context_snapshot(self, session_id: str) -> ContextSnapshot | None:
         with self._read() as tx:
@@ -471,10 +569,7 @@ class SQLStore:
                 ).fetchone()
                 archives[latest] = archive_row(full)
                 after_seq = archives[latest].last_seq
-            rows = tx.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq",
-                (session_id, after_seq),
-            ).fetchall()
+            rows = tx.execute(MESSAGES_AFTER, (session_id, after_seq)).fetchall()
         return ContextSnapshot(archives=archives, messages=[message_row(r) for r in rows])
 
     # --- tasks and Phase 2 ------------------------------------------------------------------------
@@ -490,9 +585,8 @@ class SQLStore:
         )
 
     def get_task(self, task_id: str) -> TaskRow | None:
-        with self._read() as tx:
-            row = tx.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        return task_row(row) if row else None
+        rows = self._select(f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,))
+        return task_row(rows[0]) if rows else None
 
     def list_tasks(
         self, task_type: str | None, status: str | None, session_id: str | None, limit: int, owner: Owner | None = None
@@ -507,22 +601,20 @@ class SQLStore:
                 clauses.append(f"{column} = ?")
                 params.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._read() as tx:
-            rows = tx.execute(
-                f"SELECT {TASK_COLUMNS} FROM tasks {where} ORDER BY created_at DESC, {self._TASK_ORDER} DESC LIMIT ?",
-                (*params, limit),
-            ).fetchall()
+        rows = self._select(
+            f"SELECT {TASK_COLUMNS} FROM tasks {where} ORDER BY created_at DESC, {self._TASK_ORDER} DESC LIMIT ?",
+            (*params, limit),
+        )
         return [task_row(r) for r in rows]
 
     def previous_overview(self, session_id: str, number: int) -> str:
         """The overview of the latest completed archive before archive `number`."""
-        with self._read() as tx:
-            row = tx.execute(
-                "SELECT overview FROM archives WHERE session_id = ? AND archive_no < ? AND status = 'completed' "
-                "ORDER BY archive_no DESC LIMIT 1",
-                (session_id, number),
-            ).fetchone()
-        return str(row["overview"]) if row else ""
+        rows = self._select(
+            "SELECT overview FROM archives WHERE session_id = ? AND archive_no < ? AND status = 'completed' "
+            "ORDER BY archive_no DESC LIMIT 1",
+            (session_id, number),
+        )
+        return str(rows[0]["overview"]) if rows else ""
 
     def release_phase2(self, task: TaskRow, now: str) -> None:
         """Give a claimed task back to the queue (its owner could not finish it)."""
@@ -684,12 +776,11 @@ class SQLStore:
     def memories_by_uri(self, account_id: str, uris: list[str]) -> dict[str, StoredMemory]:
         if not uris:
             return {}
-        with self._read() as tx:
-            rows = tx.execute(
-                f"SELECT {MEMORY_COLUMNS} FROM {MEMORY_FROM} WHERE m.account_id = ? "
-                f"AND m.uri IN ({', '.join('?' * len(uris))})",
-                (account_id, *uris),
-            ).fetchall()
+        rows = self._select(
+            f"SELECT {MEMORY_COLUMNS} FROM {MEMORY_FROM} WHERE m.account_id = ? "
+            f"AND m.uri IN ({', '.join('?' * len(uris))})",
+            (account_id, *uris),
+        )
         return {row["uri"]: memory_row(row) for row in rows}
 
     def memories_in_category(self, account_id: str, scope: str, owner_id: str, category: str) -> list[StoredMemory]:
@@ -700,12 +791,11 @@ class SQLStore:
     ) -> list[StoredMemory]:
         clause = " AND m.category = ?" if category else ""
         params: tuple[Any, ...] = (account_id, scope, owner_id, *((category,) if category else ()))
-        with self._read() as tx:
-            rows = tx.execute(
-                f"SELECT {MEMORY_COLUMNS} FROM {MEMORY_FROM} WHERE m.account_id = ? AND m.scope = ? "
-                f"AND m.owner_id = ?{clause} ORDER BY m.category, m.key LIMIT ?",
-                (*params, _ALL if limit is None else limit),
-            ).fetchall()
+        rows = self._select(
+            f"SELECT {MEMORY_COLUMNS} FROM {MEMORY_FROM} WHERE m.account_id = ? AND m.scope = ? "
+            f"AND m.owner_id = ?{clause} ORDER BY m.category, m.key LIMIT ?",
+            (*params, _ALL if limit is None else limit),
+        )
         return [memory_row(r) for r in rows]
 
     def _apply_memory_writes(
@@ -750,12 +840,17 @@ class SQLStore:
         `match` is the engine's query: quoted words joined by OR, which FTS5 and PostgreSQL's
         `websearch_to_tsquery` both read the same way.
         """
-        with self._read() as tx:
-            rows = tx.execute(
-                self._SEARCH.replace("{category}", " AND m.category = ?" if category else ""),
-                (match, account_id, owners["user"], owners["agent"], *((category,) if category else ()), limit),
-            ).fetchall()
-        return normalised(rows)
+        rows = self._select(
+            f"{self._SEARCH} AND m.account_id = ? "
+            "AND ((m.scope = 'user' AND m.owner_id = ?) OR (m.scope = 'agent' AND m.owner_id = ?))"
+            + (" AND m.category = ?" if category else "")
+            + " ORDER BY score DESC, active_count DESC, m.uri LIMIT ?",
+            (match, account_id, owners["user"], owners["agent"], *((category,) if category else ()), limit),
+        )
+        # Scores as fractions of the best hit's (which scores 1.0): the same scale on every
+        # store, whatever the database's own rank (see README, "Search"). Rows come best first.
+        best = float(rows[0]["score"]) if rows else 0.0
+        return [(memory_row(r), float(r["score"]) / best if best > 0 else 1.0) for r in rows]
 
     # --- export and import ---------------------------------------------------------------------------
 
@@ -768,22 +863,23 @@ class SQLStore:
             yield _TreeRecords(tx, self._TASK_ORDER)
 
     def import_tree(self, records: TreeRecords, replace: bool, now: str) -> TransferCounts:
-        counts = dict.fromkeys(
-            ("sessions", "messages", "archives", "tool_records", "tasks", "memories", "context_usage"), 0
-        )
+        """Write what `records` yields in one transaction: all of it or nothing. A session, task
+        or memory that already exists is ALREADY_EXISTS, unless `replace` (then the imported one
+        replaces it; a replaced session's unfinished tasks fail as if it had been deleted)."""
+        counts = TransferCounts()
         with self._write() as tx:
             for dump in records.sessions():
                 self._import_session(tx, dump, replace, now)
-                counts["sessions"] += 1
-                counts["messages"] += len(dump.messages)
-                counts["archives"] += len(dump.archives)
-                counts["tool_records"] += len(dump.tools)
+                counts.sessions += 1
+                counts.messages += len(dump.messages)
+                counts.archives += len(dump.archives)
+                counts.tool_records += len(dump.tools)
             for task in records.tasks():
                 self._import_task(tx, task, replace)
-                counts["tasks"] += 1
+                counts.tasks += 1
             for memory in records.memories():
                 self._import_memory(tx, memory, replace)
-                counts["memories"] += 1
+                counts.memories += 1
             for usage in records.context_usage():
                 # Without replace, counts add up: the contexts were used in both places.
                 tx.execute(
@@ -798,8 +894,8 @@ class SQLStore:
                     ),
                     (usage.account_id, usage.uri, usage.active_count, usage.last_used_at),
                 )
-                counts["context_usage"] += 1
-        return TransferCounts(**counts)
+                counts.context_usage += 1
+        return counts
 
     def _import_session(self, tx: Tx, dump: SessionDump, replace: bool, now: str) -> None:
         row, text = dump.session, self._text
@@ -819,13 +915,11 @@ class SQLStore:
                 (session_id, stored.seq, message.id, message.role,
                  dumps([p.model_dump(mode="json") for p in message.parts]), message.created_at, stored.tokens, cum)
             )  # fmt: skip
+        tx.executemany(_MESSAGE_INSERT, messages)
         tx.executemany(
-            "INSERT INTO messages (session_id, seq, message_id, role, parts, created_at, tokens, cum_tokens) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            messages,
-        )
-        tx.executemany(
-            f"INSERT INTO archives ({ARCHIVE_COLUMNS}) VALUES ({', '.join('?' * 17)})",
+            "INSERT INTO archives (session_id, archive_no, first_seq, last_seq, message_count, tokens, status, "
+            "created_at, done_at, abstract, abstract_tokens, overview, overview_renderings, memory_diff, supplied, "
+            f"error, task_id) VALUES ({', '.join('?' * 17)})",
             [
                 (session_id, a.number, a.first_seq, a.last_seq, a.message_count, a.tokens, a.status, a.created_at,
                  a.done_at, text(a.abstract), a.abstract_tokens, text(a.overview),
@@ -846,7 +940,7 @@ class SQLStore:
             ),
         )  # fmt: skip
         tx.executemany(
-            f"INSERT INTO tool_calls (session_id, {TOOL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _TOOL_INSERT,
             [
                 (session_id, t.tool_id, text(t.tool_name), text(t.skill_uri), dumps(t.tool_input),
                  text(t.tool_output), t.tool_status, t.message_id, t.created_at, t.updated_at)
@@ -905,33 +999,19 @@ class _TreeRecords:
 
     def sessions(self) -> Iterator[SessionDump]:
         tx = self._tx
-        ids = [r["session_id"] for r in tx.execute("SELECT session_id FROM sessions ORDER BY created_at, session_id")]
-        for session_id in ids:
-            key = (session_id,)
-            row = tx.execute(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?", key).fetchone()
-            messages = tx.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? ORDER BY seq", key
-            ).fetchall()
-            archives = tx.execute(
-                f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? ORDER BY archive_no", key
-            ).fetchall()
-            tools = tx.execute(
-                f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE session_id = ? ORDER BY created_at, tool_id", key
-            ).fetchall()
-            usage = tx.execute(
-                "SELECT kind, uri, payload, created_at, archive_no FROM usage WHERE session_id = ? ORDER BY id", key
-            ).fetchall()
+        for row in tx.execute(f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at, session_id").fetchall():
+            key = (row["session_id"],)
             yield SessionDump(
                 session=session_row(row),
-                messages=[message_row(r) for r in messages],
-                archives=[archive_row(r) for r in archives],
-                tools=[tool_record(r) for r in tools],
-                usage=[usage_entry(r) for r in usage],
+                messages=[message_row(r) for r in tx.execute(MESSAGES_AFTER, (*key, 0)).fetchall()],
+                archives=[archive_row(r) for r in tx.execute(ARCHIVES_OF, key).fetchall()],
+                tools=[tool_record(r) for r in tx.execute(TOOLS_OF, key).fetchall()],
+                usage=[usage_entry(r) for r in tx.execute(USAGE_OF, key).fetchall()],
             )
 
     def tasks(self) -> Iterator[TaskRow]:
-        for row in self._tx.execute(f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY {self._task_order}").fetchall():
-            yield task_row(row)
+        rows = self._tx.execute(f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY {self._task_order}").fetchall()
+        yield from map(task_row, rows)
 
     def memories(self) -> Iterator[MemoryDump]:
         for row in self._tx.execute(

@@ -28,8 +28,7 @@ from typing import Any
 from viking_mcp.errors import Internal, Unavailable, VikingError
 from viking_mcp.store.base import TaskRow
 from viking_mcp.store.migrations import MIGRATIONS, SCHEMA_VERSION
-from viking_mcp.store.rows import task_row
-from viking_mcp.store.sql import MEMORY_COLUMNS, TASK_COLUMNS, SQLStore, Tx
+from viking_mcp.store.sql import MEMORY_COLUMNS, TASK_COLUMNS, SQLStore, Tx, task_row
 
 # Phase 2 tasks that may run now: pending, or running for an owner that may be gone, and
 # every earlier archive of the session done. The NOT EXISTS reads only the archives_listing index.
@@ -108,9 +107,7 @@ class SQLiteStore(SQLStore):
         f"SELECT {MEMORY_COLUMNS}, -bm25(memories_fts, 4.0, 3.0, 1.5, 1.0) AS score "
         "FROM memories_fts JOIN memories m ON m.id = memories_fts.rowid "
         "LEFT JOIN context_usage u ON u.account_id = m.account_id AND u.uri = m.uri "
-        "WHERE memories_fts MATCH ? AND m.account_id = ? "
-        "AND ((m.scope = 'user' AND m.owner_id = ?) OR (m.scope = 'agent' AND m.owner_id = ?))"
-        "{category} ORDER BY score DESC, active_count DESC, m.uri LIMIT ?"
+        "WHERE memories_fts MATCH ?"
     )
 
     def __init__(self, path: Path, *, busy_timeout_ms: int = 5_000, durability: str = "normal") -> None:
@@ -149,7 +146,7 @@ class SQLiteStore(SQLStore):
         holder: _Holder | None = getattr(self._local, "holder", None)
         if holder is not None:
             return holder.conn
-        try:
+        with self._translated():
             conn = sqlite3.connect(
                 self.path,
                 timeout=self._busy_timeout_ms / 1000,
@@ -161,8 +158,6 @@ class SQLiteStore(SQLStore):
             self._ensure_wal(conn)
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_AUTOCHECKPOINT}")
-        except sqlite3.Error as exc:
-            raise _translate(exc, self.path) from exc
         holder = _Holder(conn)
         weakref.finalize(holder, conn.close)
         self._local.holder = holder
@@ -186,9 +181,7 @@ class SQLiteStore(SQLStore):
                 conn.execute("PRAGMA journal_mode = WAL")
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                if time.monotonic() >= deadline:
+                if not _is_locked(exc) or time.monotonic() >= deadline:
                     raise
                 time.sleep(0.02)
 
@@ -224,19 +217,15 @@ class SQLiteStore(SQLStore):
                 f"{self._busy_timeout_ms} ms (VIKING_MCP_BUSY_TIMEOUT_MS); retry"
             )
         try:
-            try:
+            with self._translated():
                 conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise _translate(exc, self.path) from exc
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                with suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise _translate(exc, self.path) from exc
-                raise
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
         finally:
             self._write_turn.release()
         self._writes += 1  # not exact under threads, and need not be
@@ -248,23 +237,30 @@ class SQLiteStore(SQLStore):
         if batch.broken or not conn.in_transaction:  # SQLite rolled the batch's transaction back
             batch.broken = True
             raise Unavailable("an earlier write of this batch broke its transaction; retry")
-        try:
-            conn.execute("SAVEPOINT one_write")
-        except sqlite3.Error as exc:
-            batch.broken = True
-            raise _translate(exc, self.path) from exc
+        with self._translated():
+            try:
+                conn.execute("SAVEPOINT one_write")
+            except sqlite3.Error:
+                batch.broken = True
+                raise
+            try:
+                yield
+                conn.execute("RELEASE one_write")
+            except BaseException:
+                try:
+                    conn.execute("ROLLBACK TO one_write")
+                    conn.execute("RELEASE one_write")
+                except sqlite3.Error:
+                    batch.broken = True  # SQLite rolled the whole transaction back
+                raise
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """SQLite's errors inside, as ours."""
         try:
             yield
-            conn.execute("RELEASE one_write")
-        except BaseException as exc:
-            try:
-                conn.execute("ROLLBACK TO one_write")
-                conn.execute("RELEASE one_write")
-            except sqlite3.Error:
-                batch.broken = True  # SQLite rolled the whole transaction back
-            if isinstance(exc, sqlite3.Error):
-                raise _translate(exc, self.path) from exc
-            raise
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
 
     def _wake_checkpointer(self) -> None:
         with self._checkpointer_lock:
@@ -287,19 +283,14 @@ class SQLiteStore(SQLStore):
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: every SELECT inside sees one snapshot."""
         conn = self._connect()
-        try:
+        with self._translated():
             conn.execute("BEGIN")
-        except sqlite3.Error as exc:
-            raise _translate(exc, self.path) from exc
-        try:
-            yield conn
-        except sqlite3.Error as exc:
-            raise _translate(exc, self.path) from exc
-        finally:
-            with suppress(sqlite3.Error):
-                conn.execute("COMMIT")
+            try:
+                yield conn
+            finally:
+                with suppress(sqlite3.Error):
+                    conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         # Look first without the write lock: a current schema needs none, so a server still
@@ -326,7 +317,8 @@ class SQLiteStore(SQLStore):
             with suppress(sqlite3.Error):
                 holder.conn.close()
 
-    # --- sessions -------------------------------------------------------------------------
+    # --- the dialect: listing, full-text index, Phase 2 claim ----------------------------------
+
     def _listing(self, tx: Tx, sql: str, params: Sequence[Any]) -> Iterable[Sequence[Any]]:
         assert isinstance(tx, sqlite3.Connection)
         listing = tx.cursor()
