@@ -69,18 +69,12 @@ examples:
 if TYPE_CHECKING:
     from viking_mcp.cli.remote import RemoteClient
     from viking_mcp.client import Client
+    from viking_mcp.config import Settings
 
     # What answers a subcommand: the engine on the data directory, or a server (--url).
     Backend = Client | RemoteClient
-    from viking_mcp.config import Settings
-
     # A subcommand that does more than one backend call with its options.
     Call = Callable[[Backend, dict[str, Any]], BaseModel]
-
-# The parsed command line's entries that are not a subcommand's own options.
-_NOT_ARGUMENTS = frozenset(
-    {"command", "action", "call", "render", "log_level", "home", "store", "json", "url", "api_key"}
-)
 
 
 # --- logging --------------------------------------------------------------------------------------
@@ -258,20 +252,10 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--category", choices=MEMORY_CATEGORIES)
     search.add_argument("--limit", type=int, default=10, help="at most this many (1..100, default 10)")
     export = command(
-        commands,
-        "export",
-        "write the data directory as plain files (JSONL and markdown)",
-        lambda backend, arguments: export_tree(_engine(backend, "export"), **arguments),
-        render.exported,
+        commands, "export", "write the data directory as plain files (JSONL and markdown)", _export, render.exported
     )
     export.add_argument("directory", metavar="DIR", help="a new or empty directory")
-    load = command(
-        commands,
-        "import",
-        "read an export back into the data directory",
-        lambda backend, arguments: import_tree(_engine(backend, "import"), **arguments),
-        render.imported,
-    )
+    load = command(commands, "import", "read an export back into the data directory", _import, render.imported)
     load.add_argument("directory", metavar="DIR", help="a directory `viking-mcp export` wrote")
     load.add_argument("--replace", action="store_true", help="overwrite sessions, tasks and memories that exist")
     migrate = commands.add_parser(
@@ -296,12 +280,19 @@ def _add_message(backend: Backend, arguments: dict[str, Any]) -> BaseModel:
 
 def _engine(backend: Backend, verb: str) -> Engine:
     """The engine on the data directory: export and import read and write it as files."""
-    engine = getattr(backend, "engine", None)
-    if not isinstance(engine, Engine):
+    if not isinstance(engine := getattr(backend, "engine", None), Engine):
         raise FailedPrecondition(
             f"{verb} works on a data directory, not over HTTP: run it without --url where the data lives"
         )
     return engine
+
+
+def _export(backend: Backend, arguments: dict[str, Any]) -> BaseModel:
+    return export_tree(_engine(backend, "export"), **arguments)
+
+
+def _import(backend: Backend, arguments: dict[str, Any]) -> BaseModel:
+    return import_tree(_engine(backend, "import"), **arguments)
 
 
 def _stdin_text() -> str:
@@ -391,6 +382,12 @@ def _fail(message: str) -> int:
     sys.stderr.write(f"viking-mcp: {message}\n")
     sys.stderr.flush()
     return 1
+
+
+# The parsed command line's entries that are not a subcommand's own options.
+_NOT_ARGUMENTS = frozenset(
+    {"command", "action", "call", "render", "log_level", "home", "store", "json", "url", "api_key"}
+)
 
 
 def _run(args: argparse.Namespace) -> int:
