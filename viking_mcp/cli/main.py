@@ -69,13 +69,12 @@ examples:
 if TYPE_CHECKING:
     from viking_mcp.cli.remote import RemoteClient
     from viking_mcp.client import Client
+    from viking_mcp.config import Settings
 
     # What answers a subcommand: the engine on the data directory, or a server (--url).
     Backend = Client | RemoteClient
-    from viking_mcp.config import Settings
-
-    # A subcommand: one backend call with the parsed arguments.
-    Call = Callable[[Backend, argparse.Namespace], BaseModel]
+    # A subcommand that does more than one backend call with its options.
+    Call = Callable[[Backend, dict[str, Any]], BaseModel]
 
 
 # --- logging --------------------------------------------------------------------------------------
@@ -123,7 +122,7 @@ def _json_value(kind: type, example: str) -> Callable[[str], Any]:
     return parse
 
 
-def _common(defaults: bool) -> argparse.ArgumentParser:
+def _common(defaults: bool) -> _Parser:
     """Options every command takes, before or after its name (`viking-mcp --json session list`
     and `viking-mcp session list --json` are the same)."""
     parent = _Parser(add_help=False, argument_default=None if defaults else argparse.SUPPRESS)
@@ -170,43 +169,26 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="HTTP: address to listen on (default loopback)")
     serve.add_argument("--port", type=int, default=1933, help="HTTP: port (default 1933)")
 
-    def command(group: Any, name: str, help: str, call: Call, show: Callable[[Any], str]) -> argparse.ArgumentParser:
-        """A subcommand that makes one backend call and shows its result."""
-        sub: argparse.ArgumentParser = group.add_parser(name, help=help, description=help, parents=[common])
+    def command(group: Any, name: str, help: str, call: str | Call, show: Callable[[Any], str]) -> _Parser:
+        """A subcommand: one backend call (a method name, or a function), and how to show its result.
+        The options added to it are the call's keyword arguments: each one's dest is a parameter name."""
+        sub: _Parser = group.add_parser(name, help=help, description=help, parents=[common])
         sub.set_defaults(call=call, render=show)
         return sub
 
     # sessions
     session = commands.add_parser("session", help="sessions: new, list, get, delete, add-message, commit, ...")
     sessions = session.add_subparsers(dest="action", metavar="ACTION", required=True)
-    new = command(
-        sessions, "new", "create a session", lambda b, a: b.create_session(a.id, a.metadata), render.session_created
-    )
-    new.add_argument("--id", help="its id (default: a new random one)")
+    new = command(sessions, "new", "create a session", "create_session", render.session_created)
+    new.add_argument("--id", dest="session_id", metavar="ID", help="its id (default: a new random one)")
     new.add_argument("--metadata", type=_json_value(dict, '\'{"project": "x"}\''), help="a JSON object")
-    listing = command(
-        sessions,
-        "list",
-        "list sessions, newest first",
-        lambda b, a: b.list_sessions(a.limit, a.cursor),
-        render.session_page,
-    )
+    listing = command(sessions, "list", "list sessions, newest first", "list_sessions", render.session_page)
     listing.add_argument("--limit", type=int, default=50, help="sessions per page (1..500, default 50)")
     listing.add_argument("--cursor", help="next page: the cursor the previous page printed")
-    get = command(
-        sessions,
-        "get",
-        "show a session's counters and metadata",
-        lambda b, a: b.get_session(a.session_id),
-        render.session_info,
-    )
+    get = command(sessions, "get", "show a session's counters and metadata", "get_session", render.session_info)
     get.add_argument("session_id", metavar="ID", help="the session's id")
     delete = command(
-        sessions,
-        "delete",
-        "delete a session (its extracted memories stay)",
-        lambda b, a: b.delete_session(a.session_id),
-        render.session_deleted,
+        sessions, "delete", "delete a session (its extracted memories stay)", "delete_session", render.session_deleted
     )
     delete.add_argument("session_id", metavar="ID", help="the session's id")
     add = command(
@@ -228,7 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     commit.add_argument(
         "--keep-recent",
         "--keep-recent-count",
-        dest="keep_recent",
+        dest="keep_recent_count",
         type=int,
         default=0,
         metavar="N",
@@ -237,27 +219,18 @@ def _parser() -> argparse.ArgumentParser:
     commit.add_argument("--wait", action="store_true", help="wait for the summary and memories (Phase 2)")
     commit.add_argument("--abstract", help="your own one-line summary of what is archived")
     commit.add_argument("--overview", help="your own markdown overview of it")
-    context = command(
-        sessions,
-        "context",
-        "the context an agent would get back",
-        lambda b, a: b.get_session_context(a.session_id, a.budget),
-        render.context,
-    )
+    context = command(sessions, "context", "the context an agent would get back", "get_session_context", render.context)
     context.add_argument("session_id", metavar="ID", help="the session's id")
     context.add_argument(
         "--budget",
+        dest="token_budget",
         type=int,
         default=OPENVIKING_TOKEN_BUDGET,
         metavar="N",
         help=f"token budget for archive summaries (default {OPENVIKING_TOKEN_BUDGET})",
     )
     archive = command(
-        sessions,
-        "archive",
-        "one archive: status, summaries and messages",
-        lambda b, a: b.get_session_archive(a.session_id, a.archive_id),
-        render.archive,
+        sessions, "archive", "one archive: status, summaries and messages", "get_session_archive", render.archive
     )
     archive.add_argument("session_id", metavar="ID", help="the session's id")
     archive.add_argument("archive_id", metavar="ARCHIVE_ID", help="e.g. archive_001")
@@ -265,50 +238,27 @@ def _parser() -> argparse.ArgumentParser:
     # tasks
     task = commands.add_parser("task", help="background tasks: get, list")
     tasks = task.add_subparsers(dest="action", metavar="ACTION", required=True)
-    task_get = command(tasks, "get", "show a task", lambda b, a: b.get_task(a.task_id), render.task)
+    task_get = command(tasks, "get", "show a task", "get_task", render.task)
     task_get.add_argument("task_id", metavar="ID", help="the task_id a commit printed")
-    task_list = command(
-        tasks,
-        "list",
-        "list tasks, newest first",
-        lambda b, a: b.list_tasks(a.task_type, a.status, a.resource_id, a.limit),
-        render.task_list,
-    )
+    task_list = command(tasks, "list", "list tasks, newest first", "list_tasks", render.task_list)
     task_list.add_argument("--type", dest="task_type", choices=["session_commit", "session_extract"])
     task_list.add_argument("--status", choices=["pending", "running", "completed", "failed"])
     task_list.add_argument("--session", dest="resource_id", metavar="ID", help="only this session's tasks")
     task_list.add_argument("--limit", type=int, default=50, help="at most this many (1..500, default 50)")
 
     # memories and files
-    search = command(
-        commands,
-        "search",
-        "search long-term memories",
-        lambda b, a: b.search_memories(a.query, a.category, a.limit),
-        render.search,
-    )
+    search = command(commands, "search", "search long-term memories", "search_memories", render.search)
     search.add_argument("query", metavar="QUERY", help="words to look for")
     search.add_argument("--category", choices=MEMORY_CATEGORIES)
     search.add_argument("--limit", type=int, default=10, help="at most this many (1..100, default 10)")
     export = command(
-        commands,
-        "export",
-        "write the data directory as plain files (JSONL and markdown)",
-        lambda b, a: export_tree(_engine(b, "export"), a.directory),
-        render.exported,
+        commands, "export", "write the data directory as plain files (JSONL and markdown)", _export, render.exported
     )
     export.add_argument("directory", metavar="DIR", help="a new or empty directory")
-    load = command(
-        commands,
-        "import",
-        "read an export back into the data directory",
-        lambda b, a: import_tree(_engine(b, "import"), a.directory, a.replace),
-        render.imported,
-    )
+    load = command(commands, "import", "read an export back into the data directory", _import, render.imported)
     load.add_argument("directory", metavar="DIR", help="a directory `viking-mcp export` wrote")
     load.add_argument("--replace", action="store_true", help="overwrite sessions, tasks and memories that exist")
-    group: Any = commands  # add_parser's parents are typed narrower than what argparse takes
-    migrate = group.add_parser(
+    migrate = commands.add_parser(
         "migrate",
         help="apply the store's schema migrations and print its schema version",
         description="Apply the store's schema migrations (servers also do this when they start) and print its "
@@ -322,23 +272,27 @@ def _parser() -> argparse.ArgumentParser:
 # --- commands that do more than pass their arguments on ------------------------------------------------
 
 
-def _add_message(backend: Backend, args: argparse.Namespace) -> BaseModel:
-    content = args.content
-    if content is None and args.parts is None:
-        content = _stdin_text()
-    return backend.add_message(
-        args.session_id, args.role, args.parts, content=content, created_at=args.created_at, message_id=args.message_id
-    )
+def _add_message(backend: Backend, arguments: dict[str, Any]) -> BaseModel:
+    if arguments["content"] is None and arguments["parts"] is None:
+        arguments["content"] = _stdin_text()
+    return backend.add_message(**arguments)
 
 
 def _engine(backend: Backend, verb: str) -> Engine:
     """The engine on the data directory: export and import read and write it as files."""
-    engine = getattr(backend, "engine", None)
-    if not isinstance(engine, Engine):
+    if not isinstance(engine := getattr(backend, "engine", None), Engine):
         raise FailedPrecondition(
             f"{verb} works on a data directory, not over HTTP: run it without --url where the data lives"
         )
     return engine
+
+
+def _export(backend: Backend, arguments: dict[str, Any]) -> BaseModel:
+    return export_tree(_engine(backend, "export"), **arguments)
+
+
+def _import(backend: Backend, arguments: dict[str, Any]) -> BaseModel:
+    return import_tree(_engine(backend, "import"), **arguments)
 
 
 def _stdin_text() -> str:
@@ -353,21 +307,13 @@ def _stdin_text() -> str:
     return text
 
 
-def _commit(backend: Backend, args: argparse.Namespace) -> BaseModel:
+def _commit(backend: Backend, arguments: dict[str, Any]) -> BaseModel:
     from viking_mcp.cli.progress import Progress
 
-    session_id, keep, abstract, overview = args.session_id, args.keep_recent, args.abstract, args.overview
-    if not args.wait:
-        return backend.commit_session(session_id, abstract=abstract, overview=overview, keep_recent_count=keep)
-    with Progress(sys.stderr, f"committing {session_id} and waiting for its summary") as progress:
-        return backend.commit_session(
-            session_id,
-            abstract=abstract,
-            overview=overview,
-            keep_recent_count=keep,
-            wait=True,
-            on_progress=progress.update,
-        )
+    if not arguments["wait"]:
+        return backend.commit_session(**arguments)
+    with Progress(sys.stderr, f"committing {arguments['session_id']} and waiting for its summary") as progress:
+        return backend.commit_session(**arguments, on_progress=progress.update)
 
 
 # --- running a subcommand ---------------------------------------------------------------------------
@@ -438,11 +384,19 @@ def _fail(message: str) -> int:
     return 1
 
 
+# The parsed command line's entries that are not a subcommand's own options.
+_NOT_ARGUMENTS = frozenset(
+    {"command", "action", "call", "render", "log_level", "home", "store", "json", "url", "api_key"}
+)
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         backend = _backend(args)
         try:
-            result = args.call(backend, args)
+            arguments = {k: v for k, v in vars(args).items() if k not in _NOT_ARGUMENTS}
+            call = args.call
+            result = getattr(backend, call)(**arguments) if isinstance(call, str) else call(backend, arguments)
         finally:
             backend.close()
         output = result.model_dump_json(indent=2) if args.json else args.render(result)

@@ -6,24 +6,23 @@ in place and erased at the end. Elsewhere (a pipe, a log file): one line, once.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from types import TracebackType
 from typing import TextIO
 
 _FRAMES_UNICODE = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 _FRAMES_ASCII = "|/-\\"
+REDRAW_SECONDS = 0.1
 
 
 class Progress:
-    def __init__(self, stream: TextIO, label: str, interval: float = 0.1) -> None:
+    def __init__(self, stream: TextIO, label: str) -> None:
         self.stream = stream
         self.label = label
-        self.interval = interval
         self.status = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._started = 0.0
         encoding = (getattr(stream, "encoding", None) or "").lower()
         self._frames = _FRAMES_UNICODE if "utf" in encoding else _FRAMES_ASCII
         try:
@@ -36,30 +35,26 @@ class Progress:
         self.status = message
 
     def __enter__(self) -> Progress:
-        self._started = time.monotonic()
         if self._live:
-            self._thread = threading.Thread(target=self._spin, name="viking-progress", daemon=True)
+            self._thread = threading.Thread(
+                target=self._spin, args=(time.monotonic(),), name="viking-progress", daemon=True
+            )
             self._thread.start()
         else:
             self._write(f"viking-mcp: {self.label}...\n")
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
+    def __exit__(self, *_: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._write("\r\x1b[K")
 
-    def _spin(self) -> None:
-        frame = 0
-        while True:
-            elapsed = time.monotonic() - self._started
+    def _spin(self, started: float) -> None:
+        for frame in itertools.cycle(self._frames):
             status = f" ({self.status})" if self.status else ""
-            self._write(f"\r\x1b[K{self._frames[frame % len(self._frames)]} {self.label}{status} {elapsed:.0f}s")
-            frame += 1
-            if self._stop.wait(self.interval):
+            self._write(f"\r\x1b[K{frame} {self.label}{status} {time.monotonic() - started:.0f}s")
+            if self._stop.wait(REDRAW_SECONDS):
                 return
 
     def _write(self, text: str) -> None:

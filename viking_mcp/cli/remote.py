@@ -1,47 +1,25 @@
 """The CLI's remote backend: a running server's HTTP API (`--url`, `--api-key`).
 
-One request per call, with httpx (`httpx2`, the one the MCP SDK depends on). Answers come in OpenViking's
-envelope, `{"status": "ok", "result": ...}` or `{"status": "error", "error": {"code",
-"message"}}`; an error becomes the same coded exception the engine would have raised, so
-the CLI reports it the same way in both modes.
+`RemoteClient` answers to the embedded `Client`'s method names, each one route of the API
+(the table below), called with keyword arguments named as the route's parameters. One
+request per call, with httpx (`httpx2`, the one the MCP SDK depends on). Answers come in
+OpenViking's envelope, `{"status": "ok", "result": ...}` or `{"status": "error", "error":
+{"code", "message"}}`; an error becomes the same coded exception the engine would have
+raised, so the CLI reports it the same way in both modes.
 """
 
 from __future__ import annotations
 
 import json
 import urllib.parse
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx2 as httpx
 from pydantic import BaseModel, ValidationError
 
-from viking_mcp import __version__
-from viking_mcp.errors import (
-    ErrorCode,
-    Internal,
-    InvalidArgument,
-    Unavailable,
-    error_for,
-)
-from viking_mcp.models import (
-    OPENVIKING_TOKEN_BUDGET,
-    ArchiveDetail,
-    CommitResult,
-    MemorySearchResult,
-    MessageAdded,
-    SessionContext,
-    SessionCreated,
-    SessionDeleted,
-    SessionInfo,
-    SessionPage,
-    TaskList,
-    TaskRecord,
-    parse_archive_id,
-    validate_id,
-)
-
-if TYPE_CHECKING:
-    from viking_mcp.engine.engine import ProgressCallback
+from viking_mcp import __version__, models
+from viking_mcp.errors import ErrorCode, Internal, InvalidArgument, Unavailable, error_for
 
 API_PREFIX = "/api/v1"
 # Longer than the server holds a commit with wait=true (at most 50 s).
@@ -50,22 +28,52 @@ TIMEOUT_SECONDS = 120.0
 Result = TypeVar("Result", bound=BaseModel)
 
 
-def _segment(value: str, what: str = "session_id") -> str:
-    """One path segment: an id checked as the engine checks it (so that '' or 'a/b' is
-    INVALID_ARGUMENT here as in embedded mode), and quoted so that no id can become another path."""
-    if what == "archive_id":
-        parse_archive_id(value)
-    else:
-        validate_id(value, what)
-    return urllib.parse.quote(value, safe="")
-
-
 def _printable_ascii(value: str, space: bool = False) -> bool:
     return all(" " < c < "\x7f" or (space and c == " ") for c in value)
 
 
+def _check_ids(arguments: dict[str, Any]) -> None:
+    """Ids checked as the engine checks them, so that '' or 'a/b' is INVALID_ARGUMENT here as
+    in embedded mode, before any request is built."""
+    for name, value in arguments.items():
+        if name == "archive_id":
+            models.parse_archive_id(value)
+        elif name in ("session_id", "task_id", "resource_id") and value is not None:
+            models.validate_id(value, name)
+
+
+def _route(method: str, path: str, kind: type[Result]) -> Callable[..., Result]:
+    """A `RemoteClient` method: `{name}` in `path` takes the argument of that name (quoted, so
+    that no id can become another path); the others go in the query (GET) or the JSON body (POST)."""
+
+    def call(self: RemoteClient, **arguments: Any) -> Result:
+        arguments.pop("on_progress", None)  # the server waits (bounded) when asked; no progress comes back
+        _check_ids(arguments)
+        in_path = {k: urllib.parse.quote(v, safe="") for k, v in arguments.items() if f"{{{k}}}" in path}
+        rest = {k: v for k, v in arguments.items() if k not in in_path and v is not None}
+        result = self.request(method, path.format(**in_path), rest)
+        try:
+            return kind.model_validate(result)
+        except ValidationError as exc:
+            raise Internal(f"{self.url} answered an unexpected {kind.__name__}: {exc.errors()[0]['msg']}") from None
+
+    return call
+
+
 class RemoteClient:
-    """A running server, answering the CLI through the embedded `Client`'s methods."""
+    """A running server, answering the CLI through the embedded `Client`'s method names."""
+
+    create_session = _route("POST", "/sessions", models.SessionCreated)
+    list_sessions = _route("GET", "/sessions", models.SessionPage)
+    get_session = _route("GET", "/sessions/{session_id}", models.SessionInfo)
+    delete_session = _route("DELETE", "/sessions/{session_id}", models.SessionDeleted)
+    add_message = _route("POST", "/sessions/{session_id}/messages", models.MessageAdded)
+    commit_session = _route("POST", "/sessions/{session_id}/commit", models.CommitResult)
+    get_session_context = _route("GET", "/sessions/{session_id}/context", models.SessionContext)
+    get_session_archive = _route("GET", "/sessions/{session_id}/archives/{archive_id}", models.ArchiveDetail)
+    get_task = _route("GET", "/tasks/{task_id}", models.TaskRecord)
+    list_tasks = _route("GET", "/tasks", models.TaskList)
+    search_memories = _route("GET", "/memories/search", models.MemorySearchResult)
 
     def __init__(self, url: str, api_key: str | None, timeout: float = TIMEOUT_SECONDS) -> None:
         example = "e.g. http://127.0.0.1:1933"
@@ -96,27 +104,26 @@ class RemoteClient:
     def close(self) -> None:
         pass
 
-    # --- one request ------------------------------------------------------------------------------
-
-    def _request(
-        self, method: str, path: str, query: dict[str, Any] | None = None, body: dict[str, Any] | None = None
-    ) -> Any:
-        """The `result` of one API call, or the coded error it answered."""
-        address = self.url + API_PREFIX + path
-        params = {k: v for k, v in (query or {}).items() if v is not None}
-        if params:
-            address += "?" + urllib.parse.urlencode(params)
+    def request(self, method: str, path: str, parameters: dict[str, Any]) -> Any:
+        """The `result` of one API call, or the coded error it answered. `parameters` go in the
+        query of a GET, in the JSON body of a POST."""
         headers = {"Accept": "application/json", "User-Agent": f"viking-mcp-cli/{__version__}"}
         if self.api_key:
             headers["X-API-Key"] = self.api_key
         content = None
-        if body is not None:
-            content = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        if method == "POST":
+            content = json.dumps(parameters, ensure_ascii=False).encode("utf-8")
             headers["Content-Type"] = "application/json"
         try:
             # One request per command: no client kept open; redirects are not followed.
-            response = httpx.request(method, address, content=content, headers=headers, timeout=self.timeout)
-            status, raw = response.status_code, response.content
+            response = httpx.request(
+                method,
+                self.url + API_PREFIX + path,
+                params=parameters if method == "GET" else None,
+                content=content,
+                headers=headers,
+                timeout=self.timeout,
+            )
         except httpx.TimeoutException:
             raise Unavailable(f"{self.url} did not answer within {self.timeout:.0f} s") from None
         except httpx.ConnectError as exc:
@@ -127,13 +134,11 @@ class RemoteClient:
             raise InvalidArgument(f"cannot send {method} {API_PREFIX}{path} to {self.url}: {exc}") from None
         except (httpx.HTTPError, OSError) as exc:
             raise Unavailable(f"talking to {self.url} failed: {exc}") from None
-        return self._result(method, path, status, raw)
-
-    def _result(self, method: str, path: str, status: int, raw: bytes) -> Any:
         try:
-            envelope = json.loads(raw.decode("utf-8"))
+            envelope = json.loads(response.content.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             envelope = None
+        status = response.status_code
         if isinstance(envelope, dict) and envelope.get("status") == "error":
             error = envelope.get("error") or {}
             raise error_for(str(error.get("code", "INTERNAL")), str(error.get("message", f"HTTP {status}")))
@@ -145,86 +150,6 @@ class RemoteClient:
             f"{method} {API_PREFIX}{path} answered HTTP {status} without a viking-mcp result; "
             f"is {self.url} a viking-mcp server?",
         )
-
-    def _model(self, kind: type[Result], result: Any) -> Result:
-        try:
-            return kind.model_validate(result)
-        except ValidationError as exc:
-            raise Internal(f"{self.url} answered an unexpected {kind.__name__}: {exc.errors()[0]['msg']}") from None
-
-    # --- sessions ---------------------------------------------------------------------------------
-
-    def create_session(self, session_id: str | None, metadata: dict[str, Any] | None) -> SessionCreated:
-        if session_id is not None:
-            validate_id(session_id)
-        body: dict[str, Any] = {"session_id": session_id, "metadata": metadata}
-        result = self._request("POST", "/sessions", body={k: v for k, v in body.items() if v is not None})
-        return self._model(SessionCreated, result)
-
-    def list_sessions(self, limit: int, cursor: str | None) -> SessionPage:
-        return self._model(SessionPage, self._request("GET", "/sessions", {"limit": limit, "cursor": cursor}))
-
-    def get_session(self, session_id: str) -> SessionInfo:
-        return self._model(SessionInfo, self._request("GET", f"/sessions/{_segment(session_id)}"))
-
-    def delete_session(self, session_id: str) -> SessionDeleted:
-        return self._model(SessionDeleted, self._request("DELETE", f"/sessions/{_segment(session_id)}"))
-
-    # --- messages, commit, context ---------------------------------------------------------------
-
-    def add_message(
-        self,
-        session_id: str,
-        role: str,
-        parts: list[Any] | None = None,
-        *,
-        content: str | None = None,
-        created_at: str | None = None,
-        message_id: str | None = None,
-    ) -> MessageAdded:
-        body = {"role": role, "content": content, "parts": parts, "created_at": created_at, "message_id": message_id}
-        result = self._request(
-            "POST", f"/sessions/{_segment(session_id)}/messages", body={k: v for k, v in body.items() if v is not None}
-        )
-        return self._model(MessageAdded, result)
-
-    def commit_session(
-        self,
-        session_id: str,
-        *,
-        abstract: str | None = None,
-        overview: str | None = None,
-        keep_recent_count: int = 0,
-        wait: bool = False,
-        on_progress: ProgressCallback | None = None,
-    ) -> CommitResult:
-        # The server waits (bounded) when asked to; no progress comes back over one request.
-        body: dict[str, Any] = {"keep_recent_count": keep_recent_count, "wait": wait}
-        body.update({k: v for k, v in (("abstract", abstract), ("overview", overview)) if v is not None})
-        return self._model(CommitResult, self._request("POST", f"/sessions/{_segment(session_id)}/commit", body=body))
-
-    def get_session_context(self, session_id: str, token_budget: int = OPENVIKING_TOKEN_BUDGET) -> SessionContext:
-        result = self._request("GET", f"/sessions/{_segment(session_id)}/context", {"token_budget": token_budget})
-        return self._model(SessionContext, result)
-
-    def get_session_archive(self, session_id: str, archive_id: str) -> ArchiveDetail:
-        result = self._request("GET", f"/sessions/{_segment(session_id)}/archives/{_segment(archive_id, 'archive_id')}")
-        return self._model(ArchiveDetail, result)
-
-    # --- tasks, memories ---------------------------------------------------------------------------
-
-    def get_task(self, task_id: str) -> TaskRecord:
-        return self._model(TaskRecord, self._request("GET", f"/tasks/{_segment(task_id, 'task_id')}"))
-
-    def list_tasks(self, task_type: str | None, status: str | None, resource_id: str | None, limit: int) -> TaskList:
-        if resource_id is not None:
-            validate_id(resource_id, "resource_id")
-        query = {"task_type": task_type, "status": status, "resource_id": resource_id, "limit": limit}
-        return self._model(TaskList, self._request("GET", "/tasks", query))
-
-    def search_memories(self, query: str, category: str | None, limit: int) -> MemorySearchResult:
-        result = self._request("GET", "/memories/search", {"query": query, "category": category, "limit": limit})
-        return self._model(MemorySearchResult, result)
 
 
 def _reason(exc: httpx.ConnectError) -> str:

@@ -7,27 +7,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    # Only types here: neither the engine nor the models are imported to build the
-    # command line, which the stdio server parses too before it can answer.
-    from viking_mcp.engine.export_import import TransferResult
-    from viking_mcp.models import (
-        ArchiveDetail,
-        CommitResult,
-        MemorySearchResult,
-        Message,
-        MessageAdded,
-        SessionContext,
-        SessionCreated,
-        SessionDeleted,
-        SessionInfo,
-        SessionPage,
-        TaskList,
-        TaskRecord,
-        UserRef,
-    )
+from viking_mcp import models
+from viking_mcp.engine.export_import import TransferResult
 
 # --- pieces -------------------------------------------------------------------------------------
 
@@ -59,42 +42,41 @@ def fields(rows: Sequence[tuple[str, str]], indent: str = "  ") -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
-    lines = [
-        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [headers, *rows]
-    ]
-    return "\n".join(lines)
+    lines = [headers, *rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
 def indented(text: str, indent: str = "  ") -> str:
     return "\n".join(indent + line if line else line for line in text.splitlines())
 
 
-def message_line(message: Message) -> str:
-    from viking_mcp.models import message_text
-
-    text = message_text(message)
-    head, *rest = text.split("\n")
-    lines = [f"[{when(message.created_at, seconds=False)}] {message.role}: {head}"]
-    lines += [f"    {line}" for line in rest]
-    return "\n".join(lines)
+def message_line(message: models.Message) -> str:
+    text = models.message_text(message).replace("\n", "\n    ")  # later lines indented under the first
+    return f"[{when(message.created_at, seconds=False)}] {message.role}: {text}"
 
 
-def user(ref: UserRef) -> str:
+def memory_counts(counts: dict[str, int]) -> str:
+    """{"total": 3, "events": 2, "preferences": 1} -> 3 (events 2, preferences 1)"""
+    by_category = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "total" and v)
+    return f"{counts.get('total', 0)}" + (f" ({by_category})" if by_category else "")
+
+
+def user(ref: models.UserRef) -> str:
     return f"{ref.user_id} (account {ref.account_id}, agent {ref.agent_id})"
 
 
 # --- sessions -----------------------------------------------------------------------------------
 
 
-def session_created(result: SessionCreated) -> str:
+def session_created(result: models.SessionCreated) -> str:
     rows = [("uri", result.uri), ("created", when(result.created_at)), ("user", user(result.user))]
     if result.metadata:
         rows.append(("metadata", compact(result.metadata)))
     return f"Created session {result.session_id}.\n" + fields(rows)
 
 
-def session_page(result: SessionPage) -> str:
+def session_page(result: models.SessionPage) -> str:
     if not result.sessions:
         return "No sessions. Start one with: viking-mcp session new"
     rows = [
@@ -107,9 +89,7 @@ def session_page(result: SessionPage) -> str:
     return text
 
 
-def session_info(result: SessionInfo) -> str:
-    memories = result.memories_extracted
-    by_category = ", ".join(f"{k} {v}" for k, v in memories.items() if k != "total" and v)
+def session_info(result: models.SessionInfo) -> str:
     usage = result.llm_token_usage
     commits = str(result.commit_count)
     if result.last_commit_at:
@@ -121,7 +101,7 @@ def session_info(result: SessionInfo) -> str:
         ("messages", f"{result.message_count} live, {result.total_message_count} in all"),
         ("pending tokens", str(result.pending_tokens)),
         ("commits", commits),
-        ("memories", f"{memories.get('total', 0)}" + (f" ({by_category})" if by_category else "")),
+        ("memories", memory_counts(result.memories_extracted)),
         ("LLM tokens", f"{usage.total} (prompt {usage.prompt}, completion {usage.completion})"),
         ("usage", f"{plural(result.contexts_used, 'context')}, {plural(result.skills_used, 'skill')}"),
         ("user", user(result.user)),
@@ -130,14 +110,14 @@ def session_info(result: SessionInfo) -> str:
     return f"Session {result.session_id}\n" + fields(rows)
 
 
-def session_deleted(result: SessionDeleted) -> str:
+def session_deleted(result: models.SessionDeleted) -> str:
     return f"Deleted session {result.session_id} (its messages, archives and tool records; extracted memories stay)."
 
 
 # --- messages, commit, context ------------------------------------------------------------------
 
 
-def message_added(result: MessageAdded) -> str:
+def message_added(result: models.MessageAdded) -> str:
     if result.duplicate:
         return f"Already stored: {result.message_id} in session {result.session_id}; nothing added."
     created = " (new session)" if result.session_created else ""
@@ -147,7 +127,7 @@ def message_added(result: MessageAdded) -> str:
     )
 
 
-def commit_result(result: CommitResult) -> str:
+def commit_result(result: models.CommitResult) -> str:
     if result.status == "skipped":
         return f"Nothing to commit in session {result.session_id}: it has no live messages."
     text = f"Committed {plural(result.archived, 'message')} of session {result.session_id} to {result.archive_id}."
@@ -164,7 +144,7 @@ def commit_result(result: CommitResult) -> str:
     )
 
 
-def context(result: SessionContext) -> str:
+def context(result: models.SessionContext) -> str:
     stats = result.stats
     head = (
         f"Context: {result.estimatedTokens} tokens "
@@ -188,7 +168,7 @@ def context(result: SessionContext) -> str:
     return "\n\n".join(blocks)
 
 
-def archive(result: ArchiveDetail) -> str:
+def archive(result: models.ArchiveDetail) -> str:
     blocks = [
         f"{result.archive_id} of session {result.session_id}: {result.status}, "
         f"{plural(result.message_count, 'message')}"
@@ -207,7 +187,7 @@ def archive(result: ArchiveDetail) -> str:
 # --- tasks, memories --------------------------------------------------------------------------------
 
 
-def task(result: TaskRecord) -> str:
+def task(result: models.TaskRecord) -> str:
     rows = [
         ("type", result.task_type),
         ("status", result.status),
@@ -218,22 +198,20 @@ def task(result: TaskRecord) -> str:
     if result.result is not None:
         if result.result.archive_id:
             rows.append(("archive", result.result.archive_id))
-        counts = result.result.memories_extracted
-        by_category = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "total" and v)
-        rows.append(("memories", f"{counts.get('total', 0)}" + (f" ({by_category})" if by_category else "")))
+        rows.append(("memories", memory_counts(result.result.memories_extracted)))
     if result.error:
         rows.append(("error", result.error))
     return f"Task {result.task_id}\n" + fields(rows)
 
 
-def task_list(result: TaskList) -> str:
+def task_list(result: models.TaskList) -> str:
     if not result.tasks:
         return "No tasks."
     rows = [[t.task_id, t.task_type, t.status, t.resource_id, when(t.created_at, seconds=False)] for t in result.tasks]
     return table(["TASK", "TYPE", "STATUS", "SESSION", "CREATED"], rows)
 
 
-def search(result: MemorySearchResult) -> str:
+def search(result: models.MemorySearchResult) -> str:
     if not result.memories:
         return f"No memories match {result.query!r}."
     rows = [[f"{m.score:.2f}", m.category, short(m.abstract, 80)] for m in result.memories]
