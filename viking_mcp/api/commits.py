@@ -9,7 +9,6 @@ from fastapi.responses import JSONResponse
 from pydantic import AliasChoices, BaseModel, Field
 
 from viking_mcp.api.envelope import (
-    LENIENT,
     Ok,
     SessionIdPath,
     TaskIdPath,
@@ -38,7 +37,6 @@ commits = router()
 
 
 class CommitBody(BaseModel):
-    model_config = LENIENT
     abstract: str | None = Field(default=None, description="Your one- or two-sentence summary of what is archived.")
     overview: str | None = Field(default=None, description="Your markdown overview of the conversation so far.")
     keep_recent_count: int | None = Field(

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Generic, Literal, ParamSpec, TypeVar
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
@@ -34,8 +34,6 @@ logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-# Request bodies: OpenViking's names, unknown fields ignored.
-LENIENT = ConfigDict(extra="ignore", populate_by_name=True)
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -212,6 +210,6 @@ def ok(request: Request, result: BaseModel) -> JSONResponse:
     return Json({"status": "ok", "result": result.model_dump(mode="json"), "time": elapsed(request.scope)})
 
 
-def router() -> APIRouter:
+def router(*tags: str) -> APIRouter:
     """A router for one area of /api/v1; every route can answer with the error envelope."""
-    return APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
+    return APIRouter(prefix=API_PREFIX, tags=list(tags), responses=ERROR_RESPONSES)
