@@ -15,7 +15,7 @@ from viking_mcp.engine.uris import read_node
 from viking_mcp.errors import VikingError
 from viking_mcp.mcp.state import ServerState
 
-JSON, JSONL, MARKDOWN = "application/json", "application/jsonl", "text/markdown"
+JSON, MARKDOWN = "application/json", "text/markdown"
 SESSION = "viking://session/{session_id}"
 ARCHIVE = f"{SESSION}/history/{{archive_id}}"
 
@@ -37,33 +37,28 @@ def _memories(scope: str) -> list[tuple[str, str, str, str]]:
     ]
 
 
+# The MIME type of each file a session or an archive holds.
+FILE_TYPES = {
+    ".meta.json": JSON,
+    "messages.jsonl": "application/jsonl",
+    ".abstract.md": MARKDOWN,
+    ".overview.md": MARKDOWN,
+    ".relations.json": JSON,
+    "memory_diff.json": JSON,
+    ".done": "text/plain",
+}
+SESSION_FILES = (".meta.json", "messages.jsonl", ".abstract.md", ".overview.md", ".relations.json")
+ARCHIVE_FILES = ("messages.jsonl", ".abstract.md", ".overview.md", "memory_diff.json", ".done")
+
 # (URI template, the name clients list it by, description, MIME type), in the order listed.
 TEMPLATES: list[tuple[str, str, str, str]] = [
     (SESSION, "session_reader", "A session: its counters, metadata and files.", JSON),
-    *[
-        (f"{SESSION}/{name}", "session_reader", f"The session's {name}.", mime)
-        for name, mime in (
-            (".meta.json", JSON),
-            ("messages.jsonl", JSONL),
-            (".abstract.md", MARKDOWN),
-            (".overview.md", MARKDOWN),
-            (".relations.json", JSON),
-        )
-    ],
+    *[(f"{SESSION}/{file}", "session_reader", f"The session's {file}.", FILE_TYPES[file]) for file in SESSION_FILES],
     (f"{SESSION}/history", "session_reader", "The session's archives.", JSON),
     (f"{SESSION}/tools", "session_reader", "The session's tool calls.", JSON),
     (f"{SESSION}/tools/{{tool_id}}/tool.json", "tool_reader", "One tool call of a session.", JSON),
     (ARCHIVE, "archive_reader", "An archive: status, abstract, files.", JSON),
-    *[
-        (f"{ARCHIVE}/{name}", "archive_reader", f"The archive's {name}.", mime)
-        for name, mime in (
-            ("messages.jsonl", JSONL),
-            (".abstract.md", MARKDOWN),
-            (".overview.md", MARKDOWN),
-            ("memory_diff.json", JSON),
-            (".done", "text/plain"),
-        )
-    ],
+    *[(f"{ARCHIVE}/{file}", "archive_reader", f"The archive's {file}.", FILE_TYPES[file]) for file in ARCHIVE_FILES],
     *_memories("user"),
     *_memories("agent"),
 ]
