@@ -160,14 +160,10 @@ class _Gate:
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
+        return pending.pop() if pending else await receive()
 
     return replay
 

@@ -12,15 +12,13 @@ from viking_mcp.api.envelope import (
     Ok,
     SessionIdPath,
     TaskIdPath,
-    actor_of,
-    app_state,
     call,
-    crashed,
+    caller,
+    crashes_answered,
     ok,
     router,
 )
 from viking_mcp.engine.waiting import commit_and_wait
-from viking_mcp.errors import VikingError
 from viking_mcp.models import (
     ID_MAX_LENGTH,
     CommitResult,
@@ -57,16 +55,12 @@ async def commit(request: Request, session_id: SessionIdPath, body: CommitBody |
     """Archive the live messages now (Phase 1); summaries and memories follow in the background
     (poll GET /tasks/{task_id}, or pass wait=true). 412 when an earlier archive failed."""
     b = body or CommitBody()
-    engine, actor = app_state(request).require_engine(), actor_of(request)
-    try:
+    engine, actor = caller(request)
+    with crashes_answered(request):
         # Waits for Phase 2 on the event loop, not on a pool thread that every request shares.
         result = await commit_and_wait(
             engine, session_id, b.abstract, b.overview, b.keep_recent_count or 0, b.memories, bool(b.wait), actor
         )
-    except VikingError:
-        raise
-    except Exception as exc:
-        raise crashed(request, exc) from exc
     return ok(request, result)
 
 

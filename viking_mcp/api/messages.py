@@ -12,10 +12,9 @@ from viking_mcp.api.envelope import (
     ID_PATTERN,
     Ok,
     SessionIdPath,
-    actor_of,
-    app_state,
     call,
-    guarded,
+    caller,
+    crashes_answered,
     ok,
     router,
 )
@@ -92,19 +91,21 @@ def _openviking_parts(parts: list[dict[str, Any]] | None) -> list[Any] | None:
 @messages.post("/sessions/{session_id}/messages", response_model=Ok[MessageAdded], summary="Add a message")
 async def add_message(request: Request, session_id: SessionIdPath, body: AddMessageBody) -> JSONResponse:
     """Append a message (content, or parts; parts win when both are given). Creates the session."""
-    engine, actor = app_state(request).require_engine(), actor_of(request)
+    engine, actor = caller(request)
     parts = _openviking_parts(body.parts)
 
     def prepare() -> PreparedMessage:
-        return engine.prepare_message(
-            session_id, body.role, body.content, parts, body.created_at, body.message_id, parts_win=True
-        )
+        with crashes_answered(request):
+            return engine.prepare_message(
+                session_id, body.role, body.content, parts, body.created_at, body.message_id, parts_win=True
+            )
 
     def write(prepared: PreparedMessage) -> MessageAdded:
-        return engine.write_message(prepared, actor=actor)
+        with crashes_answered(request):
+            return engine.write_message(prepared, actor=actor)
 
     # On the engine's batch thread (engine/batching.py), with other appends.
-    result = await engine.batched_writes.run(guarded(request, prepare), guarded(request, write))
+    result = await engine.batched_writes.run(prepare, write)
     return ok(request, result)
 
 
