@@ -276,23 +276,16 @@ def build_app(
     the address served on: on loopback, requests must carry a loopback Host header (no
     DNS rebinding); None (in-process use) skips that check.
     """
-    state = HttpState(
-        settings=settings,
-        keyring=keyring if keyring is not None else keyring_from_env(),
-        host=host,
-        engine=engine,
-        owns_engine=engine is None,
-        run_worker=engine is None if run_worker is None else run_worker,
-    )
+    state = HttpState(keyring=keyring if keyring is not None else keyring_from_env(), host=host, engine=engine)
+    run_worker = engine is None if run_worker is None else run_worker
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if state.engine is None:
-            state.engine = await anyio.to_thread.run_sync(Engine, settings)
-        current = state.engine
-        if state.run_worker:
-            state.worker = Phase2Worker(current, threads=settings.phase2_workers)
-            state.worker.start()
+        current = engine if engine is not None else await anyio.to_thread.run_sync(Engine, settings)
+        state.engine = current
+        worker = Phase2Worker(current, threads=settings.phase2_workers) if run_worker else None
+        if worker is not None:
+            worker.start()
         # The MCP face shares the engine and this app's worker: its own lifespan runs none.
         mcp_server = build_server(replace(settings, phase2_workers=0), engine=current, keyring=state.keyring)
         mcp_host, security = _mcp_security(host)
@@ -305,10 +298,9 @@ def build_app(
                 yield
         finally:
             state.mcp = None
-            worker, state.worker = state.worker, None
             if worker is not None:
                 await anyio.to_thread.run_sync(worker.stop)
-            if state.owns_engine:
+            if engine is None:
                 state.engine = None
                 await anyio.to_thread.run_sync(current.close)
 

@@ -26,8 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
 from viking_mcp.auth import KeyRing, key_from_headers
-from viking_mcp.config import Settings
-from viking_mcp.engine import Engine, Phase2Worker
+from viking_mcp.engine import Engine
 from viking_mcp.errors import ErrorCode, Internal, Unavailable, VikingError
 from viking_mcp.models import ID_MAX_LENGTH, Owner
 
@@ -84,9 +83,9 @@ class Json(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         try:
-            return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+            return super().render(content)
         except UnicodeEncodeError:
-            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+            return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def elapsed(scope: Scope) -> float:
@@ -110,15 +109,12 @@ def error_from(exc: VikingError, scope: Scope) -> JSONResponse:
 
 @dataclass
 class HttpState:
-    """What the app owns: settings, keys, and (while it runs) the engine, worker and MCP manager."""
+    """What the app's gate and routes reach: the keys, the address served on, and (while the
+    app runs) the engine and the MCP session manager."""
 
-    settings: Settings
     keyring: KeyRing
     host: str | None
     engine: Engine | None = None
-    owns_engine: bool = False
-    run_worker: bool = False
-    worker: Phase2Worker | None = None
     mcp: StreamableHTTPSessionManager | None = None
 
     def require_engine(self) -> Engine:
