@@ -365,7 +365,6 @@ def serve_http(settings: Settings, host: str, port: int) -> None:
             "every session. Set VIKING_MCP_API_KEYS (or VIKING_MCP_KEYS_FILE / VIKING_MCP_ADMIN_KEY), "
             "or listen on 127.0.0.1.\n"
         )
-        sys.stderr.flush()
         raise SystemExit(2)
     # Opened here, before the port is bound, so that a bad data directory is a one-line error.
     engine = Engine(settings)
@@ -398,7 +397,6 @@ def serve_http(settings: Settings, host: str, port: int) -> None:
                 signal.signal(signal.SIGTERM, previous)
         if not server.started:
             sys.stderr.write(f"viking-mcp: could not serve HTTP on {host}:{port} (the reason is logged above)\n")
-            sys.stderr.flush()
             raise SystemExit(2)
     finally:
         engine.close()
