@@ -8,16 +8,7 @@ from fastapi import Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import AliasChoices, BaseModel, Field
 
-from viking_mcp.api.envelope import (
-    Ok,
-    SessionIdPath,
-    TaskIdPath,
-    call,
-    caller,
-    crashes_answered,
-    ok,
-    router,
-)
+from viking_mcp.api.envelope import Ok, SessionIdPath, TaskIdPath, call, caller, crashes_answered, ok, router
 from viking_mcp.engine.waiting import commit_and_wait
 from viking_mcp.models import (
     ID_MAX_LENGTH,

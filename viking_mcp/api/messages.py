@@ -8,16 +8,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, WithJsonSchema
 
-from viking_mcp.api.envelope import (
-    ID_PATTERN,
-    Ok,
-    SessionIdPath,
-    call,
-    caller,
-    crashes_answered,
-    ok,
-    router,
-)
+from viking_mcp.api.envelope import ID_PATTERN, Ok, SessionIdPath, call, caller, crashes_answered, ok, router
 from viking_mcp.engine.engine import PreparedMessage
 from viking_mcp.models import ID_MAX_LENGTH, ContextPart, MessageAdded, Role, TextPart, ToolPart, UsageRecorded
 
