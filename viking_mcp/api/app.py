@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from viking_mcp import __version__
 from viking_mcp.api.commits import commits
 from viking_mcp.api.context import context
-from viking_mcp.api.envelope import API_PREFIX, HttpState, error_from, error_response
+from viking_mcp.api.envelope import API_PREFIX, HttpState, error_response
 from viking_mcp.api.memories import memories
 from viking_mcp.api.messages import messages
 from viking_mcp.api.sessions import sessions
@@ -127,7 +127,7 @@ class _Gate:
             try:
                 scope["state"]["viking_actor"] = self.state.keyring.authenticate(key_from_headers(headers))
             except VikingError as exc:
-                return error_from(exc, scope)
+                return error_response(exc.code, exc.message, scope)
         if (length := headers.get("content-length")) is not None:
             try:
                 too_large = int(length) > self.max_body
@@ -224,7 +224,7 @@ def _describe_validation(exc: RequestValidationError) -> str:
 
 
 async def _viking_error(request: Request, exc: VikingError) -> JSONResponse:
-    return error_from(exc, request.scope)
+    return error_response(exc.code, exc.message, request.scope)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

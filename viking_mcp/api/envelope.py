@@ -100,10 +100,6 @@ def error_response(code: ErrorCode, message: str, scope: Scope, status: int | No
     return Json(body, status_code=status or code.http_status, headers=headers)
 
 
-def error_from(exc: VikingError, scope: Scope) -> JSONResponse:
-    return error_response(exc.code, exc.message, scope)
-
-
 # --- app state ---------------------------------------------------------------------------------
 
 
@@ -124,13 +120,7 @@ class HttpState:
         return engine
 
 
-def app_state(request: Request) -> HttpState:
-    state = request.app.state.viking
-    assert isinstance(state, HttpState)
-    return state
-
-
-# --- one engine call ---------------------------------------------------------------------------
+# --- path parameters, and one engine call -------------------------------------------
 
 SessionIdPath = Annotated[
     str,
@@ -160,7 +150,8 @@ TaskIdPath = Annotated[
 def caller(request: Request) -> tuple[Engine, Owner | None]:
     """The engine, and who is calling it: as the gate (app.py) found, or, on a path the gate
     did not take for the API's (the app mounted under a prefix), from the request's key."""
-    state, seen = app_state(request), request.scope["state"]
+    state: HttpState = request.app.state.viking
+    seen = request.scope["state"]
     engine = state.require_engine()
     if "viking_actor" in seen:
         return engine, seen["viking_actor"]
