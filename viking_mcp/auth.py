@@ -46,20 +46,13 @@ class KeyRing:
             return None
         if not presented:
             raise Unauthenticated("missing API key: send it as X-API-Key or Authorization: Bearer")
-        found: Owner | None = None
-        admin = False
         # Compare against every key in constant time, so timing says nothing about which is close.
-        for key, owner in self.users.items():
-            if hmac.compare_digest(key.encode(), presented.encode()):
-                found = owner
-        for key in self.admins:
-            if hmac.compare_digest(key.encode(), presented.encode()):
-                admin = True
-        if admin:
+        users = [owner for key, owner in self.users.items() if hmac.compare_digest(key.encode(), presented.encode())]
+        if any([hmac.compare_digest(key.encode(), presented.encode()) for key in self.admins]):  # a list: all compared
             return None
-        if found is None:
+        if not users:
             raise Unauthenticated("invalid API key")
-        return found
+        return users[-1]
 
 
 def key_from_headers(headers: Mapping[str, str]) -> str | None:
@@ -67,11 +60,8 @@ def key_from_headers(headers: Mapping[str, str]) -> str | None:
     lowered = {k.lower(): v for k, v in headers.items()}
     if key := lowered.get("x-api-key"):
         return key.strip()
-    authorization = lowered.get("authorization", "")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
+    scheme, _, token = lowered.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def _owner(spec: Any, where: str) -> Owner:

@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from viking_mcp import __version__
 from viking_mcp.api.commits import commits
 from viking_mcp.api.context import context
-from viking_mcp.api.envelope import API_PREFIX, HttpState, error_from, error_response
+from viking_mcp.api.envelope import API_PREFIX, HttpState, error_response
 from viking_mcp.api.memories import memories
 from viking_mcp.api.messages import messages
 from viking_mcp.api.sessions import sessions
@@ -100,42 +100,42 @@ class _Gate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_state = scope.setdefault("state", {})
-        request_state["viking_started"] = time.perf_counter()
+        scope.setdefault("state", {})["viking_started"] = time.perf_counter()
         headers = Headers(scope=scope)
+        refusal = self._refusal(scope, headers)
+        if refusal is None and "content-length" not in headers and "transfer-encoding" in headers:
+            body, complete = await self._read_up_to_limit(receive)
+            if complete:
+                receive = _replay(body, receive)
+            else:
+                refusal = self._too_large(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Scope, headers: Headers) -> JSONResponse | None:
+        """The answer to a request its headers alone refuse; None lets it through."""
         host = self.state.host
         if host is not None and is_loopback(host):
             name = _host_name(headers.get("host", "")).lower()
             if name not in _LOOPBACK_NAMES:
                 message = f"Host {name[:100]!r} is not allowed: this server listens on loopback only"
-                await error_response(ErrorCode.PERMISSION_DENIED, message, scope)(scope, receive, send)
-                return
+                return error_response(ErrorCode.PERMISSION_DENIED, message, scope)
         path: str = scope["path"]
         if path in (API_PREFIX, MCP_PATH) or path.startswith((API_PREFIX + "/", MCP_PATH + "/")):
             try:
-                request_state["viking_actor"] = self.state.keyring.authenticate(key_from_headers(headers))
+                scope["state"]["viking_actor"] = self.state.keyring.authenticate(key_from_headers(headers))
             except VikingError as exc:
-                await error_from(exc, scope)(scope, receive, send)
-                return
-        length_text = headers.get("content-length")
-        if length_text is not None:
+                return error_response(exc.code, exc.message, scope)
+        if (length := headers.get("content-length")) is not None:
             try:
-                length = int(length_text)
+                too_large = int(length) > self.max_body
             except ValueError:
-                await error_response(ErrorCode.INVALID_ARGUMENT, "Content-Length is not a number", scope)(
-                    scope, receive, send
-                )
-                return
-            if length > self.max_body:
-                await self._too_large(scope, receive, send)
-                return
-        elif "transfer-encoding" in headers:
-            body, complete = await self._read_up_to_limit(receive)
-            if not complete:
-                await self._too_large(scope, receive, send)
-                return
-            receive = _replay(body, receive)
-        await self.app(scope, receive, send)
+                return error_response(ErrorCode.INVALID_ARGUMENT, "Content-Length is not a number", scope)
+            if too_large:
+                return self._too_large(scope)
+        return None
 
     async def _read_up_to_limit(self, receive: Receive) -> tuple[bytes, bool]:
         chunks: list[bytes] = []
@@ -152,22 +152,18 @@ class _Gate:
             if not message.get("more_body", False):
                 return b"".join(chunks), True
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _too_large(self, scope: Scope) -> JSONResponse:
         message = f"request body is larger than {self.max_body} bytes"
         response = error_response(ErrorCode.RESOURCE_EXHAUSTED, message, scope)
         response.headers["Connection"] = "close"  # the unread body is not worth draining
-        await response(scope, receive, send)
+        return response
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
+        return pending.pop() if pending else await receive()
 
     return replay
 
@@ -212,57 +208,48 @@ async def _documented_auth(
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
-    problems = []
     errors = list(exc.errors())
+    problems = []
     for error in errors[:3]:
-        loc = [str(p) for p in error.get("loc", ())]
+        where = ".".join(str(p) for p in error.get("loc", ()))
         if error.get("type") == "json_invalid":
             detail = (error.get("ctx") or {}).get("error", "")
             problems.append(f"the body is not valid JSON ({detail})" if detail else "the body is not valid JSON")
-            continue
-        if loc and loc[0] == "body" and len(loc) == 1 and error.get("type") == "missing":
+        elif where == "body" and error.get("type") == "missing":
             problems.append("a JSON body is required")
-            continue
-        where = ".".join(loc) or "request"
-        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+        else:
+            problems.append(f"{where or 'request'}: {error.get('msg', 'invalid')}")
     more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
     return "invalid request: " + "; ".join(problems) + more
 
 
-def _install_error_handlers(app: FastAPI) -> None:
-    async def viking_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, VikingError)
-        return error_from(exc, request.scope)
+async def _viking_error(request: Request, exc: VikingError) -> JSONResponse:
+    return error_response(exc.code, exc.message, request.scope)
 
-    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        return error_response(ErrorCode.INVALID_ARGUMENT, _describe_validation(exc), request.scope)
 
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        status = exc.status_code
-        if status == 404:
-            message = f"no such endpoint: {request.method} {request.url.path[:200]}"
-        elif status == 405:
-            message = f"method {request.method} is not allowed on {request.url.path[:200]}"
-        elif status == 400 and exc.detail == "There was an error parsing the body":
-            message = "the body could not be read as JSON (is it UTF-8?)"
-        else:
-            message = str(exc.detail)
-        default = ErrorCode.INVALID_ARGUMENT if status < 500 else ErrorCode.INTERNAL
-        response = error_response(ErrorCode.for_http_status(status) or default, message, request.scope, status=status)
-        for name, value in (exc.headers or {}).items():
-            response.headers[name] = value
-        return response
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(ErrorCode.INVALID_ARGUMENT, _describe_validation(exc), request.scope)
 
-    async def crash(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("%s %s crashed", request.method, request.url.path, exc_info=exc)
-        return error_response(ErrorCode.INTERNAL, "internal error; see the server log", request.scope)
 
-    app.add_exception_handler(VikingError, viking_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, crash)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    status = exc.status_code
+    if status == 404:
+        message = f"no such endpoint: {request.method} {request.url.path[:200]}"
+    elif status == 405:
+        message = f"method {request.method} is not allowed on {request.url.path[:200]}"
+    elif status == 400 and exc.detail == "There was an error parsing the body":
+        message = "the body could not be read as JSON (is it UTF-8?)"
+    else:
+        message = str(exc.detail)
+    default = ErrorCode.INVALID_ARGUMENT if status < 500 else ErrorCode.INTERNAL
+    response = error_response(ErrorCode.for_http_status(status) or default, message, request.scope, status=status)
+    response.headers.update(exc.headers or {})
+    return response
+
+
+async def _crash(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("%s %s crashed", request.method, request.url.path, exc_info=exc)
+    return error_response(ErrorCode.INTERNAL, "internal error; see the server log", request.scope)
 
 
 # --- the app ---------------------------------------------------------------------------------------
@@ -289,23 +276,16 @@ def build_app(
     the address served on: on loopback, requests must carry a loopback Host header (no
     DNS rebinding); None (in-process use) skips that check.
     """
-    state = HttpState(
-        settings=settings,
-        keyring=keyring if keyring is not None else keyring_from_env(),
-        host=host,
-        engine=engine,
-        owns_engine=engine is None,
-        run_worker=engine is None if run_worker is None else run_worker,
-    )
+    state = HttpState(keyring=keyring if keyring is not None else keyring_from_env(), host=host, engine=engine)
+    run_worker = engine is None if run_worker is None else run_worker
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if state.engine is None:
-            state.engine = await anyio.to_thread.run_sync(Engine, settings)
-        current = state.engine
-        if state.run_worker:
-            state.worker = Phase2Worker(current, threads=settings.phase2_workers)
-            state.worker.start()
+        current = engine if engine is not None else await anyio.to_thread.run_sync(Engine, settings)
+        state.engine = current
+        worker = Phase2Worker(current, threads=settings.phase2_workers) if run_worker else None
+        if worker is not None:
+            worker.start()
         # The MCP face shares the engine and this app's worker: its own lifespan runs none.
         mcp_server = build_server(replace(settings, phase2_workers=0), engine=current, keyring=state.keyring)
         mcp_host, security = _mcp_security(host)
@@ -318,10 +298,9 @@ def build_app(
                 yield
         finally:
             state.mcp = None
-            worker, state.worker = state.worker, None
             if worker is not None:
                 await anyio.to_thread.run_sync(worker.stop)
-            if state.owns_engine:
+            if engine is None:
                 state.engine = None
                 await anyio.to_thread.run_sync(current.close)
 
@@ -332,21 +311,24 @@ def build_app(
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        exception_handlers={
+            VikingError: _viking_error,
+            RequestValidationError: _validation_error,
+            StarletteHTTPException: _http_error,
+            Exception: _crash,
+        },
     )
     app.state.viking = state
-    _install_error_handlers(app)
 
     def openapi() -> dict[str, Any]:
         """FastAPI's document, without the 422 responses this app never gives (they are 400s)."""
         if app.openapi_schema is None:
             document = FastAPI.openapi(app)
-            for path_item in document.get("paths", {}).values():
+            for path_item in document["paths"].values():
                 for operation in path_item.values():
-                    if isinstance(operation, dict):
-                        operation.get("responses", {}).pop("422", None)
-            schemas = document.get("components", {}).get("schemas", {})
+                    operation["responses"].pop("422", None)
             for name in ("HTTPValidationError", "ValidationError"):
-                schemas.pop(name, None)
+                document["components"]["schemas"].pop(name, None)
             app.openapi_schema = document
         return app.openapi_schema
 
@@ -359,9 +341,8 @@ def build_app(
 
     for routes in (sessions, messages, commits, context, memories):
         app.include_router(routes, dependencies=[Depends(_documented_auth)])
-    endpoint = _McpEndpoint(state)
-    app.router.routes.append(Route(MCP_PATH, endpoint=endpoint, include_in_schema=False))
-    app.router.routes.append(Route(MCP_PATH + "/", endpoint=endpoint, include_in_schema=False))
+    for path in (MCP_PATH, MCP_PATH + "/"):
+        app.router.routes.append(Route(path, endpoint=_McpEndpoint(state), include_in_schema=False))
     max_body = max(MIN_BODY_LIMIT, 2 * settings.limits.max_message_bytes + 64 * 1024)
     app.add_middleware(_Gate, state=state, max_body=max_body)
     return app
@@ -384,7 +365,6 @@ def serve_http(settings: Settings, host: str, port: int) -> None:
             "every session. Set VIKING_MCP_API_KEYS (or VIKING_MCP_KEYS_FILE / VIKING_MCP_ADMIN_KEY), "
             "or listen on 127.0.0.1.\n"
         )
-        sys.stderr.flush()
         raise SystemExit(2)
     # Opened here, before the port is bound, so that a bad data directory is a one-line error.
     engine = Engine(settings)
@@ -417,7 +397,6 @@ def serve_http(settings: Settings, host: str, port: int) -> None:
                 signal.signal(signal.SIGTERM, previous)
         if not server.started:
             sys.stderr.write(f"viking-mcp: could not serve HTTP on {host}:{port} (the reason is logged above)\n")
-            sys.stderr.flush()
             raise SystemExit(2)
     finally:
         engine.close()

@@ -8,20 +8,8 @@ from fastapi import Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import AliasChoices, BaseModel, Field
 
-from viking_mcp.api.envelope import (
-    LENIENT,
-    Ok,
-    SessionIdPath,
-    TaskIdPath,
-    actor_of,
-    app_state,
-    call,
-    crashed,
-    ok,
-    router,
-)
+from viking_mcp.api.envelope import Ok, SessionIdPath, TaskIdPath, call, caller, crashes_answered, ok, router
 from viking_mcp.engine.waiting import commit_and_wait
-from viking_mcp.errors import VikingError
 from viking_mcp.models import (
     ID_MAX_LENGTH,
     CommitResult,
@@ -38,7 +26,6 @@ commits = router()
 
 
 class CommitBody(BaseModel):
-    model_config = LENIENT
     abstract: str | None = Field(default=None, description="Your one- or two-sentence summary of what is archived.")
     overview: str | None = Field(default=None, description="Your markdown overview of the conversation so far.")
     keep_recent_count: int | None = Field(
@@ -59,16 +46,12 @@ async def commit(request: Request, session_id: SessionIdPath, body: CommitBody |
     """Archive the live messages now (Phase 1); summaries and memories follow in the background
     (poll GET /tasks/{task_id}, or pass wait=true). 412 when an earlier archive failed."""
     b = body or CommitBody()
-    engine, actor = app_state(request).require_engine(), actor_of(request)
-    try:
+    engine, actor = caller(request)
+    with crashes_answered(request):
         # Waits for Phase 2 on the event loop, not on a pool thread that every request shares.
         result = await commit_and_wait(
             engine, session_id, b.abstract, b.overview, b.keep_recent_count or 0, b.memories, bool(b.wait), actor
         )
-    except VikingError:
-        raise
-    except Exception as exc:
-        raise crashed(request, exc) from exc
     return ok(request, result)
 
 

@@ -8,24 +8,21 @@ from fastapi import Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from viking_mcp.api.envelope import LENIENT, ArchiveIdPath, Ok, SessionIdPath, call, router
+from viking_mcp.api.envelope import ArchiveIdPath, Ok, SessionIdPath, call, router
 from viking_mcp.engine import Engine
 from viking_mcp.errors import NotFound
 from viking_mcp.models import OPENVIKING_TOKEN_BUDGET, ArchiveDetail, Owner, RetryResult, SessionContext
 
-context = router()
+context = router("context")
 
 
 class RetryBody(BaseModel):
-    model_config = LENIENT
     action: Literal["retry", "skip"] = Field(
         default="retry", description="'retry' summarises it again; 'skip' gives up on its summary."
     )
 
 
-@context.get(
-    "/sessions/{session_id}/context", response_model=Ok[SessionContext], tags=["context"], summary="Get context"
-)
+@context.get("/sessions/{session_id}/context", response_model=Ok[SessionContext], summary="Get context")
 async def get_context(
     request: Request,
     session_id: SessionIdPath,
@@ -40,7 +37,6 @@ async def get_context(
 @context.get(
     "/sessions/{session_id}/archives/{archive_id}",
     response_model=Ok[ArchiveDetail],
-    tags=["context"],
     summary="Get an archive",
 )
 async def get_archive(
@@ -68,7 +64,6 @@ async def get_archive(
 @context.post(
     "/sessions/{session_id}/archives/{archive_id}/retry",
     response_model=Ok[RetryResult],
-    tags=["context"],
     summary="Retry or skip a failed archive",
 )
 async def retry_archive(

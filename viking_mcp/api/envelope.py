@@ -13,20 +13,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, Generic, Literal, ParamSpec, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
 from viking_mcp.auth import KeyRing, key_from_headers
-from viking_mcp.config import Settings
-from viking_mcp.engine import Engine, Phase2Worker
+from viking_mcp.engine import Engine
 from viking_mcp.errors import ErrorCode, Internal, Unavailable, VikingError
 from viking_mcp.models import ID_MAX_LENGTH, Owner
 
@@ -34,12 +34,9 @@ logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-# Request bodies: OpenViking's names, unknown fields ignored.
-LENIENT = ConfigDict(extra="ignore", populate_by_name=True)
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
-Params = ParamSpec("Params")
 
 
 # --- envelope ----------------------------------------------------------------------------------
@@ -86,35 +83,21 @@ class Json(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         try:
-            return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+            return super().render(content)
         except UnicodeEncodeError:
-            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
-
-
-def _started(scope: Scope) -> float:
-    state = scope.get("state")
-    value = state.get("viking_started") if isinstance(state, dict) else None
-    return value if isinstance(value, float) else time.perf_counter()
+            return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def elapsed(scope: Scope) -> float:
-    return round(time.perf_counter() - _started(scope), 6)
+    """Seconds since the gate (app.py) let the request in."""
+    started: float = scope["state"]["viking_started"]
+    return round(time.perf_counter() - started, 6)
 
 
-def error_response(
-    code: ErrorCode, message: str, scope: Scope | None = None, status: int | None = None
-) -> JSONResponse:
-    body = {
-        "status": "error",
-        "error": {"code": code.value, "message": message},
-        "time": elapsed(scope) if scope is not None else 0.0,
-    }
+def error_response(code: ErrorCode, message: str, scope: Scope, status: int | None = None) -> JSONResponse:
+    body = {"status": "error", "error": {"code": code.value, "message": message}, "time": elapsed(scope)}
     headers = {"WWW-Authenticate": 'Bearer realm="viking-mcp"'} if code is ErrorCode.UNAUTHENTICATED else None
     return Json(body, status_code=status or code.http_status, headers=headers)
-
-
-def error_from(exc: VikingError, scope: Scope | None = None) -> JSONResponse:
-    return error_response(exc.code, exc.message, scope)
 
 
 # --- app state ---------------------------------------------------------------------------------
@@ -122,15 +105,12 @@ def error_from(exc: VikingError, scope: Scope | None = None) -> JSONResponse:
 
 @dataclass
 class HttpState:
-    """What the app owns: settings, keys, and (while it runs) the engine, worker and MCP manager."""
+    """What the app's gate and routes reach: the keys, the address served on, and (while the
+    app runs) the engine and the MCP session manager."""
 
-    settings: Settings
     keyring: KeyRing
     host: str | None
     engine: Engine | None = None
-    owns_engine: bool = False
-    run_worker: bool = False
-    worker: Phase2Worker | None = None
     mcp: StreamableHTTPSessionManager | None = None
 
     def require_engine(self) -> Engine:
@@ -140,13 +120,7 @@ class HttpState:
         return engine
 
 
-def app_state(request: Request) -> HttpState:
-    state = request.app.state.viking
-    assert isinstance(state, HttpState)
-    return state
-
-
-# --- one engine call ---------------------------------------------------------------------------
+# --- path parameters, and one engine call -------------------------------------------
 
 SessionIdPath = Annotated[
     str,
@@ -173,45 +147,44 @@ TaskIdPath = Annotated[
 ]
 
 
-def actor_of(request: Request) -> Owner | None:
-    state = request.scope.get("state")
-    if isinstance(state, dict) and "viking_actor" in state:
-        actor = state["viking_actor"]
-        return actor if isinstance(actor, Owner) else None
-    return app_state(request).keyring.authenticate(key_from_headers(request.headers))
+def caller(request: Request) -> tuple[Engine, Owner | None]:
+    """The engine, and who is calling it: as the gate (app.py) found, or, on a path the gate
+    did not take for the API's (the app mounted under a prefix), from the request's key."""
+    state: HttpState = request.app.state.viking
+    seen = request.scope["state"]
+    engine = state.require_engine()
+    if "viking_actor" in seen:
+        return engine, seen["viking_actor"]
+    return engine, state.keyring.authenticate(key_from_headers(request.headers))
 
 
 async def call(request: Request, operation: Callable[[Engine, Owner | None], M]) -> JSONResponse:
     """Run one engine operation on a worker thread as the caller, and wrap its result."""
-    engine, actor = app_state(request).require_engine(), actor_of(request)
-    result = await run_in_threadpool(guarded(request, lambda: operation(engine, actor)))
-    return ok(request, result)
+    engine, actor = caller(request)
+
+    def run() -> M:
+        with crashes_answered(request):
+            return operation(engine, actor)
+
+    return ok(request, await run_in_threadpool(run))
 
 
-def guarded(request: Request, run: Callable[Params, T]) -> Callable[Params, T]:
-    """`run`, whose crashes (not the engine's coded errors) are logged and answered INTERNAL."""
-
-    def guarded(*args: Params.args, **kwargs: Params.kwargs) -> T:
-        try:
-            return run(*args, **kwargs)
-        except VikingError:
-            raise
-        except Exception as exc:
-            raise crashed(request, exc) from exc
-
-    return guarded
-
-
-def crashed(request: Request, exc: Exception) -> Internal:
-    """A crash (not the engine's coded error), logged; the caller is answered INTERNAL."""
-    logger.exception("%s %s failed", request.method, request.url.path)
-    return Internal(f"the server failed on this request ({type(exc).__name__}); see its log")
+@contextmanager
+def crashes_answered(request: Request) -> Iterator[None]:
+    """Crashes inside (not the engine's coded errors) are logged, and answered INTERNAL."""
+    try:
+        yield
+    except VikingError:
+        raise
+    except Exception as exc:
+        logger.exception("%s %s failed", request.method, request.url.path)
+        raise Internal(f"the server failed on this request ({type(exc).__name__}); see its log") from exc
 
 
 def ok(request: Request, result: BaseModel) -> JSONResponse:
     return Json({"status": "ok", "result": result.model_dump(mode="json"), "time": elapsed(request.scope)})
 
 
-def router() -> APIRouter:
+def router(*tags: str) -> APIRouter:
     """A router for one area of /api/v1; every route can answer with the error envelope."""
-    return APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
+    return APIRouter(prefix=API_PREFIX, tags=list(tags), responses=ERROR_RESPONSES)

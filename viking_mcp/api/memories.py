@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse
 from viking_mcp.api.envelope import Ok, call, router
 from viking_mcp.models import MemoryCategory, MemorySearchResult, SearchLimit, SearchQuery
 
-memories = router()
+memories = router("memories")
 
 
-@memories.get("/memories/search", response_model=Ok[MemorySearchResult], tags=["memories"], summary="Search memories")
+@memories.get("/memories/search", response_model=Ok[MemorySearchResult], summary="Search memories")
 async def search_memories(
     request: Request,
     query: Annotated[SearchQuery, Query(description="What to look for.")],

@@ -8,22 +8,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, WithJsonSchema
 
-from viking_mcp.api.envelope import (
-    ID_PATTERN,
-    LENIENT,
-    Ok,
-    SessionIdPath,
-    actor_of,
-    app_state,
-    call,
-    guarded,
-    ok,
-    router,
-)
+from viking_mcp.api.envelope import ID_PATTERN, Ok, SessionIdPath, call, caller, crashes_answered, ok, router
 from viking_mcp.engine.engine import PreparedMessage
 from viking_mcp.models import ID_MAX_LENGTH, ContextPart, MessageAdded, Role, TextPart, ToolPart, UsageRecorded
 
-messages = router()
+messages = router("messages")
 
 
 # Documented as the parts the engine stores; validated by the engine (after OpenViking's
@@ -47,7 +36,6 @@ _PARTS_SCHEMA: dict[str, Any] = {
 
 
 class AddMessageBody(BaseModel):
-    model_config = LENIENT
     role: Role = Field(description="Who said it.")
     content: str | None = Field(
         default=None, description="The text (one text part). If parts are given too, parts win."
@@ -66,17 +54,14 @@ class AddMessageBody(BaseModel):
 
 
 class UsedBody(BaseModel):
-    model_config = LENIENT
     contexts: list[str] | None = Field(default=None, description="URIs of contexts the turn used.")
     skill: dict[str, Any] | None = Field(default=None, description="A skill used: {uri, input, output, success}.")
 
 
 # Parts as OpenViking clients send them carry fields we do not keep (tool_uri, null
 # tool_input...): drop those, so that the engine validates what it stores.
-_PART_FIELDS: dict[str, frozenset[str]] = {
-    "text": frozenset({"type", "text"}),
-    "context": frozenset({"type", "uri", "context_type", "abstract"}),
-    "tool": frozenset({"type", "tool_id", "tool_name", "skill_uri", "tool_input", "tool_output", "tool_status"}),
+_PART_FIELDS = {
+    part.model_fields["type"].default: part.model_fields.keys() for part in (TextPart, ContextPart, ToolPart)
 }
 
 
@@ -94,33 +79,28 @@ def _openviking_parts(parts: list[dict[str, Any]] | None) -> list[Any] | None:
     return cleaned
 
 
-async def _append(request: Request, session_id: str, body: AddMessageBody, parts: list[Any] | None) -> JSONResponse:
-    """add_message, on the engine's batch thread (`engine/batching.py`) as the caller."""
-    engine, actor = app_state(request).require_engine(), actor_of(request)
+@messages.post("/sessions/{session_id}/messages", response_model=Ok[MessageAdded], summary="Add a message")
+async def add_message(request: Request, session_id: SessionIdPath, body: AddMessageBody) -> JSONResponse:
+    """Append a message (content, or parts; parts win when both are given). Creates the session."""
+    engine, actor = caller(request)
+    parts = _openviking_parts(body.parts)
 
     def prepare() -> PreparedMessage:
-        return engine.prepare_message(
-            session_id, body.role, body.content, parts, body.created_at, body.message_id, parts_win=True
-        )
+        with crashes_answered(request):
+            return engine.prepare_message(
+                session_id, body.role, body.content, parts, body.created_at, body.message_id, parts_win=True
+            )
 
     def write(prepared: PreparedMessage) -> MessageAdded:
-        return engine.write_message(prepared, actor=actor)
+        with crashes_answered(request):
+            return engine.write_message(prepared, actor=actor)
 
-    result = await engine.batched_writes.run(guarded(request, prepare), guarded(request, write))
+    # On the engine's batch thread (engine/batching.py), with other appends.
+    result = await engine.batched_writes.run(prepare, write)
     return ok(request, result)
 
 
-@messages.post(
-    "/sessions/{session_id}/messages", response_model=Ok[MessageAdded], tags=["messages"], summary="Add a message"
-)
-async def add_message(request: Request, session_id: SessionIdPath, body: AddMessageBody) -> JSONResponse:
-    """Append a message (content, or parts; parts win when both are given). Creates the session."""
-    return await _append(request, session_id, body, _openviking_parts(body.parts))
-
-
-@messages.post(
-    "/sessions/{session_id}/used", response_model=Ok[UsageRecorded], tags=["messages"], summary="Record usage"
-)
+@messages.post("/sessions/{session_id}/used", response_model=Ok[UsageRecorded], summary="Record usage")
 async def record_used(request: Request, session_id: SessionIdPath, body: UsedBody | None = None) -> JSONResponse:
     """Record the contexts and skill a turn actually used."""
     b = body or UsedBody()

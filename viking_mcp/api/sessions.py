@@ -8,7 +8,7 @@ from fastapi import Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from viking_mcp.api.envelope import ID_PATTERN, LENIENT, Ok, SessionIdPath, call, router
+from viking_mcp.api.envelope import ID_PATTERN, Ok, SessionIdPath, call, router
 from viking_mcp.models import (
     ID_MAX_LENGTH,
     MetadataUpdated,
@@ -19,11 +19,10 @@ from viking_mcp.models import (
     SessionPage,
 )
 
-sessions = router()
+sessions = router("sessions")
 
 
 class CreateSessionBody(BaseModel):
-    model_config = LENIENT
     session_id: str | None = Field(
         default=None,
         description="Id to use (1-128 of A-Z a-z 0-9 . _ -); omit for a random one.",
@@ -36,18 +35,17 @@ class CreateSessionBody(BaseModel):
 
 
 class MetadataBody(BaseModel):
-    model_config = LENIENT
     metadata: dict[str, Any] = Field(description="Keys to merge into the session's metadata; null removes a key.")
 
 
-@sessions.post("/sessions", response_model=Ok[SessionCreated], tags=["sessions"], summary="Create a session")
+@sessions.post("/sessions", response_model=Ok[SessionCreated], summary="Create a session")
 async def create_session(request: Request, body: CreateSessionBody | None = None) -> JSONResponse:
     """Create a session (optional: adding a message creates one). 409 if the id is taken."""
     b = body or CreateSessionBody()
     return await call(request, lambda e, a: e.create_session(b.session_id, b.metadata, b.user_id, actor=a))
 
 
-@sessions.get("/sessions", response_model=Ok[SessionPage], tags=["sessions"], summary="List sessions")
+@sessions.get("/sessions", response_model=Ok[SessionPage], summary="List sessions")
 async def list_sessions(
     request: Request,
     limit: Annotated[PageLimit, Query(description="Sessions per page.")] = 50,
@@ -57,7 +55,7 @@ async def list_sessions(
     return await call(request, lambda e, a: e.list_sessions(limit, cursor, actor=a))
 
 
-@sessions.get("/sessions/{session_id}", response_model=Ok[SessionInfo], tags=["sessions"], summary="Get a session")
+@sessions.get("/sessions/{session_id}", response_model=Ok[SessionInfo], summary="Get a session")
 async def get_session(
     request: Request,
     session_id: SessionIdPath,
@@ -70,7 +68,6 @@ async def get_session(
 @sessions.patch(
     "/sessions/{session_id}/metadata",
     response_model=Ok[MetadataUpdated],
-    tags=["sessions"],
     summary="Merge session metadata",
 )
 async def update_metadata(request: Request, session_id: SessionIdPath, body: MetadataBody) -> JSONResponse:
@@ -78,9 +75,7 @@ async def update_metadata(request: Request, session_id: SessionIdPath, body: Met
     return await call(request, lambda e, a: e.update_session(session_id, body.metadata, actor=a))
 
 
-@sessions.delete(
-    "/sessions/{session_id}", response_model=Ok[SessionDeleted], tags=["sessions"], summary="Delete a session"
-)
+@sessions.delete("/sessions/{session_id}", response_model=Ok[SessionDeleted], summary="Delete a session")
 async def delete_session(request: Request, session_id: SessionIdPath) -> JSONResponse:
     """Delete a session with its messages and archives; extracted memories stay."""
     return await call(request, lambda e, a: e.delete_session(session_id, actor=a))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -13,99 +15,73 @@ from viking_mcp.engine.uris import read_node
 from viking_mcp.errors import VikingError
 from viking_mcp.mcp.state import ServerState
 
+JSON, MARKDOWN = "application/json", "text/markdown"
+SESSION = "viking://session/{session_id}"
+ARCHIVE = f"{SESSION}/history/{{archive_id}}"
+
+
+def _memories(scope: str) -> list[tuple[str, str, str, str]]:
+    """One owner's memories: the listing, (the user's profile,) a category, one memory."""
+    base, whose = f"viking://{scope}/{{owner_id}}/memories", f"{scope}'s"
+    profile = [(f"{base}/profile.md", "profile", "The user's profile.", MARKDOWN)] if scope == "user" else []
+    return [
+        (base, "listing", f"The {whose} long-term memories.", JSON),
+        *profile,
+        (f"{base}/{{category}}", "category_listing", f"The {whose} memories of one category.", JSON),
+        (
+            f"{base}/{{category}}/{{name}}",
+            "memory",
+            f"One of the {whose} memories: abstract, overview and content.",
+            MARKDOWN,
+        ),
+    ]
+
+
+# The MIME type of each file a session or an archive holds.
+FILE_TYPES = {
+    ".meta.json": JSON,
+    "messages.jsonl": "application/jsonl",
+    ".abstract.md": MARKDOWN,
+    ".overview.md": MARKDOWN,
+    ".relations.json": JSON,
+    "memory_diff.json": JSON,
+    ".done": "text/plain",
+}
+SESSION_FILES = (".meta.json", "messages.jsonl", ".abstract.md", ".overview.md", ".relations.json")
+ARCHIVE_FILES = ("messages.jsonl", ".abstract.md", ".overview.md", "memory_diff.json", ".done")
+
+# (URI template, the name clients list it by, description, MIME type), in the order listed.
+TEMPLATES: list[tuple[str, str, str, str]] = [
+    (SESSION, "session_reader", "A session: its counters, metadata and files.", JSON),
+    *[(f"{SESSION}/{file}", "session_reader", f"The session's {file}.", FILE_TYPES[file]) for file in SESSION_FILES],
+    (f"{SESSION}/history", "session_reader", "The session's archives.", JSON),
+    (f"{SESSION}/tools", "session_reader", "The session's tool calls.", JSON),
+    (f"{SESSION}/tools/{{tool_id}}/tool.json", "tool_reader", "One tool call of a session.", JSON),
+    (ARCHIVE, "archive_reader", "An archive: status, abstract, files.", JSON),
+    *[(f"{ARCHIVE}/{file}", "archive_reader", f"The archive's {file}.", FILE_TYPES[file]) for file in ARCHIVE_FILES],
+    *_memories("user"),
+    *_memories("agent"),
+]
+
 
 def add_resources(server: MCPServer[ServerState], state: ServerState) -> None:
-    """Every node of the viking:// tree, as resource templates."""
+    for template, name, description, mime_type in TEMPLATES:
+        server.resource(template, name=name, description=description, mime_type=mime_type)(_reader(template, state))
 
-    def read(uri: str, ctx: Context[ServerState, Any]) -> str:
+
+def _reader(template: str, state: ServerState) -> Callable[..., str]:
+    """Reads the node a URI of `template` names."""
+
+    def read(ctx: Context[ServerState, Any], **params: str) -> str:
         try:
-            return read_node(state.require_engine(), uri, state.actor(ctx))[0]
+            return read_node(state.require_engine(), template.format(**params), state.actor(ctx))[0]
         except (VikingError, ToolError) as exc:
             raise ResourceError(str(exc)) from exc
 
-    def resource(template: str, description: str, mime_type: str) -> None:
-        # One reader per shape of template; the SDK reads parameter names off the signature.
-        register = server.resource(template, description=description, mime_type=mime_type)
-        if "{archive_id}" in template:
-
-            def archive_reader(session_id: str, archive_id: str, ctx: Context[ServerState, Any]) -> str:
-                return read(template.format(session_id=session_id, archive_id=archive_id), ctx)
-
-            register(archive_reader)
-        elif "{tool_id}" in template:
-
-            def tool_reader(session_id: str, tool_id: str, ctx: Context[ServerState, Any]) -> str:
-                return read(template.format(session_id=session_id, tool_id=tool_id), ctx)
-
-            register(tool_reader)
-        else:
-
-            def session_reader(session_id: str, ctx: Context[ServerState, Any]) -> str:
-                return read(template.format(session_id=session_id), ctx)
-
-            register(session_reader)
-
-    resource("viking://session/{session_id}", "A session: its counters, metadata and files.", "application/json")
-    for name, mime in (
-        (".meta.json", "application/json"),
-        ("messages.jsonl", "application/jsonl"),
-        (".abstract.md", "text/markdown"),
-        (".overview.md", "text/markdown"),
-        (".relations.json", "application/json"),
-    ):
-        resource(f"viking://session/{{session_id}}/{name}", f"The session's {name}.", mime)
-    resource("viking://session/{session_id}/history", "The session's archives.", "application/json")
-    resource("viking://session/{session_id}/tools", "The session's tool calls.", "application/json")
-    resource(
-        "viking://session/{session_id}/tools/{tool_id}/tool.json",
-        "One tool call of a session.",
-        "application/json",
-    )
-    resource(
-        "viking://session/{session_id}/history/{archive_id}",
-        "An archive: status, abstract, files.",
-        "application/json",
-    )
-    for name, mime in (
-        ("messages.jsonl", "application/jsonl"),
-        (".abstract.md", "text/markdown"),
-        (".overview.md", "text/markdown"),
-        ("memory_diff.json", "application/json"),
-        (".done", "text/plain"),
-    ):
-        resource(f"viking://session/{{session_id}}/history/{{archive_id}}/{name}", f"The archive's {name}.", mime)
-
-    for scope in ("user", "agent"):
-        _memory_resources(server, read, scope)
-
-
-def _memory_resources(
-    server: MCPServer[ServerState], read: Callable[[str, Context[ServerState, Any]], str], scope: str
-) -> None:
-    """Templates for one owner's memories: the listing, a category, one memory (and the profile)."""
-    base = f"viking://{scope}/{{owner_id}}/memories"
-    whose = "user's" if scope == "user" else "agent's"
-
-    def listing(owner_id: str, ctx: Context[ServerState, Any]) -> str:
-        return read(base.format(owner_id=owner_id), ctx)
-
-    def category_listing(owner_id: str, category: str, ctx: Context[ServerState, Any]) -> str:
-        return read(f"{base.format(owner_id=owner_id)}/{category}", ctx)
-
-    def memory(owner_id: str, category: str, name: str, ctx: Context[ServerState, Any]) -> str:
-        return read(f"{base.format(owner_id=owner_id)}/{category}/{name}", ctx)
-
-    def profile(owner_id: str, ctx: Context[ServerState, Any]) -> str:
-        return read(f"{base.format(owner_id=owner_id)}/profile.md", ctx)
-
-    server.resource(base, description=f"The {whose} long-term memories.", mime_type="application/json")(listing)
-    if scope == "user":
-        server.resource(f"{base}/profile.md", description="The user's profile.", mime_type="text/markdown")(profile)
-    server.resource(
-        f"{base}/{{category}}", description=f"The {whose} memories of one category.", mime_type="application/json"
-    )(category_listing)
-    server.resource(
-        f"{base}/{{category}}/{{name}}",
-        description=f"One of the {whose} memories: abstract, overview and content.",
-        mime_type="text/markdown",
-    )(memory)
+    # The SDK (and pydantic, validating the call) read the template's parameters off these.
+    names = re.findall(r"{(\w+)}", template)
+    parameters = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=str) for name in names]
+    context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context[ServerState, Any])
+    read.__signature__ = inspect.Signature([*parameters, context])  # type: ignore[attr-defined]
+    read.__annotations__ = {**dict.fromkeys(names, str), "ctx": Context[ServerState, Any], "return": str}
+    return read

@@ -2,9 +2,8 @@
 
 The tools are module-level functions in `mcp/tools/`, the resources in `resources.py`, the
 prompt in `prompts.py`. `build_server` registers them the ordinary way, before anything is
-served; the server's
-lifespan opens the store on a worker thread (or takes an engine the caller owns), starts
-the Phase 2 worker, and closes both when the server stops.
+served; the server's lifespan opens the store on a worker thread (or takes an engine the
+caller owns), starts the Phase 2 worker, and closes both when the server stops.
 """
 
 from __future__ import annotations

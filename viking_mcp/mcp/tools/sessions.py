@@ -7,14 +7,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from viking_mcp.mcp.state import READ_ONLY, Ctx, SessionId, caller, tool, writes
-from viking_mcp.models import (
-    MetadataUpdated,
-    PageLimit,
-    SessionCreated,
-    SessionDeleted,
-    SessionInfo,
-    SessionPage,
-)
+from viking_mcp.models import MetadataUpdated, PageLimit, SessionCreated, SessionDeleted, SessionInfo, SessionPage
 
 
 @tool("Create session", writes())
