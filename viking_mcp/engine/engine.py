@@ -81,6 +81,7 @@ from viking_mcp.models import (
 from viking_mcp.store import Store, open_store
 from viking_mcp.store.base import SessionRow, TaskRow
 from viking_mcp.summarize.base import ArchiveInput, Summariser
+from viking_mcp.summarize.extractive import ExtractiveSummariser
 from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
 
 if TYPE_CHECKING:
@@ -179,15 +180,11 @@ class Engine:
         self.settings = settings
         self.store: Store = store if store is not None else open_store(settings)
         self.tokens = TokenCounter(settings.encoding)
-        if summariser is None:
-            from viking_mcp.summarize.extractive import ExtractiveSummariser
-
-            summariser = ExtractiveSummariser(
-                self.tokens,
-                overview_max_tokens=settings.overview_max_tokens,
-                abstract_max_tokens=settings.abstract_max_tokens,
-            )
-        self.summariser = summariser
+        self.summariser = summariser or ExtractiveSummariser(
+            self.tokens,
+            overview_max_tokens=settings.overview_max_tokens,
+            abstract_max_tokens=settings.abstract_max_tokens,
+        )
         if llm is None and settings.llm is not None:
             from viking_mcp.memory.llm import LlmPhase2
 
@@ -205,16 +202,12 @@ class Engine:
         self.on_task_queued: Callable[[], None] | None = None
         # Appends for async callers (the servers): on a thread of their own, many to a transaction.
         self.batched_writes = WriteBatcher(self.store)
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+        self.closed = False
 
     def close(self) -> None:
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         with _LIVE_OWNERS_LOCK:
             _LIVE_OWNERS.discard(self.worker_id)
         self.batched_writes.close()
@@ -443,15 +436,20 @@ class Engine:
         validate_id(session_id)
         if not isinstance(keep_recent_count, int) or keep_recent_count < 0:
             raise InvalidArgument("keep_recent_count must be a whole number >= 0")
+        limits = self.settings.limits
         supplied: dict[str, Any] = {}
         for name, value in (("abstract", abstract), ("overview", overview)):
             if value is not None and not isinstance(value, str):
                 raise InvalidArgument(f"{name} must be a string")
             if value and value.strip():
-                check_encodable(value, self.settings.limits.max_summary_bytes, name)
+                check_encodable(value, limits.max_summary_bytes, name)
                 supplied[name] = value.strip()
         if memories is not None:
-            supplied["memories"] = [m.model_dump() for m in self._memory_inputs(memories)]
+            if not isinstance(memories, list | tuple):
+                raise InvalidArgument("memories must be a list of memory objects")
+            raw = [m.model_dump() if isinstance(m, MemoryInput) else m for m in memories]
+            check_encodable(raw, limits.max_summary_bytes, "memories", limits.max_json_depth)
+            supplied["memories"] = [validated(MemoryInput, m, "memories").model_dump() for m in raw]
         self._require_session(session_id, actor)
         task_id = uuid.uuid4().hex
         outcome = self.store.commit_phase1(session_id, keep_recent_count, supplied, task_id, utc_now())
@@ -663,17 +661,6 @@ class Engine:
 
     # --- long-term memories -----------------------------------------------------------------------
 
-    def _memory_inputs(self, memories: object) -> list[MemoryInput]:
-        if not isinstance(memories, list | tuple):
-            raise InvalidArgument("memories must be a list of memory objects")
-        check_encodable(
-            [m.model_dump() if isinstance(m, MemoryInput) else m for m in memories],
-            self.settings.limits.max_summary_bytes,
-            "memories",
-            self.settings.limits.max_json_depth,
-        )
-        return [validated(MemoryInput, m, "memories") for m in memories]
-
     def extract(self, session_id: str, *, actor: Owner | None = None) -> ExtractResult:
         """Extract memories from the live messages now, without a commit.
 
@@ -713,7 +700,6 @@ class Engine:
             raise Unavailable(
                 f"extraction failed: {type(exc).__name__}: {exc}; task {task_id} has the details"
             ) from exc
-        written = {w.memory.uri: w.action for w in plan.writes}
         return ExtractResult(
             session_id=session_id,
             task_id=task_id,
@@ -722,7 +708,7 @@ class Engine:
                     uri=w.memory.uri,
                     category=w.memory.category,
                     abstract=w.memory.abstract,
-                    action=written[w.memory.uri],
+                    action=w.action,
                 )
                 for w in plan.writes
             ],
