@@ -49,9 +49,8 @@ class _Job(Generic[P, R]):
 class WriteBatcher:
     """One thread that runs writes for async callers, many to a transaction."""
 
-    def __init__(self, store: Store, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
-        self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Job[Any, Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -87,7 +86,7 @@ class WriteBatcher:
             if first is None:
                 return
             jobs = [first]
-            while len(jobs) < self._max_batch:
+            while len(jobs) < MAX_BATCH:
                 try:
                     job = self._queue.get_nowait()
                 except queue.Empty:

@@ -9,7 +9,6 @@ worker threads.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 import os
@@ -18,15 +17,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter
 
 from viking_mcp.config import Settings
 from viking_mcp.engine.batching import WriteBatcher
 from viking_mcp.engine.context import assemble_context
-from viking_mcp.engine.messages import build_message, check_encodable, describe_validation_error
+from viking_mcp.engine.messages import build_message, check_encodable, validated
 from viking_mcp.engine.phase2 import candidates_from, owners_of, plan_memories, run_phase2
 from viking_mcp.errors import (
     AlreadyExists,
@@ -82,6 +81,7 @@ from viking_mcp.models import (
 from viking_mcp.store import Store, open_store
 from viking_mcp.store.base import SessionRow, TaskRow
 from viking_mcp.summarize.base import ArchiveInput, Summariser
+from viking_mcp.summarize.extractive import ExtractiveSummariser
 from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
 
 if TYPE_CHECKING:
@@ -106,16 +106,6 @@ MAX_PHASE2_ATTEMPTS = 3
 MAX_CONTEXT_URI_BYTES = 2_000
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def owner_is_gone(owner: str | None, lease_until: float) -> bool:
     """Whether a running task's owner can no longer finish it."""
     if owner is None or lease_until < time.time():
@@ -128,7 +118,16 @@ def owner_is_gone(owner: str | None, lease_until: float) -> bool:
     if pid == os.getpid():
         with _LIVE_OWNERS_LOCK:
             return owner not in _LIVE_OWNERS
-    return not _pid_alive(pid)
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it does, as another user's
+        pass
+    return False
+
+
+_CURSOR = TypeAdapter(tuple[str, str])  # a page's last (created_at, session_id)
 
 
 def _encode_cursor(row: SessionRow) -> str:
@@ -137,14 +136,9 @@ def _encode_cursor(row: SessionRow) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        decoded = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not isinstance(decoded, list) or len(decoded) != 2 or not all(isinstance(v, str) for v in decoded):
-            raise ValueError
-        created_at, session_id = decoded
-        return created_at, session_id
-    except (ValueError, TypeError, binascii.Error, UnicodeError):
+    try:  # bad base64, bad JSON and another shape are all ValueErrors
+        return _CURSOR.validate_json(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError):
         raise InvalidArgument("cursor is not one this server gave out; pass next_cursor unchanged") from None
 
 
@@ -186,15 +180,11 @@ class Engine:
         self.settings = settings
         self.store: Store = store if store is not None else open_store(settings)
         self.tokens = TokenCounter(settings.encoding)
-        if summariser is None:
-            from viking_mcp.summarize.extractive import ExtractiveSummariser
-
-            summariser = ExtractiveSummariser(
-                self.tokens,
-                overview_max_tokens=settings.overview_max_tokens,
-                abstract_max_tokens=settings.abstract_max_tokens,
-            )
-        self.summariser = summariser
+        self.summariser = summariser or ExtractiveSummariser(
+            self.tokens,
+            overview_max_tokens=settings.overview_max_tokens,
+            abstract_max_tokens=settings.abstract_max_tokens,
+        )
         if llm is None and settings.llm is not None:
             from viking_mcp.memory.llm import LlmPhase2
 
@@ -212,16 +202,12 @@ class Engine:
         self.on_task_queued: Callable[[], None] | None = None
         # Appends for async callers (the servers): on a thread of their own, many to a transaction.
         self.batched_writes = WriteBatcher(self.store)
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+        self.closed = False
 
     def close(self) -> None:
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         with _LIVE_OWNERS_LOCK:
             _LIVE_OWNERS.discard(self.worker_id)
         self.batched_writes.close()
@@ -271,6 +257,15 @@ class Engine:
             return None
         return row
 
+    def _owner_for(self, user_id: str | None, actor: Owner | None, refused: str) -> Owner:
+        """Whose data a call is about: the caller's, or another user's when no API key says who calls."""
+        owner = actor or self.owner
+        if user_id is None or user_id == owner.user_id:
+            return owner
+        if actor is not None:
+            raise PermissionDenied(f"an API key for user {actor.user_id} cannot {refused}")
+        return replace(owner, user_id=validate_id(user_id, "user_id"))
+
     def _require_session(self, session_id: str, actor: Owner | None = None) -> SessionRow:
         """The session, or NOT_FOUND, also for another user's: they never learn more."""
         row = self._visible(self.store.get_session(validate_id(session_id)), actor)
@@ -287,11 +282,7 @@ class Engine:
         actor: Owner | None = None,
     ) -> SessionCreated:
         session_id = validate_id(session_id) if session_id is not None else uuid.uuid4().hex
-        owner = actor or self.owner
-        if user_id is not None and user_id != owner.user_id:
-            if actor is not None:
-                raise PermissionDenied(f"an API key for user {actor.user_id} cannot create sessions for {user_id}")
-            owner = Owner(owner.account_id, validate_id(user_id, "user_id"), owner.agent_id)
+        owner = self._owner_for(user_id, actor, f"create sessions for {user_id}")
         row = self.store.create_session(session_id, owner, self._check_metadata(metadata or {}), utc_now())
         return SessionCreated(
             session_id=row.session_id,
@@ -383,16 +374,7 @@ class Engine:
         tokens counted. `write_message` stores it."""
         validate_id(session_id)
         now = utc_now()
-        message = build_message(
-            role=role,
-            content=content,
-            parts=parts,
-            created_at=created_at,
-            message_id=message_id,
-            limits=self.settings.limits,
-            parts_win=parts_win,
-            now=now,
-        )
+        message = build_message(role, content, parts, created_at, message_id, self.settings.limits, now, parts_win)
         tokens = self.tokens.count(message_text(message)) + MESSAGE_OVERHEAD_TOKENS
         return PreparedMessage(session_id, message, tokens, now)
 
@@ -421,20 +403,13 @@ class Engine:
         uris = list(contexts or [])
         if not all(isinstance(u, str) and u for u in uris):
             raise InvalidArgument("contexts must be a list of non-empty URI strings")
-        for uri in uris:
-            if len(uri.encode("utf-8", "surrogatepass")) > MAX_CONTEXT_URI_BYTES:
+        for size in (len(uri.encode("utf-8", "surrogatepass")) for uri in uris):
+            if size > MAX_CONTEXT_URI_BYTES:
                 raise InvalidArgument(
-                    f"a context URI is {len(uri.encode('utf-8', 'surrogatepass')):,} bytes long; "
+                    f"a context URI is {size:,} bytes long; "
                     f"the most is {MAX_CONTEXT_URI_BYTES:,}: pass the resource's URI, not its content"
                 )
-        skill_data: dict[str, Any] | None = None
-        if skill is not None:
-            from pydantic import ValidationError
-
-            try:
-                skill_data = SkillUse.model_validate(skill).model_dump()
-            except ValidationError as exc:
-                raise InvalidArgument(describe_validation_error(exc, "skill")) from None
+        skill_data = None if skill is None else validated(SkillUse, skill, "skill").model_dump()
         check_encodable({"contexts": uris, "skill": skill_data}, self.settings.limits.max_message_bytes, "usage")
         self._require_session(session_id, actor)
         contexts_used, skills_used = self.store.record_usage(session_id, uris, skill_data, utc_now())
@@ -461,15 +436,20 @@ class Engine:
         validate_id(session_id)
         if not isinstance(keep_recent_count, int) or keep_recent_count < 0:
             raise InvalidArgument("keep_recent_count must be a whole number >= 0")
+        limits = self.settings.limits
         supplied: dict[str, Any] = {}
         for name, value in (("abstract", abstract), ("overview", overview)):
             if value is not None and not isinstance(value, str):
                 raise InvalidArgument(f"{name} must be a string")
             if value and value.strip():
-                check_encodable(value, self.settings.limits.max_summary_bytes, name)
+                check_encodable(value, limits.max_summary_bytes, name)
                 supplied[name] = value.strip()
         if memories is not None:
-            supplied["memories"] = [m.model_dump() for m in self._memory_inputs(memories)]
+            if not isinstance(memories, list | tuple):
+                raise InvalidArgument("memories must be a list of memory objects")
+            raw = [m.model_dump() if isinstance(m, MemoryInput) else m for m in memories]
+            check_encodable(raw, limits.max_summary_bytes, "memories", limits.max_json_depth)
+            supplied["memories"] = [validated(MemoryInput, m, "memories").model_dump() for m in raw]
         self._require_session(session_id, actor)
         task_id = uuid.uuid4().hex
         outcome = self.store.commit_phase1(session_id, keep_recent_count, supplied, task_id, utc_now())
@@ -541,8 +521,8 @@ class Engine:
 
         Without a Phase 2 worker in this process, the waiting thread does the work itself.
         """
-        deadline = time.monotonic() + timeout
         started = time.monotonic()
+        deadline = started + timeout
         while True:
             task = self.get_task(task_id, actor=actor)
             if task.status in ("completed", "failed"):
@@ -617,17 +597,18 @@ class Engine:
         validate_id(session_id)
         number = parse_archive_id(archive_id_)
         self._require_session(session_id, actor)
-        now = utc_now()
+        task_id: str | None = None
         if action == "retry":
             task_id = uuid.uuid4().hex
-            self.store.retry_archive(session_id, number, task_id, now)
-            self._notify()
-            return RetryResult(session_id=session_id, archive_id=archive_id_, status="pending", task_id=task_id)
-        if action == "skip":
-            self.store.skip_archive(session_id, number, now)
-            self._notify()
-            return RetryResult(session_id=session_id, archive_id=archive_id_, status="skipped", task_id=None)
-        raise InvalidArgument(f"action {action!r}: use 'retry' or 'skip'")
+            self.store.retry_archive(session_id, number, task_id, utc_now())
+        elif action == "skip":
+            self.store.skip_archive(session_id, number, utc_now())
+        else:
+            raise InvalidArgument(f"action {action!r}: use 'retry' or 'skip'")
+        self._notify()
+        return RetryResult(
+            session_id=session_id, archive_id=archive_id_, status="pending" if task_id else "skipped", task_id=task_id
+        )
 
     def expand_archive(
         self,
@@ -680,20 +661,6 @@ class Engine:
 
     # --- long-term memories -----------------------------------------------------------------------
 
-    def _memory_inputs(self, memories: object) -> list[MemoryInput]:
-        if not isinstance(memories, list | tuple):
-            raise InvalidArgument("memories must be a list of memory objects")
-        check_encodable(
-            [m.model_dump() if isinstance(m, MemoryInput) else m for m in memories],
-            self.settings.limits.max_summary_bytes,
-            "memories",
-            self.settings.limits.max_json_depth,
-        )
-        try:
-            return [MemoryInput.model_validate(m) for m in memories]
-        except ValidationError as exc:
-            raise InvalidArgument(describe_validation_error(exc, "memories")) from None
-
     def extract(self, session_id: str, *, actor: Owner | None = None) -> ExtractResult:
         """Extract memories from the live messages now, without a commit.
 
@@ -733,7 +700,6 @@ class Engine:
             raise Unavailable(
                 f"extraction failed: {type(exc).__name__}: {exc}; task {task_id} has the details"
             ) from exc
-        written = {w.memory.uri: w.action for w in plan.writes}
         return ExtractResult(
             session_id=session_id,
             task_id=task_id,
@@ -742,7 +708,7 @@ class Engine:
                     uri=w.memory.uri,
                     category=w.memory.category,
                     abstract=w.memory.abstract,
-                    action=written[w.memory.uri],
+                    action=w.action,
                 )
                 for w in plan.writes
             ],
@@ -764,11 +730,7 @@ class Engine:
         if category is not None and category not in MEMORY_CATEGORIES:
             raise InvalidArgument(f"category {category!r}: use one of {', '.join(MEMORY_CATEGORIES)}")
         check_limit(limit, MAX_SEARCH_RESULTS)
-        owner = actor or self.owner
-        if user_id is not None and user_id != owner.user_id:
-            if actor is not None:
-                raise PermissionDenied(f"an API key for user {actor.user_id} cannot search {user_id}'s memories")
-            owner = Owner(owner.account_id, validate_id(user_id, "user_id"), owner.agent_id)
+        owner = self._owner_for(user_id, actor, f"search {user_id}'s memories")
         match = fts_query(query)
         if match is None:
             return MemorySearchResult(query=query, memories=[])

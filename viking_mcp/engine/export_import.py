@@ -201,8 +201,7 @@ class _Writer:
         session_id = validate_id(dump.session.session_id)
         base = (files.SESSIONS, session_id)
         # The tree's .meta.json: the session as get_session shows it (owner and counters included).
-        info: SessionInfo = self.engine.session_info(dump.session)
-        self.text((*base, files.META), _dumps(info.model_dump(mode="json")))
+        self.text((*base, files.META), _dumps(self.engine.session_info(dump.session).model_dump(mode="json")))
         archived_through = dump.archives[-1].last_seq if dump.archives else 0
         self.messages((*base, files.MESSAGES), [m for m in dump.messages if m.seq > archived_through])
         latest = next((a for a in reversed(dump.archives) if a.status == "completed"), None)
@@ -472,15 +471,10 @@ class _FileRecords:
                     f"session {session_id}"
                 )
             tools.append(ToolRecord(**tool.model_dump() | self.times(tool_names, tool, "created_at", "updated_at")))
-        user = info.user
         row = _copy(
             SessionRow,
             info,  # metadata, commit_count, contexts_used and skills_used as they are
-            owner=Owner(
-                validate_id(user.account_id, "account_id"),
-                validate_id(user.user_id, "user_id"),
-                validate_id(user.agent_id, "agent_id"),
-            ),
+            owner=Owner(**{name: validate_id(value, name) for name, value in info.user.model_dump().items()}),
             **self.times(meta_names, info, "created_at", "updated_at", "last_commit_at"),
             total_message_count=len(messages),
             live_message_count=len(live),

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from viking_mcp.config import Limits
 from viking_mcp.errors import InvalidArgument, ResourceExhausted
-from viking_mcp.models import Message, Part, TextPart, normalize_time, utc_now, validate_id
+from viking_mcp.models import Message, Part, TextPart, normalize_time, validate_id
 
 _PARTS = TypeAdapter(list[Part])
+Model = TypeVar("Model", bound=BaseModel)
 
 
 def json_depth(value: Any, limit: int, what: str = "the value") -> int:
@@ -42,12 +43,17 @@ def json_depth(value: Any, limit: int, what: str = "the value") -> int:
 
 
 def describe_validation_error(exc: ValidationError, what: str) -> str:
-    problems = []
-    for error in exc.errors()[:3]:
-        where = ".".join(str(p) for p in error["loc"]) or what
-        problems.append(f"{where}: {error['msg']}")
+    problems = [f"{'.'.join(str(p) for p in e['loc']) or what}: {e['msg']}" for e in exc.errors()[:3]]
     more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
     return f"invalid {what}: " + "; ".join(problems) + more
+
+
+def validated(kind: type[Model], value: object, what: str) -> Model:
+    """`value` as a `kind`, or INVALID_ARGUMENT saying what is wrong with it."""
+    try:
+        return kind.model_validate(value)
+    except ValidationError as exc:
+        raise InvalidArgument(describe_validation_error(exc, what)) from None
 
 
 def _canonical_json(raw: Any, limit_bytes: int, what: str) -> str:
@@ -97,15 +103,14 @@ def parse_parts(parts: object, limits: Limits) -> list[Part]:
 
 
 def build_message(
-    *,
     role: object,
     content: object | None,
     parts: object | None,
     created_at: str | None,
     message_id: str | None,
     limits: Limits,
+    now: str,
     parts_win: bool = False,
-    now: str | None = None,
 ) -> Message:
     """Validate an add_message request and return the message to store.
 
@@ -131,5 +136,5 @@ def build_message(
         id=validate_id(message_id, "message_id") if message_id is not None else f"msg_{uuid.uuid4().hex}",
         role=role,  # checked above
         parts=checked,
-        created_at=normalize_time(created_at) if created_at is not None else now or utc_now(),
+        created_at=normalize_time(created_at) if created_at is not None else now,
     )

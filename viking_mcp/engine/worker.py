@@ -35,9 +35,6 @@ class Phase2Worker:
             thread.start()
             self._threads.append(thread)
 
-    def wake(self) -> None:
-        self._wake.set()
-
     def stop(self, timeout: float = 5.0) -> None:
         """Stop taking work; a task in progress is finished or, past `timeout`, left to resume later."""
         self._stop.set()
