@@ -53,14 +53,9 @@ def slug(text: str, limit: int = 60) -> str:
     return cleaned or "x" + hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
 
 
-def words(text: str) -> set[str]:
-    """Content words, for similarity."""
-    return {w for w in _WORD.findall(text.lower()) if w not in _FILLER}
-
-
 def similar(a: str, b: str, threshold: float = 0.5) -> bool:
     """Jaccard similarity of content words, at or above `threshold`."""
-    left, right = words(a), words(b)
+    left, right = ({w for w in _WORD.findall(text.lower()) if w not in _FILLER} for text in (a, b))
     if not left or not right:
         return False
     return len(left & right) / len(left | right) >= threshold

@@ -273,26 +273,16 @@ class _Measure:
 
     def __init__(self, tokens: TokenCounter) -> None:
         self.tokens = tokens
-        self.blocks: dict[str, int] = {}
-        self.additive = True
-        self.checked = False
-
-    def _sum(self, blocks: list[str]) -> int:
-        total = 0
-        for index, block in enumerate(blocks):
-            piece = block + ("\n" if index == len(blocks) - 1 else "\n\n")
-            found = self.blocks.get(piece)
-            if found is None:
-                found = self.blocks[piece] = self.tokens.count(piece)
-            total += found
-        return total
+        self.count_piece: Callable[[str], int] = cache(tokens.count)
+        self.additive: bool | None = None  # not known before the first call
 
     def __call__(self, blocks: list[str]) -> int:
-        if self.checked and self.additive:
-            return self._sum(blocks)
-        exact = self.tokens.count("\n\n".join(blocks) + "\n")
-        if not self.checked:
-            self.additive, self.checked = self._sum(blocks) == exact, True
+        pieces = [block + "\n\n" for block in blocks[:-1]] + [blocks[-1] + "\n"]
+        if self.additive:
+            return sum(map(self.count_piece, pieces))
+        exact = self.tokens.count("".join(pieces))
+        if self.additive is None:
+            self.additive = sum(map(self.count_piece, pieces)) == exact
         return exact
 
 
