@@ -22,7 +22,7 @@ from typing import Any
 
 from viking_mcp.memory.categories import Candidate, slug
 from viking_mcp.models import Message, ToolPart
-from viking_mcp.summarize.dates import MONTHS as _MONTHS, WEEKDAYS as _WEEKDAYS
+from viking_mcp.summarize.dates import MONTHS as _MONTHS, NUMBERS, WEEKDAYS as _WEEKDAYS
 from viking_mcp.summarize.extractive import Unit, message_units, speaker_names
 
 # What people say about who they are: name, work, home, origin, family, status, age.
@@ -45,7 +45,6 @@ _PREFERENCE = re.compile(
     r"(?:to |the |a |an |my |our )?([^.,!?;]{3,80})",
     re.IGNORECASE,
 )
-_NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "few": 3, "couple of": 2}
 _AGO = re.compile(r"\b(\d+|a|an|one|two|three|four|five|six|few|couple of) (day|week|month|year)s? ago\b", re.I)
 _LAST_DAY = re.compile(r"\blast (" + "|".join(_WEEKDAYS) + r"|weekend|week|month|year|night)\b", re.I)
 _RELATIVE = re.compile(r"\b(yesterday|today|tonight|this morning|this afternoon|earlier today)\b", re.I)
@@ -97,7 +96,7 @@ def resolve_when(sentence: str, said_on: date) -> str | None:
         offset = 1 if match.group(1).lower() == "yesterday" else 0
         return (said_on - timedelta(days=offset)).isoformat()
     if match := _AGO.search(sentence):
-        count = int(match.group(1)) if match.group(1).isdigit() else _NUMBERS.get(match.group(1).lower(), 1)
+        count = int(match.group(1)) if match.group(1).isdigit() else NUMBERS.get(match.group(1).lower(), 1)
         return _before(said_on, count, match.group(2).lower())
     if match := _LAST_DAY.search(sentence):
         what = match.group(1).lower()
