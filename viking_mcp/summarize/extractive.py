@@ -73,7 +73,7 @@ _RENDERING_STEP = 0.75
 # Each step back in time weighs a section's sentences this much less: barely, as what was
 # said long ago matters as much as what was said last.
 _RECENCY = 0.98
-# A sentence under this fraction of its section's best is filler.
+# A sentence under this fraction of its section's best is filler: it would only fill gaps.
 _FILLER_RATIO = 0.1
 # The newest archive's section keeps at most this fraction of the archive's tokens (and
 # always may keep _SECTION_FLOOR_TOKENS), so that the overview is a summary, not the
@@ -381,13 +381,8 @@ class ExtractiveSummariser:
         return renderings
 
     def _rank(self, sections: list[_Section], scorer: _Scorer) -> list[_Candidate]:
-        """Every candidate sentence, best first.
-
-        Sentences worth less than a tenth of their section's best are not candidates (they
-        would only fill gaps), and the newest section offers at most 60% of its archive's
-        tokens (besides its best sentence), so that even the longest overview is a summary,
-        not the transcript again.
-        """
+        """Every candidate sentence, best first: not filler (_FILLER_RATIO), and from the newest
+        section no more than _SECTION_FRACTION of its archive (besides its best sentence)."""
         newest = len(sections) - 1
         ranked: list[_Candidate] = []
         for index in range(newest, -1, -1):
