@@ -236,8 +236,6 @@ def _int_or_none(value: object) -> int | None:
 class LlmPhase2:
     """Summaries and memories for an archive from an OpenAI-compatible or Anthropic endpoint."""
 
-    name = "llm"
-
     def __init__(
         self, settings: LlmSettings, tokens: TokenCounter, *, sleep: Callable[[float], None] = time.sleep
     ) -> None:

@@ -33,6 +33,4 @@ class ArchiveSummary:
 
 
 class Summariser(Protocol):
-    name: str
-
     def summarise(self, archive: ArchiveInput) -> ArchiveSummary: ...

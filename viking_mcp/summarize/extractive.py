@@ -280,8 +280,6 @@ class _Measure:
 class ExtractiveSummariser:
     """Deterministic sentence extraction; see the module docstring."""
 
-    name = "extractive"
-
     def __init__(self, tokens: TokenCounter, *, overview_max_tokens: int = 8000, abstract_max_tokens: int = 80):
         self.tokens = tokens
         self.overview_max_tokens = overview_max_tokens
