@@ -19,10 +19,12 @@ import logging
 import math
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from itertools import accumulate
 from typing import Annotated, Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
@@ -278,7 +280,8 @@ class LlmPhase2:
 
         # One line per message, as the model reads it: "[created_at] role: text".
         lines = [f"[{m.created_at}] {m.role}: {message_text(m)}" for m in archive.messages]
-        line_tokens = [count(line) for line in lines]
+        # ends[i]: the tokens of lines[:i], each line with its newline.
+        ends = [0, *accumulate(count(line) + 1 for line in lines)]
         overview = archive.previous_overview
         abstract = ""
         memories: list[MemoryInput] = []
@@ -295,7 +298,11 @@ class LlmPhase2:
                     f"max_prompt_tokens={settings.max_prompt_tokens} leaves no room for the transcript; "
                     f"raise VIKING_MCP_LLM_MAX_PROMPT_TOKENS (at least {MIN_PROMPT_TOKENS})"
                 )
-            chunk, end = self._take(lines, line_tokens, start, room)
+            # The consecutive lines from `start` that fit in `room`; a line too big for any part is cut.
+            end = bisect_right(ends, ends[start] + room) - 1
+            chunk = lines[start:end]
+            if not chunk and start < len(lines):
+                chunk, end = [self._fit(lines[start], room - 1)], start + 1
             while True:
                 user = _user_prompt(
                     archive, part, end >= len(lines), carried_overview, carried_abstract, "\n".join(chunk)
@@ -338,23 +345,6 @@ class LlmPhase2:
             completion_tokens=completion_total,
             calls=calls,
         )
-
-    def _take(self, lines: list[str], line_tokens: list[int], start: int, room: int) -> tuple[list[str], int]:
-        """Consecutive lines from `start` that fit in `room`; a line too big for any part is cut."""
-        chunk: list[str] = []
-        used = 0
-        end = start
-        while end < len(lines):
-            cost = line_tokens[end] + 1  # the newline between lines
-            if used + cost > room:
-                break
-            chunk.append(lines[end])
-            used += cost
-            end += 1
-        if not chunk and start < len(lines):
-            chunk = [self._fit(lines[start], room - 1)]
-            end = start + 1
-        return chunk, end
 
     def _fit(self, text: str, limit: int) -> str:
         """`text`, or its longest prefix (marked as cut) within `limit` tokens."""
