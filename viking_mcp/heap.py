@@ -1,25 +1,20 @@
 """Keeping the cyclic garbage collector's full collections out of request latency.
 
-A full (generation 2) collection of CPython's cyclic collector walks every container
-object in the process. In a viking-mcp server almost all of them are made at start-up
-and kept for the process's life: the modules (the MCP SDK, pydantic, FastAPI), the
-validators and schemas of the models and tools, the tokenizer's table of 100,000
-entries. That is some 90,000 objects and half a million references, which one full
-collection took 50-70 ms to walk on a 2-core machine. CPython runs one when the objects
-that outlived two younger collections since the last reach a quarter of the old
-generation; a get_context call holds thousands of objects alive while it runs (a pydantic
-model per message and per abstract, a row per archive), so about one call in 20 (1,000
-archives) to one in 130 (none) paid for a full collection: its p99 was 10-40 times its
-p50 (benchmarks/tail_probe.py shows it).
+A full (generation 2) collection walks every container object in the process, and in a
+viking-mcp server almost all of them are made at start-up and kept for the process's life
+(the modules of the MCP SDK, pydantic and FastAPI, the validators and schemas of the models
+and tools, the tokenizer's table of 100,000 entries). One such walk took 50-70 ms, and a
+get_context call paid for one about once in 20 to 130 calls, so its p99 was 10-40 times
+its p50 (benchmarks/README.md, "Tail latency", has the measurements; tail_probe.py shows them).
 
 `settle()` collects once, then moves every object still alive into the permanent
-generation (`gc.freeze`), which later collections skip: they walk only what was made
-since, and a full collection takes about a millisecond. Frozen objects are still freed by
-reference counting; only a reference cycle among them that becomes garbage later is never
-reclaimed. So it is called where what exists is what the process keeps: a little after a
-server has started (engine open, tools registered, first requests answered), and once the
-tokenizer is loaded (on first use). The servers do both (`settle_later`); a library user
-of `Engine` may call `settle` after its own start-up.
+generation (`gc.freeze`), which later collections skip: a full collection then takes about
+a millisecond. Frozen objects are still freed by reference counting; only a reference
+cycle among them that becomes garbage later is never reclaimed. So it is called where what
+exists is what the process keeps: a little after a server has started (engine open, tools
+registered, first requests answered), and once the tokenizer is loaded (on first use). The
+servers do both (`settle_later`); a library user of `Engine` may call `settle` after its
+own start-up.
 """
 
 from __future__ import annotations

@@ -3,16 +3,7 @@
     viking://user/{user_id}/memories/   profile.md  preferences/  entities/  events/
     viking://agent/{agent_id}/memories/ cases/  patterns/  tools/  skills/
 
-| category    | owner | merged                                   |
-|-------------|-------|------------------------------------------|
-| profile     | user  | always: one memory per user              |
-| preferences | user  | by topic (or when the statement is similar) |
-| entities    | user  | by name: the same entity is one memory   |
-| events      | user  | never (an identical event is not stored twice) |
-| cases       | agent | never (likewise)                         |
-| patterns    | agent | by name, or when similar                 |
-| tools       | agent | by name, usage statistics summed         |
-| skills      | agent | by name, usage statistics summed         |
+Each category's owner and merge rule are in `_TABLE` below.
 """
 
 from __future__ import annotations
@@ -27,16 +18,16 @@ from viking_mcp.models import MemoryCategory, Scope
 
 MergeRule = Literal["always", "by_name", "similar", "never"]
 
-# Whose each category is, and how it merges: the table above.
+# Whose each category is, and how it merges.
 _TABLE: dict[str, tuple[Scope, MergeRule]] = {
-    "profile": ("user", "always"),
-    "preferences": ("user", "similar"),
-    "entities": ("user", "by_name"),
-    "events": ("user", "never"),
-    "cases": ("agent", "never"),
-    "patterns": ("agent", "similar"),
-    "tools": ("agent", "by_name"),
-    "skills": ("agent", "by_name"),
+    "profile": ("user", "always"),  # one memory per user
+    "preferences": ("user", "similar"),  # by topic, or when the statement is similar
+    "entities": ("user", "by_name"),  # the same entity is one memory
+    "events": ("user", "never"),  # an identical event is not stored twice
+    "cases": ("agent", "never"),  # likewise
+    "patterns": ("agent", "similar"),  # by name, or when similar
+    "tools": ("agent", "by_name"),  # usage statistics summed
+    "skills": ("agent", "by_name"),  # likewise
 }
 SCOPES: dict[str, Scope] = {category: scope for category, (scope, _) in _TABLE.items()}
 RULES: dict[str, MergeRule] = {category: rule for category, (_, rule) in _TABLE.items()}
@@ -53,14 +44,9 @@ def slug(text: str, limit: int = 60) -> str:
     return cleaned or "x" + hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
 
 
-def words(text: str) -> set[str]:
-    """Content words, for similarity."""
-    return {w for w in _WORD.findall(text.lower()) if w not in _FILLER}
-
-
 def similar(a: str, b: str, threshold: float = 0.5) -> bool:
     """Jaccard similarity of content words, at or above `threshold`."""
-    left, right = words(a), words(b)
+    left, right = ({w for w in _WORD.findall(text.lower()) if w not in _FILLER} for text in (a, b))
     if not left or not right:
         return False
     return len(left & right) / len(left | right) >= threshold

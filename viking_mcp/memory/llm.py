@@ -17,23 +17,24 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, NoReturn
+from itertools import accumulate
+from typing import Annotated, Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from viking_mcp.config import MIN_PROMPT_TOKENS, LlmSettings
 from viking_mcp.errors import InvalidArgument
 from viking_mcp.memory import MEMORY_CATEGORIES
-from viking_mcp.models import MemoryInput, Message, message_text
+from viking_mcp.models import MemoryInput, message_text
 from viking_mcp.summarize.base import ArchiveInput
 from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
 
@@ -104,11 +105,6 @@ _NO_ABSTRACT = "(none yet)"
 _TRUNCATED = " [... truncated]"
 
 
-def transcript_line(message: Message) -> str:
-    """`[created_at] role: text`: one message as the model reads it."""
-    return f"[{message.created_at}] {message.role}: {message_text(message)}"
-
-
 def _user_prompt(archive: ArchiveInput, part: int, final: bool, overview: str, abstract: str, transcript: str) -> str:
     position = "the last part" if final else "more parts follow"
     return (
@@ -122,53 +118,6 @@ def _user_prompt(archive: ArchiveInput, part: int, final: bool, overview: str, a
 
 # --- parsing the reply ---------------------------------------------------------------
 
-_FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
-
-
-class _Reply(BaseModel):
-    """What the model must return; memories are MemoryInput, the shape commit accepts."""
-
-    model_config = ConfigDict(extra="ignore")
-    abstract: str = Field(min_length=1)
-    overview: str
-    memories: list[MemoryInput]
-
-    @field_validator("abstract")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("abstract is blank")
-        return value.strip()
-
-
-def parse_reply(text: str) -> _Reply:
-    """The model's JSON, validated; LlmError("LLM returned malformed output: ...") otherwise."""
-    stripped = text.strip()
-    if fenced := _FENCE.match(stripped):
-        stripped = fenced.group(1).strip()
-    try:
-        value = json.loads(stripped)
-    except json.JSONDecodeError:
-        # Prose around the object: take the object that starts at the first brace.
-        start = stripped.find("{")
-        if start < 0:
-            raise LlmError(
-                f"LLM returned malformed output: no JSON object in the reply ({_excerpt(text, 80)!r})"
-            ) from None
-        try:
-            value, _ = json.JSONDecoder().raw_decode(stripped, start)
-        except json.JSONDecodeError as exc:
-            raise LlmError(f"LLM returned malformed output: invalid JSON ({exc.msg} at char {exc.pos})") from None
-    if not isinstance(value, dict):
-        raise LlmError("LLM returned malformed output: the reply is not a JSON object")
-    memories = value.get("memories")
-    if isinstance(memories, list):
-        value["memories"] = [_tidy_memory(item) for item in memories]
-    try:
-        return _Reply.model_validate(value)
-    except ValidationError as exc:
-        raise LlmError(f"LLM returned malformed output: {_validation_reason(exc)}") from None
-
 
 def _tidy_memory(item: object) -> object:
     """Forgive harmless drift (extra keys, 'Events'), so that only real mismatches fail."""
@@ -181,6 +130,46 @@ def _tidy_memory(item: object) -> object:
         if tidy.get(key) is None:
             tidy.pop(key, None)
     return tidy
+
+
+class _Reply(BaseModel):
+    """What the model must return; memories are MemoryInput, the shape commit accepts."""
+
+    model_config = ConfigDict(extra="ignore")
+    abstract: str = Field(min_length=1)
+    overview: str
+    memories: list[Annotated[MemoryInput, BeforeValidator(_tidy_memory)]]
+
+    @field_validator("abstract")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("abstract is blank")
+        return value.strip()
+
+
+def parse_reply(text: str) -> _Reply:
+    """The model's JSON, validated; LlmError("LLM returned malformed output: ...") otherwise."""
+    stripped = text.strip()
+    try:
+        value = json.loads(stripped)
+    except json.JSONDecodeError:
+        # Prose or a ```json fence around the object: take the object that starts at the first brace.
+        start = stripped.find("{")
+        if start < 0:
+            raise LlmError(
+                f"LLM returned malformed output: no JSON object in the reply ({_excerpt(text, 80)!r})"
+            ) from None
+        try:
+            value, _ = json.JSONDecoder().raw_decode(stripped, start)
+        except json.JSONDecodeError as exc:
+            raise LlmError(f"LLM returned malformed output: invalid JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise LlmError("LLM returned malformed output: the reply is not a JSON object")
+    try:
+        return _Reply.model_validate(value)
+    except ValidationError as exc:
+        raise LlmError(f"LLM returned malformed output: {_validation_reason(exc)}") from None
 
 
 def _validation_reason(exc: ValidationError) -> str:
@@ -203,7 +192,6 @@ class _Transient(Exception):
 
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
-        self.reason = reason
         self.retry_after = retry_after
 
 
@@ -250,8 +238,6 @@ def _int_or_none(value: object) -> int | None:
 class LlmPhase2:
     """Summaries and memories for an archive from an OpenAI-compatible or Anthropic endpoint."""
 
-    name = "llm"
-
     def __init__(
         self, settings: LlmSettings, tokens: TokenCounter, *, sleep: Callable[[float], None] = time.sleep
     ) -> None:
@@ -292,8 +278,10 @@ class LlmPhase2:
         abstract_cap = max(min(settings.max_prompt_tokens // 20, 300), 64)
         limit = settings.max_prompt_tokens - system_tokens
 
-        lines = [transcript_line(message) for message in archive.messages]
-        line_tokens = [count(line) for line in lines]
+        # One line per message, as the model reads it: "[created_at] role: text".
+        lines = [f"[{m.created_at}] {m.role}: {message_text(m)}" for m in archive.messages]
+        # ends[i]: the tokens of lines[:i], each line with its newline.
+        ends = [0, *accumulate(count(line) + 1 for line in lines)]
         overview = archive.previous_overview
         abstract = ""
         memories: list[MemoryInput] = []
@@ -310,7 +298,11 @@ class LlmPhase2:
                     f"max_prompt_tokens={settings.max_prompt_tokens} leaves no room for the transcript; "
                     f"raise VIKING_MCP_LLM_MAX_PROMPT_TOKENS (at least {MIN_PROMPT_TOKENS})"
                 )
-            chunk, end = self._take(lines, line_tokens, start, room)
+            # The consecutive lines from `start` that fit in `room`; a line too big for any part is cut.
+            end = bisect_right(ends, ends[start] + room) - 1
+            chunk = lines[start:end]
+            if not chunk and start < len(lines):
+                chunk, end = [self._fit(lines[start], room - 1)], start + 1
             while True:
                 user = _user_prompt(
                     archive, part, end >= len(lines), carried_overview, carried_abstract, "\n".join(chunk)
@@ -325,24 +317,18 @@ class LlmPhase2:
                 else:
                     chunk = [self._fit(chunk[0], max(count(chunk[0]) - excess - 16, 1))]
 
+            sent = count(user) + system_tokens
+            where = f"{archive.session_id}/{archive.archive_id} part {part}"
             logger.debug(
-                "LLM phase 2: %s/%s part %d, messages %d-%d of %d, %d prompt tokens",
-                archive.session_id,
-                archive.archive_id,
-                part,
-                start + 1,
-                end,
-                len(lines),
-                count(user) + system_tokens,
+                "LLM phase 2: %s, messages %d-%d of %d, %d prompt tokens", where, start + 1, end, len(lines), sent
             )
             completion = self._complete(SYSTEM_PROMPT, user)
             reply = self._parse(completion)
             calls += 1
-            prompt_total += (
-                completion.prompt_tokens if completion.prompt_tokens is not None else count(user) + system_tokens
-            )
+            # The server's usage when it reports it, else our own count.
+            prompt_total += sent if completion.prompt_tokens is None else completion.prompt_tokens
             completion_total += (
-                completion.completion_tokens if completion.completion_tokens is not None else count(completion.text)
+                count(completion.text) if completion.completion_tokens is None else completion.completion_tokens
             )
             memories.extend(reply.memories)
             abstract = reply.abstract
@@ -359,23 +345,6 @@ class LlmPhase2:
             completion_tokens=completion_total,
             calls=calls,
         )
-
-    def _take(self, lines: list[str], line_tokens: list[int], start: int, room: int) -> tuple[list[str], int]:
-        """Consecutive lines from `start` that fit in `room`; a line too big for any part is cut."""
-        chunk: list[str] = []
-        used = 0
-        end = start
-        while end < len(lines):
-            cost = line_tokens[end] + 1  # the newline between lines
-            if used + cost > room:
-                break
-            chunk.append(lines[end])
-            used += cost
-            end += 1
-        if not chunk and start < len(lines):
-            chunk = [self._fit(lines[start], room - 1)]
-            end = start + 1
-        return chunk, end
 
     def _fit(self, text: str, limit: int) -> str:
         """`text`, or its longest prefix (marked as cut) within `limit` tokens."""
@@ -408,45 +377,28 @@ class LlmPhase2:
 
     def _complete(self, system: str, user: str) -> _Completion:
         attempts = self.settings.max_attempts
-        last = ""
-        attempt = 0
-        while attempt < attempts:
-            attempt += 1
+        attempt = 1
+        while True:
             try:
                 return self._send(system, user)
-            except _Transient as exc:
-                last = exc.reason
-                if attempt >= attempts:
-                    break
-                delay = (
-                    exc.retry_after
-                    if exc.retry_after is not None
-                    else self.settings.backoff_seconds * 2 ** (attempt - 1)
-                )
-                delay = min(delay, MAX_RETRY_DELAY_SECONDS)
-                logger.debug("LLM attempt %d/%d failed (%s); retrying in %.2f s", attempt, attempts, last, delay)
-                self._sleep(delay)
             except _Adapted:
-                attempt -= 1  # the server told us what to leave out; that try does not count
-        raise LlmError(f"LLM endpoint failed after {attempts} attempts: last error {last}")
+                continue  # the server told us what to leave out; that try does not count
+            except _Transient as exc:
+                if attempt >= attempts:
+                    raise LlmError(f"LLM endpoint failed after {attempts} attempts: last error {exc}") from None
+                backoff = self.settings.backoff_seconds * 2 ** (attempt - 1)
+                delay = min(backoff if exc.retry_after is None else exc.retry_after, MAX_RETRY_DELAY_SECONDS)
+                logger.debug("LLM attempt %d/%d failed (%s); retrying in %.2f s", attempt, attempts, exc, delay)
+                self._sleep(delay)
+                attempt += 1
 
     def _payload(self, system: str, user: str) -> dict[str, Any]:
         settings = self.settings
+        payload: dict[str, Any] = {"model": settings.model, "max_tokens": settings.max_output_tokens, "temperature": 0}
         if settings.provider == "anthropic":
-            return {
-                "model": settings.model,
-                "system": system,
-                "messages": [{"role": "user", "content": user}],
-                "max_tokens": settings.max_output_tokens,
-                "temperature": 0,
-            }
-        payload: dict[str, Any] = {
-            "model": settings.model,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-            "response_format": {"type": "json_object"},
-            "max_tokens": settings.max_output_tokens,
-            "temperature": 0,
-        }
+            return payload | {"system": system, "messages": [{"role": "user", "content": user}]}
+        payload["messages"] = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        payload["response_format"] = {"type": "json_object"}
         with self._dropped_lock:
             dropped = set(self._dropped)
         if "max_tokens" in dropped:

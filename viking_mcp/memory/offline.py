@@ -22,7 +22,7 @@ from typing import Any
 
 from viking_mcp.memory.categories import Candidate, slug
 from viking_mcp.models import Message, ToolPart
-from viking_mcp.summarize.dates import MONTHS as _MONTHS, WEEKDAYS as _WEEKDAYS
+from viking_mcp.summarize.dates import MONTHS as _MONTHS, NUMBERS, WEEKDAYS as _WEEKDAYS
 from viking_mcp.summarize.extractive import Unit, message_units, speaker_names
 
 # What people say about who they are: name, work, home, origin, family, status, age.
@@ -45,7 +45,6 @@ _PREFERENCE = re.compile(
     r"(?:to |the |a |an |my |our )?([^.,!?;]{3,80})",
     re.IGNORECASE,
 )
-_NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "few": 3, "couple of": 2}
 _AGO = re.compile(r"\b(\d+|a|an|one|two|three|four|five|six|few|couple of) (day|week|month|year)s? ago\b", re.I)
 _LAST_DAY = re.compile(r"\blast (" + "|".join(_WEEKDAYS) + r"|weekend|week|month|year|night)\b", re.I)
 _RELATIVE = re.compile(r"\b(yesterday|today|tonight|this morning|this afternoon|earlier today)\b", re.I)
@@ -97,34 +96,30 @@ def resolve_when(sentence: str, said_on: date) -> str | None:
         offset = 1 if match.group(1).lower() == "yesterday" else 0
         return (said_on - timedelta(days=offset)).isoformat()
     if match := _AGO.search(sentence):
-        count = int(match.group(1)) if match.group(1).isdigit() else _NUMBERS.get(match.group(1).lower(), 1)
-        unit = match.group(2).lower()
-        if unit == "year":
-            return str(said_on.year - count)
-        if unit == "month":
-            month = said_on.month - count
-            year = said_on.year + (month - 1) // 12
-            return f"{year:04d}-{(month - 1) % 12 + 1:02d}"
-        return (said_on - timedelta(days=count * (7 if unit == "week" else 1))).isoformat()
+        count = int(match.group(1)) if match.group(1).isdigit() else NUMBERS.get(match.group(1).lower(), 1)
+        return _before(said_on, count, match.group(2).lower())
     if match := _LAST_DAY.search(sentence):
         what = match.group(1).lower()
-        if what == "night":
-            return (said_on - timedelta(days=1)).isoformat()
-        if what in ("week", "weekend"):
-            target = 5 if what == "weekend" else said_on.weekday()
-            back = (said_on.weekday() - target) % 7 or 7
-            return (said_on - timedelta(days=back)).isoformat()
-        if what == "month":
-            month = said_on.month - 1 or 12
-            return f"{said_on.year - (1 if said_on.month == 1 else 0):04d}-{month:02d}"
-        if what == "year":
-            return str(said_on.year - 1)
-        back = (said_on.weekday() - _WEEKDAYS.index(what)) % 7 or 7
+        if what in ("night", "month", "year"):
+            return _before(said_on, 1, "day" if what == "night" else what)
+        # "last week" is the same weekday a week back; "last weekend" its Saturday.
+        target = said_on.weekday() if what == "week" else 5 if what == "weekend" else _WEEKDAYS.index(what)
+        back = (said_on.weekday() - target) % 7 or 7
         return (said_on - timedelta(days=back)).isoformat()
     return None
 
 
-def extract_offline(messages: list[Message], user_label: str = "User") -> list[Candidate]:
+def _before(said_on: date, count: int, unit: str) -> str:
+    """The day, month or year `count` units before `said_on`, as ISO."""
+    if unit == "year":
+        return str(said_on.year - count)
+    if unit == "month":
+        index = said_on.year * 12 + said_on.month - 1 - count
+        return f"{index // 12:04d}-{index % 12 + 1:02d}"
+    return (said_on - timedelta(days=count * (7 if unit == "week" else 1))).isoformat()
+
+
+def extract_offline(messages: list[Message]) -> list[Candidate]:
     """Profile, preference, event and entity candidates, in a deterministic order."""
     names = speaker_names(messages)
     said: list[tuple[Unit, date]] = []
@@ -137,8 +132,7 @@ def extract_offline(messages: list[Message], user_label: str = "User") -> list[C
     for unit, day in said:
         if unit.speaker not in names and unit.speaker != "User":
             continue
-        speaker = unit.speaker if unit.speaker != "User" else user_label
-        text = unit.text.strip()
+        speaker, text = unit.speaker, unit.text.strip()
         line = f"{speaker}: {text}"
         if _PROFILE.search(text) and len(profile[speaker]) < _PROFILE_PER_ARCHIVE:
             profile[speaker].append(text)

@@ -30,10 +30,7 @@ class ArchiveSummary:
     overview_tokens: list[int] = field(default_factory=list)
     llm_prompt_tokens: int = 0
     llm_completion_tokens: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 class Summariser(Protocol):
-    name: str
-
     def summarise(self, archive: ArchiveInput) -> ArchiveSummary: ...

@@ -15,7 +15,7 @@ from datetime import date, timedelta
 WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 MONTHS = ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
           "november", "december"]  # fmt: skip
-_NUMBERS = {
+NUMBERS = {
     "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
     "eight": 8, "nine": 9, "ten": 10, "a couple of": 2, "a few": 3, "couple of": 2, "few": 3,
 }  # fmt: skip
@@ -82,7 +82,7 @@ def _resolve(match: re.Match[str], said: date) -> str | None:
         return str(said.year + _SHIFT[kind[:-4]])
     if kind == "ago":
         count_text = text.rsplit(" ", 2)[0]
-        count = int(count_text) if count_text.isdigit() else _NUMBERS.get(count_text, 0)
+        count = int(count_text) if count_text.isdigit() else NUMBERS.get(count_text, 0)
         unit = match.group("unit").lower().rstrip("s")
         if count <= 0 or count > 100:
             return None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
 from functools import cache, lru_cache
@@ -73,7 +73,7 @@ _RENDERING_STEP = 0.75
 # Each step back in time weighs a section's sentences this much less: barely, as what was
 # said long ago matters as much as what was said last.
 _RECENCY = 0.98
-# A sentence under this fraction of its section's best is filler.
+# A sentence under this fraction of its section's best is filler: it would only fill gaps.
 _FILLER_RATIO = 0.1
 # The newest archive's section keeps at most this fraction of the archive's tokens (and
 # always may keep _SECTION_FLOOR_TOKENS), so that the overview is a summary, not the
@@ -114,15 +114,15 @@ def split_sentences(text: str) -> list[str]:
     return [p for p in (p.strip() for p in _SENTENCE_END.split(text)) if p]
 
 
-def speaker_names(messages: list[Message]) -> set[str]:
-    """Prefixes that name a speaker: used by two or more messages of the archive, so that
-    a one-off lead-in ("Updated:", "Day One:") is not mistaken for a name."""
-    seen: Counter[str] = Counter()
-    for message in messages:
-        for part in message.parts:
-            if isinstance(part, TextPart) and (match := _SPEAKER_PREFIX.match(part.text.strip())):
-                seen[match.group(1)] += 1
+def _named_twice(texts: Iterable[str]) -> set[str]:
+    """Prefixes that name a speaker ("Caroline: ...") in two or more of `texts`, so that a
+    one-off lead-in ("Updated:", "Day One:") is not mistaken for a name."""
+    seen = Counter(match.group(1) for text in texts if (match := _SPEAKER_PREFIX.match(text)))
     return {name for name, count in seen.items() if count >= 2}
+
+
+def speaker_names(messages: list[Message]) -> set[str]:
+    return _named_twice(p.text.strip() for m in messages for p in m.parts if isinstance(p, TextPart))
 
 
 def message_units(message: Message, names: set[str]) -> list[Unit]:
@@ -160,12 +160,7 @@ class _Scorer:
     """
 
     def __init__(self, sentences: list[str], speakers: set[str]) -> None:
-        frequency: Counter[str] = Counter()
-        for sentence in sentences:
-            features = _features(sentence)
-            if features is not None:
-                frequency.update(features[1])
-        self.frequency = frequency
+        self.frequency = Counter(word for s in sentences if (features := _features(s)) for word in features[1])
         self.total = max(1, len(sentences))
         # The speakers' names (and their short forms: "Mel" for Melanie) are no news.
         self.speakers = {w.lower() for name in speakers for w in name.split()}
@@ -228,29 +223,25 @@ def _parse_sections(overview: str, speakers: set[str]) -> list[_Section]:
     after it until another speaker is named, as the overview attributes them."""
     if not overview.strip():
         return []
-    matches = list(_SECTION.finditer(overview))
-    if not matches:
+    pieces = _SECTION.split(overview)  # before the first heading, then each heading and its body
+    if len(pieces) == 1:
         body = overview.replace(OVERVIEW_TITLE, "").strip()
         return [_Section("Earlier", [Unit("", s) for s in split_sentences(body)])] if body else []
     sections = []
-    for i, match in enumerate(matches):
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(overview)
-        body = overview[match.end() : end].strip()
+    for heading, body in zip(pieces[1::2], pieces[2::2], strict=True):
         units, speaker = [], ""
-        for sentence in split_sentences(body):
+        for sentence in split_sentences(body.strip()):
             if sentence.startswith("_") and sentence.endswith("_"):
                 continue
             if (found := _SPEAKER_PREFIX.match(sentence)) and found.group(1) in speakers:
                 speaker, sentence = found.group(1), sentence[found.end() :]
             units.append(Unit(speaker, sentence))
-        sections.append(_Section(match.group(1).strip(), units))
+        sections.append(_Section(heading.strip(), units))
     return sections
 
 
 def _overview_speakers(overview: str) -> set[str]:
-    """Names that open two or more sentences of an overview ("Caroline: ...")."""
-    seen = Counter(m.group(1) for s in split_sentences(overview) if (m := _SPEAKER_PREFIX.match(s)))
-    return {name for name, count in seen.items() if count >= 2} | {"User", "Assistant"}
+    return _named_twice(split_sentences(overview)) | {"User", "Assistant"}
 
 
 def _date_span(messages: list[Message]) -> str:
@@ -273,33 +264,21 @@ class _Measure:
 
     def __init__(self, tokens: TokenCounter) -> None:
         self.tokens = tokens
-        self.blocks: dict[str, int] = {}
-        self.additive = True
-        self.checked = False
-
-    def _sum(self, blocks: list[str]) -> int:
-        total = 0
-        for index, block in enumerate(blocks):
-            piece = block + ("\n" if index == len(blocks) - 1 else "\n\n")
-            found = self.blocks.get(piece)
-            if found is None:
-                found = self.blocks[piece] = self.tokens.count(piece)
-            total += found
-        return total
+        self.count_piece: Callable[[str], int] = cache(tokens.count)
+        self.additive: bool | None = None  # not known before the first call
 
     def __call__(self, blocks: list[str]) -> int:
-        if self.checked and self.additive:
-            return self._sum(blocks)
-        exact = self.tokens.count("\n\n".join(blocks) + "\n")
-        if not self.checked:
-            self.additive, self.checked = self._sum(blocks) == exact, True
+        pieces = [block + "\n\n" for block in blocks[:-1]] + [blocks[-1] + "\n"]
+        if self.additive:
+            return sum(map(self.count_piece, pieces))
+        exact = self.tokens.count("".join(pieces))
+        if self.additive is None:
+            self.additive = sum(map(self.count_piece, pieces)) == exact
         return exact
 
 
 class ExtractiveSummariser:
     """Deterministic sentence extraction; see the module docstring."""
-
-    name = "extractive"
 
     def __init__(self, tokens: TokenCounter, *, overview_max_tokens: int = 8000, abstract_max_tokens: int = 80):
         self.tokens = tokens
@@ -323,26 +302,26 @@ class ExtractiveSummariser:
                 units.append(unit)
         span = _date_span(archive.messages)
         count = len(archive.messages)
-        label = f"{count} message{'s' if count != 1 else ''}"
+        lead = f"{count} message{'s' if count != 1 else ''}" + (f" on {span}" if span else "") + "."
         heading = " · ".join(p for p in (archive.archive_id, span) if p)
         speakers = names | _overview_speakers(archive.previous_overview)
         sections = [*_parse_sections(archive.previous_overview, speakers), _Section(heading, units)]
         scorer = _Scorer([u.text for s in sections for u in s.units], speakers)
         renderings = self._renderings(sections, scorer)
         return ArchiveSummary(
-            abstract=self._abstract(label, span, units, scorer),
+            abstract=self._abstract(lead, units, scorer),
             overviews=[text for text, _ in renderings],
             overview_tokens=[tokens for _, tokens in renderings],  # counted once, while rendering
         )
 
     # --- abstract -----------------------------------------------------------------------------
 
-    def _abstract(self, label: str, span: str, units: list[Unit], scorer: _Scorer) -> str:
-        lead = label + (f" on {span}" if span else "") + "."
+    def _abstract(self, lead: str, units: list[Unit], scorer: _Scorer) -> str:
+        """The lead ("12 messages on 8 May 2023.") and the best sentence (the first of equals)."""
         scores = [scorer.score(u.text) for u in units]
         if not units or max(scores) == 0:
             return lead
-        best = units[max(range(len(units)), key=lambda i: (scores[i], -i))].attributed().rstrip()
+        best = units[scores.index(max(scores))].attributed().rstrip()
         if best[-1] not in ".!?":
             best += "."
         return self._fit(f"{lead} {best}", self.abstract_max_tokens)
@@ -400,13 +379,8 @@ class ExtractiveSummariser:
         return renderings
 
     def _rank(self, sections: list[_Section], scorer: _Scorer) -> list[_Candidate]:
-        """Every candidate sentence, best first.
-
-        Sentences worth less than a tenth of their section's best are not candidates (they
-        would only fill gaps), and the newest section offers at most 60% of its archive's
-        tokens (besides its best sentence), so that even the longest overview is a summary,
-        not the transcript again.
-        """
+        """Every candidate sentence, best first: not filler (_FILLER_RATIO), and from the newest
+        section no more than _SECTION_FRACTION of its archive (besides its best sentence)."""
         newest = len(sections) - 1
         ranked: list[_Candidate] = []
         for index in range(newest, -1, -1):
