@@ -215,6 +215,21 @@ def test_skipping_a_failed_archive_lets_commits_proceed(settings) -> None:  # ty
         engine.close()
 
 
+def test_a_skipped_archive_no_longer_reports_the_failure(settings) -> None:  # type: ignore[no-untyped-def]
+    """Found by test_model_based: skip kept the failed attempt's error beside status 'skipped'."""
+    engine = Engine(settings, summariser=Exploding())
+    try:
+        engine.add_message("s", "user", content=cats(6))
+        engine.commit("s")
+        engine.run_pending_phase2()
+        assert engine.expand_archive("s", "archive_001").error is not None
+        engine.retry_archive("s", "archive_001", "skip")
+        detail = engine.expand_archive("s", "archive_001")
+        assert (detail.status, detail.error) == ("skipped", None)
+    finally:
+        engine.close()
+
+
 def test_the_longest_overview_rendering_that_fits_is_returned(engine: Engine) -> None:
     sentences = [
         f"Ada met {name} in Lisbon on May {day}, 2023 to talk about the {topic} project."

@@ -767,7 +767,8 @@ class SQLStore(ABC):
         with self._write() as tx:
             self._failed_archive(tx, session_id, number)
             tx.execute(
-                "UPDATE archives SET status = 'skipped', done_at = ? WHERE session_id = ? AND archive_no = ?",
+                "UPDATE archives SET status = 'skipped', error = NULL, done_at = ? "
+                "WHERE session_id = ? AND archive_no = ?",
                 (now, session_id, number),
             )
 
