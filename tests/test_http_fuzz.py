@@ -64,7 +64,7 @@ _ENGINE = Engine(Settings(home=_HOME / "home"))
 atexit.register(shutil.rmtree, _HOME, True)
 atexit.register(_ENGINE.close)
 seed(_ENGINE)
-# No keys: every generated request reaches the endpoints (the gate is tested below).
+# No keys: every generated request reaches the endpoints (the request guard is tested below).
 APP = build_app(_ENGINE.settings, engine=_ENGINE, keyring=KeyRing())
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], deterministic=True)

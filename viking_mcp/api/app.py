@@ -3,7 +3,7 @@
 One ASGI app, one engine, one Phase 2 worker: a session written over REST is the same
 session an agent reads over MCP. The routes are module-level functions, by area, in
 `sessions.py`, `messages.py`, `commits.py`, `context.py` and `memories.py`; what they share
-(the envelope, one engine call) is in `envelope.py`. This module holds the app: the gate
+(the envelope, one engine call) is in `envelope.py`. This module holds the app: the request guard
 in front of everything, MCP at /mcp, error handlers, and `serve_http`.
 
 Every failure a client can cause is a 4xx with a code, never a 5xx: validation errors
@@ -77,10 +77,10 @@ def _host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
-# --- the gate: Host check, API key, body size -----------------------------------------------------
+# --- the request guard: Host check, API key, body size -----------------------------------------------------
 
 
-class _Gate:
+class _RequestGuard:
     """Pure ASGI middleware in front of everything (so it never breaks MCP's streaming).
 
     - On a loopback bind, the Host header must name loopback (no DNS rebinding into a
@@ -172,7 +172,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 class _McpEndpoint:
-    """Hands /mcp requests to the running MCP session manager (the gate has checked the key)."""
+    """Hands /mcp requests to the running MCP session manager (the request guard has checked the key)."""
 
     def __init__(self, state: HttpState) -> None:
         self.state = state
@@ -201,7 +201,7 @@ async def _documented_auth(
     _key: Annotated[str | None, Security(_api_key_scheme)] = None,
     _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer_scheme)] = None,
 ) -> None:
-    """Declares the API key schemes in the OpenAPI document; the gate does the checking."""
+    """Declares the API key schemes in the OpenAPI document; the request guard does the checking."""
 
 
 # --- error handlers ----------------------------------------------------------------------------------
@@ -344,7 +344,7 @@ def build_app(
     for path in (MCP_PATH, MCP_PATH + "/"):
         app.router.routes.append(Route(path, endpoint=_McpEndpoint(state), include_in_schema=False))
     max_body = max(MIN_BODY_LIMIT, 2 * settings.limits.max_message_bytes + 64 * 1024)
-    app.add_middleware(_Gate, state=state, max_body=max_body)
+    app.add_middleware(_RequestGuard, state=state, max_body=max_body)
     return app
 
 

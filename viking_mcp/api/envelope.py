@@ -89,7 +89,7 @@ class Json(JSONResponse):
 
 
 def elapsed(scope: Scope) -> float:
-    """Seconds since the gate (app.py) let the request in."""
+    """Seconds since the request guard (app.py) let the request in."""
     started: float = scope["state"]["viking_started"]
     return round(time.perf_counter() - started, 6)
 
@@ -105,7 +105,7 @@ def error_response(code: ErrorCode, message: str, scope: Scope, status: int | No
 
 @dataclass
 class HttpState:
-    """What the app's gate and routes reach: the keys, the address served on, and (while the
+    """What the app's request guard and routes reach: the keys, the address served on, and (while the
     app runs) the engine and the MCP session manager."""
 
     keyring: KeyRing
@@ -148,7 +148,7 @@ TaskIdPath = Annotated[
 
 
 def caller(request: Request) -> tuple[Engine, Owner | None]:
-    """The engine, and who is calling it: as the gate (app.py) found, or, on a path the gate
+    """The engine, and who is calling it: as the request guard (app.py) found, or, on a path the guard
     did not take for the API's (the app mounted under a prefix), from the request's key."""
     state: HttpState = request.app.state.viking
     seen = request.scope["state"]
