@@ -450,3 +450,14 @@ def test_settings_defaults_per_provider() -> None:
 def test_bad_settings_name_the_variable(variable: str, value: str) -> None:
     with pytest.raises(InvalidArgument, match=variable):
         llm_settings_from_env({"VIKING_MCP_LLM_MODEL": "m", variable: value})
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:pw@[::1]:8080/v1/chat?key=k", "http://[::1]:8080/v1/chat"),
+        ("https://api.example.com/v1?api_key=k", "https://api.example.com/v1"),
+    ],
+)
+def test_urls_in_messages_keep_ipv6_brackets_and_drop_credentials(url: str, shown: str) -> None:
+    assert LlmPhase2._safe_url(url) == shown

@@ -536,6 +536,8 @@ class LlmPhase2:
         """The URL without credentials or query (where some gateways put keys)."""
         parts = urlsplit(url)
         host = parts.hostname or ""
+        if ":" in host:  # IPv6: keep the brackets that separate it from the port
+            host = f"[{host}]"
         if parts.port:
             host = f"{host}:{parts.port}"
         return urlunsplit((parts.scheme, host, parts.path, "", ""))
