@@ -89,9 +89,9 @@ class Json(JSONResponse):
 
 
 def elapsed(scope: Scope) -> float:
-    """Seconds since the request guard (app.py) let the request in."""
-    started: float = scope["state"]["viking_started"]
-    return round(time.perf_counter() - started, 6)
+    """Seconds since the request guard (app.py) let the request in (0.0 if it never saw it)."""
+    started: float | None = scope.get("state", {}).get("viking_started")
+    return 0.0 if started is None else round(time.perf_counter() - started, 6)
 
 
 def error_response(code: ErrorCode, message: str, scope: Scope, status: int | None = None) -> JSONResponse:
