@@ -474,7 +474,7 @@ def deep_tool_message(depth: int) -> dict[str, Any]:
 async def test_stdio_server_answers_deeply_nested_tool_input(tmp_path: Path) -> None:
     """Over the real stdio server: below the SDK's own JSON depth limit (~200 levels) the tool
     answers with its coded error; past it, the request is answered with a JSON-RPC error that
-    says the same (faces/stdio.py), never with silence. Either way nothing is written and
+    says the same (mcp/stdio.py), never with silence. Either way nothing is written and
     the server carries on."""
     home = tmp_path / "stdio-home"
     async with Client(stdio_params(home)) as client:

@@ -218,7 +218,7 @@ async def test_text_that_reads_as_json_is_stored_as_text(mcp: Client, content: s
     """The SDK reads a string argument as JSON unless it is annotated exactly `str`
     (modelcontextprotocol/python-sdk#1873); for `content: str | None` that turned a tool's
     JSON output into an object and refused it, and "null" into no message. Free text is
-    annotated `OptionalText` (faces/mcp_tools.py) so that it stays as sent."""
+    annotated `OptionalText` (mcp/state.py) so that it stays as sent."""
     added = await call(mcp, "add_message", session_id="s", role="assistant", content=content)
     assert not added["duplicate"]
     archive = await call(mcp, "commit", session_id="s", abstract=content, overview=content, wait=True)

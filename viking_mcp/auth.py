@@ -1,4 +1,4 @@
-"""API keys: who is calling, for the faces that serve over a network (HTTP API, MCP over HTTP).
+"""API keys: who is calling, for the ways in that serve over a network (HTTP API, MCP over HTTP).
 
 Keys come from a JSON file (`VIKING_MCP_KEYS_FILE`) or the environment
 (`VIKING_MCP_API_KEYS`, the same JSON inline; `VIKING_MCP_ADMIN_KEY`):

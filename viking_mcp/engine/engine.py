@@ -2,7 +2,7 @@
 
 The MCP server, the HTTP API, the CLI and the embedded `Client` are thin adapters over
 this class. Validation, naming and behaviour live here, once. Methods are synchronous
-and thread-safe (each thread gets its own store connection); async faces call them on
+and thread-safe (each thread gets its own store connection); async callers (MCP, HTTP) call them on
 worker threads.
 """
 
