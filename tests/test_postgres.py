@@ -22,14 +22,13 @@ import pytest
 
 from tests.conftest import REPO, server_env
 from tests.pg_server import PostgresServer
-from viking_mcp.config import Settings, parse_store
+from viking_mcp.config import Settings, parse_store, redacted
 from viking_mcp.engine import Engine, Phase2Worker
 from viking_mcp.engine.engine import owner_is_gone
 from viking_mcp.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from viking_mcp.models import Owner, utc_now
 from viking_mcp.store.pg_migrations import SCHEMA_VERSION
 from viking_mcp.store.postgres import PostgresStore
-from viking_mcp.store.urls import redacted
 
 
 def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:

@@ -37,11 +37,11 @@ from psycopg import errors as pg_errors
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from viking_mcp.config import redacted
 from viking_mcp.errors import Conflict, Internal, InvalidArgument, ResourceExhausted, Unavailable, VikingError
 from viking_mcp.store.base import TaskRow
 from viking_mcp.store.pg_migrations import MIGRATIONS, SCHEMA_VERSION
 from viking_mcp.store.sql import MEMORY_COLUMNS, MEMORY_FROM, TASK_COLUMNS, MaybeText, SQLStore, Tx, task_row
-from viking_mcp.store.urls import redacted
 
 logger = logging.getLogger(__name__)
 
