@@ -33,7 +33,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from viking_mcp import __version__
+from viking_mcp._version import __version__
 from viking_mcp.engine import export_format as files
 from viking_mcp.engine.export_format import (
     ArchiveMeta,
