@@ -8,7 +8,9 @@ which work was done, not how long it took.
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +22,7 @@ from tests.fake_llm import FakeLlmServer
 from tests.test_http_api import ADA, BOB, KEYS, http_server
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
+from viking_mcp.errors import ErrorCode
 from viking_mcp.models import Owner, utc_now
 from viking_mcp.store.base import TaskRow
 
@@ -222,3 +225,59 @@ def test_a_users_session_listing_reads_the_owner_first_index(
             for sql, params in listings:
                 plan = "\n".join(row["QUERY PLAN"] for row in tx.execute(f"EXPLAIN {sql}", params))
                 assert "sessions_by_owner" in plan and "Seq Scan" not in plan, (sql, plan)
+
+
+# --- B4b: extracts on threads of their own, a few per user --------------------------------------
+
+
+@pytest.mark.slow
+def test_extracts_held_by_a_slow_endpoint_do_not_hold_back_another_users_requests(tmp_path: Path) -> None:
+    """45 extracts at once from Ada while the endpoint holds every reply (the issue: on the
+    shared pool, Bob's GET /sessions/x then waited 18 s). Two of Ada's run (on threads of
+    their own), the others are refused at once with RESOURCE_EXHAUSTED; Bob is answered
+    meanwhile, and Ada's two complete once the endpoint answers."""
+    release = threading.Event()
+
+    def held(_request: dict[str, Any]) -> str:
+        release.wait(60)
+        return json.dumps(SUMMARY)
+
+    with FakeLlmServer(responder=held) as llm:
+        env = {
+            "VIKING_MCP_API_KEYS": json.dumps(KEYS), "VIKING_MCP_LLM_MODEL": "fake",
+            "VIKING_MCP_LLM_BASE_URL": llm.base_url, "VIKING_MCP_LLM_API_KEY": "sk-test",
+            "VIKING_MCP_LLM_MAX_ATTEMPTS": "1",
+        }  # fmt: skip
+        with http_server(tmp_path, **env) as server:
+            server.ok("POST", "/api/v1/sessions/ada-0/messages", {"role": "user", "content": "I moved to Porto."})
+            server.ok("POST", "/api/v1/sessions/bob-0/messages", {"role": "user", "content": "Hi."}, key=BOB)
+            outcomes: list[tuple[int, str]] = []
+            refusals: list[str] = []
+
+            def extract() -> None:
+                status, envelope = server.call("POST", "/api/v1/sessions/ada-0/extract")
+                outcomes.append((status, envelope["status"] if status == 200 else envelope["error"]["code"]))
+                if status != 200:
+                    refusals.append(envelope["error"]["message"])
+
+            threads = [threading.Thread(target=extract) for _ in range(45)]
+            try:
+                for thread in threads:
+                    thread.start()
+                deadline = time.monotonic() + 30
+                while len(outcomes) < 43 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                # Ada's two running extracts wait on the endpoint; Bob's calls do not wait for them.
+                conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+                conn.request("GET", "/api/v1/sessions/bob-0", headers={"X-API-Key": BOB})
+                assert conn.getresponse().status == 200
+                conn.close()
+                refused = (ErrorCode.RESOURCE_EXHAUSTED.http_status, "RESOURCE_EXHAUSTED")
+                assert sorted(outcomes) == [refused] * 43, outcomes
+                assert "VIKING_MCP_EXTRACTS_PER_USER" in refusals[0] and "retry" in refusals[0]
+                assert len(llm.requests) <= 2
+            finally:
+                release.set()
+                for thread in threads:
+                    thread.join(60)
+            assert sorted(outcomes)[:2] == [(200, "ok")] * 2
