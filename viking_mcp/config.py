@@ -112,6 +112,13 @@ class Settings:
     phase2_workers: Annotated[int, Field(ge=0)] = 1
     # How long `commit(wait=true)` blocks: well under the ~60 s a desktop host waits.
     commit_wait_seconds: Annotated[float, Field(ge=1, le=50)] = 40.0
+    # Extractions (MCP and HTTP `extract`, which call the LLM endpoint in the request) running
+    # at once, on threads of their own, so that other requests never wait behind them; more
+    # wait their turn, holding no thread.
+    extract_threads: Annotated[int, Field(ge=1, le=256)] = 8
+    # Extractions one user (account, user) may have running or waiting at once; one more is
+    # refused with RESOURCE_EXHAUSTED.
+    extracts_per_user: Annotated[int, Field(ge=1, le=256)] = 2
     mcp_default_token_budget: Annotated[int, Field(ge=0, alias="VIKING_MCP_DEFAULT_TOKEN_BUDGET")] = 20_000
     limits: Limits = field(default_factory=Limits)
     # An LLM endpoint for Phase 2 (VIKING_MCP_LLM_*); None: the offline default, no network.

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AliasChoices, BaseModel, Field
 
 from viking_mcp.api.envelope import Ok, SessionIdPath, TaskIdPath, call, caller, crashes_answered, ok, router
-from viking_mcp.engine.waiting import commit_and_wait
+from viking_mcp.engine.waiting import commit_and_wait, extract_apart
 from viking_mcp.models import (
     ID_MAX_LENGTH,
     CommitResult,
@@ -59,8 +59,13 @@ async def commit(request: Request, session_id: SessionIdPath, body: CommitBody |
     "/sessions/{session_id}/extract", response_model=Ok[ExtractResult], tags=["commit"], summary="Extract memories"
 )
 async def extract(request: Request, session_id: SessionIdPath) -> JSONResponse:
-    """Extract long-term memories from the live messages now, without committing."""
-    return await call(request, lambda e, a: e.extract(session_id, actor=a))
+    """Extract long-term memories from the live messages now, without committing. 429 when this
+    user already has VIKING_MCP_EXTRACTS_PER_USER extractions running or waiting."""
+    engine, actor = caller(request)
+    with crashes_answered(request):
+        # On threads of the extracts' own, not the pool every request shares: the LLM may be slow.
+        result = await extract_apart(engine, session_id, actor)
+    return ok(request, result)
 
 
 @commits.get("/tasks/{task_id}", response_model=Ok[TaskRecord], tags=["tasks"], summary="Get a task")

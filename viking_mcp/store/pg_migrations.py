@@ -158,6 +158,15 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (account_id, uri)
         )""",
     ],
+    # 2: Phase 2 takes turns between tenants (store/sql.py, "The Phase 2 queue"), as the
+    # SQLite store's migration 5 (whose owner-first session index is already in 1 here).
+    [
+        """CREATE INDEX tasks_queue ON tasks (
+            status, task_type, (COALESCE(account_id, '') || '/' || COALESCE(user_id, '')), created_at, seq
+        )""",
+        f"CREATE TABLE phase2_turns (tenant {_T} PRIMARY KEY, last_turn BIGINT NOT NULL)",
+        "CREATE INDEX phase2_turns_by_turn ON phase2_turns (last_turn)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

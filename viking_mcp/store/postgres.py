@@ -41,7 +41,18 @@ from viking_mcp.config import redacted
 from viking_mcp.errors import Conflict, Internal, InvalidArgument, ResourceExhausted, Unavailable, VikingError
 from viking_mcp.store.base import TaskRow
 from viking_mcp.store.pg_migrations import MIGRATIONS, SCHEMA_VERSION
-from viking_mcp.store.sql import MEMORY_COLUMNS, MEMORY_FROM, TASK_COLUMNS, MaybeText, SQLStore, Tx, task_row
+from viking_mcp.store.sql import (
+    MEMORY_COLUMNS,
+    MEMORY_FROM,
+    QUEUED_TENANTS,
+    RUNNABLE,
+    TASK_COLUMNS,
+    MaybeText,
+    SQLStore,
+    Tx,
+    task_row,
+    tenant_head,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -275,31 +286,35 @@ class PostgresStore(SQLStore):
     def claim_phase2(
         self, owner: str, now: str, lease_until: float, owner_is_gone: Callable[[str | None, float], bool]
     ) -> TaskRow | None:
-        """Take the oldest runnable Phase 2 task: pending, or running for an owner whose lease
-        ran out on the database's clock.
+        """Take a task running for an owner whose lease ran out on the database's clock, else the
+        oldest runnable task of the tenant served least recently (store/sql.py, "The Phase 2 queue").
 
         Only the lease tells whether an owner is gone: `owner_is_gone` is not consulted, since
         a host name and a process id can name two live processes (containers sharing a host
         name, each its own pid 1), and a live lease renewed by its heartbeat must never be
         taken over. A dead instance's task is taken over once its lease runs out.
 
-        A task is runnable only when every earlier archive of its session is done, so that
-        Phase 2 of archive N+1 never finishes before archive N's. Only the one row claimed is
-        locked; rows another instance is claiming right now are skipped, not waited for.
+        Only the one row claimed is locked; rows another instance is claiming right now are
+        skipped, not waited for (that instance's tenant may then be served twice in a row).
         """
         del owner_is_gone  # see above: on a shared database the lease alone decides
         with self._write() as cur:
             chosen = cur.execute(
-                f"SELECT t.task_id, {_DB_NOW} AS db_now FROM tasks t "
-                "WHERE t.task_type = 'session_commit' "
-                f"AND (t.status = 'pending' OR (t.status = 'running' AND COALESCE(t.lease_until, 0) < {_DB_NOW})) "
-                "AND NOT EXISTS (SELECT 1 FROM archives b WHERE b.session_id = t.session_id "
-                "AND b.archive_no < t.archive_no AND b.status NOT IN ('completed', 'skipped')) "
+                f"SELECT t.task_id FROM tasks t WHERE t.status = 'running' AND t.task_type = 'session_commit' "
+                f"AND COALESCE(t.lease_until, 0) < {_DB_NOW} AND {RUNNABLE} "
                 "ORDER BY t.created_at, t.seq LIMIT 1 FOR UPDATE OF t SKIP LOCKED"
             ).fetchone()
             if chosen is None:
+                for tenant in [row["tenant"] for row in cur.execute(QUEUED_TENANTS).fetchall()]:
+                    head = tenant_head("t.task_id", "?", "seq") + " FOR UPDATE OF t SKIP LOCKED"
+                    chosen = cur.execute(head, (tenant,)).fetchone()
+                    if chosen is not None:
+                        break
+            if chosen is None:
                 return None
-            db_now = chosen["db_now"]
+            clock = cur.execute(f"SELECT {_DB_NOW} AS db_now").fetchone()
+            assert clock is not None
+            db_now = clock["db_now"]
             # The engine's lease bounds how long the heartbeat may keep renewing this claim.
             hard_until = db_now + max(0.0, lease_until - time.time())
             claimed = cur.execute(
@@ -307,6 +322,7 @@ class PostgresStore(SQLStore):
                 f"attempts = attempts + 1 WHERE task_id = ? RETURNING {TASK_COLUMNS}",
                 (owner, min(db_now + self._lease_seconds, hard_until), now, chosen["task_id"]),
             ).fetchone()
+            self._take_turn(cur, chosen["task_id"])
         assert claimed is not None
         with self._claimed_lock:
             self._claimed[claimed["task_id"]] = (owner, hard_until)

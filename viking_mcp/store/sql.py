@@ -168,6 +168,55 @@ def task_row(row: Any) -> TaskRow:
     return TaskRow(**{**row, "result": json.loads(row["result"]) if row["result"] else None})
 
 
+# The Phase 2 queue, fair between tenants. A tenant is one (account, user); the worker takes
+# the oldest runnable task of the tenant served least recently (phase2_turns holds each
+# tenant's last turn), so a tenant with thousands of commits queued delays another's by one
+# Phase 2 run, not by its backlog. Within a session order stays strict: a task is runnable
+# only when every earlier archive of its session is done, so Phase 2 of archive N+1 never
+# finishes before archive N's (the NOT EXISTS reads only an index of archives).
+#
+# TENANT is one expression, written the same in the queue's index (tasks_queue) and here, so
+# that the database reads the index for it: a two-column key would not serve the loose scan
+# below on SQLite, and task rows from before tasks had owners hold NULLs.
+TENANT = "(COALESCE(t.account_id, '') || '/' || COALESCE(t.user_id, ''))"
+QUEUED = "t.status = 'pending' AND t.task_type = 'session_commit'"
+RUNNABLE = (
+    "NOT EXISTS (SELECT 1 FROM archives b WHERE b.session_id = t.session_id "
+    "AND b.archive_no < t.archive_no AND b.status NOT IN ('completed', 'skipped'))"
+)
+# Every tenant with a queued task: one index seek per tenant, however many tasks it queued.
+QUEUED_TENANTS_CTE = (
+    "WITH RECURSIVE queued(tenant) AS ("
+    f"SELECT (SELECT {TENANT} FROM tasks t WHERE {QUEUED} ORDER BY {TENANT} LIMIT 1) "
+    f"UNION ALL SELECT (SELECT {TENANT} FROM tasks t WHERE {QUEUED} AND {TENANT} > q.tenant "
+    f"ORDER BY {TENANT} LIMIT 1) FROM queued q WHERE q.tenant IS NOT NULL) "
+)
+# The tenants with queued tasks, least recently served first.
+QUEUED_TENANTS = (
+    f"{QUEUED_TENANTS_CTE}SELECT q.tenant FROM queued q LEFT JOIN phase2_turns p ON p.tenant = q.tenant "
+    "WHERE q.tenant IS NOT NULL ORDER BY COALESCE(p.last_turn, 0), q.tenant"
+)
+
+
+def tenant_head(columns: str, tenant: str, task_order: str) -> str:
+    """The oldest runnable queued task of `tenant` (a parameter, or a column of an outer query)."""
+    return (
+        f"SELECT {columns} FROM tasks t WHERE {QUEUED} AND {TENANT} = {tenant} AND {RUNNABLE} "
+        f"ORDER BY t.created_at, t.{task_order} LIMIT 1"
+    )
+
+
+def sessions_page(after: bool, owned: bool) -> str:
+    """A page of sessions, newest first: after a cursor's (created_at, session_id) or not, of
+    one owner (account, user) or of all. One owner's page reads the owner-first index
+    (sessions_by_owner), so it costs the same whatever other tenants hold."""
+    clauses = (["account_id = ? AND user_id = ?"] if owned else []) + (
+        ["(created_at, session_id) < (?, ?)"] if after else []
+    )
+    where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+    return f"SELECT {SESSION_COLUMNS} FROM sessions {where}ORDER BY created_at DESC, session_id DESC LIMIT ?"
+
+
 TOOL_COLUMNS = "tool_id, tool_name, skill_uri, tool_input, tool_output, tool_status, message_id, created_at, updated_at"
 TOOLS_OF = f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE session_id = ? ORDER BY created_at, tool_id"
 _TOOL_INSERT = f"INSERT INTO tool_calls (session_id, {TOOL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -248,7 +297,8 @@ class SQLStore(ABC):
     def claim_phase2(
         self, owner: str, now: str, lease_until: float, owner_is_gone: Callable[[str | None, float], bool]
     ) -> TaskRow | None:
-        """Take the oldest runnable Phase 2 task, or None."""
+        """Take a runnable Phase 2 task, or None: one left by an owner that is gone, else the oldest
+        runnable task of the tenant served least recently ("The Phase 2 queue", above)."""
 
     @abstractmethod
     def _read(self) -> AbstractContextManager[Tx]:
@@ -269,6 +319,16 @@ class SQLStore(ABC):
     def _index_memory(self, tx: Tx, account_id: str, uri: str, present: bool) -> None:  # noqa: B027 (a hook)
         """Bring the full-text index in step with the memory at `uri`: drop its entry and, if
         `present`, add the memory as it now stands. Nothing where the index is generated."""
+
+    def _take_turn(self, tx: Tx, task_id: str) -> None:
+        """Record that the tenant of the task just claimed has been served: it goes to the back
+        of the line of tenants."""
+        tx.execute(
+            f"INSERT INTO phase2_turns (tenant, last_turn) SELECT {TENANT}, "
+            "COALESCE((SELECT MAX(last_turn) FROM phase2_turns), 0) + 1 FROM tasks t WHERE t.task_id = ? "
+            "ON CONFLICT (tenant) DO UPDATE SET last_turn = excluded.last_turn",
+            (task_id,),
+        )
 
     def _forget_claim(self, task_id: str) -> None:  # noqa: B027 (a hook)
         """This process stops working on a Phase 2 task it claimed."""
@@ -325,19 +385,8 @@ class SQLStore(ABC):
             return self._session(tx, session_id)
 
     def list_sessions(self, limit: int, after: tuple[str, str] | None, owner: Owner | None = None) -> list[SessionRow]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if after is not None:
-            clauses.append("(created_at, session_id) < (?, ?)")
-            params += list(after)
-        if owner is not None:
-            clauses.append("account_id = ? AND user_id = ?")
-            params += [owner.account_id, owner.user_id]
-        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
-        rows = self._select(
-            f"SELECT {SESSION_COLUMNS} FROM sessions {where}ORDER BY created_at DESC, session_id DESC LIMIT ?",
-            (*params, limit),
-        )
+        params = ([owner.account_id, owner.user_id] if owner is not None else []) + list(after or ())
+        rows = self._select(sessions_page(after is not None, owner is not None), (*params, limit))
         return [session_row(r) for r in rows]
 
     def merge_metadata(self, session_id: str, patch: dict[str, Any], now: str) -> dict[str, Any]:

@@ -28,16 +28,29 @@ from typing import Any
 from viking_mcp.errors import Internal, Unavailable, VikingError
 from viking_mcp.store.base import TaskRow
 from viking_mcp.store.migrations import MIGRATIONS, SCHEMA_VERSION
-from viking_mcp.store.sql import MEMORY_COLUMNS, TASK_COLUMNS, SQLStore, Tx, task_row
+from viking_mcp.store.sql import (
+    MEMORY_COLUMNS,
+    QUEUED_TENANTS_CTE,
+    RUNNABLE,
+    TASK_COLUMNS,
+    SQLStore,
+    Tx,
+    task_row,
+    tenant_head,
+)
 
-# Phase 2 tasks that may run now: pending, or running for an owner that may be gone, and
-# every earlier archive of the session done. The NOT EXISTS reads only the archives_listing index.
+# What a worker looks at for Phase 2 work (store/sql.py, "The Phase 2 queue"): first, tasks
+# running for an owner that may be gone (a few at most: one per live worker, and what dead
+# ones left); then each tenant's oldest runnable task (None where a tenant has none runnable),
+# least recently served first. The runnable checks read only the archives_listing index.
+TAKEOVER_PHASE2 = (
+    "SELECT t.task_id, t.owner, t.lease_until FROM tasks t "
+    f"WHERE t.status = 'running' AND t.task_type = 'session_commit' AND {RUNNABLE} ORDER BY t.created_at, t.rowid"
+)
 RUNNABLE_PHASE2 = (
-    "SELECT t.task_id, t.status, t.owner, t.lease_until FROM tasks t "
-    "WHERE t.task_type = 'session_commit' AND t.status IN ('pending', 'running') "
-    "AND NOT EXISTS (SELECT 1 FROM archives b WHERE b.session_id = t.session_id "
-    "AND b.archive_no < t.archive_no AND b.status NOT IN ('completed', 'skipped')) "
-    "ORDER BY t.created_at, t.rowid LIMIT 64"
+    f"{QUEUED_TENANTS_CTE}SELECT ({tenant_head('t.task_id', 'q.tenant', 'rowid')}) AS task_id, q.tenant "
+    "FROM queued q LEFT JOIN phase2_turns p ON p.tenant = q.tenant WHERE q.tenant IS NOT NULL "
+    "ORDER BY COALESCE(p.last_turn, 0), q.tenant"
 )
 
 
@@ -341,28 +354,27 @@ class SQLiteStore(SQLStore):
     def claim_phase2(
         self, owner: str, now: str, lease_until: float, owner_is_gone: Callable[[str | None, float], bool]
     ) -> TaskRow | None:
-        """Take the oldest runnable Phase 2 task: pending, or running for an owner that is gone.
-
-        A task is runnable only when every earlier archive of its session is done, so that
-        Phase 2 of archive N+1 never finishes before archive N's.
-        """
+        """Take a task running for an owner that is gone, else the oldest runnable task of the
+        tenant served least recently (store/sql.py, "The Phase 2 queue")."""
         # Look first without the write lock: an idle server must not take it every few seconds.
         with self._read() as conn:
             found = [
-                (task_id, status, current)
-                for task_id, status, current, lease in conn.execute(RUNNABLE_PHASE2)
-                if status == "pending" or owner_is_gone(current, lease or 0.0)
+                (task_id, "running", current)
+                for task_id, current, lease in conn.execute(TAKEOVER_PHASE2)
+                if owner_is_gone(current, lease or 0.0)
             ]
+            found += [(task_id, "pending", None) for task_id, _ in conn.execute(RUNNABLE_PHASE2) if task_id]
         if not found:
             return None
         with self._write() as conn:
             for task_id, status, current in found:
                 claimed = conn.execute(
                     "UPDATE tasks SET status = 'running', owner = ?, lease_until = ?, updated_at = ?, "
-                    "attempts = attempts + 1 WHERE task_id = ? AND status = ? AND owner IS ?",
+                    "attempts = attempts + 1 WHERE task_id = ? AND status = ? AND (status = 'pending' OR owner IS ?)",
                     (owner, lease_until, now, task_id, status, current),
                 ).rowcount
                 if claimed:  # nobody took it between the look and the lock
+                    self._take_turn(conn, task_id)
                     row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
                     return task_row(row)
         return None

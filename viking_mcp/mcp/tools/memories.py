@@ -6,16 +6,18 @@ from typing import Annotated
 
 from pydantic import Field
 
+from viking_mcp.engine.waiting import extract_apart
 from viking_mcp.mcp.state import READ_ONLY, Ctx, SessionId, caller, tool, writes
 from viking_mcp.models import ExtractResult, MemoryCategory, MemorySearchResult, SearchLimit, SearchQuery
 
 
 @tool("Extract memories now", writes())
-def extract(ctx: Ctx, session_id: SessionId) -> ExtractResult:
+async def extract(ctx: Ctx, session_id: SessionId) -> ExtractResult:
     """Extract long-term memories from the session's live messages now, without committing.
     Memories merge by category, so extracting again or committing later adds no duplicates."""
     engine, actor = caller(ctx)
-    return engine.extract(session_id, actor=actor)
+    # On threads of the extracts' own, not the pool every call shares: the LLM may be slow.
+    return await extract_apart(engine, session_id, actor)
 
 
 @tool("Search memories", READ_ONLY)
