@@ -12,7 +12,9 @@ from __future__ import annotations
 import io
 import json
 import queue
+import sqlite3
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,10 @@ from typing import Any
 import pytest
 from mcp_types import INVALID_REQUEST
 
-from tests.conftest import stdio_params
+from tests.conftest import server_env, stdio_params
+from tests.test_http_api import NO_KEY, http_server
+from viking_mcp.config import Settings
+from viking_mcp.engine import Engine
 from viking_mcp.mcp.stdio import AnsweredStdin
 
 
@@ -133,3 +138,108 @@ def test_a_batch_with_no_request_in_it_is_logged_and_answers_nothing(caplog: pyt
     assert reader.read().splitlines() == [lines[-1]]
     refusals = [r.getMessage() for r in caplog.records if "refused a JSON-RPC batch" in r.getMessage()]
     assert [m.split(",")[0] for m in refusals] == [f"refused a JSON-RPC batch of {n} messages" for n in (0, 1, 2)]
+
+
+# --- B7: a damaged database file -------------------------------------------------------------------
+
+LONG_TAIL = b"END-OF-THE-LONG-MESSAGE"
+
+
+def build_database(home: Path) -> Path:
+    """A real database of 2,001 messages in 21 sessions; the last one, in session `long`, is
+    longer than a page, so that its end is stored on an overflow page of its own."""
+    settings = Settings(home=home)
+    engine = Engine(settings)
+    try:
+        for session in range(20):
+            for number in range(100):
+                text = f"message {number} of session {session}: " + "words of the conversation " * 8
+                engine.add_message(f"s{session:02d}", "user" if number % 2 == 0 else "assistant", text)
+        engine.add_message("long", "user", "L" * 12_000 + " " + LONG_TAIL.decode())
+    finally:
+        engine.close()
+    assert not (home / "viking.db-wal").exists() or (home / "viking.db-wal").stat().st_size == 0
+    return settings.database_path
+
+
+def page_size(data: bytes) -> int:
+    size = int.from_bytes(data[16:18], "big")
+    return 65536 if size == 1 else size
+
+
+def zero_pages(db: Path, first: int, count: int) -> bytes:
+    """Zero `count` pages of the file from page index `first`; the damaged bytes."""
+    data = bytearray(db.read_bytes())
+    size = page_size(data)
+    data[first * size : (first + count) * size] = bytes(count * size)
+    db.write_bytes(data)
+    return bytes(data)
+
+
+def quick_check(db: Path) -> list[str]:
+    """What SQLite's own check finds in the file, read-only."""
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
+    except sqlite3.DatabaseError as exc:
+        return [str(exc)]
+    finally:
+        conn.close()
+
+
+def assert_tells_how_to_recover(message: str, db: Path) -> None:
+    assert f"the database file {db} is damaged" in message, message
+    assert "viking-mcp writes nothing more to it" in message
+    assert "move it aside (with any -wal and -shm files beside it)" in message
+    assert "restore it from a backup" in message and "`viking-mcp import` it" in message
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_a_database_with_zeroed_pages_in_the_middle_is_refused_at_start(tmp_path: Path, transport: str) -> None:
+    home = tmp_path / "home"
+    db = build_database(home)
+    pages = db.stat().st_size // page_size(db.read_bytes())
+    damaged = zero_pages(db, pages // 2, 8)
+    assert quick_check(db) != ["ok"]  # damage of the kind SQLite can see
+    command = [sys.executable, "-m", "viking_mcp"]
+    if transport == "http":
+        command += ["serve", "--transport", "http", "--port", "0"]
+    proc = subprocess.run(
+        command, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=server_env(home), timeout=60
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    line = proc.stderr.strip()
+    assert line.startswith("viking-mcp: INTERNAL: ") and "\n" not in line and "Traceback" not in line, line
+    assert_tells_how_to_recover(line, db)
+    assert db.read_bytes() == damaged, "the damaged file was changed"
+
+
+def test_damage_met_while_serving_is_a_coded_error_and_stops_every_write(tmp_path: Path) -> None:
+    """A zeroed page at the end of a long message: SQLite's checks cannot see it (the page
+    ends the value's overflow chain anyway), so the server starts; reading the message is
+    where the damage shows."""
+    home = tmp_path / "home"
+    db = build_database(home)
+    data = db.read_bytes()
+    assert data.count(LONG_TAIL) == 1
+    damaged = zero_pages(db, data.index(LONG_TAIL) // page_size(data), 1)
+    assert quick_check(db) == ["ok"]
+    with http_server(tmp_path) as server:
+        # What is undamaged is served.
+        assert server.ok("GET", "/api/v1/sessions/s01", key=NO_KEY)["message_count"] == 100
+        context = server.ok("GET", "/api/v1/sessions/s01/context", key=NO_KEY)
+        assert "message 99 of session 1" in json.dumps(context)
+        # The damaged message is a coded error that says what to do, every time it is read.
+        for path in ("/api/v1/sessions/long/context", "/api/v1/sessions/long/context?token_budget=500"):
+            message = server.error("GET", path, key=NO_KEY, status=500, code="INTERNAL")
+            assert "a stored message does not read back as JSON" in message, message
+            assert_tells_how_to_recover(message, db)
+        # From then on, nothing is written to the file: every write is refused, with the same words.
+        body = {"role": "user", "content": "written to a damaged database?"}
+        message = server.error("POST", "/api/v1/sessions/s01/messages", body, key=NO_KEY, status=500, code="INTERNAL")
+        assert_tells_how_to_recover(message, db)
+        server.error("POST", "/api/v1/sessions/s01/commit", key=NO_KEY, status=500, code="INTERNAL")
+        assert server.ok("GET", "/api/v1/sessions/s01", key=NO_KEY)["message_count"] == 100
+    assert db.read_bytes() == damaged, "the damaged file was changed"
+    assert "Traceback" not in server.stderr.read_text()
