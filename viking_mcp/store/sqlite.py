@@ -50,7 +50,8 @@ RUNNABLE_PHASE2 = (
 )
 
 
-# SQLite's primary result codes for a damaged file (extended codes keep them in the low byte).
+# SQLite's primary result codes (extended codes keep them in the low byte).
+_SQLITE_READONLY = 8
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
@@ -308,23 +309,32 @@ class SQLiteStore(SQLStore):
         file once. With the file in the page cache, on a busy 2-core machine: 16 ms for
         10,000 messages (6 MB), 73 ms for 100,000 (62 MB).
         It runs on a read-only connection of its own, which never writes to the file (a
-        read-write connection would switch the journal mode or checkpoint a WAL into it).
+        read-write connection would switch the journal mode or checkpoint a WAL into it),
+        unless the file needs SQLite's own crash recovery first, which only a read-write
+        connection may run: a process killed while it created the database leaves a hot
+        rollback journal, before the database is ever switched to WAL.
         """
         if not self.path.is_file() or self.path.stat().st_size == 0:
             return  # a new database
         with self._translated():
-            conn = sqlite3.connect(
-                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=self._busy_timeout_ms / 1000
-            )
             try:
-                found = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
-            finally:
-                conn.close()
+                found = self._quick_check(f"{self.path.resolve().as_uri()}?mode=ro")
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF != _SQLITE_READONLY:
+                    raise
+                found = self._quick_check(self.path.resolve().as_uri())
         if found != ["ok"]:
             # One line: SQLite puts a "*** in database main ***" header and newlines in its report.
             problems = [p.strip() for text in found for p in text.splitlines() if p.strip() and "***" not in p]
             self._damage = damaged(self.path, "quick_check: " + "; ".join(problems[:3]))
             raise self._damage
+
+    def _quick_check(self, uri: str) -> list[str]:
+        conn = sqlite3.connect(uri, uri=True, timeout=self._busy_timeout_ms / 1000)
+        try:
+            return [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+        finally:
+            conn.close()
 
     def _wake_checkpointer(self) -> None:
         with self._checkpointer_lock:
