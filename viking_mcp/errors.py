@@ -100,6 +100,11 @@ class Internal(VikingError):
     code = ErrorCode.INTERNAL
 
 
+class Damaged(Internal):
+    """The database does not read back what was stored in it: a page of its file, or a value,
+    is damaged. Retrying does not help; the message says how to recover."""
+
+
 class Conflict(Unavailable):
     """Someone else changed what this write was planned against; redo the work and retry."""
 

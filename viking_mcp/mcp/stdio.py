@@ -13,6 +13,15 @@ request id. That line is replaced by a request for `UNREADABLE_METHOD`, which th
 or invalid request -32600) under the request's own id. So the answer goes out through the
 SDK's own writer, in order with every other, and only the SDK's public API is used. A line
 with no id to answer is logged on stderr and dropped: nobody can be waiting for it by id.
+
+A JSON-RPC batch (a JSON array of messages on one line; MCP 2025-03-26 allowed them,
+2025-06-18 removed them) is one such line: the SDK reads one message per line and has no
+way to run a batch (over HTTP it refuses one with a single -32600). Here none of the
+batch's messages is run, each request in it is answered with an invalid request error
+(-32600) under its own id, saying to send one message per line, and the refusal is
+logged. Running some of a batch and refusing the rest would leave a client guessing what
+happened; refusing it whole means the client can simply send the same messages again,
+one per line.
 """
 
 from __future__ import annotations
@@ -42,6 +51,10 @@ _decoder = json.JSONDecoder()
 # A modern (2026-07-28) connection refuses a request without the envelope its client stamps
 # on every request: the replacement request carries the last one seen.
 _ENVELOPE_KEYS = (types.PROTOCOL_VERSION_META_KEY, types.CLIENT_CAPABILITIES_META_KEY)
+BATCH_REFUSED = (
+    "Invalid request: this server does not take JSON-RPC batches, and ran none of the batch's "
+    "messages; send each message as a line of its own"
+)
 
 
 class UnreadableParams(types.RequestParams):
@@ -96,7 +109,8 @@ class AnsweredStdin(io.RawIOBase):
         try:
             message = types.jsonrpc_message_adapter.validate_json(text, by_name=False)
         except ValidationError as exc:
-            return self._replacement(text, exc)
+            batch = batch_messages(text, exc)
+            return self._refused_batch(batch) if batch is not None else self._replacement(text, exc)
         if isinstance(message, types.JSONRPCRequest):
             meta = (message.params or {}).get("_meta")
             if isinstance(meta, dict) and all(key in meta for key in _ENVELOPE_KEYS):
@@ -109,11 +123,37 @@ class AnsweredStdin(io.RawIOBase):
             logger.warning("dropped a stdin line that is not a JSON-RPC request: %s", message)
             return b""
         logger.warning("answered an unreadable request (id %r) with %s", request_id, message)
+        return self._answer_request(request_id, code, message)
+
+    def _refused_batch(self, batch: list[Any]) -> bytes:
+        requests = [m for m in batch if isinstance(m, dict) and "method" in m]
+        request_ids = list(dict.fromkeys(i for m in requests if (i := _request_id(m.get("id"))) is not None))
+        shown = ", ".join(map(repr, request_ids[:10])) + (", ..." if len(request_ids) > 10 else "")
+        logger.warning(
+            "refused a JSON-RPC batch of %d messages, none of them run; answered the requests in it (ids %s) "
+            "with invalid request: the client must send one message per line",
+            len(batch), shown or "none",
+        )  # fmt: skip
+        return b"".join(self._answer_request(i, types.INVALID_REQUEST, BATCH_REFUSED) for i in request_ids)
+
+    def _answer_request(self, request_id: RequestId, code: int, message: str) -> bytes:
+        """The line that has the SDK answer `request_id` with this JSON-RPC error."""
         params: dict[str, Any] = {"code": code, "message": message}
         if self._envelope is not None:
             params["_meta"] = self._envelope
         request = {"jsonrpc": "2.0", "id": request_id, "method": UNREADABLE_METHOD, "params": params}
         return (json.dumps(request) + "\n").encode()
+
+
+def batch_messages(text: str, exc: ValidationError) -> list[Any] | None:
+    """The messages of a JSON-RPC batch, if the line the SDK could not read is one (a JSON array)."""
+    if exc.errors()[0]["type"] == "json_invalid" or not text.lstrip().startswith("["):
+        return None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, list) else None
 
 
 def unreadable_answer(text: str, exc: ValidationError) -> tuple[RequestId | None, int, str]:

@@ -40,7 +40,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import fields
 from typing import Any, Protocol, TypeVar, get_args
 
-from viking_mcp.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
+from viking_mcp.errors import AlreadyExists, Conflict, Damaged, FailedPrecondition, NotFound
 from viking_mcp.models import MemoryCategory, MemoryWrite, Message, Owner, StoredMemory, archive_id
 from viking_mcp.store.base import (
     AppendOutcome,
@@ -64,10 +64,32 @@ from viking_mcp.store.base import (
 
 MEMORY_CATEGORIES = get_args(MemoryCategory)
 _ALL = 2**62  # a LIMIT (or a sequence number) past everything, on either database
+Record = TypeVar("Record")
 
 
 def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class UnreadableValue(Damaged):
+    """A stored JSON value that does not read back. The store only keeps JSON it wrote itself, so
+    this is a damaged database, not bad input: a page of SQLite's file that was zeroed reads
+    back as NUL bytes, a damage SQLite's own checks cannot see. The dialect says which
+    database, and writes nothing more to it (`_read` and `_write` translate this)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what}: the database is damaged; stop every viking-mcp using it and restore it from a backup"
+        )
+        self.what = what
+
+
+def stored_json(text: Any, what: str) -> Any:
+    """A JSON column's value, read back; `what` names it in the error if it does not read."""
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise UnreadableValue(f"a stored {what} does not read back as JSON ({exc})") from None
 
 
 # Each table's columns as the store reads them, and the record a row of them becomes.
@@ -85,7 +107,7 @@ def session_row(row: Any) -> SessionRow:
         owner=Owner(row["account_id"], row["user_id"], row["agent_id"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
-        metadata=json.loads(row["metadata"]),
+        metadata=stored_json(row["metadata"], "session's metadata"),
         total_message_count=row["next_seq"] - 1,
         live_message_count=row["next_seq"] - 1 - row["archived_through"],
         pending_tokens=row["total_tokens"] - row["archived_tokens"],
@@ -93,7 +115,7 @@ def session_row(row: Any) -> SessionRow:
         last_commit_at=row["last_commit_at"],
         llm_prompt_tokens=row["llm_prompt_tokens"],
         llm_completion_tokens=row["llm_completion_tokens"],
-        memories_extracted=json.loads(row["memories_extracted"]),
+        memories_extracted=stored_json(row["memories_extracted"], "session's memory counts"),
         contexts_used=row["contexts_used"],
         skills_used=row["skills_used"],
     )
@@ -108,7 +130,7 @@ _MESSAGE_INSERT = (
 
 
 def message_row(row: Any) -> StoredMessage:
-    parts = json.loads(row["parts"])
+    parts = stored_json(row["parts"], "message")
     message = Message.model_validate(
         {"id": row["message_id"], "role": row["role"], "parts": parts, "created_at": row["created_at"]}
     )
@@ -140,9 +162,11 @@ def archive_row(row: Any) -> ArchiveRow:
     return ArchiveRow(
         **{
             **row,
-            "overview_renderings": [OverviewRendering(t, s) for t, s in json.loads(row["overview_renderings"])],
-            "memory_diff": json.loads(row["memory_diff"]) if row["memory_diff"] else None,
-            "supplied": json.loads(row["supplied"]),
+            "overview_renderings": [
+                OverviewRendering(t, s) for t, s in stored_json(row["overview_renderings"], "archive's overview")
+            ],
+            "memory_diff": stored_json(row["memory_diff"], "archive's memory diff") if row["memory_diff"] else None,
+            "supplied": stored_json(row["supplied"], "archive's supplied summary"),
         }
     )
 
@@ -165,7 +189,7 @@ TASK_COLUMNS = (
 
 def task_row(row: Any) -> TaskRow:
     """A row of `TASK_COLUMNS`, which are named as TaskRow's fields."""
-    return TaskRow(**{**row, "result": json.loads(row["result"]) if row["result"] else None})
+    return TaskRow(**{**row, "result": stored_json(row["result"], "task result") if row["result"] else None})
 
 
 # The Phase 2 queue, fair between tenants. A tenant is one (account, user); the worker takes
@@ -224,7 +248,7 @@ _TOOL_INSERT = f"INSERT INTO tool_calls (session_id, {TOOL_COLUMNS}) VALUES (?, 
 
 def tool_record(row: Any) -> ToolRecord:
     """A row of `TOOL_COLUMNS`, which are named as ToolRecord's fields."""
-    return ToolRecord(**{**row, "tool_input": json.loads(row["tool_input"])})
+    return ToolRecord(**{**row, "tool_input": stored_json(row["tool_input"], "tool input")})
 
 
 USAGE_COLUMNS = "kind, uri, payload, created_at, archive_no AS archive_number"
@@ -233,7 +257,7 @@ USAGE_OF = f"SELECT {USAGE_COLUMNS} FROM usage WHERE session_id = ? ORDER BY id"
 
 def usage_entry(row: Any) -> UsageEntry:
     """A row of `USAGE_COLUMNS`, which are named as UsageEntry's fields."""
-    return UsageEntry(**{**row, "payload": json.loads(row["payload"])})
+    return UsageEntry(**{**row, "payload": stored_json(row["payload"], "usage record")})
 
 
 MEMORY_COLUMNS = (
@@ -250,7 +274,7 @@ _MEMORY_FIELDS = [f.name for f in fields(StoredMemory) if f.name != "stats"]
 
 def memory_row(row: Any) -> StoredMemory:
     """A row with `MEMORY_COLUMNS` (named as StoredMemory's fields) among its columns."""
-    return StoredMemory(**{name: row[name] for name in _MEMORY_FIELDS}, stats=json.loads(row["stats"]))
+    return StoredMemory(**{name: row[name] for name in _MEMORY_FIELDS}, stats=stored_json(row["stats"], "memory"))
 
 
 MaybeText = TypeVar("MaybeText", str, str | None)
@@ -350,6 +374,12 @@ class SQLStore(ABC):
         with self._read() as tx:
             return tx.execute(sql, params).fetchall()
 
+    def _select_as(self, record: Callable[[Any], Record], sql: str, params: Sequence[Any]) -> list[Record]:
+        """The rows `sql` reads, each made a record inside the read transaction: where the
+        dialect sees a value that does not read back (`UnreadableValue`)."""
+        with self._read() as tx:
+            return [record(row) for row in tx.execute(sql, params).fetchall()]
+
     # --- sessions -------------------------------------------------------------------------
 
     def _lock_session(self, tx: Tx, session_id: str, columns: str = "session_id") -> Any:
@@ -394,7 +424,7 @@ class SQLStore(ABC):
             row = self._lock_session(tx, session_id, "metadata")
             if row is None:
                 raise NotFound(f"session {session_id} not found")
-            merged: dict[str, Any] = json.loads(row["metadata"])
+            merged: dict[str, Any] = stored_json(row["metadata"], "session's metadata")
             for key, value in patch.items():
                 if value is None:
                     merged.pop(key, None)
@@ -485,12 +515,12 @@ class SQLStore(ABC):
         self, session_id: str, after_seq: int, through_seq: int | None, offset: int, limit: int | None
     ) -> list[StoredMessage]:
         upper = through_seq if through_seq is not None else _ALL
-        rows = self._select(
+        return self._select_as(
+            message_row,
             f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? AND seq <= ? "
             "ORDER BY seq LIMIT ? OFFSET ?",
             (session_id, after_seq, upper, _ALL if limit is None else limit, offset),
         )
-        return [message_row(r) for r in rows]
 
     def live_messages(self, session_id: str) -> list[StoredMessage]:
         with self._read() as tx:
@@ -498,7 +528,7 @@ class SQLStore(ABC):
             if row is None:
                 raise NotFound(f"session {session_id} not found")
             rows = tx.execute(MESSAGES_AFTER, (session_id, row["archived_through"])).fetchall()
-        return [message_row(r) for r in rows]
+            return [message_row(r) for r in rows]
 
     # --- usage and tool records ----------------------------------------------------------------
 
@@ -527,11 +557,12 @@ class SQLStore(ABC):
 
     def _usage_record(self, where: str, params: tuple[Any, ...]) -> UsageRecord:
         record = UsageRecord()
-        for row in self._select(f"SELECT kind, uri, payload FROM usage WHERE {where} ORDER BY id", params):
-            if row["kind"] == "context":
-                record.contexts.append(row["uri"])
-            else:
-                record.skills.append(json.loads(row["payload"]))
+        with self._read() as tx:
+            for row in tx.execute(f"SELECT kind, uri, payload FROM usage WHERE {where} ORDER BY id", params).fetchall():
+                if row["kind"] == "context":
+                    record.contexts.append(row["uri"])
+                else:
+                    record.skills.append(stored_json(row["payload"], "skill use"))
         return record
 
     def usage(self, session_id: str) -> UsageRecord:
@@ -541,7 +572,7 @@ class SQLStore(ABC):
         return self._usage_record("session_id = ? AND archive_no = ?", (session_id, number))
 
     def tool_records(self, session_id: str) -> list[ToolRecord]:
-        return [tool_record(r) for r in self._select(TOOLS_OF, (session_id,))]
+        return self._select_as(tool_record, TOOLS_OF, (session_id,))
 
     # --- commit and archives ----------------------------------------------------------------------
 
@@ -589,13 +620,15 @@ class SQLStore(ABC):
         return Phase1Outcome(archive_number=number, archived=last_seq - archived_through, task_id=task_id)
 
     def list_archives(self, session_id: str) -> list[ArchiveRow]:
-        return [archive_row(r) for r in self._select(ARCHIVES_OF, (session_id,))]
+        return self._select_as(archive_row, ARCHIVES_OF, (session_id,))
 
     def get_archive(self, session_id: str, number: int) -> ArchiveRow | None:
-        rows = self._select(
-            f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? AND archive_no = ?", (session_id, number)
+        rows = self._select_as(
+            archive_row,
+            f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE session_id = ? AND archive_no = ?",
+            (session_id, number),
         )
-        return archive_row(rows[0]) if rows else None
+        return rows[0] if rows else None
 
     def context_snapshot(self, session_id: str) -> ContextSnapshot | None:
         with self._read() as tx:
@@ -618,8 +651,8 @@ class SQLStore(ABC):
                 ).fetchone()
                 archives[latest] = archive_row(full)
                 after_seq = archives[latest].last_seq
-            rows = tx.execute(MESSAGES_AFTER, (session_id, after_seq)).fetchall()
-        return ContextSnapshot(archives=archives, messages=[message_row(r) for r in rows])
+            messages = [message_row(r) for r in tx.execute(MESSAGES_AFTER, (session_id, after_seq)).fetchall()]
+        return ContextSnapshot(archives=archives, messages=messages)
 
     # --- tasks and Phase 2 ------------------------------------------------------------------------
 
@@ -634,8 +667,8 @@ class SQLStore(ABC):
         )
 
     def get_task(self, task_id: str) -> TaskRow | None:
-        rows = self._select(f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,))
-        return task_row(rows[0]) if rows else None
+        rows = self._select_as(task_row, f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,))
+        return rows[0] if rows else None
 
     def list_tasks(
         self, task_type: str | None, status: str | None, session_id: str | None, limit: int, owner: Owner | None = None
@@ -650,11 +683,11 @@ class SQLStore(ABC):
                 clauses.append(f"{column} = ?")
                 params.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._select(
+        return self._select_as(
+            task_row,
             f"SELECT {TASK_COLUMNS} FROM tasks {where} ORDER BY created_at DESC, {self._TASK_ORDER} DESC LIMIT ?",
             (*params, limit),
         )
-        return [task_row(r) for r in rows]
 
     def previous_overview(self, session_id: str, number: int) -> str:
         """The overview of the latest completed archive before archive `number`."""
@@ -735,7 +768,7 @@ class SQLStore(ABC):
     def _add_counts(self, tx: Tx, session_id: str, counts: dict[str, int], prompt: int, completion: int) -> None:
         """Add memories extracted (per category) and LLM tokens used to the session's totals."""
         row = self._lock_session(tx, session_id, "memories_extracted")
-        totals: dict[str, int] = json.loads(row["memories_extracted"]) if row else {}
+        totals: dict[str, int] = stored_json(row["memories_extracted"], "session's memory counts") if row else {}
         for category in MEMORY_CATEGORIES:
             totals[category] = totals.get(category, 0) + counts.get(category, 0)
         tx.execute(
@@ -826,12 +859,13 @@ class SQLStore(ABC):
     def memories_by_uri(self, account_id: str, uris: list[str]) -> dict[str, StoredMemory]:
         if not uris:
             return {}
-        rows = self._select(
+        memories = self._select_as(
+            memory_row,
             f"SELECT {MEMORY_COLUMNS} FROM {MEMORY_FROM} WHERE m.account_id = ? "
             f"AND m.uri IN ({', '.join('?' * len(uris))})",
             (account_id, *uris),
         )
-        return {row["uri"]: memory_row(row) for row in rows}
+        return {memory.uri: memory for memory in memories}
 
     def memories_in_category(self, account_id: str, scope: str, owner_id: str, category: str) -> list[StoredMemory]:
         return self.list_memories(account_id, scope, owner_id, category, None)
@@ -841,12 +875,12 @@ class SQLStore(ABC):
     ) -> list[StoredMemory]:
         clause = " AND m.category = ?" if category else ""
         params: tuple[Any, ...] = (account_id, scope, owner_id, *((category,) if category else ()))
-        rows = self._select(
+        return self._select_as(
+            memory_row,
             f"SELECT {MEMORY_COLUMNS} FROM {MEMORY_FROM} WHERE m.account_id = ? AND m.scope = ? "
             f"AND m.owner_id = ?{clause} ORDER BY m.category, m.key LIMIT ?",
             (*params, _ALL if limit is None else limit),
         )
-        return [memory_row(r) for r in rows]
 
     def _apply_memory_writes(
         self, tx: Tx, account_id: str, writes: list[MemoryWrite], source: dict[str, Any], now: str
@@ -890,7 +924,8 @@ class SQLStore(ABC):
         `match` is the engine's query: quoted words joined by OR, which FTS5 and PostgreSQL's
         `websearch_to_tsquery` both read the same way.
         """
-        rows = self._select(
+        hits = self._select_as(
+            lambda row: (memory_row(row), float(row["score"])),
             f"{self._SEARCH} AND m.account_id = ? "
             "AND ((m.scope = 'user' AND m.owner_id = ?) OR (m.scope = 'agent' AND m.owner_id = ?))"
             + (" AND m.category = ?" if category else "")
@@ -899,8 +934,8 @@ class SQLStore(ABC):
         )
         # Scores as fractions of the best hit's (which scores 1.0): the same scale on every
         # store, whatever the database's own rank (see README, "Search"). Rows come best first.
-        best = float(rows[0]["score"]) if rows else 0.0
-        return [(memory_row(r), float(r["score"]) / best if best > 0 else 1.0) for r in rows]
+        best = hits[0][1] if hits else 0.0
+        return [(memory, score / best if best > 0 else 1.0) for memory, score in hits]
 
     # --- export and import ---------------------------------------------------------------------------
 
@@ -1067,7 +1102,8 @@ class _TreeRecords:
         for row in self._tx.execute(
             f"SELECT {MEMORY_COLUMNS}, m.account_id, m.source FROM {MEMORY_FROM} ORDER BY m.account_id, m.uri"
         ).fetchall():
-            yield MemoryDump(account_id=row["account_id"], memory=memory_row(row), source=json.loads(row["source"]))
+            source = stored_json(row["source"], "memory's source")
+            yield MemoryDump(account_id=row["account_id"], memory=memory_row(row), source=source)
 
     def context_usage(self) -> Iterator[ContextUsage]:
         for row in self._tx.execute(

@@ -11,6 +11,15 @@ Readers never block writers (WAL). Each thread has its own connection.
 
 Durability: with `synchronous=NORMAL` in WAL mode a committed transaction survives the
 process being killed; `synchronous=FULL` (durability "full") also survives power loss.
+
+Damage: a database file that was damaged (pages zeroed or overwritten by a disk, a copy
+or a sync tool) is refused when the store opens, with a coded error that names the file
+and says how to recover, and the file is left as it was: `PRAGMA quick_check` reads every
+page of the file through a read-only connection first (it costs about as much as reading
+the file once: see `_check_not_damaged`). Damage that check cannot see (a zeroed page at
+the end of a long value reads back as NUL bytes) or that appears later is met by a read:
+that read answers the same coded error, and from then on the store writes nothing more
+to the file, so that what is left of it can still be recovered.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from viking_mcp.errors import Internal, Unavailable, VikingError
+from viking_mcp.errors import Damaged, Internal, Unavailable, VikingError
 from viking_mcp.store.base import TaskRow
 from viking_mcp.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from viking_mcp.store.sql import (
@@ -35,6 +44,7 @@ from viking_mcp.store.sql import (
     TASK_COLUMNS,
     SQLStore,
     Tx,
+    UnreadableValue,
     task_row,
     tenant_head,
 )
@@ -52,6 +62,12 @@ RUNNABLE_PHASE2 = (
     "FROM queued q LEFT JOIN phase2_turns p ON p.tenant = q.tenant WHERE q.tenant IS NOT NULL "
     "ORDER BY COALESCE(p.last_turn, 0), q.tenant"
 )
+
+
+# SQLite's primary result codes (extended codes keep them in the low byte).
+_SQLITE_READONLY = 8
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
 
 
 def _is_locked(exc: sqlite3.Error) -> bool:
@@ -76,12 +92,24 @@ def _translate(exc: sqlite3.Error, path: Path) -> VikingError:
         )
     if isinstance(exc, sqlite3.OperationalError) and ("full" in text or "disk I/O" in text):
         return Unavailable(f"the data directory cannot be written ({text}); free disk space and retry")
-    if isinstance(exc, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text):
-        return Internal(
-            f"the database file {path} is damaged ({text}); stop every viking-mcp using it, then move it "
-            "(with any -wal and -shm files beside it) aside to start afresh, or restore it from a backup"
-        )
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(exc, sqlite3.DatabaseError) and (
+        (code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB))
+        or "malformed" in text
+        or "not a database" in text
+    ):
+        return damaged(path, text)
     return Internal(f"storage error: {text}")
+
+
+def damaged(path: Path, what: str) -> Damaged:
+    """The error for a damaged database file: what was found, and how to recover."""
+    return Damaged(
+        f"the database file {path} is damaged ({what}); viking-mcp writes nothing more to it. Stop every "
+        "viking-mcp using it, move it aside (with any -wal and -shm files beside it), then restore it from a "
+        "backup (a copy of the file, or a tree written by `viking-mcp export`: `viking-mcp import` it) or start "
+        "afresh; SQLite's shell can salvage part of a damaged file (https://sqlite.org/recovery.html)"
+    )
 
 
 # WAL checkpoints, off the request path. By default SQLite checkpoints inside the commit
@@ -139,8 +167,11 @@ class SQLiteStore(SQLStore):
         self._checkpoint_wanted = threading.Event()
         self._checkpointer: threading.Thread | None = None
         self._checkpointer_lock = threading.Lock()
+        # The first damage a read met: from then on, every write is refused with it.
+        self._damage: Damaged | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self._check_not_damaged()
             self._migrate()
         except BaseException:
             self.close()
@@ -218,6 +249,8 @@ class SQLiteStore(SQLStore):
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; the lock is taken at BEGIN so it can never deadlock on upgrade.
         Inside `write_batch`, a savepoint of the batch's transaction instead."""
+        if self._damage is not None:
+            raise Damaged(self._damage.message)
         conn = self._connect()
         batch: _Batch | None = getattr(self._local, "batch", None)
         if batch is not None:
@@ -269,11 +302,53 @@ class SQLiteStore(SQLStore):
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
-        """SQLite's errors inside, as ours."""
+        """SQLite's errors inside, as ours; damage met inside also stops every later write."""
         try:
             yield
         except sqlite3.Error as exc:
-            raise _translate(exc, self.path) from exc
+            error = _translate(exc, self.path)
+            if isinstance(error, Damaged):
+                self._damage = self._damage or error
+            raise error from exc
+        except UnreadableValue as exc:
+            error = damaged(self.path, exc.what)
+            self._damage = self._damage or error
+            raise error from exc
+
+    def _check_not_damaged(self) -> None:
+        """Refuse a database file that is damaged, before anything writes to it.
+
+        `PRAGMA quick_check` walks every page of every table and index (not the cross-check
+        of indexes against tables that `integrity_check` adds): about as long as reading the
+        file once. With the file in the page cache, on a busy 2-core machine: 16 ms for
+        10,000 messages (6 MB), 73 ms for 100,000 (62 MB).
+        It runs on a read-only connection of its own, which never writes to the file (a
+        read-write connection would switch the journal mode or checkpoint a WAL into it),
+        unless the file needs SQLite's own crash recovery first, which only a read-write
+        connection may run: a process killed while it created the database leaves a hot
+        rollback journal, before the database is ever switched to WAL.
+        """
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return  # a new database
+        with self._translated():
+            try:
+                found = self._quick_check(f"{self.path.resolve().as_uri()}?mode=ro")
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF != _SQLITE_READONLY:
+                    raise
+                found = self._quick_check(self.path.resolve().as_uri())
+        if found != ["ok"]:
+            # One line: SQLite puts a "*** in database main ***" header and newlines in its report.
+            problems = [p.strip() for text in found for p in text.splitlines() if p.strip() and "***" not in p]
+            self._damage = damaged(self.path, "quick_check: " + "; ".join(problems[:3]))
+            raise self._damage
+
+    def _quick_check(self, uri: str) -> list[str]:
+        conn = sqlite3.connect(uri, uri=True, timeout=self._busy_timeout_ms / 1000)
+        try:
+            return [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+        finally:
+            conn.close()
 
     def _wake_checkpointer(self) -> None:
         with self._checkpointer_lock:
