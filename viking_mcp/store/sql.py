@@ -416,8 +416,7 @@ class SQLStore(ABC):
 
     def list_sessions(self, limit: int, after: tuple[str, str] | None, owner: Owner | None = None) -> list[SessionRow]:
         params = ([owner.account_id, owner.user_id] if owner is not None else []) + list(after or ())
-        rows = self._select(sessions_page(after is not None, owner is not None), (*params, limit))
-        return [session_row(r) for r in rows]
+        return self._select_as(session_row, sessions_page(after is not None, owner is not None), (*params, limit))
 
     def merge_metadata(self, session_id: str, patch: dict[str, Any], now: str) -> dict[str, Any]:
         with self._write() as tx:
