@@ -59,7 +59,11 @@ def anthropic_body(content: str, input_tokens: int = 100, output_tokens: int = 2
 @dataclass
 class Reply:
     """One scripted answer. `content` becomes a success body in the request's protocol;
-    `json_body` or `body` are sent as they are. `delay` seconds pass before anything is sent."""
+    `json_body` or `body` are sent as they are. `delay` seconds pass before anything is sent.
+
+    A hostile endpoint: `drip` sends the body one byte every `drip` seconds (and the status
+    line and headers too with `drip_headers`); `declare_length=False` leaves out Content-Length
+    (the body ends when the connection closes)."""
 
     status: int = 200
     content: str | None = None
@@ -68,6 +72,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     usage: tuple[int, int] = (100, 20)
+    drip: float = 0.0
+    drip_headers: bool = False
+    declare_length: bool = True
 
 
 @dataclass
@@ -189,7 +196,10 @@ class FakeLlmServer:
                 reply = server._next(request)
                 if reply.delay and server._closing.wait(reply.delay):
                     return
-                self._send(reply.status, self._body(reply, request), reply.headers)
+                if reply.drip:
+                    self._drip(reply, self._body(reply, request))
+                    return
+                self._send(reply.status, self._body(reply, request), reply.headers, reply.declare_length)
 
             def _body(self, reply: Reply, request: RecordedRequest) -> bytes:
                 if reply.body is not None:
@@ -201,16 +211,34 @@ class FakeLlmServer:
                     return json.dumps(build(reply.content, *reply.usage)).encode("utf-8")
                 return b""
 
-            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+            def _send(self, status: int, body: bytes, headers: dict[str, str], declare_length: bool = True) -> None:
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
+                    if declare_length:
+                        self.send_header("Content-Length", str(len(body)))
                     for name, value in headers.items():
                         self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(body)
                 except OSError:  # the client gave up (a timeout test): nothing to answer
+                    pass
+
+            def _drip(self, reply: Reply, body: bytes) -> None:
+                """Status line, headers and body, a byte at a time where the reply says so."""
+                head = f"HTTP/1.0 {reply.status} OK\r\nContent-Type: application/json\r\n"
+                head += f"Content-Length: {len(body)}\r\n\r\n"
+                data = head.encode() + body
+                at = 0 if reply.drip_headers else len(head)
+                try:
+                    self.wfile.write(data[:at])
+                    self.wfile.flush()
+                    for byte in data[at:]:
+                        if server._closing.wait(reply.drip):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                except OSError:  # the client gave up: what a deadline is for
                     pass
 
         return Handler

@@ -84,6 +84,7 @@ class LlmSettings:
     base_url: str
     model: str
     api_key: str | None = field(repr=False)  # the key never reaches a log line through repr()
+    # The whole of one try: connect, send, and read the entire reply (not each read).
     timeout_seconds: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 60.0
     # First try plus retries, on 429, 5xx, timeouts and connection errors.
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
@@ -93,6 +94,8 @@ class LlmSettings:
     # Archives longer than this are sent in parts.
     max_prompt_tokens: Annotated[int, Field(ge=MIN_PROMPT_TOKENS, le=10_000_000)] = 12_000
     max_output_tokens: Annotated[int, Field(ge=256, le=1_000_000)] = 4_000
+    # A reply longer than this is refused unread (an honest one of 4,000 tokens is ~20 KB).
+    max_reply_bytes: Annotated[int, Field(ge=65_536, le=1_000_000_000)] = 4_000_000
 
 
 @with_config(_variables("VIKING_MCP_"))

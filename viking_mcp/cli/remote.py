@@ -115,7 +115,8 @@ class RemoteClient:
             content = json.dumps(parameters, ensure_ascii=False).encode("utf-8")
             headers["Content-Type"] = "application/json"
         try:
-            # One request per command: no client kept open; redirects are not followed.
+            # One request per command: no client kept open. Redirects are not followed, so the
+            # X-API-Key goes to --url's origin only (never to another host, nor https -> http).
             response = httpx.request(
                 method,
                 self.url + API_PREFIX + path,
@@ -123,6 +124,7 @@ class RemoteClient:
                 content=content,
                 headers=headers,
                 timeout=self.timeout,
+                follow_redirects=False,
             )
         except httpx.TimeoutException:
             raise Unavailable(f"{self.url} did not answer within {self.timeout:.0f} s") from None
@@ -144,12 +146,26 @@ class RemoteClient:
             raise error_for(str(error.get("code", "INTERNAL")), str(error.get("message", f"HTTP {status}")))
         if 200 <= status < 300 and isinstance(envelope, dict) and "result" in envelope:
             return envelope["result"]
+        if 300 <= status <= 399:
+            raise Unavailable(
+                f"{method} {API_PREFIX}{path} was redirected (HTTP {status}) to "
+                f"{_without_query(response.headers.get('Location', ''))}; redirects are not followed, "
+                "so that the API key goes nowhere else: give the server's own address as --url"
+            )
         code = ErrorCode.for_http_status(status) or (ErrorCode.INTERNAL if status >= 500 else ErrorCode.UNAVAILABLE)
         raise error_for(
             code.value,
             f"{method} {API_PREFIX}{path} answered HTTP {status} without a viking-mcp result; "
             f"is {self.url} a viking-mcp server?",
         )
+
+
+def _without_query(location: str) -> str:
+    """A redirect's target without its query (where a key or token may ride), for an error text."""
+    try:
+        return urllib.parse.urlsplit(location)._replace(query="", fragment="").geturl()[:200] or "nowhere"
+    except ValueError:
+        return "an invalid address"
 
 
 def _reason(exc: httpx.ConnectError) -> str:

@@ -26,7 +26,7 @@ from viking_mcp.config import Settings
 from viking_mcp.engine.batching import WriteBatcher
 from viking_mcp.engine.context import assemble_context
 from viking_mcp.engine.messages import build_message, check_encodable, validated
-from viking_mcp.engine.phase2 import candidates_from, owners_of, plan_memories, run_phase2
+from viking_mcp.engine.phase2 import candidates_from, llm_output, owners_of, plan_memories, run_phase2
 from viking_mcp.errors import (
     AlreadyExists,
     Conflict,
@@ -560,7 +560,7 @@ class Engine:
         if task is None:
             return False
         try:
-            run_phase2(self.store, task, self.summariser, self.tokens, self.llm, utc_now())
+            run_phase2(self.store, task, self.summariser, self.tokens, self.llm, utc_now(), self.settings.limits)
         except Exception as exc:
             logger.exception("Phase 2 of task %s broke (attempt %d)", task.task_id, task.attempts)
             try:
@@ -676,7 +676,7 @@ class Engine:
         prompt_tokens = completion_tokens = 0
         try:
             if self.llm is not None and messages:
-                result = self.llm.run(archive)
+                result = llm_output(self.llm, archive, self.settings.limits)
                 candidates = candidates_from(result.memories)
                 prompt_tokens, completion_tokens = result.prompt_tokens, result.completion_tokens
             else:

@@ -7,7 +7,8 @@ Summaries and memories come from, in order:
 2. the configured LLM endpoint, if any (`VIKING_MCP_LLM_*`), for whatever the agent
    did not supply;
 3. the offline default: the extractive summariser and the rule-based extractor.
-Tool and skill usage statistics are always counted from the archive itself.
+Tool and skill usage statistics are always counted from the archive itself. What an LLM
+writes is held to the limits an agent's own commit is held to (`llm_output`).
 
 Everything Phase 2 produces (summaries, memory writes, the memory diff, active counts)
 is written in one transaction that also sets the `.done` marker, so a crash at any point
@@ -19,8 +20,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from viking_mcp.config import Limits
+from viking_mcp.engine.messages import check_encodable
 from viking_mcp.errors import Conflict, VikingError
 from viking_mcp.memory.categories import Candidate, agent_space
 from viking_mcp.memory.merge import MergePlan, plan_merge
@@ -41,7 +45,7 @@ from viking_mcp.summarize.extractive import ExtractiveSummariser
 from viking_mcp.tokens import TokenCounter
 
 if TYPE_CHECKING:
-    from viking_mcp.memory.llm import LlmPhase2
+    from viking_mcp.memory.llm import LlmPhase2, LlmResult
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +59,39 @@ def candidates_from(memories: list[MemoryInput]) -> list[Candidate]:
     return [Candidate(**m.model_dump()) for m in memories]
 
 
+def llm_output(llm: LlmPhase2, archive: ArchiveInput, limits: Limits) -> LlmResult:
+    """What the LLM endpoint writes for `archive`, held after each reply to the limits
+    `Engine.commit` holds an agent's abstract, overview and memories to.
+
+    Past them the output is refused whole, as the agent's would be (RESOURCE_EXHAUSTED there),
+    not cut: a cut overview or a subset of the memories would be stored as if complete. The
+    archive is then marked failed with the reason, its messages stay, and retry_archive runs
+    it again once the endpoint (or VIKING_MCP_MAX_SUMMARY_BYTES) is fixed."""
+    return llm.run(archive, check=partial(_within_limits, limits=limits))
+
+
+def _within_limits(result: LlmResult, limits: Limits) -> None:
+    from viking_mcp.memory.llm import LlmError
+
+    try:
+        for name, value in (("abstract", result.abstract), ("overview", result.overview)):
+            check_encodable(value, limits.max_summary_bytes, name)
+        memories = [memory.model_dump() for memory in result.memories]
+        check_encodable(memories, limits.max_summary_bytes, "memories", limits.max_json_depth)
+    except VikingError as exc:
+        raise LlmError(
+            f"LLM output refused, as an agent's commit would be: {exc} ({len(result.memories)} memories); "
+            "nothing was stored: check the endpoint, or raise VIKING_MCP_MAX_SUMMARY_BYTES"
+        ) from None
+
+
 def extract(
     archive: ArchiveInput,
     supplied: dict[str, Any],
     skills: list[dict[str, Any]],
     summariser: Summariser,
     llm: LlmPhase2 | None,
+    limits: Limits | None = None,
 ) -> tuple[ArchiveSummary, list[Candidate]]:
     """Summary and memory candidates for an archive, from the best source available.
 
@@ -73,7 +104,7 @@ def extract(
     usage = extract_usage(archive.messages, skills)
 
     if llm is not None and not (abstract and overview and memories is not None):
-        result = llm.run(archive)
+        result = llm_output(llm, archive, limits or Limits())
         summary = ArchiveSummary(
             abstract=abstract or result.abstract,
             overviews=[overview or result.overview],
@@ -143,6 +174,7 @@ def run_phase2(
     tokens: TokenCounter,
     llm: LlmPhase2 | None,
     now: str,
+    limits: Limits | None = None,
 ) -> bool:
     """Run Phase 2 for a claimed task. Returns True when the archive was completed.
 
@@ -166,7 +198,7 @@ def run_phase2(
     )
     try:
         skills = store.archive_usage(task.session_id, task.archive_number).skills
-        summary, candidates = extract(archive_input, archive.supplied, skills, summariser, llm)
+        summary, candidates = extract(archive_input, archive.supplied, skills, summariser, llm, limits)
         output = _output(task, name, session.owner, summary, plan_memories(store, session.owner, candidates), tokens)
     except VikingError:
         raise  # the store's trouble (locked, full, read-only), not the archive's: try again later

@@ -10,6 +10,13 @@ last reply summarises the whole span. Transient failures (429, 5xx, timeouts, re
 connections) are retried with backoff; anything else fails at once with a reason a
 person can act on. Output that does not parse or validate is an error, never an empty
 result: Phase 2 then marks the archive failed and it can be retried.
+
+The endpoint is not trusted (issue 15): a redirect is refused, never followed, so the key
+goes to VIKING_MCP_LLM_BASE_URL's origin only; each try has one deadline over connecting,
+sending and reading the whole reply (httpx's own timeouts bound each socket operation, so
+an endpoint sending a byte a second would hold a try for as long as it liked); a reply
+longer than `max_reply_bytes` is refused while it streams in; and anything resembling the
+key is cut from error texts and from what the model wrote before either is stored.
 """
 
 from __future__ import annotations
@@ -24,11 +31,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import partial
 from itertools import accumulate
 from typing import Annotated, Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import httpx2
+from anyio.from_thread import start_blocking_portal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from viking_mcp.config import MIN_PROMPT_TOKENS, LlmSettings
@@ -46,6 +56,11 @@ MAX_RETRY_DELAY_SECONDS = 30.0
 # The transcript share of each prompt never drops below this many tokens.
 _MIN_TRANSCRIPT_TOKENS = 400
 _ERROR_EXCERPT_CHARS = 300
+# What is read of a refusal (4xx, 5xx, 3xx): enough for its message, never the whole of a huge one.
+_ERROR_BODY_BYTES = 64_000
+# A run of this many characters of the key (in any case) is treated as the key (B10).
+_KEY_FRAGMENT_CHARS = 8
+_REDACTED = "***"
 
 
 class LlmError(Exception):
@@ -199,6 +214,28 @@ class _Adapted(Exception):
     """The request is retried at once without an optional field the server refused."""
 
 
+class _Answer:
+    """One HTTP reply, read whole within the try's deadline and the size bound."""
+
+    def __init__(self, response: httpx2.Response, body: bytes) -> None:
+        self.status = response.status_code
+        self.reason = response.reason_phrase
+        self.headers = response.headers
+        self.body = body
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status <= 299
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+
+# Sends one request body (JSON) and returns the reply: `LlmPhase2._post` on the run's event loop.
+_Post = Callable[[dict[str, Any]], _Answer]
+
+
 @dataclass(frozen=True)
 class _Completion:
     text: str
@@ -210,6 +247,45 @@ class _Completion:
 def _excerpt(text: str, limit: int = _ERROR_EXCERPT_CHARS) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def redact_secret(text: str, secret: str | None) -> str:
+    """`text` with anything resembling `secret` replaced by ***: any run of
+    `_KEY_FRAGMENT_CHARS` or more of its characters in a row, in any case (the key, a prefix,
+    a suffix, a middle), so an endpoint that echoes the key uppercased or cut short does not
+    get it into an error text, a log line, the database or an export.
+
+    A shorter secret is a placeholder more often than a key (vLLM's "EMPTY"): it is replaced
+    only as it is, whole and in its case, so that ordinary words stay; one shorter than 4
+    characters is not looked for at all."""
+    if not secret or len(secret) < 4 or not text:
+        return text
+    if len(secret) < _KEY_FRAGMENT_CHARS:
+        return text.replace(secret, _REDACTED)
+    size = _KEY_FRAGMENT_CHARS
+    wanted = secret.translate(_ASCII_LOWER)
+    # ASCII-only lowering keeps every index where it was (str.lower() may not: 'İ' becomes two).
+    lowered = text.translate(_ASCII_LOWER)
+    spans: list[tuple[int, int]] = []
+    for fragment in {wanted[i : i + size] for i in range(len(wanted) - size + 1)}:
+        start = lowered.find(fragment)
+        while start >= 0:
+            spans.append((start, start + size))
+            start = lowered.find(fragment, start + 1)
+    if not spans:
+        return text
+    pieces, done = [], 0
+    for start, end in sorted(spans):  # overlapping windows merge into one cut
+        if start > done:
+            pieces += [text[done:start], _REDACTED]
+        elif not pieces:
+            pieces.append(_REDACTED)
+        done = max(done, end)
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -261,15 +337,41 @@ class LlmPhase2:
             self._url = base + "/chat/completions"
             if settings.api_key:
                 headers["Authorization"] = f"Bearer {settings.api_key}"
-        # One client for every call and worker thread (httpx2 documents it as shareable between
-        # threads), so connections are reused. Redirects are not followed: the key must never go
-        # to another origin, and a 3xx is a refusal. The timeout bounds each connect, read and
-        # write, not the whole request, and the reply's size is not capped (both: issue 15).
-        self._client = httpx2.Client(headers=headers, timeout=settings.timeout_seconds, follow_redirects=False)
+        self._headers = headers
+        # Loaded once (reading the CA bundle takes a while), shared by every run's client.
+        self._ssl_context = httpx2.create_ssl_context()
 
     # --- the archive, part by part -----------------------------------------------------
 
-    def run(self, archive: ArchiveInput) -> LlmResult:
+    def run(self, archive: ArchiveInput, check: Callable[[LlmResult], None] | None = None) -> LlmResult:
+        """The archive's abstract, overview and memories. `check` sees the result so far after
+        each reply (Phase 2 holds it to the limits of an agent's commit) and may raise.
+
+        The requests run on an event loop of their own for the length of the run, so that each
+        try can be cancelled at its deadline wherever it is (connecting, waiting for headers,
+        reading a dripping body): httpx has no total timeout (pydantic/httpx2#557, from
+        encode/httpx#1450) and points at cancellation instead. One client serves every part and
+        retry of the archive, reusing its connection."""
+        try:
+            with (
+                start_blocking_portal(name="viking-mcp-llm") as portal,
+                portal.wrap_async_context_manager(self._new_client()) as client,
+            ):
+                return self._run(archive, partial(portal.call, self._post, client), check)
+        except LlmError as exc:  # the last guard: nothing resembling the key leaves in an error
+            raise LlmError(self._redact(str(exc))) from None
+
+    def _new_client(self) -> httpx2.AsyncClient:
+        # Redirects are not followed: the key must never go to another origin (or over plain
+        # http after https), and a 3xx is answered as a refusal naming where it pointed.
+        return httpx2.AsyncClient(
+            headers=self._headers,
+            timeout=self.settings.timeout_seconds,
+            follow_redirects=False,
+            verify=self._ssl_context,
+        )
+
+    def _run(self, archive: ArchiveInput, post: _Post, check: Callable[[LlmResult], None] | None) -> LlmResult:
         settings = self.settings
         count = self.tokens.count
         system_tokens = count(SYSTEM_PROMPT) + 2 * MESSAGE_OVERHEAD_TOKENS
@@ -322,7 +424,7 @@ class LlmPhase2:
             logger.debug(
                 "LLM phase 2: %s, messages %d-%d of %d, %d prompt tokens", where, start + 1, end, len(lines), sent
             )
-            completion = self._complete(SYSTEM_PROMPT, user)
+            completion = self._complete(post, SYSTEM_PROMPT, user)
             reply = self._parse(completion)
             calls += 1
             # The server's usage when it reports it, else our own count.
@@ -333,18 +435,19 @@ class LlmPhase2:
             memories.extend(reply.memories)
             abstract = reply.abstract
             overview = reply.overview.strip() or overview
+            result = LlmResult(
+                abstract=abstract,
+                overview=overview,
+                memories=memories,
+                prompt_tokens=prompt_total,
+                completion_tokens=completion_total,
+                calls=calls,
+            )
+            if check is not None:
+                check(result)
             start = end
             if start >= len(lines):
-                break
-
-        return LlmResult(
-            abstract=abstract,
-            overview=overview,
-            memories=memories,
-            prompt_tokens=prompt_total,
-            completion_tokens=completion_total,
-            calls=calls,
-        )
+                return result
 
     def _fit(self, text: str, limit: int) -> str:
         """`text`, or its longest prefix (marked as cut) within `limit` tokens."""
@@ -364,7 +467,7 @@ class LlmPhase2:
 
     def _parse(self, completion: _Completion) -> _Reply:
         try:
-            return parse_reply(completion.text)
+            reply = parse_reply(completion.text)
         except LlmError as exc:
             if completion.truncated:
                 raise LlmError(
@@ -372,15 +475,30 @@ class LlmPhase2:
                     "raise VIKING_MCP_LLM_MAX_OUTPUT_TOKENS"
                 ) from None
             raise
+        # What the model wrote is stored and exported: an endpoint echoing the key must not put it there.
+        redact = self._redact
+        memories = [
+            memory.model_copy(
+                update={
+                    name: redact(value)
+                    for name, value in memory.model_dump().items()
+                    if isinstance(value, str) and name != "category"
+                }
+            )
+            for memory in reply.memories
+        ]
+        return reply.model_copy(
+            update={"abstract": redact(reply.abstract), "overview": redact(reply.overview), "memories": memories}
+        )
 
     # --- one model call, with retries -----------------------------------------------------
 
-    def _complete(self, system: str, user: str) -> _Completion:
+    def _complete(self, post: _Post, system: str, user: str) -> _Completion:
         attempts = self.settings.max_attempts
         attempt = 1
         while True:
             try:
-                return self._send(system, user)
+                return self._send(post, system, user)
             except _Adapted:
                 continue  # the server told us what to leave out; that try does not count
             except _Transient as exc:
@@ -407,32 +525,65 @@ class LlmPhase2:
             payload.pop(key, None)
         return payload
 
-    def _send(self, system: str, user: str) -> _Completion:
+    def _send(self, post: _Post, system: str, user: str) -> _Completion:
         payload = self._payload(system, user)
-        shown = self._safe_url(self._url)
-        logger.debug("POST %s model=%s", shown, self.settings.model)
-        try:
-            response = self._client.post(self._url, json=payload)
-        except httpx2.TimeoutException:
-            raise _Transient(f"no answer from {shown} within {self.settings.timeout_seconds:g} s") from None
-        except httpx2.ConnectError as exc:
-            raise _Transient(f"cannot reach {shown}: {self._redact(str(exc))}") from None
-        except httpx2.TransportError as exc:
-            raise _Transient(f"connection to {shown} failed: {self._redact(str(exc)) or type(exc).__name__}") from None
+        logger.debug("POST %s model=%s", self._safe_url(self._url), self.settings.model)
+        response = post(payload)
         if not response.is_success:
             self._http_error(response, payload)
         try:
-            body = response.json()
+            body = json.loads(response.body)
         except ValueError:  # not JSON, or not UTF-8
             raise LlmError(
-                f"LLM endpoint {shown} answered with something that is not JSON "
-                f"({self._redact(_excerpt(response.text, 120))!r}); "
+                f"LLM endpoint {self._safe_url(self._url)} answered with something that is not JSON "
+                f"({self._redact(_excerpt(response.text[:1000], 120))!r}); "
                 "check VIKING_MCP_LLM_BASE_URL and VIKING_MCP_LLM_PROVIDER"
             ) from None
         if not isinstance(body, dict):
+            shown = self._safe_url(self._url)
             raise LlmError(f"LLM endpoint {shown} answered with a JSON {type(body).__name__}, not an object")
         return (
             self._anthropic_completion(body) if self.settings.provider == "anthropic" else self._openai_completion(body)
+        )
+
+    async def _post(self, client: httpx2.AsyncClient, payload: dict[str, Any]) -> _Answer:
+        """POST `payload` and read the reply, all within `timeout_seconds` from now and at most
+        `max_reply_bytes` of it (as decoded: a compressed bomb is cut as it inflates)."""
+        settings, shown = self.settings, self._safe_url(self._url)
+        limit = settings.max_reply_bytes
+        body = bytearray()
+        try:
+            with anyio.fail_after(settings.timeout_seconds):
+                async with client.stream("POST", self._url, json=payload) as response:
+                    if response.is_success:
+                        declared = response.headers.get("Content-Length", "")
+                        if declared.isdigit() and int(declared) > limit:
+                            raise self._too_long(f"{int(declared)} bytes")
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > limit and response.is_success:
+                            raise self._too_long(f"over {limit} bytes, still coming")
+                        if len(body) >= _ERROR_BODY_BYTES and not response.is_success:
+                            break  # a refusal's message is at its start; the rest is not read
+                    return _Answer(response, bytes(body))
+        except TimeoutError:  # the deadline over the whole try (anyio cancelled whatever was waiting)
+            received = f" ({len(body)} bytes of the reply had arrived)" if body else ""
+            raise _Transient(
+                f"no answer from {shown} within {settings.timeout_seconds:g} s{received}; "
+                "VIKING_MCP_LLM_TIMEOUT_SECONDS bounds each try as a whole"
+            ) from None
+        except httpx2.TimeoutException:
+            raise _Transient(f"no answer from {shown} within {settings.timeout_seconds:g} s") from None
+        except httpx2.ConnectError as exc:
+            raise _Transient(f"cannot reach {shown}: {self._redact(str(exc))}") from None
+        except httpx2.RequestError as exc:  # the connection broke, or the reply is not valid HTTP
+            raise _Transient(f"connection to {shown} failed: {self._redact(str(exc)) or type(exc).__name__}") from None
+
+    def _too_long(self, size: str) -> LlmError:
+        return LlmError(
+            f"LLM endpoint {self._safe_url(self._url)} sent a reply of {size}; the limit is "
+            f"{self.settings.max_reply_bytes} bytes (VIKING_MCP_LLM_MAX_REPLY_BYTES), and a reply of "
+            f"max_output_tokens={self.settings.max_output_tokens} needs far less: check the endpoint"
         )
 
     def _openai_completion(self, body: dict[str, Any]) -> _Completion:
@@ -490,9 +641,15 @@ class LlmPhase2:
             "check VIKING_MCP_LLM_PROVIDER matches the endpoint's API"
         )
 
-    def _http_error(self, response: httpx2.Response, payload: dict[str, Any]) -> NoReturn:
-        status, text = response.status_code, response.text[:4096]
-        detail = self._redact(_excerpt(text)) or response.reason_phrase
+    def _http_error(self, response: _Answer, payload: dict[str, Any]) -> NoReturn:
+        status, text = response.status, response.text[:4096]
+        detail = self._redact(_excerpt(text)) or response.reason
+        if 300 <= status <= 399:
+            target = self._redact(self._safe_url(self._where(response.headers.get("Location", ""))))
+            raise LlmError(
+                f"LLM endpoint {self._safe_url(self._url)} redirected (HTTP {status}) to {target}; redirects are "
+                "not followed, so that the key goes nowhere else: set VIKING_MCP_LLM_BASE_URL to the final address"
+            )
         if status == 429 or 500 <= status <= 599:
             raise _Transient(f"HTTP {status}: {detail}", _retry_after(response.headers.get("Retry-After")))
         if status == 400 and self.settings.provider == "openai":
@@ -526,10 +683,14 @@ class LlmPhase2:
                 raise _Adapted(field)
 
     def _redact(self, text: str) -> str:
-        key = self.settings.api_key
-        if key and len(key) >= 4:
-            text = text.replace(key, "[redacted]")
-        return text
+        return redact_secret(text, self.settings.api_key)
+
+    def _where(self, location: str) -> str:
+        """A redirect's target, as an absolute URL when it is one."""
+        try:
+            return str(httpx2.URL(self._url).join(location)) if location else "nowhere"
+        except httpx2.InvalidURL:
+            return "an invalid address"
 
     @staticmethod
     def _safe_url(url: str) -> str:
