@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, with_config
 
 from viking_mcp.errors import InvalidArgument
+from viking_mcp.models import Count
 
 DurabilityMode = Literal["normal", "full"]
 Provider = Literal["openai", "anthropic"]
@@ -104,7 +105,8 @@ class Settings:
     # "normal": an acknowledged write survives the process being killed.
     # "full": it also survives power loss (fsync on every commit), at a cost.
     durability: Annotated[DurabilityMode, BeforeValidator(str.lower)] = "normal"
-    busy_timeout_ms: Annotated[int, Field(ge=0)] = 5_000
+    # At most an hour: past threading.TIMEOUT_MAX (about 292 years) a write raised OverflowError.
+    busy_timeout_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 5_000
     # Upper bound of an archive overview; shorter renderings are kept beside it.
     overview_max_tokens: Annotated[int, Field(ge=64)] = 8_000
     abstract_max_tokens: Annotated[int, Field(ge=16)] = 80
@@ -112,7 +114,7 @@ class Settings:
     phase2_workers: Annotated[int, Field(ge=0)] = 1
     # How long `commit(wait=true)` blocks: well under the ~60 s a desktop host waits.
     commit_wait_seconds: Annotated[float, Field(ge=1, le=50)] = 40.0
-    mcp_default_token_budget: Annotated[int, Field(ge=0, alias="VIKING_MCP_DEFAULT_TOKEN_BUDGET")] = 20_000
+    mcp_default_token_budget: Annotated[Count, Field(alias="VIKING_MCP_DEFAULT_TOKEN_BUDGET")] = 20_000
     limits: Limits = field(default_factory=Limits)
     # An LLM endpoint for Phase 2 (VIKING_MCP_LLM_*); None: the offline default, no network.
     llm: LlmSettings | None = None

@@ -51,6 +51,7 @@ from viking_mcp.engine.uris import render_memory
 from viking_mcp.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from viking_mcp.memory.categories import SCOPES, memory_uri
 from viking_mcp.models import (
+    MAX_COUNT,
     Message,
     Owner,
     SessionInfo,
@@ -436,9 +437,10 @@ class _FileRecords:
         counters |= {"llm_token_usage.completion": llm.completion, "contexts_used": info.contexts_used}
         counters |= {"skills_used": info.skills_used}
         counters |= {f"memories_extracted.{k}": v for k, v in info.memories_extracted.items()}
+        counters |= {"memories_extracted (all categories)": sum(info.memories_extracted.values())}
         for field, value in counters.items():
-            if not 0 <= value <= files.MAX_COUNT:
-                raise InvalidArgument(f"{_shown(meta_names)}: {field} is {str(value)[:30]}; counts run from 0 to 2**62")
+            if not 0 <= value <= MAX_COUNT:
+                raise InvalidArgument(f"{_shown(meta_names)}: {field} is {str(value)[:30]}; counts run from 0 to 2**53")
         numbers = sorted(parse_archive_id(name) for name in self.folder.subfolders(*base, files.HISTORY))
         if numbers != list(range(1, len(numbers) + 1)) or len(numbers) != info.commit_count:
             raise InvalidArgument(
@@ -449,6 +451,11 @@ class _FileRecords:
         archives = [self.archive(base, number, messages) for number in numbers]
         live = self.stored_messages((*base, files.MESSAGES), len(messages) + 1)
         messages += live
+        if (tokens := sum(m.tokens for m in messages)) > MAX_COUNT:
+            raise InvalidArgument(
+                f"{_shown(base)}: the messages' token counts add up to {tokens}, past 2**53; a session's "
+                "tokens are counted on add_message: drop the `tokens` fields to have them counted again"
+            )
         if (info.total_message_count, info.message_count) != (len(messages), len(live)):
             raise InvalidArgument(
                 f"{_shown(meta_names)} counts {info.total_message_count} messages "

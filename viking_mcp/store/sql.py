@@ -40,8 +40,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import fields
 from typing import Any, Protocol, TypeVar, get_args
 
-from viking_mcp.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
-from viking_mcp.models import MemoryCategory, MemoryWrite, Message, Owner, StoredMemory, archive_id
+from viking_mcp.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound
+from viking_mcp.models import MAX_COUNT, MemoryCategory, MemoryWrite, Message, Owner, StoredMemory, archive_id
 from viking_mcp.store.base import (
     AppendOutcome,
     ArchiveRow,
@@ -883,7 +883,7 @@ class SQLStore(ABC):
                 counts.memories += 1
             for usage in records.context_usage():
                 # Without replace, counts add up: the contexts were used in both places.
-                tx.execute(
+                total = tx.execute(
                     "INSERT INTO context_usage (account_id, uri, active_count, last_used_at) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (account_id, uri) DO UPDATE SET "
                     + (
@@ -892,9 +892,15 @@ class SQLStore(ABC):
                         else "active_count = context_usage.active_count + excluded.active_count, last_used_at = "
                         f"{self._GREATEST}(COALESCE(context_usage.last_used_at, ''), "
                         "COALESCE(excluded.last_used_at, ''))"
-                    ),
+                    )
+                    + " RETURNING active_count",
                     (usage.account_id, usage.uri, usage.active_count, usage.last_used_at),
-                )
+                ).fetchone()["active_count"]
+                if total > MAX_COUNT:  # each is at most MAX_COUNT: their sum is far inside 64 bits
+                    raise InvalidArgument(
+                        f"{usage.uri[:120]} would count {total} uses here, past 2**53; import with --replace "
+                        "to keep the export's count"
+                    )
                 counts.context_usage += 1
         return counts
 

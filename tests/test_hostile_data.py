@@ -1,0 +1,187 @@
+"""Hostile data (issue 15: B8, B12 and the export case), on real processes: the stdio server,
+the HTTP server and the CLI, each started the way a person or a host starts it.
+
+- B8: every whole number a caller gives (tool arguments, query and body fields, CLI options,
+  the counts in an export's files) is bounded where it is declared; past the bound the call
+  answers INVALID_ARGUMENT saying the range, never an uncoded OverflowError.
+- B12: import refuses what it would not import (a linked session folder, a stray file),
+  loudly, importing nothing; and it parses the export before it takes the store's write
+  lock, so that a live server on the same data keeps answering through a large import.
+- Export case: ids that differ only in case (`Trip`, `trip`) are written to names a
+  case-insensitive filesystem keeps apart, and import restores both.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+
+from tests.conftest import server_env, stdio_params
+from tests.test_http_api import NO_KEY, http_server
+from viking_mcp.config import Settings
+from viking_mcp.engine import Engine
+
+pytestmark = pytest.mark.slow
+
+MAX_COUNT = 2**53  # the bound on every count: the largest whole number every JSON reader keeps exact
+HUGE = [MAX_COUNT + 1, 2**63, 2**64, 10**30]
+
+
+def cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "viking_mcp", *args],
+        input="",
+        capture_output=True,
+        text=True,
+        env=server_env(home, **env),
+        timeout=120,
+    )
+
+
+def refused(done: subprocess.CompletedProcess[str], code: str = "INVALID_ARGUMENT", status: int = 1) -> str:
+    """The command failed the documented way: one coded line on stderr, nothing on stdout."""
+    assert done.returncode == status, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"viking-mcp: {code}: "), done.stderr
+    assert "Traceback" not in done.stderr and "OverflowError" not in done.stderr
+    return done.stderr
+
+
+def seeded(home: Path, *session_ids: str) -> None:
+    """Sessions with an archive (committed, summarised) and a live message each."""
+    engine = Engine(Settings(home=home))
+    try:
+        for session_id in session_ids:
+            engine.add_message(session_id, "user", content=f"I'm planning a trip ({session_id}) to Lisbon in May.")
+            engine.add_message(session_id, "assistant", content="Noted: Lisbon, May.")
+            engine.commit(session_id, abstract="Trip to Lisbon in May.", overview="## Trip\nLisbon, May.")
+            engine.add_message(session_id, "user", content="Book the aisle seat, please.")
+        engine.run_pending_phase2()
+    finally:
+        engine.close()
+
+
+def session_ids(home: Path) -> list[str]:
+    done = cli(home, "session", "list", "--json")
+    assert done.returncode == 0, done.stderr
+    return sorted(s["session_id"] for s in json.loads(done.stdout)["sessions"])
+
+
+# --- B8: whole numbers are bounded where they are declared ----------------------------------------
+
+
+def tool_error(result: Any) -> str:
+    assert result.is_error, result.content
+    return "".join(getattr(block, "text", "") for block in result.content)
+
+
+@pytest.mark.anyio
+async def test_count_arguments_past_their_bound_are_invalid_over_stdio(tmp_path: Path) -> None:
+    """B8: `expand_archive(offset=2**63)` answered an uncoded OverflowError."""
+    seeded(tmp_path / "home", "trip")
+    async with Client(stdio_params(tmp_path / "home")) as client:
+        schemas = {t.name: t.input_schema["properties"] for t in (await client.list_tools()).tools}
+        for tool, argument in (("expand_archive", "offset"), ("get_context", "token_budget"),
+                               ("commit", "keep_recent_count")):  # fmt: skip
+            assert schemas[tool][argument]["maximum"] == MAX_COUNT, (tool, schemas[tool][argument])
+        for number in HUGE:
+            calls = {
+                "expand_archive": {"session_id": "trip", "archive_id": "archive_001", "offset": number},
+                "get_context": {"session_id": "trip", "token_budget": number},
+                "commit": {"session_id": "trip", "keep_recent_count": number},
+            }
+            for tool, arguments in calls.items():
+                text = tool_error(await client.call_tool(tool, arguments))
+                assert "INVALID_ARGUMENT" in text and "less than or equal to 9007199254740992" in text, text
+            with pytest.raises(MCPError, match=r"INVALID_ARGUMENT: token_budget .* is out of range; use 0\.\."):
+                await client.get_prompt("rebuild_context", {"session_id": "trip", "token_budget": str(number)})
+        # At the bound, the calls work.
+        page = await client.call_tool(
+            "expand_archive", {"session_id": "trip", "archive_id": "archive_001", "offset": MAX_COUNT}
+        )
+        assert not page.is_error and page.structured_content is not None
+        assert page.structured_content["messages"] == []
+        context = await client.call_tool("get_context", {"session_id": "trip", "token_budget": MAX_COUNT})
+        assert not context.is_error, context.content
+        live = await client.call_tool("commit", {"session_id": "trip", "keep_recent_count": MAX_COUNT})
+        assert not live.is_error and live.structured_content is not None
+        assert live.structured_content["status"] == "skipped"  # everything kept live: nothing archived
+
+
+@pytest.mark.anyio
+async def test_count_arguments_past_their_bound_are_invalid_over_http(tmp_path: Path) -> None:
+    """B8 over the HTTP server: the REST routes and MCP at /mcp."""
+    seeded(tmp_path / "home", "trip")
+    with http_server(tmp_path) as server:
+        for number in HUGE:
+            for path in (f"/api/v1/sessions/trip/context?token_budget={number}",
+                         f"/api/v1/sessions/trip/archives/archive_001?offset={number}"):  # fmt: skip
+                message = server.error("GET", path, key=NO_KEY, status=400, code="INVALID_ARGUMENT")
+                assert "9007199254740992" in message, message
+            body = {"keep_recent_count": number}
+            message = server.error(
+                "POST", "/api/v1/sessions/trip/commit", body, key=NO_KEY, status=400, code="INVALID_ARGUMENT"
+            )
+            assert "9007199254740992" in message, message
+        at_the_bound = server.ok("GET", f"/api/v1/sessions/trip/archives/archive_001?offset={MAX_COUNT}", key=NO_KEY)
+        assert at_the_bound["messages"] == []
+        async with Client(f"{server.base}/mcp") as client:
+            for number in HUGE:
+                arguments = {"session_id": "trip", "archive_id": "archive_001", "offset": number}
+                text = tool_error(await client.call_tool("expand_archive", arguments))
+                assert "INVALID_ARGUMENT" in text and "offset" in text, text
+        openapi = json.loads(server.raw("GET", "/openapi.json")[2])
+        body_schema = openapi["components"]["schemas"]["CommitBody"]["properties"]["keep_recent_count"]
+        assert {"maximum": MAX_COUNT, "minimum": 0, "type": "integer"} in body_schema["anyOf"], body_schema
+
+
+def test_cli_options_past_their_bound_are_invalid(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    seeded(home, "trip")
+    for number in HUGE:
+        assert "token_budget" in refused(cli(home, "session", "context", "trip", "--budget", str(number)))
+        assert "keep_recent_count" in refused(cli(home, "session", "commit", "trip", "--keep-recent", str(number)))
+        assert "limit" in refused(cli(home, "session", "list", "--limit", str(number)))
+    # A busy timeout past threading.TIMEOUT_MAX made every write an OverflowError.
+    message = refused(cli(home, "session", "new", "--id", "x", VIKING_MCP_BUSY_TIMEOUT_MS=str(10**20)))
+    assert "VIKING_MCP_BUSY_TIMEOUT_MS" in message and "maximum" in message, message
+    # A port past 65535 made the HTTP server die with an OverflowError from bind().
+    for port in ("65536", str(2**64), "-1"):
+        message = refused(cli(home, "serve", "--transport", "http", "--port", port), status=2)
+        assert "--port" in message and "0 to 65535" in message, message
+
+
+def export_of(home: Path, tmp_path: Path, name: str) -> Path:
+    directory = tmp_path / name
+    done = cli(home, "export", str(directory))
+    assert done.returncode == 0, done.stderr
+    return directory
+
+
+def edit_lines(path: Path, change: Any) -> None:
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    path.write_text("".join(json.dumps(line) + "\n" for line in change(lines)))
+
+
+@pytest.mark.parametrize("tokens", [2**62, 2**53 // 2 + 1])
+def test_import_refuses_token_counts_whose_sum_overflows(tmp_path: Path, tokens: int) -> None:
+    """B8: an export whose messages say `tokens: 2**62` was imported as `INTERNAL: OverflowError`
+    (the session's running total passed 64 bits); each count may be in range and their sum not."""
+    seeded(tmp_path / "source", "trip")
+    exported = export_of(tmp_path / "source", tmp_path, "export")
+    edit_lines(exported / "session" / "trip" / "messages.jsonl", lambda ls: [{**m, "tokens": tokens} for m in ls])
+    edit_lines(
+        exported / "session" / "trip" / "history" / "archive_001" / "messages.jsonl",
+        lambda ls: [{**m, "tokens": tokens} for m in ls],
+    )
+    home = tmp_path / "home"
+    message = refused(cli(home, "import", str(exported)))
+    assert "session/trip" in message and ("2**53" in message or str(MAX_COUNT) in message), message
+    assert session_ids(home) == []
