@@ -14,8 +14,11 @@ the HTTP server and the CLI, each started the way a person or a host starts it.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,8 @@ from tests.conftest import server_env, stdio_params
 from tests.test_http_api import NO_KEY, http_server
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
+from viking_mcp.engine.export_import import import_tree
+from viking_mcp.errors import InvalidArgument
 
 pytestmark = pytest.mark.slow
 
@@ -185,3 +190,166 @@ def test_import_refuses_token_counts_whose_sum_overflows(tmp_path: Path, tokens:
     message = refused(cli(home, "import", str(exported)))
     assert "session/trip" in message and ("2**53" in message or str(MAX_COUNT) in message), message
     assert session_ids(home) == []
+
+
+# --- B12: import refuses what it would not import, and parses before it locks ------------------------
+
+
+def link_session_out(exported: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "elsewhere" / "beta"
+    moved.parent.mkdir()
+    shutil.move(exported / "session" / "beta", moved)
+    os.symlink(moved, exported / "session" / "beta")
+
+
+def link_session_in(exported: Path, _: Path) -> None:
+    os.symlink("alpha", exported / "session" / "gamma")
+
+
+def link_history(exported: Path, _: Path) -> None:
+    history = exported / "session" / "beta" / "history"
+    shutil.move(history, exported / "session" / "beta" / "old")
+    os.symlink("old", history)
+
+
+def stray_file(exported: Path, _: Path) -> None:
+    (exported / "session" / "beta" / "notes.txt").write_text("my notes")
+
+
+def stray_session_file(exported: Path, _: Path) -> None:
+    (exported / "session" / "delta.json").write_text("{}")
+
+
+def link_memories(exported: Path, tmp_path: Path) -> None:
+    memories = exported / "user" / "default" / "memories"
+    shutil.move(memories, tmp_path / "memories")
+    os.symlink(tmp_path / "memories", memories)
+
+
+def stray_top_folder(exported: Path, _: Path) -> None:
+    (exported / "sessions").mkdir()  # a typo of session/: its content would never be read
+
+
+NOT_IMPORTED = {
+    "a session folder linked out of the export": (link_session_out, r"session/beta leads outside"),
+    "a session folder linked inside the export": (link_session_in, r"session/gamma is not a regular file or folder"),
+    "a linked history folder": (link_history, r"session/beta/history is not a regular file or folder"),
+    "a stray file in a session": (stray_file, r"session/beta/notes.txt: import does not read this file"),
+    "a stray file among sessions": (stray_session_file, r"session/delta.json: import does not read this file"),
+    "a linked memories folder": (link_memories, r"user/default/memories leads outside"),
+    "an unknown folder": (stray_top_folder, r"sessions: import does not read this folder"),
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("exported")
+    seeded(root / "home", "alpha", "beta")
+    engine = Engine(Settings(home=root / "home"))
+    try:
+        memories = [{"category": "preferences", "name": "seats", "abstract": "Prefers the aisle seat."}]
+        engine.add_message("alpha", "user", content="Aisle seats, always.")
+        engine.commit("alpha", abstract="Seats.", overview="Aisle.", memories=memories)
+        engine.run_pending_phase2()
+    finally:
+        engine.close()
+    return export_of(root / "home", root, "export")
+
+
+def test_import_of_a_linked_session_folder_is_refused_loudly(exported: Path, tmp_path: Path) -> None:
+    """B12: a session folder that is a link was skipped: "Imported 1 session", exit 0."""
+    crafted = tmp_path / "crafted"
+    shutil.copytree(exported, crafted, symlinks=True)
+    link_session_out(crafted, tmp_path)
+    home = tmp_path / "home"
+    message = refused(cli(home, "import", str(crafted)))
+    assert "session/beta" in message, message
+    assert session_ids(home) == []  # nothing imported half-way
+    crafted.joinpath("session", "beta").unlink()
+    shutil.move(tmp_path / "elsewhere" / "beta", crafted / "session" / "beta")
+    (crafted / "session" / ".DS_Store").write_bytes(b"\0")  # a desktop's hidden file is no part of it
+    done = cli(home, "import", str(crafted))
+    assert done.returncode == 0, done.stderr
+    assert session_ids(home) == ["alpha", "beta"]
+
+
+@pytest.mark.parametrize("case", list(NOT_IMPORTED))
+def test_import_refuses_what_it_would_not_read(case: str, exported: Path, tmp_path: Path) -> None:
+    change, message = NOT_IMPORTED[case]
+    crafted = tmp_path / "crafted"
+    shutil.copytree(exported, crafted, symlinks=True)
+    change(crafted, tmp_path)
+    engine = Engine(Settings(home=tmp_path / "home"))
+    try:
+        with pytest.raises(InvalidArgument, match=message):
+            import_tree(engine, crafted)
+        assert engine.list_sessions().sessions == []
+    finally:
+        engine.close()
+
+
+def large_export(exported: Path, tmp_path: Path, messages: int, text_bytes: int) -> Path:
+    """`exported`'s session alpha as `big`, with many long messages whose token counts are not
+    given: import counts them, as it would for a hand-written export (the slow part of a read)."""
+    big = tmp_path / "big"
+    shutil.copytree(exported, big)
+    shutil.rmtree(big / "session" / "beta")
+    (big / "session" / "alpha").rename(big / "session" / "big")
+    (big / "tasks.jsonl").write_text("")
+    (big / "context_usage.jsonl").write_text("")
+    shutil.rmtree(big / "user")
+    session = big / "session" / "big"
+    meta = json.loads((session / ".meta.json").read_text())
+    template = json.loads((session / "history" / "archive_001" / "messages.jsonl").read_text().splitlines()[0])
+    words = " ".join(f"word{i} Lisbon aisle seat May" for i in range(text_bytes // 30))
+    with (session / "messages.jsonl").open("w") as file:
+        for i in range(messages):
+            line = {**template, "id": f"m{i}", "parts": [{"type": "text", "text": f"{i} {words}"}]}
+            line.pop("tokens", None)
+            file.write(json.dumps(line) + "\n")
+    archived = meta["total_message_count"] - meta["message_count"]
+    meta.update(session_id="big", message_count=messages, total_message_count=archived + messages)
+    (session / ".meta.json").write_text(json.dumps(meta))
+    relations = session / ".relations.json"
+    relations.write_text(json.dumps({**json.loads(relations.read_text()), "records": []}))
+    shutil.rmtree(session / "tools", ignore_errors=True)
+    for archive in (session / "history").iterdir():
+        archive_meta = json.loads((archive / ".meta.json").read_text())
+        (archive / ".meta.json").write_text(json.dumps({**archive_meta, "task_id": None}))
+    return big
+
+
+def test_a_live_server_keeps_answering_through_a_large_import(exported: Path, tmp_path: Path) -> None:
+    """B12: import held the store's write lock while it parsed the export, so a live server on the
+    same data answered its writes 503 (busy) for as long as the parse took."""
+    big = large_export(exported, tmp_path, messages=600, text_bytes=30_000)
+    root = tmp_path / "server"
+    root.mkdir()
+    answers: list[int] = []
+    importing = threading.Event()
+    with http_server(root, VIKING_MCP_BUSY_TIMEOUT_MS="1000") as server:
+        home = server.home
+
+        def keep_writing() -> None:
+            while importing.is_set():
+                status, envelope = server.call(
+                    "POST", "/api/v1/sessions/live/messages", {"role": "user", "content": "still here"}, key=NO_KEY
+                )
+                answers.append(status)
+                if status != 200:
+                    answers.append(envelope["error"]["code"])
+
+        writer = threading.Thread(target=keep_writing)
+        importing.set()
+        writer.start()
+        try:
+            done = cli(home, "import", str(big))
+        finally:
+            importing.clear()
+            writer.join()
+        assert done.returncode == 0, done.stderr
+        assert "UNAVAILABLE" not in answers and set(answers) == {200}, answers
+        assert len(answers) >= 5, answers  # the server was asked while the import ran
+        info = server.ok("GET", "/api/v1/sessions/big", key=NO_KEY)
+        assert info["message_count"] == 600
+        assert server.ok("GET", "/api/v1/sessions/live", key=NO_KEY)["message_count"] == len(answers)

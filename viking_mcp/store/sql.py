@@ -866,7 +866,9 @@ class SQLStore(ABC):
     def import_tree(self, records: TreeRecords, replace: bool, now: str) -> TransferCounts:
         """Write what `records` yields in one transaction: all of it or nothing. A session, task
         or memory that already exists is ALREADY_EXISTS, unless `replace` (then the imported one
-        replaces it; a replaced session's unfinished tasks fail as if it had been deleted)."""
+        replaces it; a replaced session's unfinished tasks fail as if it had been deleted).
+        Hand it records already read (import parses its files first): the transaction holds the
+        write lock, and other writers wait, for as long as iterating them takes."""
         counts = TransferCounts()
         with self._write() as tx:
             for dump in records.sessions():
