@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,9 @@ from tests.conftest import server_env, stdio_params
 from tests.test_http_api import NO_KEY, http_server
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
-from viking_mcp.engine.export_import import import_tree
+from viking_mcp.engine.export_import import export_tree, import_tree
 from viking_mcp.errors import InvalidArgument
+from viking_mcp.models import Owner
 
 pytestmark = pytest.mark.slow
 
@@ -353,3 +355,66 @@ def test_a_live_server_keeps_answering_through_a_large_import(exported: Path, tm
         info = server.ok("GET", "/api/v1/sessions/big", key=NO_KEY)
         assert info["message_count"] == 600
         assert server.ok("GET", "/api/v1/sessions/live", key=NO_KEY)["message_count"] == len(answers)
+
+
+# --- the export case: ids that differ only in case ---------------------------------------------------
+
+
+@pytest.fixture
+def cased(tmp_path: Path) -> Iterator[Engine]:
+    """Sessions `Trip` and `trip`, tool calls `Call-1` and `call-1` in one session, users `Ada` and
+    `ada` with memories: on a case-insensitive filesystem, each pair is one name."""
+    engine = Engine(Settings(home=tmp_path / "source"))
+    try:
+        for user, session_id in (("Ada", "Trip"), ("ada", "trip")):
+            actor = Owner("default", user, "default")
+            engine.add_message(session_id, "user", content=f"{user}: I fly to Lisbon on 3 May.", actor=actor)
+            for tool_id in ("Call-1", "call-1"):
+                part = {"type": "tool", "tool_id": tool_id, "tool_name": "book", "tool_input": {"who": user},
+                        "tool_output": tool_id, "tool_status": "completed"}  # fmt: skip
+                engine.add_message(session_id, "assistant", parts=[part], actor=actor)
+            memories = [{"category": "preferences", "name": "seats", "abstract": f"{user} prefers the aisle."}]
+            engine.commit(session_id, abstract=f"{user}'s trip.", overview="Lisbon.", memories=memories, actor=actor)
+            engine.add_message(session_id, "user", content=f"{user} again, live.", actor=actor)
+        engine.run_pending_phase2()
+        yield engine
+    finally:
+        engine.close()
+
+
+def seen_by(engine: Engine, user: str, session_id: str) -> dict[str, Any]:
+    actor = Owner("default", user, "default")
+    return {
+        "session": engine.get_session(session_id, actor=actor).model_dump(),
+        "context": engine.get_context(session_id, 10_000, actor=actor).model_dump(),
+        "archive": engine.expand_archive(session_id, "archive_001", actor=actor).model_dump(),
+        "tools": [(t.tool_id, t.tool_output) for t in engine.store.tool_records(session_id)],
+        "memories": engine.search_memories("aisle", actor=actor).model_dump(),
+    }
+
+
+def test_ids_that_differ_only_in_case_are_exported_apart_and_imported_whole(cased: Engine, tmp_path: Path) -> None:
+    """Export case: `Trip` and `trip` were written to one folder on a case-insensitive filesystem
+    (macOS's default), one session's files over the other's, and the export reported success."""
+    exported = export_of(tmp_path / "source", tmp_path, "export")
+    paths = [p.relative_to(exported).as_posix() for p in exported.rglob("*")]
+    folded: dict[str, list[str]] = {}
+    for path in paths:
+        folded.setdefault(path.lower(), []).append(path)
+    assert [names for names in folded.values() if len(names) > 1] == []  # what such a filesystem would merge
+    assert "session/Trip/.meta.json" in paths and "session/trip~2/.meta.json" in paths, sorted(paths)
+
+    home = tmp_path / "home"
+    done = cli(home, "import", str(exported))
+    assert done.returncode == 0, done.stderr
+    restored = Engine(Settings(home=home))
+    try:
+        for user, session_id in (("Ada", "Trip"), ("ada", "trip")):
+            assert seen_by(restored, user, session_id) == seen_by(cased, user, session_id)
+        assert seen_by(cased, "Ada", "Trip") != seen_by(cased, "ada", "trip")
+        # Exported again, the restored store writes the same files.
+        again = tmp_path / "again"
+        export_tree(restored, again)
+        assert sorted(p.relative_to(again).as_posix() for p in again.rglob("*")) == sorted(paths)
+    finally:
+        restored.close()

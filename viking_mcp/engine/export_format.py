@@ -28,6 +28,11 @@ belongs, so the round trip loses nothing:
 
 A memory file is markdown with a front matter of `field: <JSON>` lines; the front matter
 is the memory (the body below it is a rendering for people, and import ignores it).
+
+Ids are case-sensitive, most filesystems people copy an export to are not (macOS's and
+Windows' default): of two ids that differ only in case, the second one written is named
+`{id}~2` (`~3`...; `~` is in no id), as `session/trip~2/` beside `session/Trip/`, so that
+no filesystem merges them. Import takes every id from inside its files.
 """
 
 from __future__ import annotations

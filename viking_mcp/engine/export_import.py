@@ -13,6 +13,10 @@ stay inside DIR, and import opens only regular files (no links, pipes or devices
 most MAX_FILE_BYTES each. It reads every file and folder an export writes, and refuses
 one it would not read (a linked session folder, a stray file) rather than pass it over.
 
+Ids that differ only in case (`Trip`, `trip`) get names that differ by more (`trip~2`),
+so that an export is the same on a case-insensitive filesystem (macOS's and Windows'
+default); import takes each id from inside its files.
+
 Nor are the files taken on trust one by one: before anything is written, import checks
 that they agree with each other (a pending archive has its pending task, a task's session
 and archive exist and have its owner, a memory's URI is the one its fields make, counts
@@ -239,14 +243,50 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=2) + "\n"
 
 
+class _CaseSafeNames:
+    """Paths that no two ids share on a case-insensitive filesystem (macOS's and Windows'
+    default), where sessions `Trip` and `trip` would be one folder, one's files written over the
+    other's. The first id to take a name keeps it (so almost every export is the viking:// tree
+    as it is); another that differs from it only in case is written as `trip~2`, `trip~3`...
+    (`~` is in no id), and import reads each id from inside its files, not from their names."""
+
+    def __init__(self) -> None:
+        self.taken: dict[tuple[str, ...], tuple[str, ...]] = {}  # the path in lower case -> as written
+
+    def path(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        written: tuple[str, ...] = ()
+        for name in names:
+            candidate, number = name, 1
+            while True:
+                path = (*written, candidate)
+                if self.taken.setdefault(_folded(path), path) == path:
+                    break
+                number += 1
+                # A memory file keeps its .md (import reads *.md); a folder's name is an id.
+                candidate = f"{name[:-3]}~{number}.md" if name.endswith(".md") else f"{name}~{number}"
+            written = path
+        return written
+
+
+def _folded(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(name.lower() for name in names)  # ids are ASCII: lower() is the filesystem's folding
+
+
+def _unsuffixed(name: str) -> str:
+    """The id a folder or file name was written for: without the `~2` _CaseSafeNames adds."""
+    stem, tilde, number = name.rpartition("~")
+    return stem if tilde and number.isdigit() else name
+
+
 class _Writer:
     def __init__(self, folder: _Folder, engine: Engine) -> None:
         self.folder = folder
         self.engine = engine
+        self.names = _CaseSafeNames()
         self.counts = {name: 0 for name in TransferResult.model_fields if name != "directory"}
 
     def path(self, names: tuple[str, ...]) -> Path:
-        return self.folder.path(*names)
+        return self.folder.path(*self.names.path(names))
 
     def text(self, names: tuple[str, ...], text: str) -> None:
         with atomic_file(self.path(names)) as file:
@@ -514,7 +554,12 @@ class _FileRecords:
         self.session_folders, self.outlines = {}, {}
         for name in self.folder.subfolders(files.SESSIONS):
             base = (files.SESSIONS, name)
-            session_id = validate_id(name)
+            session_id = validate_id(_unsuffixed(name))
+            if session_id in self.session_folders:
+                raise InvalidArgument(
+                    f"{_shown(base)} and {files.SESSIONS}/{self.session_folders[session_id]} are both session "
+                    f"{session_id}; an export holds each session once"
+                )
             self.session_folders[session_id] = name
             self.folder.only(base, files=_SESSION_FILES, folders=(files.HISTORY, files.TOOLS))
             for tool in self.folder.subfolders(*base, files.TOOLS):
@@ -574,7 +619,7 @@ class _FileRecords:
         for folder in self.folder.subfolders(*base, files.TOOLS):
             tool_names = (*base, files.TOOLS, folder, files.TOOL)
             tool = self.model(ToolFile, tool_names)
-            if tool.tool_id != folder:
+            if tool.tool_id != _unsuffixed(folder):
                 raise InvalidArgument(f"{_shown((*base, files.TOOLS, folder))} holds {tool.tool_id!r}")
             if tool.message_id not in message_ids:
                 raise InvalidArgument(
@@ -701,7 +746,7 @@ class _FileRecords:
         """Every .md file under {user,agent}/{id}/memories/, also below accounts/{account_id}/."""
         bases: list[tuple[str, ...]] = [()]
         for account in self.folder.subfolders(files.ACCOUNTS):
-            validate_id(account, "account_id")
+            validate_id(_unsuffixed(account), "account_id")
             bases.append((files.ACCOUNTS, account))
             self.folder.only(bases[-1], folders=_SCOPE_FOLDERS)
         for base in bases:
