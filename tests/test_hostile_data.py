@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
+import string
 import subprocess
 import sys
 import threading
@@ -28,7 +30,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from tests.conftest import server_env, stdio_params
-from tests.test_http_api import NO_KEY, http_server
+from tests.test_http_api import NO_KEY, Server, http_server
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
 from viking_mcp.engine.export_import import export_tree, import_tree
@@ -290,71 +292,103 @@ def test_import_refuses_what_it_would_not_read(case: str, exported: Path, tmp_pa
         engine.close()
 
 
-def large_export(exported: Path, tmp_path: Path, messages: int, text_bytes: int) -> Path:
-    """`exported`'s session alpha as `big`, with many long messages whose token counts are not
-    given: import counts them, as it would for a hand-written export (the slow part of a read)."""
+# Long runs of random letters: the tokenizer's slowest input per byte (about 1 MB/s), so an
+# export of a few MB takes seconds to read and a fraction of that to write.
+_LETTERS = "".join(string.ascii_letters[i % 52] for i in range(256))
+
+
+def slow_text(rng: random.Random, size: int, word: int = 3000) -> str:
+    return " ".join(rng.randbytes(word).decode("latin-1").translate(_LETTERS) for _ in range(size // word))
+
+
+def large_export(exported: Path, tmp_path: Path, sessions: list[str], messages: int, text_bytes: int) -> Path:
+    """`exported`'s session alpha as `sessions`, each with many long messages whose token counts
+    are not given: import counts them, as it would for a hand-written export (the slow part of
+    reading one)."""
     big = tmp_path / "big"
     shutil.copytree(exported, big)
-    shutil.rmtree(big / "session" / "beta")
-    (big / "session" / "alpha").rename(big / "session" / "big")
-    (big / "tasks.jsonl").write_text("")
-    (big / "context_usage.jsonl").write_text("")
+    for name in ("tasks.jsonl", "context_usage.jsonl"):
+        (big / name).write_text("")
     shutil.rmtree(big / "user")
-    session = big / "session" / "big"
-    meta = json.loads((session / ".meta.json").read_text())
-    template = json.loads((session / "history" / "archive_001" / "messages.jsonl").read_text().splitlines()[0])
-    words = " ".join(f"word{i} Lisbon aisle seat May" for i in range(text_bytes // 30))
-    with (session / "messages.jsonl").open("w") as file:
-        for i in range(messages):
-            line = {**template, "id": f"m{i}", "parts": [{"type": "text", "text": f"{i} {words}"}]}
-            line.pop("tokens", None)
-            file.write(json.dumps(line) + "\n")
-    archived = meta["total_message_count"] - meta["message_count"]
-    meta.update(session_id="big", message_count=messages, total_message_count=archived + messages)
-    (session / ".meta.json").write_text(json.dumps(meta))
-    relations = session / ".relations.json"
-    relations.write_text(json.dumps({**json.loads(relations.read_text()), "records": []}))
-    shutil.rmtree(session / "tools", ignore_errors=True)
-    for archive in (session / "history").iterdir():
+    alpha = big / "session" / "alpha"
+    shutil.rmtree(big / "session")
+    shutil.copytree(exported / "session" / "alpha", alpha)
+    meta = json.loads((alpha / ".meta.json").read_text())
+    template = json.loads((alpha / "history" / "archive_001" / "messages.jsonl").read_text().splitlines()[0])
+    for archive in (alpha / "history").iterdir():
         archive_meta = json.loads((archive / ".meta.json").read_text())
         (archive / ".meta.json").write_text(json.dumps({**archive_meta, "task_id": None}))
+    (alpha / ".relations.json").write_text("{}")
+    rng = random.Random(15)
+    for session_id in sessions:
+        session = big / "session" / session_id
+        shutil.copytree(alpha, session)
+        with (session / "messages.jsonl").open("w") as file:
+            for i in range(messages):
+                text = slow_text(rng, text_bytes)
+                line = {**template, "id": f"m{i}", "parts": [{"type": "text", "text": text}]}
+                line.pop("tokens", None)
+                file.write(json.dumps(line) + "\n")
+        archived = meta["total_message_count"] - meta["message_count"]
+        counts = {"message_count": messages, "total_message_count": archived + messages}
+        (session / ".meta.json").write_text(json.dumps({**meta, "session_id": session_id, **counts}))
+    shutil.rmtree(alpha)
     return big
+
+
+def writes_during(server: Server, command: list[str]) -> tuple[subprocess.CompletedProcess[str], list[Any]]:
+    """Run the CLI on the server's data directory, with the server taking writes all along:
+    the command's outcome, and each write's HTTP status (and its error code, if any)."""
+    answers: list[Any] = []
+    running = threading.Event()
+
+    def keep_writing() -> None:
+        while running.is_set():
+            body = {"role": "user", "content": "still here"}
+            status, envelope = server.call("POST", "/api/v1/sessions/live/messages", body, key=NO_KEY)
+            answers.append(status if status == 200 else (status, envelope["error"]["code"]))
+
+    writer = threading.Thread(target=keep_writing)
+    running.set()
+    writer.start()
+    try:
+        done = cli(server.home, *command)
+    finally:
+        running.clear()
+        writer.join()
+    return done, answers
 
 
 def test_a_live_server_keeps_answering_through_a_large_import(exported: Path, tmp_path: Path) -> None:
     """B12: import held the store's write lock while it parsed the export, so a live server on the
-    same data answered its writes 503 (busy) for as long as the parse took."""
-    big = large_export(exported, tmp_path, messages=600, text_bytes=30_000)
-    root = tmp_path / "server"
-    root.mkdir()
-    answers: list[int] = []
-    importing = threading.Event()
-    with http_server(root, VIKING_MCP_BUSY_TIMEOUT_MS="1000") as server:
-        home = server.home
-
-        def keep_writing() -> None:
-            while importing.is_set():
-                status, envelope = server.call(
-                    "POST", "/api/v1/sessions/live/messages", {"role": "user", "content": "still here"}, key=NO_KEY
-                )
-                answers.append(status)
-                if status != 200:
-                    answers.append(envelope["error"]["code"])
-
-        writer = threading.Thread(target=keep_writing)
-        importing.set()
-        writer.start()
-        try:
-            done = cli(home, "import", str(big))
-        finally:
-            importing.clear()
-            writer.join()
+    same data answered its writes 503 (busy) for as long as the parse took: over a second here,
+    past the server's 300 ms busy timeout. Now the lock is held only while the parsed records
+    are written (about 60 ms here)."""
+    big = large_export(exported, tmp_path, ["big"], messages=200, text_bytes=30_000)
+    (tmp_path / "server").mkdir()
+    with http_server(tmp_path / "server", VIKING_MCP_BUSY_TIMEOUT_MS="300") as server:
+        done, answers = writes_during(server, ["import", str(big)])
         assert done.returncode == 0, done.stderr
-        assert "UNAVAILABLE" not in answers and set(answers) == {200}, answers
-        assert len(answers) >= 5, answers  # the server was asked while the import ran
-        info = server.ok("GET", "/api/v1/sessions/big", key=NO_KEY)
-        assert info["message_count"] == 600
+        assert set(answers) == {200}, [a for a in answers if a != 200]
+        assert len(answers) >= 5, answers  # the server was asked all along
+        assert server.ok("GET", "/api/v1/sessions/big", key=NO_KEY)["message_count"] == 200
         assert server.ok("GET", "/api/v1/sessions/live", key=NO_KEY)["message_count"] == len(answers)
+
+
+def test_an_import_refused_after_a_long_read_never_held_the_lock(exported: Path, tmp_path: Path) -> None:
+    """B12: the export's last session is damaged, found only after the others were read. The
+    import used to find it inside its write transaction, the server's writes waiting (and
+    answering 503) meanwhile; now it is found before the store is asked for the lock, so even
+    a server with a 200 ms busy timeout answers every write."""
+    big = large_export(exported, tmp_path, ["big1", "big2", "zzz"], messages=40, text_bytes=30_000)
+    edit_lines(big / "session" / "zzz" / "messages.jsonl", lambda ls: [*ls[:-1], {**ls[-1], "role": "robot"}])
+    (tmp_path / "server").mkdir()
+    with http_server(tmp_path / "server", VIKING_MCP_BUSY_TIMEOUT_MS="200") as server:
+        done, answers = writes_during(server, ["import", str(big)])
+        assert "session/zzz/messages.jsonl line 40: role" in refused(done)
+        assert set(answers) == {200}, [a for a in answers if a != 200]
+        assert len(answers) >= 5, answers
+        assert [s["session_id"] for s in server.ok("GET", "/api/v1/sessions", key=NO_KEY)["sessions"]] == ["live"]
 
 
 # --- the export case: ids that differ only in case ---------------------------------------------------
