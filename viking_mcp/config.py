@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, with_config
 
 from viking_mcp.errors import InvalidArgument
+from viking_mcp.models import Count
 
 DurabilityMode = Literal["normal", "full"]
 Provider = Literal["openai", "anthropic"]
@@ -107,7 +108,8 @@ class Settings:
     # "normal": an acknowledged write survives the process being killed.
     # "full": it also survives power loss (fsync on every commit), at a cost.
     durability: Annotated[DurabilityMode, BeforeValidator(str.lower)] = "normal"
-    busy_timeout_ms: Annotated[int, Field(ge=0)] = 5_000
+    # At most an hour: past threading.TIMEOUT_MAX (about 292 years) a write raised OverflowError.
+    busy_timeout_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 5_000
     # Upper bound of an archive overview; shorter renderings are kept beside it.
     overview_max_tokens: Annotated[int, Field(ge=64)] = 8_000
     abstract_max_tokens: Annotated[int, Field(ge=16)] = 80
@@ -122,7 +124,7 @@ class Settings:
     # Extractions one user (account, user) may have running or waiting at once; one more is
     # refused with RESOURCE_EXHAUSTED.
     extracts_per_user: Annotated[int, Field(ge=1, le=256)] = 2
-    mcp_default_token_budget: Annotated[int, Field(ge=0, alias="VIKING_MCP_DEFAULT_TOKEN_BUDGET")] = 20_000
+    mcp_default_token_budget: Annotated[Count, Field(alias="VIKING_MCP_DEFAULT_TOKEN_BUDGET")] = 20_000
     limits: Limits = field(default_factory=Limits)
     # An LLM endpoint for Phase 2 (VIKING_MCP_LLM_*); None: the offline default, no network.
     llm: LlmSettings | None = None

@@ -74,8 +74,15 @@ def archive_uri(session_id: str, number: int) -> str:
 
 MAX_PAGE = 500  # sessions or tasks in one listing
 MAX_SEARCH_RESULTS = 100
+MAX_ARCHIVE_PAGE = 100_000  # messages in one page of an archive (MCP's expand_archive pages by 1,000 at most)
+# The largest count a caller may give (a token budget, an offset, messages to keep live) and
+# an export may hold (a token count, a counter): 2**53, the largest whole number every JSON
+# reader keeps exact. Far past any real session, and far inside the stores' 64-bit integers,
+# so that no sum the store makes of them can overflow.
+MAX_COUNT = 2**53
 PageLimit = Annotated[int, Ge(1), Le(MAX_PAGE)]
 SearchLimit = Annotated[int, Ge(1), Le(MAX_SEARCH_RESULTS)]
+Count = Annotated[int, Ge(0), Le(MAX_COUNT)]
 SearchQuery = Annotated[str, Field(min_length=1, max_length=2000)]
 # OpenViking's default budget for get_session_context: the HTTP API, the embedded Client
 # and the CLI keep it, so that OpenViking's clients see the same context. MCP's default is
@@ -86,9 +93,18 @@ OPENVIKING_TOKEN_BUDGET = 128_000
 
 def check_limit(limit: object, most: int) -> int:
     """`limit` if it is a whole number in 1..most, else INVALID_ARGUMENT."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= most:
-        raise InvalidArgument(f"limit {limit!r} is out of range; use 1..{most}")
-    return limit
+    return check_whole(limit, "limit", 1, most)
+
+
+def check_whole(value: object, what: str, least: int = 0, most: int = MAX_COUNT) -> int:
+    """`value` if it is a whole number in least..most, else INVALID_ARGUMENT naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{what} must be a whole number from {least} to {most}, got {type(value).__name__}")
+    if not least <= value <= most:
+        # A number of thousands of digits cannot even be printed (Python refuses): show its size.
+        shown = f"a {value.bit_length()}-bit number" if abs(value) > 10**30 else str(value)
+        raise InvalidArgument(f"{what} {shown} is out of range; use {least}..{most}")
+    return value
 
 
 # --- time ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from viking_mcp.engine.waiting import commit_and_wait, extract_apart
 from viking_mcp.models import (
     ID_MAX_LENGTH,
     CommitResult,
+    Count,
     ExtractResult,
     MemoryInput,
     PageLimit,
@@ -28,10 +29,8 @@ commits = router()
 class CommitBody(BaseModel):
     abstract: str | None = Field(default=None, description="Your one- or two-sentence summary of what is archived.")
     overview: str | None = Field(default=None, description="Your markdown overview of the conversation so far.")
-    keep_recent_count: int | None = Field(
+    keep_recent_count: Count | None = Field(
         default=None,
-        ge=0,
-        le=1_000_000_000,
         validation_alias=AliasChoices("keep_recent_count", "keepRecentCount"),
         description="Leave this many newest messages live (also accepted as keepRecentCount).",
     )

@@ -11,7 +11,15 @@ from pydantic import BaseModel, Field
 from viking_mcp.api.envelope import ArchiveIdPath, Ok, SessionIdPath, call, router
 from viking_mcp.engine import Engine
 from viking_mcp.errors import NotFound
-from viking_mcp.models import OPENVIKING_TOKEN_BUDGET, ArchiveDetail, Owner, RetryResult, SessionContext
+from viking_mcp.models import (
+    MAX_ARCHIVE_PAGE,
+    OPENVIKING_TOKEN_BUDGET,
+    ArchiveDetail,
+    Count,
+    Owner,
+    RetryResult,
+    SessionContext,
+)
 
 context = router("context")
 
@@ -27,7 +35,7 @@ async def get_context(
     request: Request,
     session_id: SessionIdPath,
     token_budget: Annotated[
-        int, Query(ge=0, le=2**53, description="Tokens to spend on archive summaries after the messages.")
+        Count, Query(description="Tokens to spend on archive summaries after the messages.")
     ] = OPENVIKING_TOKEN_BUDGET,
 ) -> JSONResponse:
     """The latest archive overview, earlier abstracts within budget, and the unsummarised messages."""
@@ -43,8 +51,8 @@ async def get_archive(
     request: Request,
     session_id: SessionIdPath,
     archive_id: ArchiveIdPath,
-    offset: Annotated[int, Query(ge=0, le=2**53, description="Skip this many messages.")] = 0,
-    limit: Annotated[int | None, Query(ge=1, le=100_000, description="At most this many messages.")] = None,
+    offset: Annotated[Count, Query(description="Skip this many messages.")] = 0,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_ARCHIVE_PAGE, description="At most this many messages.")] = None,
 ) -> JSONResponse:
     """A completed archive: abstract, overview and messages. Like OpenViking, an archive whose
     Phase 2 has not completed answers 404 (MCP's expand_archive shows it with its status)."""

@@ -122,6 +122,18 @@ def _json_value(kind: type, example: str) -> Callable[[str], Any]:
     return parse
 
 
+def _whole(least: int, most: int) -> Callable[[str], int]:
+    """A whole number in least..most (checked here when no engine call checks it)."""
+
+    def parse(text: str) -> int:
+        value = int(text) if text.strip().isdigit() and len(text) < 20 else -1
+        if not least <= value <= most:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number from {least} to {most}")
+        return value
+
+    return parse
+
+
 def _common(defaults: bool) -> _Parser:
     """Options every command takes, before or after its name (`viking-mcp --json session list`
     and `viking-mcp session list --json` are the same)."""
@@ -167,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
         help="stdio: MCP for one local host (default); http: MCP at /mcp and the OpenViking API at /api/v1",
     )
     serve.add_argument("--host", default="127.0.0.1", help="HTTP: address to listen on (default loopback)")
-    serve.add_argument("--port", type=int, default=1933, help="HTTP: port (default 1933)")
+    serve.add_argument("--port", type=_whole(0, 65535), default=1933, help="HTTP: port (default 1933)")
 
     def command(group: Any, name: str, help: str, call: str | Call, show: Callable[[Any], str]) -> _Parser:
         """A subcommand: one backend call (a method name, or a function), and how to show its result.

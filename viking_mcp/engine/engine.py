@@ -40,6 +40,7 @@ from viking_mcp.memory import MEMORY_CATEGORIES
 from viking_mcp.memory.offline import extract_offline
 from viking_mcp.memory.search import fts_query
 from viking_mcp.models import (
+    MAX_ARCHIVE_PAGE,
     MAX_PAGE,
     MAX_SEARCH_RESULTS,
     ArchiveDetail,
@@ -72,6 +73,7 @@ from viking_mcp.models import (
     archive_id,
     archive_uri,
     check_limit,
+    check_whole,
     message_text,
     parse_archive_id,
     session_uri,
@@ -434,8 +436,7 @@ class Engine:
         `abstract`, `overview` and `memories` are the calling agent's own; they are stored
         verbatim (memories merged by their category's rule) and need no LLM."""
         validate_id(session_id)
-        if not isinstance(keep_recent_count, int) or keep_recent_count < 0:
-            raise InvalidArgument("keep_recent_count must be a whole number >= 0")
+        check_whole(keep_recent_count, "keep_recent_count")
         limits = self.settings.limits
         supplied: dict[str, Any] = {}
         for name, value in (("abstract", abstract), ("overview", overview)):
@@ -622,10 +623,9 @@ class Engine:
         """One archive with its status, summaries and raw messages (paged with offset/limit)."""
         validate_id(session_id)
         number = parse_archive_id(archive_id_)
-        if not isinstance(offset, int) or offset < 0:
-            raise InvalidArgument("offset must be a whole number >= 0")
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise InvalidArgument("limit must be a whole number >= 1")
+        check_whole(offset, "offset")
+        if limit is not None:
+            check_limit(limit, MAX_ARCHIVE_PAGE)
         self._require_session(session_id, actor)
         archive = self.store.get_archive(session_id, number)
         if archive is None:
@@ -651,8 +651,7 @@ class Engine:
     def get_context(self, session_id: str, token_budget: int, *, actor: Owner | None = None) -> SessionContext:
         """Rebuild a context window: archive overview and abstracts within budget, plus messages."""
         validate_id(session_id)
-        if isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 0:
-            raise InvalidArgument(f"token_budget must be a whole number >= 0, got {token_budget!r}")
+        check_whole(token_budget, "token_budget")
         self._require_session(session_id, actor)
         snapshot = self.store.context_snapshot(session_id)
         if snapshot is None:

@@ -28,21 +28,24 @@ belongs, so the round trip loses nothing:
 
 A memory file is markdown with a front matter of `field: <JSON>` lines; the front matter
 is the memory (the body below it is a rendering for people, and import ignores it).
+
+Ids are case-sensitive, most filesystems people copy an export to are not (macOS's and
+Windows' default): of two ids that differ only in case, the second one written is named
+`{id}~2` (`~3`...; `~` is in no id), as `session/trip~2/` beside `session/Trip/`, so that
+no filesystem merges them. Import takes every id from inside its files.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from viking_mcp.models import ArchiveStatus, MemoryCategory, Message, Scope, TaskStatus, TaskType
+# Every count, token count and version in an export is a Count: never negative, never past
+# models.MAX_COUNT (2**53), so that what the store adds up from them stays far inside its integers.
+from viking_mcp.models import ArchiveStatus, Count, MemoryCategory, Message, Scope, TaskStatus, TaskType
 
 FORMAT_VERSION = 1
-
-MAX_COUNT = 2**62
-# Every count, token count and version in an export: never negative, never past what the store keeps.
-Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 
 MANIFEST = ".viking-export.json"
 SESSIONS = "session"

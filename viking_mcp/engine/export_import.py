@@ -2,13 +2,20 @@
 
 Both go through the store: export reads one consistent snapshot (`Store.export_tree`),
 import writes everything in one transaction (`Store.import_tree`), so an import that
-fails half-way (a damaged file, a session that already exists) changes nothing.
+fails half-way (a damaged file, a session that already exists) changes nothing. Import
+reads and checks every file first and asks for the store's write lock only then, so a
+live server on the same data keeps answering while a large export is parsed.
 
 Every file is written atomically (a temporary file, then a rename) and the manifest
 last: a directory without it is an export that did not finish, and import refuses it.
 Paths are never taken on trust, not even from validated ids: each one is checked to
 stay inside DIR, and import opens only regular files (no links, pipes or devices) of at
-most MAX_FILE_BYTES each.
+most MAX_FILE_BYTES each. It reads every file and folder an export writes, and refuses
+one it would not read (a linked session folder, a stray file) rather than pass it over.
+
+Ids that differ only in case (`Trip`, `trip`) get names that differ by more (`trip~2`),
+so that an export is the same on a case-insensitive filesystem (macOS's and Windows'
+default); import takes each id from inside its files.
 
 Nor are the files taken on trust one by one: before anything is written, import checks
 that they agree with each other (a pending archive has its pending task, a task's session
@@ -27,7 +34,7 @@ import stat
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -51,6 +58,7 @@ from viking_mcp.engine.uris import render_memory
 from viking_mcp.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from viking_mcp.memory.categories import SCOPES, memory_uri
 from viking_mcp.models import (
+    MAX_COUNT,
     Message,
     Owner,
     SessionInfo,
@@ -85,6 +93,10 @@ Made = TypeVar("Made")
 
 # The largest single file import reads: far beyond any real session, small enough to hold in memory.
 MAX_FILE_BYTES = 256 * 1024 * 1024
+# What an export writes in a session's folder, in an archive's, and at its top for memories.
+_SESSION_FILES = (files.META, files.MESSAGES, files.ABSTRACT, files.OVERVIEW, files.RELATIONS)
+_ARCHIVE_FILES = (files.META, files.MESSAGES, files.ABSTRACT, files.OVERVIEW, files.MEMORY_DIFF, files.DONE)
+_SCOPE_FOLDERS = ("user", "agent")
 _UNFINISHED = ("pending", "running")
 
 
@@ -120,15 +132,60 @@ class _Folder:
             raise InvalidArgument(f"{'/'.join(names)[:160]} leads outside {self.root}; links out of DIR are refused")
         return path
 
-    def subfolders(self, *names: str) -> list[str]:
-        """Names of the folders in DIR/names (none if it is missing), sorted."""
+    def listing(self, *names: str) -> tuple[list[str], list[str]]:
+        """The folders and the regular files in DIR/names (none if it is missing), each sorted.
+
+        Anything else there is refused, naming it: import follows no link (into DIR or out of
+        it) and opens no pipe or device, and what it passed over without a word would make an
+        import look whole when it was not (a linked session folder once imported as nothing)."""
         path = self.path(*names)
-        if not path.is_dir():
-            return []
         try:
-            return sorted(entry.name for entry in os.scandir(path) if entry.is_dir(follow_symlinks=False))
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return [], []
         except OSError as exc:
             raise _io_error(exc, "read") from exc
+        if not stat.S_ISDIR(info.st_mode):
+            raise InvalidArgument(f"{_shown(names)} is not a folder (a link or a file); an export has a folder there")
+        folders: list[str] = []
+        regular: list[str] = []
+        try:
+            with os.scandir(path) as entries:
+                for entry in sorted(entries, key=lambda e: e.name):
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.name)
+                    elif entry.is_file(follow_symlinks=False):
+                        regular.append(entry.name)
+                    else:
+                        self.path(*names, entry.name)  # a link out of DIR says so
+                        raise InvalidArgument(
+                            f"{_shown((*names, entry.name))} is not a regular file or folder (a link, pipe or "
+                            "device); an export holds only regular files and folders: put the files themselves there"
+                        )
+        except OSError as exc:
+            raise _io_error(exc, "read") from exc
+        return folders, regular
+
+    def only(self, names: tuple[str, ...], files: Iterable[str] = (), folders: Iterable[str] = ()) -> list[str]:
+        """Refuse anything in DIR/names but the `files` and `folders` an export writes there (hidden
+        files aside: a desktop's .DS_Store is no part of an export); the folders that are there."""
+        found, regular = self.listing(*names)
+        expected = set(folders)
+        for name in found:
+            if name not in expected:
+                raise InvalidArgument(_left_behind((*names, name), "folder", expected))
+        expected = set(files)
+        for name in regular:
+            if name not in expected and not name.startswith("."):
+                raise InvalidArgument(_left_behind((*names, name), "file", expected))
+        return found
+
+    def subfolders(self, *names: str) -> list[str]:
+        """The folders in DIR/names (none if it is missing), sorted; a file there is refused."""
+        found, regular = self.listing(*names)
+        if stray := [name for name in regular if not name.startswith(".")]:
+            raise InvalidArgument(_left_behind((*names, stray[0]), "file", ()))
+        return found
 
 
 def _copy(target: Callable[..., Made], source: object, **values: Any) -> Made:
@@ -139,6 +196,14 @@ def _copy(target: Callable[..., Made], source: object, **values: Any) -> Made:
 
 def _shown(names: tuple[str, ...]) -> str:
     return "/".join(names)
+
+
+def _left_behind(names: tuple[str, ...], kind: str, expected: Iterable[str]) -> str:
+    listed = ", ".join(sorted(expected)) or "none"
+    return (
+        f"{_shown(names)}: import does not read this {kind}, and would leave it behind; an export has only "
+        f"these {kind}s there: {listed}. Remove it, or put what it holds where the export has it"
+    )
 
 
 def _archive_id(number: int | None) -> str | None:
@@ -178,20 +243,59 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=2) + "\n"
 
 
+class _CaseSafeNames:
+    """Paths that no two ids share on a case-insensitive filesystem (macOS's and Windows'
+    default), where sessions `Trip` and `trip` would be one folder, one's files written over the
+    other's. The first id to take a name keeps it (so almost every export is the viking:// tree
+    as it is); another that differs from it only in case is written as `trip~2`, `trip~3`...
+    (`~` is in no id), and import reads each id from inside its files, not from their names."""
+
+    def __init__(self) -> None:
+        self.taken: dict[tuple[str, ...], tuple[str, ...]] = {}  # the path in lower case -> as written
+
+    def path(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        written: tuple[str, ...] = ()
+        for name in names:
+            candidate, number = name, 1
+            while True:
+                path = (*written, candidate)
+                if self.taken.setdefault(_folded(path), path) == path:
+                    break
+                number += 1
+                # A memory file keeps its .md (import reads *.md); a folder's name is an id.
+                candidate = f"{name[:-3]}~{number}.md" if name.endswith(".md") else f"{name}~{number}"
+            written = path
+        return written
+
+
+def _folded(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(name.lower() for name in names)  # ids are ASCII: lower() is the filesystem's folding
+
+
+def _unsuffixed(name: str) -> str:
+    """The id a folder or file name was written for: without the `~2` _CaseSafeNames adds."""
+    stem, tilde, number = name.rpartition("~")
+    return stem if tilde and number.isdigit() else name
+
+
 class _Writer:
     def __init__(self, folder: _Folder, engine: Engine) -> None:
         self.folder = folder
         self.engine = engine
+        self.names = _CaseSafeNames()
         self.counts = {name: 0 for name in TransferResult.model_fields if name != "directory"}
 
+    def path(self, names: tuple[str, ...]) -> Path:
+        return self.folder.path(*self.names.path(names))
+
     def text(self, names: tuple[str, ...], text: str) -> None:
-        with atomic_file(self.folder.path(*names)) as file:
+        with atomic_file(self.path(names)) as file:
             file.write(text)
 
     def jsonl(self, names: tuple[str, ...], lines: Iterable[BaseModel]) -> int:
         """Write one JSON object a line; how many."""
         written = 0
-        with atomic_file(self.folder.path(*names)) as file:
+        with atomic_file(self.path(names)) as file:
             for line in lines:
                 file.write(line.model_dump_json() + "\n")
                 written += 1
@@ -287,7 +391,7 @@ def export_tree(engine: Engine, directory: str | os.PathLike[str]) -> TransferRe
             encoding=engine.tokens.encoding_name,
             counts=writer.counts,
         )
-        with atomic_file(writer.folder.path(files.MANIFEST), durable=True) as file:
+        with atomic_file(writer.path((files.MANIFEST,)), durable=True) as file:
             file.write(_dumps(manifest.model_dump(mode="json")))
     except OSError as exc:
         raise _io_error(exc, "write") from exc
@@ -302,15 +406,45 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
+@dataclass
+class _ReadTree:
+    """An export, read whole and checked: what the store then writes in one short transaction."""
+
+    session_dumps: list[SessionDump]
+    task_rows: list[TaskRow]
+    memory_dumps: list[MemoryDump]
+    usage: list[ContextUsage]
+
+    def sessions(self) -> Iterator[SessionDump]:
+        return iter(self.session_dumps)
+
+    def tasks(self) -> Iterator[TaskRow]:
+        return iter(self.task_rows)
+
+    def memories(self) -> Iterator[MemoryDump]:
+        return iter(self.memory_dumps)
+
+    def context_usage(self) -> Iterator[ContextUsage]:
+        return iter(self.usage)
+
+
 class _FileRecords:
-    """An export directory as the store's `TreeRecords`, read lazily while the import runs."""
+    """An export directory as the store's `TreeRecords`: `read()` reads and checks it all."""
 
     def __init__(self, folder: _Folder, tokens: TokenCounter) -> None:
         self.folder = folder
         self.tokens = tokens
-        # filled by outline(): the tasks, and each session's owner and archive numbers
+        # filled by outline(): the tasks, each session's folder, and its owner and archive numbers
         self.task_lines: list[tuple[tuple[str, ...], TaskLine]] = []
+        self.session_folders: dict[str, str] = {}
         self.outlines: dict[str, tuple[tuple[str, str], set[int]]] = {}
+
+    def read(self) -> _ReadTree:
+        """Everything the export holds, checked against itself, before the store is asked to
+        write any of it: parsing a large export takes a while, and the store's write lock is
+        not held meanwhile (a live server on the same data keeps answering)."""
+        self.outline()
+        return _ReadTree(list(self.sessions()), list(self.tasks()), list(self.memories()), list(self.context_usage()))
 
     # reading one file
 
@@ -401,8 +535,13 @@ class _FileRecords:
 
     def outline(self) -> None:
         """Read tasks.jsonl, and each session's owner and archives, so that every record can be
-        checked against the others before the store takes it (the store reads sessions first,
-        tasks after)."""
+        checked against the others (sessions are read first, tasks after); and refuse any file
+        or folder that import would not read."""
+        self.folder.only(
+            (),
+            files=(files.MANIFEST, files.TASKS, files.CONTEXT_USAGE),
+            folders=(files.SESSIONS, files.ACCOUNTS, *_SCOPE_FOLDERS),
+        )
         self.task_lines = []
         seen: dict[str, str] = {}
         for where, line in self.lines(TaskLine, (files.TASKS,)):
@@ -412,21 +551,32 @@ class _FileRecords:
                 raise InvalidArgument(f"{shown}: task {line.task_id} is also on {seen[line.task_id]}")
             seen[line.task_id] = shown
             self.task_lines.append((where, line))
-        self.outlines = {}
+        self.session_folders, self.outlines = {}, {}
         for name in self.folder.subfolders(files.SESSIONS):
-            base = (files.SESSIONS, validate_id(name))
+            base = (files.SESSIONS, name)
+            session_id = validate_id(_unsuffixed(name))
+            if session_id in self.session_folders:
+                raise InvalidArgument(
+                    f"{_shown(base)} and {files.SESSIONS}/{self.session_folders[session_id]} are both session "
+                    f"{session_id}; an export holds each session once"
+                )
+            self.session_folders[session_id] = name
+            self.folder.only(base, files=_SESSION_FILES, folders=(files.HISTORY, files.TOOLS))
+            for tool in self.folder.subfolders(*base, files.TOOLS):
+                self.folder.only((*base, files.TOOLS, tool), files=(files.TOOL,))
+            for archive in self.folder.subfolders(*base, files.HISTORY):
+                self.folder.only((*base, files.HISTORY, archive), files=_ARCHIVE_FILES)
             info = self.model(SessionInfo, (*base, files.META))
             numbers = {parse_archive_id(a) for a in self.folder.subfolders(*base, files.HISTORY)}
-            self.outlines[name] = ((info.user.account_id, info.user.user_id), numbers)
+            self.outlines[session_id] = ((info.user.account_id, info.user.user_id), numbers)
 
     # TreeRecords
 
     def sessions(self) -> Iterator[SessionDump]:
-        for name in self.folder.subfolders(files.SESSIONS):
-            yield self.session(validate_id(name))
+        for session_id, name in self.session_folders.items():
+            yield self.session(session_id, (files.SESSIONS, name))
 
-    def session(self, session_id: str) -> SessionDump:
-        base = (files.SESSIONS, session_id)
+    def session(self, session_id: str, base: tuple[str, ...]) -> SessionDump:
         meta_names = (*base, files.META)
         info = self.model(SessionInfo, meta_names)
         if info.session_id != session_id:
@@ -436,9 +586,10 @@ class _FileRecords:
         counters |= {"llm_token_usage.completion": llm.completion, "contexts_used": info.contexts_used}
         counters |= {"skills_used": info.skills_used}
         counters |= {f"memories_extracted.{k}": v for k, v in info.memories_extracted.items()}
+        counters |= {"memories_extracted (all categories)": sum(info.memories_extracted.values())}
         for field, value in counters.items():
-            if not 0 <= value <= files.MAX_COUNT:
-                raise InvalidArgument(f"{_shown(meta_names)}: {field} is {str(value)[:30]}; counts run from 0 to 2**62")
+            if not 0 <= value <= MAX_COUNT:
+                raise InvalidArgument(f"{_shown(meta_names)}: {field} is {str(value)[:30]}; counts run from 0 to 2**53")
         numbers = sorted(parse_archive_id(name) for name in self.folder.subfolders(*base, files.HISTORY))
         if numbers != list(range(1, len(numbers) + 1)) or len(numbers) != info.commit_count:
             raise InvalidArgument(
@@ -446,9 +597,14 @@ class _FileRecords:
                 f"{info.commit_count} commits; archives run from archive_001 without gaps"
             )
         messages: list[StoredMessage] = []
-        archives = [self.archive(base, number, messages) for number in numbers]
+        archives = [self.archive(session_id, base, number, messages) for number in numbers]
         live = self.stored_messages((*base, files.MESSAGES), len(messages) + 1)
         messages += live
+        if (tokens := sum(m.tokens for m in messages)) > MAX_COUNT:
+            raise InvalidArgument(
+                f"{_shown(base)}: the messages' token counts add up to {tokens}, past 2**53; a session's "
+                "tokens are counted on add_message: drop the `tokens` fields to have them counted again"
+            )
         if (info.total_message_count, info.message_count) != (len(messages), len(live)):
             raise InvalidArgument(
                 f"{_shown(meta_names)} counts {info.total_message_count} messages "
@@ -460,11 +616,11 @@ class _FileRecords:
         relations_names = (*base, files.RELATIONS)
         relations = self.model(RelationsFile, relations_names, self.text(relations_names, "{}"))
         tools = []
-        for tool_id in self.folder.subfolders(*base, files.TOOLS):
-            tool_names = (*base, files.TOOLS, tool_id, files.TOOL)
+        for folder in self.folder.subfolders(*base, files.TOOLS):
+            tool_names = (*base, files.TOOLS, folder, files.TOOL)
             tool = self.model(ToolFile, tool_names)
-            if tool.tool_id != tool_id:
-                raise InvalidArgument(f"{_shown((*base, files.TOOLS, tool_id))} holds {tool.tool_id!r}")
+            if tool.tool_id != _unsuffixed(folder):
+                raise InvalidArgument(f"{_shown((*base, files.TOOLS, folder))} holds {tool.tool_id!r}")
             if tool.message_id not in message_ids:
                 raise InvalidArgument(
                     f"{_shown(tool_names)}: message_id {tool.message_id[:80]!r} is not a message of "
@@ -495,20 +651,20 @@ class _FileRecords:
             usage.append(UsageEntry(record.kind, record.uri, record.payload, created_at, number))
         return SessionDump(session=row, messages=messages, archives=archives, tools=tools, usage=usage)
 
-    def archive(self, base: tuple[str, ...], number: int, messages: list[StoredMessage]) -> ArchiveRow:
+    def archive(self, session_id: str, base: tuple[str, ...], number: int, messages: list[StoredMessage]) -> ArchiveRow:
         """One archive; its messages are appended to `messages`, numbered after them."""
         where = (*base, files.HISTORY, archive_id(number))
         meta_names = (*where, files.META)
         meta = self.model(ArchiveMeta, meta_names)
         if meta.archive_id != archive_id(number):
             raise InvalidArgument(f"{_shown(meta_names)} is {meta.archive_id[:40]!r}")
-        runs = ("session_commit", base[-1], archive_id(number))
+        runs = ("session_commit", session_id, archive_id(number))
         if meta.status == "pending" and not any(
             (t.task_type, t.resource_id, t.archive_id) == runs and t.status in _UNFINISHED for _, t in self.task_lines
         ):
             raise InvalidArgument(
                 f"{_shown(meta_names)}: the archive is pending, but {files.TASKS} has no pending or "
-                f"running session_commit task for {base[-1]}/{archive_id(number)}; nothing would ever finish it"
+                f"running session_commit task for {session_id}/{archive_id(number)}; nothing would ever finish it"
             )
         stored = self.stored_messages((*where, files.MESSAGES), len(messages) + 1)
         if len(stored) != meta.message_count or not stored:
@@ -534,7 +690,7 @@ class _FileRecords:
         return _copy(
             ArchiveRow,
             meta,  # status, supplied, error and task_id as they are
-            session_id=base[-1],
+            session_id=session_id,
             number=number,
             first_seq=stored[0].seq,
             last_seq=stored[-1].seq,
@@ -589,18 +745,26 @@ class _FileRecords:
     def memory_files(self) -> Iterator[tuple[str, ...]]:
         """Every .md file under {user,agent}/{id}/memories/, also below accounts/{account_id}/."""
         bases: list[tuple[str, ...]] = [()]
-        bases += [(files.ACCOUNTS, validate_id(a, "account_id")) for a in self.folder.subfolders(files.ACCOUNTS)]
+        for account in self.folder.subfolders(files.ACCOUNTS):
+            validate_id(_unsuffixed(account), "account_id")
+            bases.append((files.ACCOUNTS, account))
+            self.folder.only(bases[-1], folders=_SCOPE_FOLDERS)
         for base in bases:
-            for scope in ("user", "agent"):
+            for scope in _SCOPE_FOLDERS:
                 for owner in self.folder.subfolders(*base, scope):
-                    top = (*base, scope, owner, "memories")
-                    root = self.folder.path(*top)
-                    for folder, subfolders, names in os.walk(root):  # links to folders are not followed
-                        subfolders.sort()
-                        relative = Path(folder).relative_to(root).parts
-                        for name in sorted(names):
-                            if name.endswith(".md"):
-                                yield (*top, *relative, name)
+                    self.folder.only((*base, scope, owner), folders=("memories",))
+                    yield from self.markdown_files((*base, scope, owner, "memories"))
+
+    def markdown_files(self, names: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+        """The .md files in DIR/names and the folders below it, sorted (the files first)."""
+        folders, regular = self.folder.listing(*names)
+        for name in regular:
+            if name.endswith(".md"):
+                yield (*names, name)
+            elif not name.startswith("."):
+                raise InvalidArgument(_left_behind((*names, name), "file", ("*.md",)))
+        for folder in folders:
+            yield from self.markdown_files((*names, folder))
 
     def memories(self) -> Iterator[MemoryDump]:
         seen: dict[tuple[str, str], str] = {}
@@ -677,8 +841,8 @@ def import_tree(engine: Engine, directory: str | os.PathLike[str], replace: bool
             f"({files.FORMAT_VERSION})"
         )
     try:
-        records.outline()
-        counts = engine.store.import_tree(records, replace, utc_now())
+        tree = records.read()  # every file, before the store's write lock is taken
     except OSError as exc:
         raise _io_error(exc, "read") from exc
+    counts = engine.store.import_tree(tree, replace, utc_now())
     return TransferResult(directory=str(root), **asdict(counts))

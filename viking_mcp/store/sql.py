@@ -40,8 +40,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import fields
 from typing import Any, Protocol, TypeVar, get_args
 
-from viking_mcp.errors import AlreadyExists, Conflict, Damaged, FailedPrecondition, NotFound
-from viking_mcp.models import MemoryCategory, MemoryWrite, Message, Owner, StoredMemory, archive_id
+from viking_mcp.errors import AlreadyExists, Conflict, Damaged, FailedPrecondition, InvalidArgument, NotFound
+from viking_mcp.models import MAX_COUNT, MemoryCategory, MemoryWrite, Message, Owner, StoredMemory, archive_id
 from viking_mcp.store.base import (
     AppendOutcome,
     ArchiveRow,
@@ -949,7 +949,9 @@ class SQLStore(ABC):
     def import_tree(self, records: TreeRecords, replace: bool, now: str) -> TransferCounts:
         """Write what `records` yields in one transaction: all of it or nothing. A session, task
         or memory that already exists is ALREADY_EXISTS, unless `replace` (then the imported one
-        replaces it; a replaced session's unfinished tasks fail as if it had been deleted)."""
+        replaces it; a replaced session's unfinished tasks fail as if it had been deleted).
+        Hand it records already read (import parses its files first): the transaction holds the
+        write lock, and other writers wait, for as long as iterating them takes."""
         counts = TransferCounts()
         with self._write() as tx:
             for dump in records.sessions():
@@ -966,7 +968,7 @@ class SQLStore(ABC):
                 counts.memories += 1
             for usage in records.context_usage():
                 # Without replace, counts add up: the contexts were used in both places.
-                tx.execute(
+                total = tx.execute(
                     "INSERT INTO context_usage (account_id, uri, active_count, last_used_at) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (account_id, uri) DO UPDATE SET "
                     + (
@@ -975,9 +977,15 @@ class SQLStore(ABC):
                         else "active_count = context_usage.active_count + excluded.active_count, last_used_at = "
                         f"{self._GREATEST}(COALESCE(context_usage.last_used_at, ''), "
                         "COALESCE(excluded.last_used_at, ''))"
-                    ),
+                    )
+                    + " RETURNING active_count",
                     (usage.account_id, usage.uri, usage.active_count, usage.last_used_at),
-                )
+                ).fetchone()["active_count"]
+                if total > MAX_COUNT:  # each is at most MAX_COUNT: their sum is far inside 64 bits
+                    raise InvalidArgument(
+                        f"{usage.uri[:120]} would count {total} uses here, past 2**53; import with --replace "
+                        "to keep the export's count"
+                    )
                 counts.context_usage += 1
         return counts
 

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from viking_mcp.engine.waiting import commit_and_wait
 from viking_mcp.mcp.state import Ctx, OptionalText, SessionId, caller, tool, writes
-from viking_mcp.models import CommitResult, MemoryInput
+from viking_mcp.models import CommitResult, Count, MemoryInput
 
 
 @tool("Commit session", writes())
@@ -22,9 +22,7 @@ async def commit(
         OptionalText,
         Field(description="Your markdown overview of the conversation so far (carry forward what matters)."),
     ] = None,
-    keep_recent_count: Annotated[
-        int, Field(description="Leave this many newest messages live (not archived).", ge=0)
-    ] = 0,
+    keep_recent_count: Annotated[Count, Field(description="Leave this many newest messages live (not archived).")] = 0,
     wait: Annotated[bool, Field(description="Wait (up to ~40 s) until the archive is summarised.")] = False,
     memories: Annotated[
         list[MemoryInput] | None,

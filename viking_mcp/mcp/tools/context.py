@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from viking_mcp.mcp.state import READ_ONLY, ArchiveId, Ctx, SessionId, caller, tool, writes
-from viking_mcp.models import ArchiveDetail, RetryResult, SessionContext
+from viking_mcp.models import ArchiveDetail, Count, RetryResult, SessionContext
 
 
 @tool("Get context", READ_ONLY)
@@ -16,7 +16,7 @@ def get_context(
     session_id: SessionId,
     # Its default is the server's setting (VIKING_MCP_DEFAULT_TOKEN_BUDGET), set when it is built.
     token_budget: Annotated[
-        int, Field(description="Tokens you can spend on this context; the live messages are always returned.", ge=0)
+        Count, Field(description="Tokens you can spend on this context; the live messages are always returned.")
     ],
 ) -> SessionContext:
     """Rebuild your context window: the latest archive's overview and earlier archives'
@@ -31,7 +31,7 @@ def expand_archive(
     ctx: Ctx,
     session_id: SessionId,
     archive_id: ArchiveId,
-    offset: Annotated[int, Field(description="Skip this many messages (for paging).", ge=0)] = 0,
+    offset: Annotated[Count, Field(description="Skip this many messages (for paging).")] = 0,
     limit: Annotated[int, Field(description="At most this many messages.", ge=1, le=1000)] = 200,
 ) -> ArchiveDetail:
     """An archive's status, abstract, overview and raw messages (paged: pass next_offset back
