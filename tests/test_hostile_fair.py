@@ -198,13 +198,13 @@ def test_a_users_session_listing_reads_the_owner_first_index(
     for name in ("ada-a", "ada-b", "ada-c"):
         engine.create_session(name, actor=ADA_OWNER)
     selects: list[tuple[str, tuple[Any, ...]]] = []
-    select = store._select
+    select_as = store._select_as
 
-    def recorded(sql: str, params: Any) -> list[Any]:
+    def recorded(record: Any, sql: str, params: Any) -> list[Any]:
         selects.append((sql, tuple(params)))
-        return list(select(sql, params))
+        return list(select_as(record, sql, params))
 
-    monkeypatch.setattr(store, "_select", recorded)
+    monkeypatch.setattr(store, "_select_as", recorded)
     first = engine.list_sessions(limit=2, actor=ADA_OWNER)
     assert first.next_cursor is not None
     second = engine.list_sessions(limit=2, cursor=first.next_cursor, actor=ADA_OWNER)
