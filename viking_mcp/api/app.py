@@ -8,7 +8,8 @@ in front of everything, MCP at /mcp, error handlers, and `serve_http`.
 
 Every failure a client can cause is a 4xx with a code, never a 5xx: validation errors
 (including bad JSON) are 400 INVALID_ARGUMENT, unknown routes 404 NOT_FOUND, bodies over
-the size limit 413 RESOURCE_EXHAUSTED (refused before they are read).
+the size limit 413 RESOURCE_EXHAUSTED (refused before they are read), a web page of
+another origin changing data 403 PERMISSION_DENIED.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -77,7 +79,46 @@ def _host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
-# --- the request guard: Host check, API key, body size -----------------------------------------------------
+# --- the request guard: Host and Origin checks, API key, body size -----------------------------------------
+
+# Methods that change data: a web page can send these to any site (a form, a fetch) without asking first.
+_UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _origin_allowed(origin: str, host_header: str) -> bool:
+    """An Origin this server takes changes from: its own (the one the Host header names), or a loopback page's."""
+    try:
+        parts = urlsplit(origin)
+        hostname = parts.hostname
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not hostname:
+        return False
+    return parts.netloc.lower() == host_header.lower() or is_loopback(hostname)
+
+
+def _cross_origin(method: str, headers: Headers) -> str | None:
+    """Why a browser's request from another site's page is refused, or None to let it through.
+
+    Go's `http.CrossOriginProtection` in order: safe methods pass; then a browser's
+    Sec-Fetch-Site (`same-origin`, or `none` for what the user typed); then, for browsers
+    that do not send it, the Origin. A request with neither comes from outside a browser
+    (curl, the SDKs, the OpenClaw plugin): nothing to check. This keeps a page the user
+    happens to visit from changing data on a server that has no keys (the issue's B13)."""
+    if method not in _UNSAFE_METHODS:
+        return None
+    site = headers.get("sec-fetch-site")
+    if site in ("same-origin", "none"):
+        return None
+    origin = headers.get("origin")
+    if origin is None and site is None:
+        return None
+    if origin is not None and _origin_allowed(origin, headers.get("host", "")):
+        return None
+    return (
+        f"cross-origin request refused: a page at {(origin or site or '')[:100]!r} may not change data here; "
+        "only this server's own origin and loopback pages may. Clients outside a browser send no Origin header"
+    )
 
 
 class _RequestGuard:
@@ -85,6 +126,8 @@ class _RequestGuard:
 
     - On a loopback bind, the Host header must name loopback (no DNS rebinding into a
       server that may have no keys).
+    - A change (POST, PUT, PATCH, DELETE) to /api/... or /mcp from a web page of another
+      origin is refused, keys or not (`_cross_origin`).
     - /api/... and /mcp need an API key when keys are configured (401 otherwise); the
       caller's identity goes into the request state for the endpoints.
     - Bodies over `max_body` are refused with 413 before they are read; a body without a
@@ -124,6 +167,8 @@ class _RequestGuard:
                 return error_response(ErrorCode.PERMISSION_DENIED, message, scope)
         path: str = scope["path"]
         if path in (API_PREFIX, MCP_PATH) or path.startswith((API_PREFIX + "/", MCP_PATH + "/")):
+            if (cross_origin := _cross_origin(scope["method"], headers)) is not None:
+                return error_response(ErrorCode.PERMISSION_DENIED, cross_origin, scope)
             try:
                 scope["state"]["viking_actor"] = self.state.keyring.authenticate(key_from_headers(headers))
             except VikingError as exc:
