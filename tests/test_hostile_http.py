@@ -1,6 +1,8 @@
 """Hostile pages, keys and connections against a real `viking-mcp serve --transport http` (issue 15).
 
 - B13: a web page of another origin cannot change data, on a server without keys or with.
+- B5: connections that never finish their headers, or their body, are closed; past the
+  connection limit, new ones are answered 503 at once.
 
 Every assertion is on an outcome (answered, refused with a code, closed, not stored); the
 waits are generous upper bounds, never measurements.
@@ -8,8 +10,12 @@ waits are generous upper bounds, never measurements.
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -39,8 +45,12 @@ MCP_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, 
 
 @pytest.fixture(scope="module")
 def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """No keys (so loopback only)."""
-    with http_server(tmp_path_factory.mktemp("open")) as running:
+    """No keys (so loopback only), short deadlines for headers and bodies."""
+    with http_server(
+        tmp_path_factory.mktemp("open"),
+        VIKING_MCP_HTTP_HEADER_TIMEOUT_SECONDS="1",
+        VIKING_MCP_HTTP_BODY_TIMEOUT_SECONDS="5",
+    ) as running:
         yield running
 
 
@@ -111,3 +121,116 @@ def test_a_page_of_another_origin_cannot_change_data_with_keys(keyed_server: Ser
     status, _, body = open_mcp_session(keyed_server, ADA, Origin=EVIL)
     assert status == 403 and error_code(body) == "PERMISSION_DENIED"
     assert keyed_server.ok("POST", "/api/v1/sessions", {}, key=ADA)["session_id"]
+
+
+# --- B5: slow and idle connections -------------------------------------------------------------------
+
+
+def connect(port: int, data: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a timeout fails the test)."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+    return received
+
+
+def health(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_connections_that_never_finish_their_headers_are_closed(open_server: Server) -> None:
+    partial = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{open_server.port}\r\nX-Slow: a".encode()
+    slow = [connect(open_server.port, partial) for _ in range(200)]
+    idle = [connect(open_server.port) for _ in range(20)]
+    try:
+        assert health(open_server.port) == 200
+        answers = [read_until_closed(sock) for sock in slow]
+        assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers), answers[0]
+        assert error_code(answers[0].partition(b"\r\n\r\n")[2]) == "UNAVAILABLE"
+        assert [read_until_closed(sock) for sock in idle] == [b""] * 20  # nothing asked, nothing answered
+    finally:
+        for sock in slow + idle:
+            sock.close()
+    assert health(open_server.port) == 200
+
+
+def test_a_byte_now_and_then_does_not_keep_a_connection(open_server: Server) -> None:
+    sock = connect(open_server.port, b"GET /health HTTP/1.1\r\n")
+    opened = time.monotonic()
+    try:
+        with pytest.raises(OSError):  # the server closes it: a send then fails
+            while time.monotonic() - opened < 30:
+                sock.sendall(b"X")
+                time.sleep(0.2)
+    finally:
+        sock.close()
+
+
+def test_a_body_that_never_finishes_is_refused_and_nothing_stored(open_server: Server) -> None:
+    head = (
+        f"POST /api/v1/sessions/dripped/messages HTTP/1.1\r\nHost: 127.0.0.1:{open_server.port}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    ).encode()
+    answer = read_until_closed(connect(open_server.port, head + b'{"role": "user", '))
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert error_code(answer.partition(b"\r\n\r\n")[2]) == "UNAVAILABLE"
+    assert open_server.call("GET", "/api/v1/sessions/dripped", key="")[0] == 404
+
+
+def test_a_slow_request_within_its_deadlines_is_served(open_server: Server) -> None:
+    # Headers at once, then a body that takes longer than the header deadline (1 s) but
+    # well within the body's (5 s): the request is served, on a connection kept open.
+    body = json.dumps({"role": "user", "content": "slow but steady"}).encode()
+    head = (
+        f"POST /api/v1/sessions/steady/messages HTTP/1.1\r\nHost: 127.0.0.1:{open_server.port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    sock = connect(open_server.port, head)
+    try:
+        for start in range(0, len(body), len(body) // 4 + 1):
+            time.sleep(0.5)
+            sock.sendall(body[start : start + len(body) // 4 + 1])
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 200, response.read()
+    finally:
+        sock.close()
+    assert open_server.ok("GET", "/api/v1/sessions/steady", key="")["message_count"] == 1
+
+
+def test_past_the_connection_limit_new_connections_are_answered_503(tmp_path: Path) -> None:
+    with http_server(tmp_path, VIKING_MCP_HTTP_MAX_CONNECTIONS="50") as server:
+        held = [connect(server.port, b"GET /health HTTP/1.1\r\n") for _ in range(50)]
+        try:
+            refused = [read_until_closed(connect(server.port)) for _ in range(10)]
+            assert all(answer.startswith(b"HTTP/1.1 503 ") for answer in refused), refused[0]
+            assert error_code(refused[0].partition(b"\r\n\r\n")[2]) == "UNAVAILABLE"
+        finally:
+            for sock in held:
+                sock.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if health(server.port) == 200:
+                    break
+            except (OSError, http.client.HTTPException):
+                pass
+            time.sleep(0.1)
+        assert health(server.port) == 200

@@ -123,6 +123,13 @@ class Settings:
     # unless its instance renews it (a dead instance's task is taken over after that).
     pg_pool_size: Annotated[int, Field(ge=1, le=1000)] = 10
     pg_lease_seconds: Annotated[float, Field(ge=2, le=3600)] = 30.0
+    # HTTP server (`serve --transport http`): a connection that has not sent a request's
+    # headers this long after it opened (or after its last answer) is closed, a request body
+    # must arrive within its own deadline (else 408), and connections past the maximum are
+    # answered 503 and closed at once, so slow or idle clients cannot hold every socket.
+    http_header_timeout_seconds: Annotated[float, Field(ge=1, le=300, allow_inf_nan=False)] = 10.0
+    http_body_timeout_seconds: Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)] = 60.0
+    http_max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1_000
 
     @property
     def database_path(self) -> Path:

@@ -3,13 +3,14 @@
 One ASGI app, one engine, one Phase 2 worker: a session written over REST is the same
 session an agent reads over MCP. The routes are module-level functions, by area, in
 `sessions.py`, `messages.py`, `commits.py`, `context.py` and `memories.py`; what they share
-(the envelope, one engine call) is in `envelope.py`. This module holds the app: the request guard
-in front of everything, MCP at /mcp, error handlers, and `serve_http`.
+(the envelope, one engine call) is in `envelope.py`; the connections' limits in
+`connections.py`. This module holds the app: the request guard in front of everything, MCP
+at /mcp, error handlers, and `serve_http`.
 
 Every failure a client can cause is a 4xx with a code, never a 5xx: validation errors
 (including bad JSON) are 400 INVALID_ARGUMENT, unknown routes 404 NOT_FOUND, bodies over
 the size limit 413 RESOURCE_EXHAUSTED (refused before they are read), a web page of
-another origin changing data 403 PERMISSION_DENIED.
+another origin changing data 403 PERMISSION_DENIED, a body slower than its deadline 408.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def _host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
-# --- the request guard: Host and Origin checks, API key, body size -----------------------------------------
+# --- the request guard: Host and Origin checks, API key, body size and deadline ---------------------------
 
 # Methods that change data: a web page can send these to any site (a form, a fetch) without asking first.
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -121,6 +122,10 @@ def _cross_origin(method: str, headers: Headers) -> str | None:
     )
 
 
+def _has_body(headers: Headers) -> bool:
+    return headers.get("content-length", "0").strip() != "0" or "transfer-encoding" in headers
+
+
 class _RequestGuard:
     """Pure ASGI middleware in front of everything (so it never breaks MCP's streaming).
 
@@ -130,14 +135,15 @@ class _RequestGuard:
       origin is refused, keys or not (`_cross_origin`).
     - /api/... and /mcp need an API key when keys are configured (401 otherwise); the
       caller's identity goes into the request state for the endpoints.
-    - Bodies over `max_body` are refused with 413 before they are read; a body without a
-      Content-Length is read up to the limit first, then replayed to the app.
+    - Bodies over `max_body` are refused with 413 before they are read; a body is read
+      whole, within `body_timeout` (408 otherwise), then replayed to the app.
     """
 
-    def __init__(self, app: ASGIApp, state: HttpState, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, state: HttpState, max_body: int, body_timeout: float) -> None:
         self.app = app
         self.state = state
         self.max_body = max_body
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -146,12 +152,9 @@ class _RequestGuard:
         scope.setdefault("state", {})["viking_started"] = time.perf_counter()
         headers = Headers(scope=scope)
         refusal = self._refusal(scope, headers)
-        if refusal is None and "content-length" not in headers and "transfer-encoding" in headers:
-            body, complete = await self._read_up_to_limit(receive)
-            if complete:
-                receive = _replay(body, receive)
-            else:
-                refusal = self._too_large(scope)
+        if refusal is None and _has_body(headers):
+            body, refusal = await self._read_body(scope, receive)
+            receive = _replay(body, receive)
         if refusal is not None:
             await refusal(scope, receive, send)
         else:
@@ -182,20 +185,34 @@ class _RequestGuard:
                 return self._too_large(scope)
         return None
 
-    async def _read_up_to_limit(self, receive: Receive) -> tuple[bytes, bool]:
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, JSONResponse | None]:
+        """The body, read whole within the size limit and the deadline; or the answer refusing it.
+
+        The deadline is for the whole body, not each read: a client dripping a byte at a
+        time would otherwise hold the request (and its connection) for as long as it liked."""
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return b"".join(chunks), True  # disconnected: the app will see an empty body
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                return b"", False
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks), True
+        with anyio.move_on_after(self.body_timeout) as waited:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break  # disconnected: the app will see what arrived
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body:
+                    return b"", self._too_large(scope)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        if waited.cancelled_caught:
+            late = (
+                f"the request body did not arrive within {self.body_timeout:g} s; "
+                "send it faster, or raise VIKING_MCP_HTTP_BODY_TIMEOUT_SECONDS"
+            )
+            response = error_response(ErrorCode.UNAVAILABLE, late, scope, status=408)
+            response.headers["Connection"] = "close"  # the rest of the body is not worth waiting for
+            return b"", response
+        return b"".join(chunks), None
 
     def _too_large(self, scope: Scope) -> JSONResponse:
         message = f"request body is larger than {self.max_body} bytes"
@@ -389,7 +406,7 @@ def build_app(
     for path in (MCP_PATH, MCP_PATH + "/"):
         app.router.routes.append(Route(path, endpoint=_McpEndpoint(state), include_in_schema=False))
     max_body = max(MIN_BODY_LIMIT, 2 * settings.limits.max_message_bytes + 64 * 1024)
-    app.add_middleware(_RequestGuard, state=state, max_body=max_body)
+    app.add_middleware(_RequestGuard, state=state, max_body=max_body, body_timeout=settings.http_body_timeout_seconds)
     return app
 
 
@@ -397,11 +414,32 @@ def _stopped(signum: int, _frame: object) -> None:
     logger.info("stopped by %s", signal.Signals(signum).name)
 
 
+# File descriptors kept free of connections: the database, its journal, the listening socket, logs.
+_RESERVED_FILES = 64
+
+
+def _connection_cap(wanted: int) -> int:
+    """VIKING_MCP_HTTP_MAX_CONNECTIONS, lowered to fit the process's open-file limit: past that limit
+    `accept()` fails and even /health goes unanswered, so connections are refused first."""
+    try:
+        import resource  # not on Windows
+    except ImportError:
+        return wanted
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft - _RESERVED_FILES >= wanted:
+        return wanted
+    cap = max(1, soft - _RESERVED_FILES)
+    logger.warning("at most %d HTTP connections: the open-file limit is %d (ulimit -n)", cap, soft)
+    return cap
+
+
 def serve_http(settings: Settings, host: str, port: int) -> None:
     """Serve the HTTP app with uvicorn until SIGINT/SIGTERM. Logs go to stderr only.
 
     Refuses (SystemExit 2) to listen beyond loopback without API keys configured."""
     import uvicorn
+
+    from viking_mcp.api.connections import guarded_connections, requests_tracked  # uvicorn's protocol, wrapped
 
     keyring = keyring_from_env()
     if not is_loopback(host) and not keyring.enabled:
@@ -418,14 +456,22 @@ def serve_http(settings: Settings, host: str, port: int) -> None:
         # This process serves until stopped: its start-up heap is left out of later garbage
         # collections, a little after it starts and once the tokenizer loads (viking_mcp/heap.py).
         settle_later(engine)
+        # A deadline on each request's headers and a cap on open connections (api/connections.py).
+        connections = guarded_connections(
+            settings.http_header_timeout_seconds, _connection_cap(settings.http_max_connections)
+        )
         config = uvicorn.Config(
-            app,
+            requests_tracked(app),
             host=host,
             port=port,
             log_config=None,  # uvicorn's loggers propagate to ours: stderr only
             lifespan="on",
             timeout_graceful_shutdown=5,
             server_header=False,
+            http=connections,
+            ws="none",  # no WebSocket routes: an upgrade request is answered as plain HTTP
+            # requests_tracked finds a request's connection in a context variable its task inherits
+            reset_contextvars=False,
         )
         server = uvicorn.Server(config)
         # uvicorn shuts down gracefully on SIGTERM, then raises the signal again to die of
