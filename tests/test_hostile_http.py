@@ -1,6 +1,8 @@
 """Hostile pages, keys and connections against a real `viking-mcp serve --transport http` (issue 15).
 
 - B13: a web page of another origin cannot change data, on a server without keys or with.
+- B11: an MCP session opened with one key is another key's 404.
+- B1: one key cannot hold more than its share of MCP sessions, and idle ones end.
 - B5: connections that never finish their headers, or their body, are closed; past the
   connection limit, new ones are answered 503 at once.
 
@@ -75,6 +77,13 @@ def open_mcp_session(server: Server, key: str | None, **headers: str) -> tuple[i
     return status, answer_headers.get("mcp-session-id"), body
 
 
+def mcp(server: Server, method: str, key: str, session_id: str) -> int:
+    """One request in an MCP session (a ping, or DELETE to end it): the status."""
+    headers = {**MCP_HEADERS, "X-API-Key": key, "Mcp-Session-Id": session_id}
+    ping = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "ping"}).encode()
+    return server.raw(method, "/mcp", ping if method == "POST" else None, headers)[0]
+
+
 # --- B13: the Origin of state-changing requests -------------------------------------------------------
 
 
@@ -121,6 +130,67 @@ def test_a_page_of_another_origin_cannot_change_data_with_keys(keyed_server: Ser
     status, _, body = open_mcp_session(keyed_server, ADA, Origin=EVIL)
     assert status == 403 and error_code(body) == "PERMISSION_DENIED"
     assert keyed_server.ok("POST", "/api/v1/sessions", {}, key=ADA)["session_id"]
+
+
+# --- B11: an MCP session belongs to the key that opened it ---------------------------------------------
+
+
+def test_an_mcp_session_is_usable_only_with_the_key_that_opened_it(keyed_server: Server) -> None:
+    status, session_id, _ = open_mcp_session(keyed_server, ADA)
+    assert status == 200 and session_id
+    assert mcp(keyed_server, "POST", ADA, session_id) == 200
+
+    # Another key sees no such session: it can neither use nor end it.
+    assert mcp(keyed_server, "POST", EVE, session_id) == 404
+    assert mcp(keyed_server, "DELETE", EVE, session_id) == 404
+    assert mcp(keyed_server, "POST", ADA, session_id) == 200
+
+    assert mcp(keyed_server, "DELETE", ADA, session_id) == 200
+    assert mcp(keyed_server, "POST", ADA, session_id) == 404
+
+
+# --- B1: MCP sessions per key ----------------------------------------------------------------------------
+
+
+def test_one_key_cannot_take_every_mcp_session(keyed_server: Server) -> None:
+    eves = []
+    for _ in range(64):
+        status, session_id, body = open_mcp_session(keyed_server, EVE)
+        assert status == 200 and session_id, body
+        eves.append(session_id)
+    status, session_id, body = open_mcp_session(keyed_server, EVE)
+    assert status == 429 and session_id is None and error_code(body) == "RESOURCE_EXHAUSTED"
+    assert "VIKING_MCP_HTTP_MCP_SESSIONS_PER_KEY" in json.loads(body)["error"]["message"]
+
+    # Another tenant is not affected; the key itself gets room back by ending a session.
+    status, bobs, _ = open_mcp_session(keyed_server, BOB)
+    assert status == 200 and bobs
+    assert mcp(keyed_server, "DELETE", EVE, eves.pop()) == 200
+    status, session_id, _ = open_mcp_session(keyed_server, EVE)
+    assert status == 200 and session_id
+    eves.append(session_id)
+    for session_id in eves:
+        assert mcp(keyed_server, "DELETE", EVE, session_id) == 200
+    assert mcp(keyed_server, "DELETE", BOB, bobs) == 200
+
+
+def test_idle_mcp_sessions_end_and_give_their_room_back(tmp_path: Path) -> None:
+    with http_server(
+        tmp_path,
+        VIKING_MCP_API_KEYS=json.dumps(KEYS),
+        VIKING_MCP_HTTP_MCP_SESSIONS_PER_KEY="2",
+        VIKING_MCP_HTTP_MCP_SESSION_IDLE_SECONDS="1",
+    ) as server:
+        first = [open_mcp_session(server, EVE)[1] for _ in range(2)]
+        assert all(first)
+        assert open_mcp_session(server, EVE)[0] == 429
+        deadline = time.monotonic() + 30
+        while (status := open_mcp_session(server, EVE)[0]) == 429 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert status == 200, "an idle session should have ended within 30 s"
+        while mcp(server, "POST", EVE, str(first[0])) != 404 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert mcp(server, "POST", EVE, str(first[0])) == 404
 
 
 # --- B5: slow and idle connections -------------------------------------------------------------------

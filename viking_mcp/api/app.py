@@ -3,9 +3,10 @@
 One ASGI app, one engine, one Phase 2 worker: a session written over REST is the same
 session an agent reads over MCP. The routes are module-level functions, by area, in
 `sessions.py`, `messages.py`, `commits.py`, `context.py` and `memories.py`; what they share
-(the envelope, one engine call) is in `envelope.py`; the connections' limits in
-`connections.py`. This module holds the app: the request guard in front of everything, MCP
-at /mcp, error handlers, and `serve_http`.
+(the envelope, one engine call) is in `envelope.py`; MCP at /mcp, its sessions bound to
+keys and counted per key, in `mcp_endpoint.py`; the connections' limits in `connections.py`.
+This module holds the app: the request guard in front of everything, error handlers, and
+`serve_http`.
 
 Every failure a client can cause is a 4xx with a code, never a 5xx: validation errors
 (including bad JSON) are 400 INVALID_ARGUMENT, unknown routes 404 NOT_FOUND, bodies over
@@ -44,6 +45,7 @@ from viking_mcp import __version__
 from viking_mcp.api.commits import commits
 from viking_mcp.api.context import context
 from viking_mcp.api.envelope import API_PREFIX, HttpState, error_response
+from viking_mcp.api.mcp_endpoint import McpEndpoint, SessionsPerKey
 from viking_mcp.api.memories import memories
 from viking_mcp.api.messages import messages
 from viking_mcp.api.sessions import sessions
@@ -233,21 +235,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 # --- MCP at /mcp ---------------------------------------------------------------------------------
 
 
-class _McpEndpoint:
-    """Hands /mcp requests to the running MCP session manager (the request guard has checked the key)."""
-
-    def __init__(self, state: HttpState) -> None:
-        self.state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        manager = self.state.mcp
-        if manager is None:
-            message = "MCP is not running (the server is starting or stopping); retry in a moment"
-            await error_response(ErrorCode.UNAVAILABLE, message, scope)(scope, receive, send)
-            return
-        await manager.handle_request(scope, receive, send)
-
-
 def _mcp_security(host: str | None) -> tuple[str, TransportSecuritySettings | None]:
     """The SDK's DNS-rebinding protection for a loopback bind; otherwise off (keys protect it)."""
     if host is not None and is_loopback(host):
@@ -351,7 +338,12 @@ def build_app(
         # The MCP face shares the engine and this app's worker: its own lifespan runs none.
         mcp_server = build_server(replace(settings, phase2_workers=0), engine=current, keyring=state.keyring)
         mcp_host, security = _mcp_security(host)
-        mcp_server.streamable_http_app(streamable_http_path=MCP_PATH, host=mcp_host, transport_security=security)
+        mcp_server.streamable_http_app(
+            streamable_http_path=MCP_PATH,
+            host=mcp_host,
+            transport_security=security,
+            session_idle_timeout=settings.http_mcp_session_idle_seconds,
+        )
         manager = mcp_server.session_manager
         logger.info("viking-mcp %s: HTTP API and MCP on data in %s", __version__, settings.store_label)
         try:
@@ -403,8 +395,11 @@ def build_app(
 
     for routes in (sessions, messages, commits, context, memories):
         app.include_router(routes, dependencies=[Depends(_documented_auth)])
+    mcp_endpoint = McpEndpoint(
+        state, SessionsPerKey(settings.http_mcp_sessions_per_key, settings.http_mcp_session_idle_seconds)
+    )
     for path in (MCP_PATH, MCP_PATH + "/"):
-        app.router.routes.append(Route(path, endpoint=_McpEndpoint(state), include_in_schema=False))
+        app.router.routes.append(Route(path, endpoint=mcp_endpoint, include_in_schema=False))
     max_body = max(MIN_BODY_LIMIT, 2 * settings.limits.max_message_bytes + 64 * 1024)
     app.add_middleware(_RequestGuard, state=state, max_body=max_body, body_timeout=settings.http_body_timeout_seconds)
     return app
