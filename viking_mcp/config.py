@@ -129,7 +129,9 @@ class Settings:
     # answered 503 and closed at once, so slow or idle clients cannot hold every socket.
     http_header_timeout_seconds: Annotated[float, Field(ge=1, le=300, allow_inf_nan=False)] = 10.0
     http_body_timeout_seconds: Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)] = 60.0
-    http_max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1_000
+    # None: as many as the open-file limit leaves room for (ulimit -n, less 64); a number is
+    # lowered to that too.
+    http_max_connections: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
     # MCP over HTTP (/mcp): sessions one API key may hold open at once (one more answers 429),
     # and how long a session may sit idle before it ends (the client then opens a new one).
     http_mcp_sessions_per_key: Annotated[int, Field(ge=1, le=10_000)] = 64

@@ -413,19 +413,19 @@ def _stopped(signum: int, _frame: object) -> None:
 _RESERVED_FILES = 64
 
 
-def _connection_cap(wanted: int) -> int:
-    """VIKING_MCP_HTTP_MAX_CONNECTIONS, lowered to fit the process's open-file limit: past that limit
+def _connection_cap(wanted: int | None) -> int:
+    """VIKING_MCP_HTTP_MAX_CONNECTIONS, within the process's open-file limit: past that limit
     `accept()` fails and even /health goes unanswered, so connections are refused first."""
+    unbounded = 1_000_000
     try:
         import resource  # not on Windows
     except ImportError:
-        return wanted
+        return wanted or unbounded
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft - _RESERVED_FILES >= wanted:
-        return wanted
-    cap = max(1, soft - _RESERVED_FILES)
-    logger.warning("at most %d HTTP connections: the open-file limit is %d (ulimit -n)", cap, soft)
-    return cap
+    room = unbounded if soft == resource.RLIM_INFINITY else max(1, soft - _RESERVED_FILES)
+    if wanted is not None and wanted > room:
+        logger.warning("at most %d HTTP connections: the open-file limit is %d (ulimit -n)", room, soft)
+    return min(wanted or room, room)
 
 
 def serve_http(settings: Settings, host: str, port: int) -> None:
