@@ -129,7 +129,7 @@ class Settings:
     # answered 503 and closed at once, so slow or idle clients cannot hold every socket.
     http_header_timeout_seconds: Annotated[float, Field(ge=1, le=300, allow_inf_nan=False)] = 10.0
     http_body_timeout_seconds: Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)] = 60.0
-    # None: as many as the open-file limit leaves room for (ulimit -n, less 64); a number is
+    # None: as many as the open-file limit leaves room for (ulimit -n, less 576); a number is
     # lowered to that too.
     http_max_connections: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
     # MCP over HTTP (/mcp): sessions one API key may hold open at once (one more answers 429),

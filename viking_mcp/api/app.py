@@ -409,8 +409,12 @@ def _stopped(signum: int, _frame: object) -> None:
     logger.info("stopped by %s", signal.Signals(signum).name)
 
 
-# File descriptors kept free of connections: the database, its journal, the listening socket, logs.
-_RESERVED_FILES = 64
+# Connections waiting to be accepted. asyncio accepts up to this many at once, before any
+# is refused, and a refused one holds its descriptor until the next turn of the loop.
+_ACCEPT_BACKLOG = 256
+# File descriptors kept free of connections: the database, its journal, the listening socket,
+# logs (64), and two batches of accepts (see above).
+_RESERVED_FILES = 64 + 2 * _ACCEPT_BACKLOG
 
 
 def _connection_cap(wanted: int | None) -> int:
@@ -463,6 +467,7 @@ def serve_http(settings: Settings, host: str, port: int) -> None:
             lifespan="on",
             timeout_graceful_shutdown=5,
             server_header=False,
+            backlog=_ACCEPT_BACKLOG,
             http=connections,
             ws="none",  # no WebSocket routes: an upgrade request is answered as plain HTTP
             # requests_tracked finds a request's connection in a context variable its task inherits
