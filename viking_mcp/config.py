@@ -135,6 +135,19 @@ class Settings:
     # unless its instance renews it (a dead instance's task is taken over after that).
     pg_pool_size: Annotated[int, Field(ge=1, le=1000)] = 10
     pg_lease_seconds: Annotated[float, Field(ge=2, le=3600)] = 30.0
+    # HTTP server (`serve --transport http`): a connection that has not sent a request's
+    # headers this long after it opened (or after its last answer) is closed, a request body
+    # must arrive within its own deadline (else 408), and connections past the maximum are
+    # answered 503 and closed at once, so slow or idle clients cannot hold every socket.
+    http_header_timeout_seconds: Annotated[float, Field(ge=1, le=300, allow_inf_nan=False)] = 10.0
+    http_body_timeout_seconds: Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)] = 60.0
+    # None: as many as the open-file limit leaves room for (ulimit -n, less 576); a number is
+    # lowered to that too.
+    http_max_connections: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
+    # MCP over HTTP (/mcp): sessions one API key may hold open at once (one more answers 429),
+    # and how long a session may sit idle before it ends (the client then opens a new one).
+    http_mcp_sessions_per_key: Annotated[int, Field(ge=1, le=10_000)] = 64
+    http_mcp_session_idle_seconds: Annotated[float, Field(ge=1, le=86_400, allow_inf_nan=False)] = 600.0
 
     @property
     def database_path(self) -> Path:

@@ -3,12 +3,15 @@
 One ASGI app, one engine, one Phase 2 worker: a session written over REST is the same
 session an agent reads over MCP. The routes are module-level functions, by area, in
 `sessions.py`, `messages.py`, `commits.py`, `context.py` and `memories.py`; what they share
-(the envelope, one engine call) is in `envelope.py`. This module holds the app: the request guard
-in front of everything, MCP at /mcp, error handlers, and `serve_http`.
+(the envelope, one engine call) is in `envelope.py`; MCP at /mcp, its sessions bound to
+keys and counted per key, in `mcp_endpoint.py`; the connections' limits in `connections.py`.
+This module holds the app: the request guard in front of everything, error handlers, and
+`serve_http`.
 
 Every failure a client can cause is a 4xx with a code, never a 5xx: validation errors
 (including bad JSON) are 400 INVALID_ARGUMENT, unknown routes 404 NOT_FOUND, bodies over
-the size limit 413 RESOURCE_EXHAUSTED (refused before they are read).
+the size limit 413 RESOURCE_EXHAUSTED (refused before they are read), a web page of
+another origin changing data 403 PERMISSION_DENIED, a body slower than its deadline 408.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -41,6 +45,7 @@ from viking_mcp import __version__
 from viking_mcp.api.commits import commits
 from viking_mcp.api.context import context
 from viking_mcp.api.envelope import API_PREFIX, HttpState, error_response
+from viking_mcp.api.mcp_endpoint import McpEndpoint, SessionsPerKey
 from viking_mcp.api.memories import memories
 from viking_mcp.api.messages import messages
 from viking_mcp.api.sessions import sessions
@@ -77,7 +82,50 @@ def _host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
-# --- the request guard: Host check, API key, body size -----------------------------------------------------
+# --- the request guard: Host and Origin checks, API key, body size and deadline ---------------------------
+
+# Methods that change data: a web page can send these to any site (a form, a fetch) without asking first.
+_UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _origin_allowed(origin: str, host_header: str) -> bool:
+    """An Origin this server takes changes from: its own (the one the Host header names), or a loopback page's."""
+    try:
+        parts = urlsplit(origin)
+        hostname = parts.hostname
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not hostname:
+        return False
+    return parts.netloc.lower() == host_header.lower() or is_loopback(hostname)
+
+
+def _cross_origin(method: str, headers: Headers) -> str | None:
+    """Why a browser's request from another site's page is refused, or None to let it through.
+
+    Go's `http.CrossOriginProtection` in order: safe methods pass; then a browser's
+    Sec-Fetch-Site (`same-origin`, or `none` for what the user typed); then, for browsers
+    that do not send it, the Origin. A request with neither comes from outside a browser
+    (curl, the SDKs, the OpenClaw plugin): nothing to check. This keeps a page the user
+    happens to visit from changing data on a server that has no keys (the issue's B13)."""
+    if method not in _UNSAFE_METHODS:
+        return None
+    site = headers.get("sec-fetch-site")
+    if site in ("same-origin", "none"):
+        return None
+    origin = headers.get("origin")
+    if origin is None and site is None:
+        return None
+    if origin is not None and _origin_allowed(origin, headers.get("host", "")):
+        return None
+    return (
+        f"cross-origin request refused: a page at {(origin or site or '')[:100]!r} may not change data here; "
+        "only this server's own origin and loopback pages may. Clients outside a browser send no Origin header"
+    )
+
+
+def _has_body(headers: Headers) -> bool:
+    return headers.get("content-length", "0").strip() != "0" or "transfer-encoding" in headers
 
 
 class _RequestGuard:
@@ -85,16 +133,19 @@ class _RequestGuard:
 
     - On a loopback bind, the Host header must name loopback (no DNS rebinding into a
       server that may have no keys).
+    - A change (POST, PUT, PATCH, DELETE) to /api/... or /mcp from a web page of another
+      origin is refused, keys or not (`_cross_origin`).
     - /api/... and /mcp need an API key when keys are configured (401 otherwise); the
       caller's identity goes into the request state for the endpoints.
-    - Bodies over `max_body` are refused with 413 before they are read; a body without a
-      Content-Length is read up to the limit first, then replayed to the app.
+    - Bodies over `max_body` are refused with 413 before they are read; a body is read
+      whole, within `body_timeout` (408 otherwise), then replayed to the app.
     """
 
-    def __init__(self, app: ASGIApp, state: HttpState, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, state: HttpState, max_body: int, body_timeout: float) -> None:
         self.app = app
         self.state = state
         self.max_body = max_body
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -103,12 +154,9 @@ class _RequestGuard:
         scope.setdefault("state", {})["viking_started"] = time.perf_counter()
         headers = Headers(scope=scope)
         refusal = self._refusal(scope, headers)
-        if refusal is None and "content-length" not in headers and "transfer-encoding" in headers:
-            body, complete = await self._read_up_to_limit(receive)
-            if complete:
-                receive = _replay(body, receive)
-            else:
-                refusal = self._too_large(scope)
+        if refusal is None and _has_body(headers):
+            body, refusal = await self._read_body(scope, receive)
+            receive = _replay(body, receive)
         if refusal is not None:
             await refusal(scope, receive, send)
         else:
@@ -124,6 +172,8 @@ class _RequestGuard:
                 return error_response(ErrorCode.PERMISSION_DENIED, message, scope)
         path: str = scope["path"]
         if path in (API_PREFIX, MCP_PATH) or path.startswith((API_PREFIX + "/", MCP_PATH + "/")):
+            if (cross_origin := _cross_origin(scope["method"], headers)) is not None:
+                return error_response(ErrorCode.PERMISSION_DENIED, cross_origin, scope)
             try:
                 scope["state"]["viking_actor"] = self.state.keyring.authenticate(key_from_headers(headers))
             except VikingError as exc:
@@ -137,20 +187,34 @@ class _RequestGuard:
                 return self._too_large(scope)
         return None
 
-    async def _read_up_to_limit(self, receive: Receive) -> tuple[bytes, bool]:
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, JSONResponse | None]:
+        """The body, read whole within the size limit and the deadline; or the answer refusing it.
+
+        The deadline is for the whole body, not each read: a client dripping a byte at a
+        time would otherwise hold the request (and its connection) for as long as it liked."""
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return b"".join(chunks), True  # disconnected: the app will see an empty body
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                return b"", False
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks), True
+        with anyio.move_on_after(self.body_timeout) as waited:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break  # disconnected: the app will see what arrived
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body:
+                    return b"", self._too_large(scope)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        if waited.cancelled_caught:
+            late = (
+                f"the request body did not arrive within {self.body_timeout:g} s; "
+                "send it faster, or raise VIKING_MCP_HTTP_BODY_TIMEOUT_SECONDS"
+            )
+            response = error_response(ErrorCode.UNAVAILABLE, late, scope, status=408)
+            response.headers["Connection"] = "close"  # the rest of the body is not worth waiting for
+            return b"", response
+        return b"".join(chunks), None
 
     def _too_large(self, scope: Scope) -> JSONResponse:
         message = f"request body is larger than {self.max_body} bytes"
@@ -169,21 +233,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 # --- MCP at /mcp ---------------------------------------------------------------------------------
-
-
-class _McpEndpoint:
-    """Hands /mcp requests to the running MCP session manager (the request guard has checked the key)."""
-
-    def __init__(self, state: HttpState) -> None:
-        self.state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        manager = self.state.mcp
-        if manager is None:
-            message = "MCP is not running (the server is starting or stopping); retry in a moment"
-            await error_response(ErrorCode.UNAVAILABLE, message, scope)(scope, receive, send)
-            return
-        await manager.handle_request(scope, receive, send)
 
 
 def _mcp_security(host: str | None) -> tuple[str, TransportSecuritySettings | None]:
@@ -289,7 +338,12 @@ def build_app(
         # The MCP face shares the engine and this app's worker: its own lifespan runs none.
         mcp_server = build_server(replace(settings, phase2_workers=0), engine=current, keyring=state.keyring)
         mcp_host, security = _mcp_security(host)
-        mcp_server.streamable_http_app(streamable_http_path=MCP_PATH, host=mcp_host, transport_security=security)
+        mcp_server.streamable_http_app(
+            streamable_http_path=MCP_PATH,
+            host=mcp_host,
+            transport_security=security,
+            session_idle_timeout=settings.http_mcp_session_idle_seconds,
+        )
         manager = mcp_server.session_manager
         logger.info("viking-mcp %s: HTTP API and MCP on data in %s", __version__, settings.store_label)
         try:
@@ -341,10 +395,13 @@ def build_app(
 
     for routes in (sessions, messages, commits, context, memories):
         app.include_router(routes, dependencies=[Depends(_documented_auth)])
+    mcp_endpoint = McpEndpoint(
+        state, SessionsPerKey(settings.http_mcp_sessions_per_key, settings.http_mcp_session_idle_seconds)
+    )
     for path in (MCP_PATH, MCP_PATH + "/"):
-        app.router.routes.append(Route(path, endpoint=_McpEndpoint(state), include_in_schema=False))
+        app.router.routes.append(Route(path, endpoint=mcp_endpoint, include_in_schema=False))
     max_body = max(MIN_BODY_LIMIT, 2 * settings.limits.max_message_bytes + 64 * 1024)
-    app.add_middleware(_RequestGuard, state=state, max_body=max_body)
+    app.add_middleware(_RequestGuard, state=state, max_body=max_body, body_timeout=settings.http_body_timeout_seconds)
     return app
 
 
@@ -352,11 +409,36 @@ def _stopped(signum: int, _frame: object) -> None:
     logger.info("stopped by %s", signal.Signals(signum).name)
 
 
+# Connections waiting to be accepted. asyncio accepts up to this many at once, before any
+# is refused, and a refused one holds its descriptor until the next turn of the loop.
+_ACCEPT_BACKLOG = 256
+# File descriptors kept free of connections: the database, its journal, the listening socket,
+# logs (64), and two batches of accepts (see above).
+_RESERVED_FILES = 64 + 2 * _ACCEPT_BACKLOG
+
+
+def _connection_cap(wanted: int | None) -> int:
+    """VIKING_MCP_HTTP_MAX_CONNECTIONS, within the process's open-file limit: past that limit
+    `accept()` fails and even /health goes unanswered, so connections are refused first."""
+    unbounded = 1_000_000
+    try:
+        import resource  # not on Windows
+    except ImportError:
+        return wanted or unbounded
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = unbounded if soft == resource.RLIM_INFINITY else max(1, soft - _RESERVED_FILES)
+    if wanted is not None and wanted > room:
+        logger.warning("at most %d HTTP connections: the open-file limit is %d (ulimit -n)", room, soft)
+    return min(wanted or room, room)
+
+
 def serve_http(settings: Settings, host: str, port: int) -> None:
     """Serve the HTTP app with uvicorn until SIGINT/SIGTERM. Logs go to stderr only.
 
     Refuses (SystemExit 2) to listen beyond loopback without API keys configured."""
     import uvicorn
+
+    from viking_mcp.api.connections import guarded_connections, requests_tracked  # uvicorn's protocol, wrapped
 
     keyring = keyring_from_env()
     if not is_loopback(host) and not keyring.enabled:
@@ -373,14 +455,23 @@ def serve_http(settings: Settings, host: str, port: int) -> None:
         # This process serves until stopped: its start-up heap is left out of later garbage
         # collections, a little after it starts and once the tokenizer loads (viking_mcp/heap.py).
         settle_later(engine)
+        # A deadline on each request's headers and a cap on open connections (api/connections.py).
+        connections = guarded_connections(
+            settings.http_header_timeout_seconds, _connection_cap(settings.http_max_connections)
+        )
         config = uvicorn.Config(
-            app,
+            requests_tracked(app),
             host=host,
             port=port,
             log_config=None,  # uvicorn's loggers propagate to ours: stderr only
             lifespan="on",
             timeout_graceful_shutdown=5,
             server_header=False,
+            backlog=_ACCEPT_BACKLOG,
+            http=connections,
+            ws="none",  # no WebSocket routes: an upgrade request is answered as plain HTTP
+            # requests_tracked finds a request's connection in a context variable its task inherits
+            reset_contextvars=False,
         )
         server = uvicorn.Server(config)
         # uvicorn shuts down gracefully on SIGTERM, then raises the signal again to die of
