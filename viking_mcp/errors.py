@@ -53,6 +53,8 @@ class VikingError(Exception):
     """An error a caller can act on. `code` says what kind, the message says what to do."""
 
     code: ErrorCode = ErrorCode.INTERNAL
+    # The HTTP status, where it is not the code's own (`ErrorCode.http_status`).
+    http_status: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -88,6 +90,12 @@ class PermissionDenied(VikingError):
 
 class ResourceExhausted(VikingError):
     code = ErrorCode.RESOURCE_EXHAUSTED
+
+
+class TooManyAtOnce(ResourceExhausted):
+    """A per-caller cap on work in flight: retry once some of it has answered (HTTP 429)."""
+
+    http_status = 429
 
 
 class Unavailable(VikingError):

@@ -273,7 +273,7 @@ def _describe_validation(exc: RequestValidationError) -> str:
 
 
 async def _viking_error(request: Request, exc: VikingError) -> JSONResponse:
-    return error_response(exc.code, exc.message, request.scope)
+    return error_response(exc.code, exc.message, request.scope, status=exc.http_status)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

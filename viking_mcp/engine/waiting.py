@@ -27,7 +27,7 @@ import anyio.to_thread
 from anyio.lowlevel import RunVar
 
 from viking_mcp.engine.engine import Engine
-from viking_mcp.errors import ResourceExhausted
+from viking_mcp.errors import TooManyAtOnce
 from viking_mcp.models import CommitResult, ExtractResult, MemoryInput, Owner, TaskRecord
 
 AsyncProgress = Callable[[float, float, str], Awaitable[None]]
@@ -89,7 +89,7 @@ async def extract_apart(engine: Engine, session_id: str, actor: Owner | None) ->
     user = (actor.account_id, actor.user_id) if actor is not None else ("", "")
     allowed = engine.settings.extracts_per_user
     if extracts_of[user] >= allowed:
-        raise ResourceExhausted(
+        raise TooManyAtOnce(
             f"this user already has {allowed} extractions running or waiting (VIKING_MCP_EXTRACTS_PER_USER); "
             "wait for one to answer, then retry"
         )
