@@ -11,11 +11,14 @@ the word STALL. The hostile key, all at once:
 - B4a: `--flood` add+commit pairs, from `--flood-clients` connections, each pair a message
   to one of its sessions and a commit: a Phase 2 backlog of thousands;
 - B4b: `--extracts` extracts at once, again and again, on a session whose messages hold
-  STALL, so that each waits `--llm-seconds` on the endpoint.
+  STALL, so that each waits `--llm-seconds` on the endpoint;
+- B1: `--mcp-sessions` MCP sessions opened at /mcp (initialize, never closed), from
+  `--mcp-clients` connections.
 Once the backlog has built up (`--head-start` seconds), the other key adds `--appends`
 messages one after another, timing each, then commits with wait=true `--commits` times
 (a message before each), timing each to its answer. Targets (issue 15): add_message p99
-under 50 ms, every commit(wait=true) completed in under 5 s.
+under 50 ms, every commit(wait=true) completed in under 5 s; and the other key can still
+open an MCP session.
 
 It prints a markdown table and, with `--json`, writes every figure. Not part of the test
 suite: run it on demand, on a quiet machine.
@@ -213,6 +216,7 @@ class Hostile:
         self.args = args
         self.stop = threading.Event()
         self.pairs = itertools.count()
+        self.mcp_opened = itertools.count()
         self.pairs_done = 0
         self.outcomes: Counter[str] = Counter()
         self.lock = threading.Lock()
@@ -227,6 +231,8 @@ class Hostile:
             self.threads.append(threading.Thread(target=self._flood, args=(n,), daemon=True))
         for n in range(self.args.extracts):
             self.threads.append(threading.Thread(target=self._extract, args=(n,), daemon=True))
+        for _ in range(self.args.mcp_clients):
+            self.threads.append(threading.Thread(target=self._open_mcp_sessions, daemon=True))
         for thread in self.threads:
             thread.start()
 
@@ -260,6 +266,10 @@ class Hostile:
         finally:
             client.close()
 
+    def _open_mcp_sessions(self) -> None:
+        while not self.stop.is_set() and next(self.mcp_opened) < self.args.mcp_sessions:
+            self._count(f"mcp initialize {open_mcp_session(self.port, HOSTILE)}")
+
     def finish(self) -> None:
         self.stop.set()
         for thread in self.threads:
@@ -277,14 +287,37 @@ def victim(port: int, args: argparse.Namespace) -> dict[str, Any]:
     commits: list[dict[str, Any]] = []
     for n, text in enumerate(texts[args.appends :]):
         client.ok("POST", f"/api/v1/sessions/ada-commit-{n}/messages", {"role": "user", "content": text})
-        started = time.perf_counter()
+        began = time.perf_counter()
         result = client.ok("POST", f"/api/v1/sessions/ada-commit-{n}/commit", {"wait": True})
-        commits.append({"seconds": round(time.perf_counter() - started, 3), "task_status": result["task_status"]})
-    started = time.perf_counter()
+        commits.append({"seconds": round(time.perf_counter() - began, 3), "task_status": result["task_status"]})
+    began = time.perf_counter()
     client.ok("GET", "/api/v1/sessions/ada-work")
-    get_session = time.perf_counter() - started
+    get_session = time.perf_counter() - began
     client.close()
     return {"add_message": summary_ms(appends), "commit_wait": commits, "get_session_s": round(get_session, 3)}
+
+
+def open_mcp_session(port: int, key: str) -> int:
+    """The HTTP status of an MCP `initialize` at /mcp (200: a session opened and left open)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "bench", "version": "1"},
+        },
+    }
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream", "X-API-Key": key}
+    try:
+        conn.request("POST", "/mcp", body=json.dumps(body), headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
 
 
 def backlog(port: int) -> int:
@@ -302,6 +335,8 @@ def main() -> None:
     parser.add_argument("--flood-clients", type=int, default=4, help="hostile connections doing them")
     parser.add_argument("--extracts", type=int, default=45, help="hostile extracts at once (B4b)")
     parser.add_argument("--llm-seconds", type=float, default=20.0, help="how long the endpoint stalls")
+    parser.add_argument("--mcp-sessions", type=int, default=2000, help="hostile MCP sessions to open (B1)")
+    parser.add_argument("--mcp-clients", type=int, default=2, help="hostile connections opening them")
     parser.add_argument("--head-start", type=float, default=10.0, help="seconds of hostile load first")
     parser.add_argument("--appends", type=int, default=500, help="the other key's timed add_message calls")
     parser.add_argument("--commits", type=int, default=5, help="the other key's timed commit(wait=true) calls")
@@ -316,6 +351,7 @@ def main() -> None:
             time.sleep(args.head_start)
             backlog_before = backlog(port)
             measured = victim(port, args)
+            measured["mcp_initialize_status"] = open_mcp_session(port, VICTIM)
             backlog_after = backlog(port)
             pairs = hostile.pairs_done
             hostile.finish()
@@ -340,6 +376,8 @@ def main() -> None:
          "met" if worst is not None and worst < 5 and all_done else "NOT MET"),
         ("victim commit(wait=true) statuses", ", ".join(c["task_status"] for c in measured["commit_wait"]), ""),
         ("victim GET /sessions/x after it all (s)", str(measured["get_session_s"]), ""),
+        ("victim opens an MCP session after it all (HTTP status)", str(measured["mcp_initialize_status"]),
+         "met" if measured["mcp_initialize_status"] == 200 else "NOT MET"),
         ("hostile add+commit pairs done meanwhile", str(pairs), ""),
         ("hostile Phase 2 backlog before / after the victim (pending, max 500)",
          f"{backlog_before} / {backlog_after}", ""),
