@@ -304,3 +304,35 @@ def test_past_the_connection_limit_new_connections_are_answered_503(tmp_path: Pa
                 pass
             time.sleep(0.1)
         assert health(server.port) == 200
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard", "refuses_above", "cap"),
+    [
+        (256, -1, 10_240, 10_240 - 576),  # macOS: soft 256, hard unlimited, at most 10240 allowed
+        (1024, 1024, None, 448),  # a hard limit of 1024: nothing to raise
+        (256, 256, None, 64),  # a tiny hard limit still leaves a quarter for connections
+        (1024, 524_288, None, 65_536 - 576),  # Linux: raised to 65536
+    ],
+)
+def test_the_connection_cap_takes_what_the_open_file_limit_allows(
+    monkeypatch: pytest.MonkeyPatch, soft: int, hard: int, refuses_above: int | None, cap: int
+) -> None:
+    """B5's cap is the open-file limit less a reserve; a soft limit of 256 (macOS) would leave
+    no connections, so the server first raises it toward the hard limit, as Go's runtime does."""
+    import resource
+
+    from viking_mcp.api.app import _connection_cap
+
+    limits = [soft, hard]
+
+    def setrlimit(_which: int, new: tuple[int, int]) -> None:
+        if refuses_above is not None and new[0] > refuses_above:
+            raise ValueError("not allowed")
+        limits[:] = list(new)
+
+    monkeypatch.setattr(resource, "RLIM_INFINITY", -1)
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: tuple(limits))
+    monkeypatch.setattr(resource, "setrlimit", setrlimit)
+    assert _connection_cap(None) == cap
+    assert _connection_cap(50) == 50

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -425,8 +425,17 @@ def _connection_cap(wanted: int | None) -> int:
         import resource  # not on Windows
     except ImportError:
         return wanted or unbounded
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    room = unbounded if soft == resource.RLIM_INFINITY else max(1, soft - _RESERVED_FILES)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = 1 << 62 if hard == resource.RLIM_INFINITY else hard
+    # Like Go's runtime and most servers, take what the hard limit allows first: macOS starts
+    # processes at 256, which would leave no room at all. (macOS refuses more than 10240.)
+    for raised in (min(ceiling, 65_536), 10_240):
+        if soft != resource.RLIM_INFINITY and soft < raised <= ceiling:
+            with suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+                soft = raised
+                break
+    room = unbounded if soft == resource.RLIM_INFINITY else max(soft - _RESERVED_FILES, soft // 4, 1)
     if wanted is not None and wanted > room:
         logger.warning("at most %d HTTP connections: the open-file limit is %d (ulimit -n)", room, soft)
     return min(wanted or room, room)
