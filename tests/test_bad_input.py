@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import queue
 import sqlite3
 import subprocess
@@ -492,17 +493,22 @@ async def test_stdio_server_answers_deeply_nested_tool_input(tmp_path: Path) -> 
 class RawStdioServer:
     """The real server process, spoken to in raw bytes: what no well-behaved client would send."""
 
-    def __init__(self, home: Path, **env: str) -> None:
+    def __init__(
+        self, home: Path, stderr: Path | None = None, protocol_version: str = "2025-06-18", **env: str
+    ) -> None:
+        """`stderr`: a file that keeps the server's log (else it is thrown away)."""
         params = stdio_params(home, **env)
-        self.proc = subprocess.Popen(
-            [params.command, *params.args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, env=params.env,
-        )  # fmt: skip
+        with stderr.open("wb") if stderr is not None else open(os.devnull, "wb") as log:
+            self.proc = subprocess.Popen(
+                [params.command, *params.args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=log, env=params.env,
+            )  # fmt: skip
         self.lines: queue.Queue[bytes] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}
+        hello = {"protocolVersion": protocol_version, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}
         self.send_json({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello})
-        assert self.receive()["id"] == 0
+        answer = self.receive()
+        assert answer["id"] == 0 and answer["result"]["protocolVersion"] == protocol_version
         self.send_json({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
     def _read(self) -> None:
@@ -515,12 +521,24 @@ class RawStdioServer:
         self.proc.stdin.write(line + b"\n")
         self.proc.stdin.flush()
 
-    def send_json(self, message: dict[str, Any]) -> None:
+    def send_json(self, message: Any) -> None:
         self.send(json.dumps(message).encode())
 
     def receive(self, timeout: float = 30) -> dict[str, Any]:
         answer: dict[str, Any] = json.loads(self.lines.get(timeout=timeout))
         return answer
+
+    def receive_ids(self, request_ids: set[int], timeout: float = 10) -> dict[int, dict[str, Any]]:
+        """The answers to these requests, in whatever order they come; nothing else may come."""
+        answers: dict[int, dict[str, Any]] = {}
+        while set(answers) != request_ids:
+            try:
+                answer = self.receive(timeout)
+            except queue.Empty:
+                pytest.fail(f"no answer within {timeout} s to requests {sorted(request_ids - set(answers))}")
+            assert answer.get("id") in request_ids - set(answers), answer
+            answers[answer["id"]] = answer
+        return answers
 
     def call(self, request_id: int, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
         self.send_json(tool_call(request_id, tool, arguments))
