@@ -369,11 +369,6 @@ class SQLStore(ABC):
                 tx.execute(statement)
         return version != len(migrations)
 
-    def _select(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        """The rows `sql` reads, in a read transaction of its own."""
-        with self._read() as tx:
-            return tx.execute(sql, params).fetchall()
-
     def _select_as(self, record: Callable[[Any], Record], sql: str, params: Sequence[Any]) -> list[Record]:
         """The rows `sql` reads, each made a record inside the read transaction: where the
         dialect sees a value that does not read back (`UnreadableValue`)."""
@@ -690,12 +685,13 @@ class SQLStore(ABC):
 
     def previous_overview(self, session_id: str, number: int) -> str:
         """The overview of the latest completed archive before archive `number`."""
-        rows = self._select(
+        overviews = self._select_as(
+            lambda row: str(row["overview"]),
             "SELECT overview FROM archives WHERE session_id = ? AND archive_no < ? AND status = 'completed' "
             "ORDER BY archive_no DESC LIMIT 1",
             (session_id, number),
         )
-        return str(rows[0]["overview"]) if rows else ""
+        return overviews[0] if overviews else ""
 
     def release_phase2(self, task: TaskRow, now: str) -> None:
         """Give a claimed task back to the queue (its owner could not finish it)."""
