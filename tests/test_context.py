@@ -78,40 +78,47 @@ def test_overview_that_exactly_fits_takes_the_whole_budget(engine: Engine, sessi
 
 
 def test_overview_that_does_not_fit_leaves_room_for_abstracts(engine: Engine, session: str) -> None:
-    # 49 tokens left after the messages: the 50-token overview does not fit; archive 3's
-    # abstract (30) does; archive 2's (20) then does not (19 left), and the walk stops there,
-    # so archive 1's (10) is dropped too although it alone would fit: oldest go first.
+    # 49 tokens left after the messages: the 50-token overview does not fit; the latest
+    # archive's own abstract (40, as in the seed's example) does; 9 are left, for none of
+    # the others.
     context = engine.get_context(session, ACTIVE + 49)
     assert context.latest_archive_overview == ""
-    assert [(a.archive_id, a.abstract) for a in context.pre_archive_abstracts] == [("archive_003", cats(30))]
+    assert [(a.archive_id, a.abstract) for a in context.pre_archive_abstracts] == [("archive_004", cats(40))]
     assert context.stats.model_dump() == {
         "totalArchives": 4,
         "includedArchives": 1,
         "droppedArchives": 3,
         "failedArchives": 0,
         "activeTokens": ACTIVE,
-        "archiveTokens": 30,
+        "archiveTokens": 40,
     }
-    assert context.estimatedTokens == ACTIVE + 30
+    assert context.estimatedTokens == ACTIVE + 40
 
 
-def test_abstracts_are_dropped_oldest_first(engine: Engine, session: str) -> None:
+def test_the_latest_abstract_comes_first_and_one_that_does_not_fit_is_skipped(engine: Engine, session: str) -> None:
+    # 100 left: the overview (50), the latest archive's abstract (40); archive 3's (30) and
+    # 2's (20) do not fit the 10 left, archive 1's (10) does: the oldest are not always lost first.
     context = engine.get_context(session, ACTIVE + 50 + 30 + 20)
     assert context.latest_archive_overview == cats(50)
-    assert [a.archive_id for a in context.pre_archive_abstracts] == ["archive_003", "archive_002"]
+    assert [a.archive_id for a in context.pre_archive_abstracts] == ["archive_004", "archive_001"]
     assert context.stats.includedArchives == 2
-    assert context.stats.droppedArchives == 1
+    assert context.stats.droppedArchives == 2
     assert context.stats.archiveTokens == 100
     assert context.estimatedTokens == ACTIVE + 100
 
 
 def test_large_budget_returns_everything(engine: Engine, session: str) -> None:
     context = engine.get_context(session, 1_000_000)
-    assert [a.archive_id for a in context.pre_archive_abstracts] == ["archive_003", "archive_002", "archive_001"]
-    assert context.stats.includedArchives == 3
+    assert [a.archive_id for a in context.pre_archive_abstracts] == [
+        "archive_004",
+        "archive_003",
+        "archive_002",
+        "archive_001",
+    ]
+    assert context.stats.includedArchives == 4
     assert context.stats.droppedArchives == 0
-    assert context.stats.archiveTokens == 50 + 30 + 20 + 10
-    assert context.estimatedTokens == ACTIVE + 110
+    assert context.stats.archiveTokens == 50 + 40 + 30 + 20 + 10
+    assert context.estimatedTokens == ACTIVE + 150
 
 
 def test_messages_of_an_archive_not_yet_done_come_before_live_ones(engine: Engine, session: str) -> None:
@@ -251,5 +258,7 @@ def test_the_longest_overview_rendering_that_fits_is_returned(engine: Engine) ->
         context = engine.get_context("long", budget)
         fitting = [s for s in sizes if s <= budget]
         expected = max(fitting) if fitting else 0
-        assert context.stats.archiveTokens == expected
         assert engine.tokens.count(context.latest_archive_overview) == expected
+        # beside it, the archive's own abstract when it fits what is left (as in the seed)
+        abstract = archive.abstract_tokens if archive.abstract_tokens <= budget - expected else 0
+        assert context.stats.archiveTokens == expected + abstract

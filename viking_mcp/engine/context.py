@@ -2,100 +2,122 @@
 
 Pure: it reads nothing and counts no tokens. Every count it adds was stored when the
 message was added or the archive summarised, so assembling a context never
-re-tokenizes history.
+re-tokenizes history. (`engine/reading.py` renders it for a model, and counts that.)
 
 The rules (OpenViking 0.3.x semantics, see the contract's section 4):
 - messages: every message of archives after the latest completed one (Phase 2 not done
   yet, or failed), then the live messages, oldest first; always returned.
 - the budget left after those messages goes to the latest completed archive's overview
-  (the longest stored rendering that fits), then to the abstracts of the earlier
-  completed archives, newest first, stopping at the first that does not fit, so older
-  ones are dropped first.
+  (the longest stored rendering that fits), then to abstracts, newest first: the latest
+  archive's own (as the seed's example has it), then those of the earlier archives the
+  overview does not show. An archive the chosen rendering has a section for is not
+  given an abstract as well: that budget goes to the archives not shown, so that the
+  oldest facts are not the first lost. An abstract that does not fit is skipped, and a
+  smaller, older one may still fit.
 """
 
 from __future__ import annotations
 
-from viking_mcp.models import ArchiveAbstract, ContextStats, Message, SessionContext, archive_id, message_text
-from viking_mcp.store.base import ArchiveRow, ContextSnapshot
+import re
+from dataclasses import dataclass, field
+
+from viking_mcp.models import ArchiveAbstract, ContextStats, SessionContext, archive_id
+from viking_mcp.store.base import ArchiveRow, ContextSnapshot, OverviewRendering, StoredMessage
+
+# An overview's section for an archive: "## archive_007" (and perhaps " · 3 May 2023").
+_SECTION = re.compile(r"^## archive_(\d+)\b", re.MULTILINE)
 
 
-def assemble_context(snapshot: ContextSnapshot, token_budget: int) -> SessionContext:
-    archives = snapshot.archives
-    latest = next((a for a in reversed(archives) if a.status == "completed"), None)
+def shown_archives(rendering: str, own: int) -> set[int]:
+    """The archives an overview rendering has a section for; one without sections (written
+    by an agent or an LLM, in its own words) shows the archive it belongs to."""
+    return {int(n) for n in _SECTION.findall(rendering)} or {own}
+
+
+@dataclass
+class ArchivePick:
+    """The archive payload chosen for a budget."""
+
+    latest: ArchiveRow | None
+    overview: OverviewRendering | None = None
+    shown: set[int] = field(default_factory=set)  # archives the overview has a section for
+    abstracts: list[ArchiveRow] = field(default_factory=list)  # newest first
+    tokens: int = 0
+
+    @property
+    def represented(self) -> set[int]:
+        return self.shown | {a.number for a in self.abstracts}
+
+
+def active_messages(snapshot: ContextSnapshot) -> list[StoredMessage]:
+    """The messages not yet summarised: those of archives after the latest completed one
+    (pending or failed), then the live ones. A skipped archive's messages were let go on
+    purpose (expand_archive still has them)."""
+    latest = latest_completed(snapshot.archives)
     latest_number = latest.number if latest else 0
+    skipped = [a for a in snapshot.archives if a.status == "skipped" and a.number > latest_number]
+    if not skipped:
+        return snapshot.messages
+    return [m for m in snapshot.messages if not any(a.first_seq <= m.seq <= a.last_seq for a in skipped)]
 
-    # Messages of pending and failed archives after the latest completed one stay visible;
-    # a skipped archive's messages were let go on purpose (expand_archive still has them).
-    skipped = [a for a in archives if a.status == "skipped" and a.number > latest_number]
-    messages: list[Message] = []
-    active_tokens = 0
-    for stored in snapshot.messages:
-        if any(a.first_seq <= stored.seq <= a.last_seq for a in skipped):
-            continue
-        messages.append(stored.message)
-        active_tokens += stored.tokens
 
-    remaining = max(0, token_budget - active_tokens)
-    overview, overview_tokens, overview_included = "", 0, False
-    if latest is not None:
-        fitting = next((r for r in latest.overview_renderings if r.tokens <= remaining), None)
-        if fitting is not None:
-            overview, overview_tokens, overview_included = fitting.text, fitting.tokens, True
-            remaining -= fitting.tokens
+def latest_completed(archives: list[ArchiveRow]) -> ArchiveRow | None:
+    return next((a for a in reversed(archives) if a.status == "completed"), None)
 
-    abstracts: list[ArchiveAbstract] = []
-    abstract_tokens = 0
-    earlier: list[ArchiveRow] = [a for a in reversed(archives) if a.status == "completed" and a.number < latest_number]
-    for archive in earlier:
-        if archive.abstract_tokens > remaining:
-            break
-        abstracts.append(ArchiveAbstract(archive_id=archive_id(archive.number), abstract=archive.abstract))
-        remaining -= archive.abstract_tokens
-        abstract_tokens += archive.abstract_tokens
 
-    completed = sum(1 for a in archives if a.status in ("completed", "skipped"))
+def pick_archives(archives: list[ArchiveRow], budget: int, *, latest_abstract: bool) -> ArchivePick:
+    """The latest overview's longest rendering within `budget`, then abstracts (the latest
+    archive's own when `latest_abstract`, then the earlier ones the overview does not show,
+    newest first) in what is left."""
+    latest = latest_completed(archives)
+    pick = ArchivePick(latest)
+    if latest is None:
+        return pick
+    remaining = budget
+    fitting = next((r for r in latest.overview_renderings if r.tokens <= remaining), None)
+    if fitting is not None:
+        pick.overview, pick.shown = fitting, shown_archives(fitting.text, latest.number)
+        remaining -= fitting.tokens
+    candidates = [latest] if latest_abstract else []
+    candidates += [
+        a
+        for a in reversed(archives)
+        if a.status == "completed" and a.number < latest.number and a.number not in pick.shown
+    ]
+    for archive in candidates:
+        if archive.abstract and archive.abstract_tokens <= remaining:
+            pick.abstracts.append(archive)
+            remaining -= archive.abstract_tokens
+    pick.tokens = budget - remaining
+    return pick
+
+
+def archive_stats(archives: list[ArchiveRow], pick: ArchivePick, active_tokens: int) -> ContextStats:
+    completed = [a.number for a in archives if a.status in ("completed", "skipped")]
     failed = sum(1 for a in archives if a.status == "failed")
-    represented = len(abstracts) + (1 if overview_included else 0)
-    archive_tokens = overview_tokens + abstract_tokens
-    return SessionContext(
-        latest_archive_id=archive_id(latest.number) if latest else None,
-        latest_archive_overview=overview,
-        pre_archive_abstracts=abstracts,
-        messages=messages,
-        estimatedTokens=active_tokens + archive_tokens,
-        stats=ContextStats(
-            totalArchives=completed + failed,
-            includedArchives=len(abstracts),
-            droppedArchives=completed - represented,
-            failedArchives=failed,
-            activeTokens=active_tokens,
-            archiveTokens=archive_tokens,
-        ),
+    return ContextStats(
+        totalArchives=len(completed) + failed,
+        includedArchives=len(pick.abstracts),
+        droppedArchives=len(set(completed) - pick.represented),
+        failedArchives=failed,
+        activeTokens=active_tokens,
+        archiveTokens=pick.tokens,
     )
 
 
-def render_context_text(session_id: str, context: SessionContext) -> str:
-    """The assembled context as one text an agent can read back into its window."""
-    blocks = [f'<session id="{session_id}" estimated_tokens="{context.estimatedTokens}">']
-    if context.latest_archive_overview:
-        blocks.append(
-            f'<archive-overview archive_id="{context.latest_archive_id}">\n'
-            f"{context.latest_archive_overview.strip()}\n</archive-overview>"
-        )
-    if context.pre_archive_abstracts:
-        lines = "\n".join(f"- {a.archive_id}: {a.abstract}" for a in context.pre_archive_abstracts)
-        blocks.append(f"<earlier-archives newest-first>\n{lines}\n</earlier-archives>")
-    if context.messages:
-        lines = "\n".join(f"[{m.created_at[:16]}] {m.role}: {message_text(m)}" for m in context.messages)
-        blocks.append(f"<messages>\n{lines}\n</messages>")
-    if context.stats.totalArchives:
-        blocks.append(
-            "Any archive can be read in full with expand_archive(session_id, archive_id)."
-            + (
-                f" {context.stats.failedArchives} archive(s) failed summarising: retry_archive."
-                if context.stats.failedArchives
-                else ""
-            )
-        )
-    blocks.append("</session>")
-    return "\n".join(blocks)
+def assemble_context(snapshot: ContextSnapshot, token_budget: int) -> SessionContext:
+    """The context as the HTTP API and the embedded client return it: typed fields, every
+    active message, the archive payload within what the messages leave of the budget."""
+    messages = active_messages(snapshot)
+    active_tokens = sum(m.tokens for m in messages)
+    pick = pick_archives(snapshot.archives, max(0, token_budget - active_tokens), latest_abstract=True)
+    return SessionContext(
+        latest_archive_id=archive_id(pick.latest.number) if pick.latest else None,
+        latest_archive_overview=pick.overview.text if pick.overview else "",
+        pre_archive_abstracts=[
+            ArchiveAbstract(archive_id=archive_id(a.number), abstract=a.abstract) for a in pick.abstracts
+        ],
+        messages=[m.message for m in messages],
+        estimatedTokens=active_tokens + pick.tokens,
+        stats=archive_stats(snapshot.archives, pick, active_tokens),
+    )

@@ -27,6 +27,7 @@ from viking_mcp.engine.batching import WriteBatcher
 from viking_mcp.engine.context import assemble_context
 from viking_mcp.engine.messages import build_message, check_encodable, validated
 from viking_mcp.engine.phase2 import candidates_from, llm_output, owners_of, plan_memories, run_phase2
+from viking_mcp.engine.reading import ReadContext, read_context
 from viking_mcp.errors import (
     AlreadyExists,
     Conflict,
@@ -81,7 +82,7 @@ from viking_mcp.models import (
     validate_id,
 )
 from viking_mcp.store import Store, open_store
-from viking_mcp.store.base import SessionRow, TaskRow
+from viking_mcp.store.base import ContextSnapshot, SessionRow, TaskRow
 from viking_mcp.summarize.base import ArchiveInput, Summariser
 from viking_mcp.summarize.extractive import ExtractiveSummariser
 from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
@@ -650,13 +651,21 @@ class Engine:
 
     def get_context(self, session_id: str, token_budget: int, *, actor: Owner | None = None) -> SessionContext:
         """Rebuild a context window: archive overview and abstracts within budget, plus messages."""
+        return assemble_context(self._context_snapshot(session_id, token_budget, actor), token_budget)
+
+    def read_context(self, session_id: str, token_budget: int, *, actor: Owner | None = None) -> ReadContext:
+        """The context as a model reads it (MCP): one text, within the budget, counted whole."""
+        snapshot = self._context_snapshot(session_id, token_budget, actor)
+        return read_context(snapshot, session_id, token_budget, self.tokens)
+
+    def _context_snapshot(self, session_id: str, token_budget: int, actor: Owner | None) -> ContextSnapshot:
         validate_id(session_id)
         check_whole(token_budget, "token_budget")
         self._require_session(session_id, actor)
         snapshot = self.store.context_snapshot(session_id)
         if snapshot is None:
             raise NotFound(f"session {session_id} not found")
-        return assemble_context(snapshot, token_budget)
+        return snapshot
 
     # --- long-term memories -----------------------------------------------------------------------
 

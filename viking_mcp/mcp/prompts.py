@@ -11,7 +11,6 @@ from mcp.server.mcpserver.prompts.base import Message as PromptMessage, UserMess
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS
 
-from viking_mcp.engine.context import render_context_text
 from viking_mcp.errors import VikingError
 from viking_mcp.mcp.state import ServerState
 
@@ -32,11 +31,10 @@ def add_prompts(server: MCPServer[ServerState], state: ServerState) -> None:
                 message=f"INVALID_ARGUMENT: token_budget {token_budget!r} is not a whole number",
             ) from None
         try:
-            context = state.require_engine().get_context(session_id, budget, actor=state.actor(ctx))
+            text = state.require_engine().read_context(session_id, budget, actor=state.actor(ctx)).text
         except (VikingError, ToolError) as exc:
             # A protocol error keeps its message (the SDK hides a plain exception's text).
             raise MCPError(code=INVALID_PARAMS, message=str(exc)) from exc
-        text = render_context_text(session_id, context)
         return [
             UserMessage(
                 "Continue our conversation. Here is what viking-mcp kept of it "

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from mcp.types import CallToolResult, TextContent
+from pydantic import BaseModel, Field
 
 from viking_mcp.mcp.state import READ_ONLY, ArchiveId, Ctx, SessionId, caller, tool, writes
-from viking_mcp.models import ArchiveDetail, Count, RetryResult, SessionContext
+from viking_mcp.models import ArchiveDetail, Count, RetryResult
+
+
+class ContextRead(BaseModel):
+    """get_context over MCP: the context as one text (the same text `content` carries)."""
+
+    context: str = Field(description="The rebuilt context: overview, other archives' abstracts, recent messages.")
+    estimatedTokens: int = Field(description="Tokens of this result as JSON, counted with the server's tokenizer.")
 
 
 @tool("Get context", READ_ONLY)
@@ -15,15 +23,14 @@ def get_context(
     ctx: Ctx,
     session_id: SessionId,
     # Its default is the server's setting (VIKING_MCP_DEFAULT_TOKEN_BUDGET), set when it is built.
-    token_budget: Annotated[
-        Count, Field(description="Tokens you can spend on this context; the live messages are always returned.")
-    ],
-) -> SessionContext:
-    """Rebuild your context window: the latest archive's overview and earlier archives'
-    abstracts (as many as fit the budget after the messages), plus the messages not yet
-    summarised. Use expand_archive for any archive's full text."""
+    token_budget: Annotated[Count, Field(description="The most tokens this result may cost you, everything included.")],
+) -> Annotated[CallToolResult, ContextRead]:
+    """Rebuild your context window within token_budget: the messages not yet summarised
+    (newest first if they do not all fit), then the latest archive's overview and the
+    abstracts of archives it does not show. Use expand_archive for any archive's full text."""
     engine, actor = caller(ctx)
-    return engine.get_context(session_id, token_budget, actor=actor)
+    read = engine.read_context(session_id, token_budget, actor=actor)
+    return CallToolResult(content=[TextContent(text=read.text)], structured_content=read.structured)
 
 
 @tool("Expand archive", READ_ONLY)

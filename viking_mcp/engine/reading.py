@@ -1,0 +1,182 @@
+"""The context as a model reads it: one compact text, within the budget, counted exactly.
+
+Over MCP the reader is a model, and hosts hand it different parts of a tool result:
+Claude Code and VS Code pass `JSON.stringify(structuredContent)` and drop the `content`
+text whenever structured content is present; other hosts read `content`. So both carry
+the same text: `content` is the text, `structuredContent` is `{"context": text,
+"estimatedTokens": n}`. The budget bounds what either kind of host hands the model,
+counted with the server's tokenizer (cl100k) on the finished result, JSON escapes
+(and Python's `\\uXXXX` for non-ASCII) included: after composing from stored counts, the
+result is counted whole, and composed again smaller while any form is over.
+
+What is spent first: the messages not yet summarised, newest first (when they do not
+all fit, one line says how many older ones were left out and how to reach them); then
+the archive payload `engine/context.py` picks (the latest overview's longest rendering
+that fits, then abstracts of the archives it does not show, newest first), so no
+archive is shown twice. Messages are lines of `[HH:MM] role: text` under a line for
+each day.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from viking_mcp.engine.context import (
+    ArchivePick,
+    active_messages,
+    archive_stats,
+    pick_archives,
+)
+from viking_mcp.models import ContextStats, archive_id, message_text
+from viking_mcp.store.base import ContextSnapshot, StoredMessage
+from viking_mcp.summarize.dates import day, parse_day
+from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
+
+# Composing again while a form is over the budget: each try is smaller by what the last
+# was over; after this many, whatever is left is dropped.
+_TRIES = 6
+# The framing every result has (tags, the closing notes), paid for up front.
+_FRAMING_TOKENS = 60
+# Blank lines cost a token in the text and two as JSON escapes; a model reads lines without them.
+_BLANK_LINES = re.compile(r"\n\s*\n")
+
+
+@dataclass(frozen=True)
+class ReadContext:
+    """get_context as the model reads it."""
+
+    text: str  # what `content` carries: the context, its size in the opening tag
+    structured: dict[str, object]  # what `structuredContent` carries
+    estimated_tokens: int
+    omitted_messages: int
+    stats: ContextStats
+
+
+def read_context(snapshot: ContextSnapshot, session_id: str, token_budget: int, tokens: TokenCounter) -> ReadContext:
+    messages = active_messages(snapshot)
+    target = token_budget
+    for _ in range(_TRIES):
+        result, worst = _compose(snapshot, messages, session_id, target, tokens)
+        if worst <= token_budget or target <= 0:
+            return result
+        target -= worst - token_budget
+    return _compose(snapshot, messages, session_id, 0, tokens)[0]
+
+
+def _compose(
+    snapshot: ContextSnapshot, messages: list[StoredMessage], session_id: str, budget: int, tokens: TokenCounter
+) -> tuple[ReadContext, int]:
+    """The context composed from stored counts for `budget`, and the most tokens any host
+    hands the model for it, counted whole."""
+    remaining = budget - _FRAMING_TOKENS
+    shown: list[str] = []  # message lines, newest first
+    current_day = ""
+    kept = 0
+    prefixes: dict[str, int] = {}
+    for stored in reversed(messages):
+        line = _message_line(stored)
+        prefix = line[: line.index(": ") + 2]
+        if prefix not in prefixes:
+            prefixes[prefix] = tokens.count(prefix)
+        # The stored count is the text's and a chat message's overhead; the line adds its time and role.
+        cost = stored.tokens - MESSAGE_OVERHEAD_TOKENS + prefixes[prefix] + 1
+        said = _day_of(stored)
+        if said != current_day:
+            cost += 6
+        if cost > remaining:
+            break
+        remaining -= cost
+        if said != current_day and shown:
+            shown.append(current_day)
+        current_day = said
+        shown.append(line)
+        kept += 1
+    if shown:
+        shown.append(current_day)
+    omitted = len(messages) - kept
+    pick = pick_archives(snapshot.archives, max(0, remaining), latest_abstract=False)
+    active_tokens = sum(m.tokens for m in messages[omitted:])
+    stats = archive_stats(snapshot.archives, pick, active_tokens)
+
+    body = _archive_blocks(pick) + _message_block(shown[::-1], omitted) + [_closing(stats, pick, omitted)]
+    inner = "\n".join(block for block in body if block)
+    text, structured, estimated, worst = _settle(session_id, inner, tokens)
+    return ReadContext(text, structured, estimated, omitted, stats), worst
+
+
+def _settle(session_id: str, inner: str, tokens: TokenCounter) -> tuple[str, dict[str, object], int, int]:
+    """The text, the structured content, the estimate they both carry, and the most tokens
+    either costs (as JSON, JavaScript's JSON.stringify keeps non-ASCII; Python's json.dumps
+    escapes it). The JSON costs about a dozen tokens more than the text (its keys, its
+    escapes); the estimate is the middle of the two, within a few tokens of either."""
+
+    def forms(estimated: int) -> tuple[str, dict[str, object]]:
+        text = f'<context session="{session_id}" tokens="{estimated}">\n{inner}\n</context>'
+        context = f'<context session="{session_id}">\n{inner}\n</context>'
+        return text, {"context": context, "estimatedTokens": estimated}
+
+    # A number's tokens depend on its digits only: count with a stand-in of the right width.
+    estimated = 10 ** (len(str(len(inner) // 4)) - 1)
+    for _ in range(3):
+        text, structured = forms(estimated)
+        counts = [tokens.count(text), tokens.count(json.dumps(structured, ensure_ascii=False))]
+        middle = (counts[0] + counts[1] + 1) // 2
+        if len(str(middle)) == len(str(estimated)):
+            break
+        estimated = 10 ** (len(str(middle)) - 1)
+    text, structured = forms(middle)
+    if not inner.isascii():
+        counts.append(tokens.count(json.dumps(structured)))
+    return text, structured, middle, max(counts)
+
+
+def _day_of(stored: StoredMessage) -> str:
+    said = parse_day(stored.message.created_at)
+    return day(said) if said else stored.message.created_at[:10]
+
+
+def _message_line(stored: StoredMessage) -> str:
+    message = stored.message
+    text = message_text(message).replace("\n", "\n  ")  # a message's own lines stay inside it
+    return f"[{message.created_at[11:16]}] {message.role}: {text}"
+
+
+def _archive_blocks(pick: ArchivePick) -> list[str]:
+    blocks = []
+    if pick.overview is not None and pick.latest is not None:
+        overview = _BLANK_LINES.sub("\n", pick.overview.text.strip())
+        blocks.append(f'<overview archive="{archive_id(pick.latest.number)}">\n{overview}\n</overview>')
+    if pick.abstracts:
+        lines = "\n".join(f"- {archive_id(a.number)}: {a.abstract}" for a in pick.abstracts)
+        heading = "other archives, newest first" if pick.overview is not None else "archives, newest first"
+        blocks.append(f"<abstracts {heading}>\n{lines}\n</abstracts>")
+    return blocks
+
+
+def _message_block(lines: list[str], omitted: int) -> list[str]:
+    if not lines and not omitted:
+        return []
+    note = (
+        f"({omitted} older message{'s' if omitted != 1 else ''} not shown: commit to archive them and read them "
+        "with expand_archive, or ask for a larger token_budget)\n"
+        if omitted
+        else ""
+    )
+    return [f"<messages not-yet-summarised>\n{note}" + "\n".join(lines) + "\n</messages>"]
+
+
+def _closing(stats: ContextStats, pick: ArchivePick, omitted: int) -> str:
+    if not stats.totalArchives:
+        return ""
+    failed = stats.failedArchives
+    in_overview = len(pick.shown)
+    parts = [f"{in_overview} in the overview"] if pick.overview is not None else []
+    parts += [f"{len(pick.abstracts)} as abstracts"] if pick.abstracts else []
+    parts += [f"{stats.droppedArchives} left out"] if stats.droppedArchives else []
+    parts += [f"{failed} failed: retry_archive"] if failed else []
+    return (
+        f"Archives: {stats.totalArchives} ({', '.join(parts) or 'none shown'}). "
+        "expand_archive(session_id, archive_id) reads any archive in full."
+    )
