@@ -8,11 +8,15 @@ budget, get_context is scored against the QA pairs of categories 1-4 whose answe
 all occur in the full transcript: a question is retained when every word of its answer
 (lowercased, alphanumeric runs) occurs in the returned context.
 
-The returned context is the content get_context returns, the part its budget governs and
-`estimatedTokens` counts: the overview, the abstracts and the messages' text. The check
-that it is within budget recounts those texts with the project's token counter. The
-markup `render_context_text` wraps around them (tags, archive ids) is reported beside it
-but not scored.
+Two readings of get_context are scored: what a model reads over MCP (the one text the
+tool returns, framing included, its whole count within the budget: the targets are judged
+on it), and the typed fields the HTTP API and the embedded client return (the overview,
+the abstracts and the messages' text, the part `estimatedTokens` counts there). Both are
+checked to be within the budget, recounted with the project's token counter.
+
+Speaker attribution: every sentence of the overviews and abstracts the model reads that
+comes from a message must name who said it (benchmarks/attribution.py); the share that
+does is reported per budget.
 
 Baselines, on the same transcript text (a date line per LoCoMo session, then one
 "Speaker: text" line per turn): the last N tokens of it (what an agent without memory
@@ -39,7 +43,6 @@ from typing import Any
 
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
-from viking_mcp.engine.context import render_context_text
 from viking_mcp.models import SessionContext, message_text
 from viking_mcp.tokens import TokenCounter
 
@@ -195,7 +198,7 @@ def run_conversation(
         lines = conversation.transcript_lines()
         transcript = "\n".join(lines)
         questions = scorable(conversation, words(transcript))
-        tallies: dict[str, dict[int, Tally]] = {"ours": {}, "truncation": {}, "ceiling": {}}
+        tallies: dict[str, dict[int, Tally]] = {"mcp": {}, "ours": {}, "truncation": {}, "ceiling": {}}
         checks: dict[str, Any] = {"budgets": {}, "phase2_seconds": round(phase2_seconds, 2)}
         sample = None
         for budget in budgets:
@@ -203,11 +206,18 @@ def run_conversation(
             payload = context_payload(context)
             payload_tokens = sum(engine.tokens.count(t) for t in payload)
             payload_tokens += 4 * len(context.messages)  # a message's overhead, as estimatedTokens counts it
-            rendered_tokens = engine.tokens.count(render_context_text(session_id, context))
+            read = engine.read_context(session_id, budget)
+            rendered_tokens = max(engine.tokens.count(read.text), read.estimated_tokens)
+            # Python's json.dumps escapes non-ASCII: the contract's framing allowance covers that.
+            escaped = engine.tokens.count(json.dumps(read.structured)) - max(50, budget // 50)
             if payload_tokens > budget or context.estimatedTokens > budget or payload_tokens != context.estimatedTokens:
                 raise SystemExit(
                     f"conversation {conversation.name}, budget {budget}: payload {payload_tokens} tokens, "
                     f"estimatedTokens {context.estimatedTokens}"
+                )
+            if max(rendered_tokens, escaped) > budget:
+                raise SystemExit(
+                    f"conversation {conversation.name}, budget {budget}: MCP text {rendered_tokens} tokens"
                 )
             checks["budgets"][str(budget)] = {
                 "payload_tokens": payload_tokens,
@@ -217,6 +227,7 @@ def run_conversation(
                 "archives": context.stats.totalArchives,
             }
             for name, text in (
+                ("mcp", read.text),
                 ("ours", "\n".join(payload)),
                 ("truncation", last_tokens(engine.tokens, lines, budget)),
                 ("ceiling", transcript),
@@ -225,12 +236,7 @@ def run_conversation(
                 tally.add(questions, text)
                 tallies[name][budget] = tally
             if budget == SAMPLE_BUDGET:
-                sample = {
-                    "conversation": conversation.name,
-                    "budget": budget,
-                    "overview": context.latest_archive_overview,
-                    "abstracts": [(a.archive_id, a.abstract) for a in context.pre_archive_abstracts],
-                }
+                sample = {"conversation": conversation.name, "budget": budget, "text": read.text}
         print(
             f"  conversation {conversation.name}: {len(conversation.sessions)} sessions, "
             f"{sum(len(t) for _, t in conversation.sessions)} turns, {len(questions)} questions, "
@@ -243,45 +249,65 @@ def run_conversation(
         engine.close()
 
 
+UNDATED = (1, 3, 4)
+
+
+def ratio(tallies: dict[str, Tally], name: str, categories: tuple[int, ...] = CATEGORIES) -> float:
+    """`name`'s retention over the last-N-tokens baseline's."""
+    return tallies[name].rate(categories=categories) / max(tallies["truncation"].rate(categories=categories), 1e-9)
+
+
 def table(budget: int, tallies: dict[str, Tally]) -> str:
     head = "| | " + " | ".join(f"{c} {CATEGORY_NAMES[c]}" for c in CATEGORIES) + " | overall |"
     rows = [head, "|---|" + "---:|" * (len(CATEGORIES) + 1)]
-    for name, label in (("ours", "get_context"), ("truncation", "last N tokens"), ("ceiling", "full transcript")):
+    for name, label in ROWS:
         tally = tallies[name]
         cells = [f"{tally.rate(c):.3f}" for c in CATEGORIES] + [f"**{tally.rate():.3f}**"]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
-    truncation = tallies["truncation"].rate()
-    ratio = tallies["ours"].rate() / truncation if truncation else float("inf")
+    questions = sum(tallies["mcp"].total.values())
     # A date answer ("7 May 2023") is matched word by word, so a context dense in dates can
     # match one by chance: the ratio without the temporal category shows what that is worth.
-    undated = (1, 3, 4)
-    undated_ratio = tallies["ours"].rate(categories=undated) / max(tallies["truncation"].rate(categories=undated), 1e-9)
-    questions = sum(tallies["ours"].total.values())
     return (
         f"### {budget:,} tokens\n\n"
         + "\n".join(rows)
-        + f"\n\nget_context / last N tokens: **{ratio:.2f}x** overall, {undated_ratio:.2f}x without the "
-        f"temporal category ({questions} questions)\n"
+        + f"\n\nover MCP / last N tokens: **{ratio(tallies, 'mcp'):.2f}x** overall, "
+        f"{ratio(tallies, 'mcp', UNDATED):.2f}x without the temporal category; typed fields: "
+        f"{ratio(tallies, 'ours'):.2f}x, {ratio(tallies, 'ours', UNDATED):.2f}x ({questions} questions)\n"
     )
 
 
-# Issue #7: overall retention at least this many times the truncation baseline's.
+ROWS = (
+    ("mcp", "get_context over MCP (the text)"),
+    ("ours", "get_context typed fields (HTTP)"),
+    ("truncation", "last N tokens"),
+    ("ceiling", "full transcript"),
+)
+
+# Issue #16: what the model reads over MCP, without the temporal category, at least this
+# many times the truncation baseline's retention.
 TARGETS = {1000: 2.0, 2000: 1.8, 4000: 1.6, 8000: 1.3}
 
 
-def targets_table(ratios: dict[int, float], undated: dict[int, float]) -> str:
-    """The issue's targets judged on the overall ratio, with the ratio without the temporal
-    category beside it (date answers can match word by word by chance)."""
+def targets_table(totals: dict[str, dict[int, Tally]], attribution: dict[int, tuple[int, int]]) -> str:
     rows = [
         "## Targets\n",
-        "| budget | target (overall) | overall | verdict | without temporal |",
-        "|---:|---:|---:|---|---:|",
+        "Judged on what the model reads over MCP, without the temporal category (date answers can "
+        "match word by word by chance); speaker attribution over the overviews and abstracts it reads.\n",
+        "| budget | target | over MCP, without temporal | verdict | over MCP, overall | typed fields, without "
+        "temporal | typed fields, overall | speaker attribution |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
-    for budget, ratio in ratios.items():
+    for budget, by_name in sorted({b: {n: totals[n][b] for n in totals} for b in totals["mcp"]}.items()):
         target = TARGETS.get(budget)
-        verdict = "" if target is None else ("met" if ratio >= target else "NOT MET")
+        undated = ratio(by_name, "mcp", UNDATED)
+        verdict = "" if target is None else ("met" if undated >= target else "NOT MET")
         wanted = f"{target:.1f}x" if target is not None else "-"
-        rows.append(f"| {budget:,} | {wanted} | {ratio:.2f}x | {verdict} | {undated[budget]:.2f}x |")
+        checked, correct = attribution.get(budget, (0, 0))
+        named = f"{correct / checked:.1%} ({correct:,} of {checked:,})" if checked else "-"
+        rows.append(
+            f"| {budget:,} | {wanted} | {undated:.2f}x | {verdict} | {ratio(by_name, 'mcp'):.2f}x "
+            f"| {ratio(by_name, 'ours', UNDATED):.2f}x | {ratio(by_name, 'ours'):.2f}x | {named} |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -296,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     conversations = load_conversations(args.data)[: args.conversations]
 
     started = time.perf_counter()
-    totals: dict[str, dict[int, Tally]] = {n: {b: Tally() for b in budgets} for n in ("ours", "truncation", "ceiling")}
+    totals: dict[str, dict[int, Tally]] = {n: {b: Tally() for b in budgets} for n, _ in ROWS}
+    attribution: dict[int, tuple[int, int]] = {}
     per_conversation: dict[str, Any] = {}
     sample = None
     with tempfile.TemporaryDirectory(prefix="viking-retention-") as scratch:
@@ -319,14 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {platform.python_version()}, {platform.platform()}, "
         f"{len(conversations)} conversations, {seconds:.0f} s"
     )
-    ratios = {b: totals["ours"][b].rate() / max(totals["truncation"][b].rate(), 1e-9) for b in budgets}
-    undated = {
-        b: totals["ours"][b].rate(categories=(1, 3, 4)) / max(totals["truncation"][b].rate(categories=(1, 3, 4)), 1e-9)
-        for b in budgets
-    }
-    tables = (
-        targets_table(ratios, undated) + "\n" + "\n".join(table(b, {n: totals[n][b] for n in totals}) for b in budgets)
-    )
+    by_budget = {b: {n: totals[n][b] for n in totals} for b in budgets}
+    tables = targets_table(totals, attribution) + "\n" + "\n".join(table(b, by_budget[b]) for b in budgets)
     print(f"retention: {machine}\n\n{tables}")
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -335,8 +356,11 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(seconds, 1),
         "budgets": budgets,
         "totals": {n: {str(b): totals[n][b].as_json() for b in budgets} for n in totals},
-        "ratio": {str(b): round(ratios[b], 3) for b in budgets},
-        "ratio_without_temporal": {str(b): round(undated[b], 3) for b in budgets},
+        "ratio_mcp": {str(b): round(ratio(by_budget[b], "mcp"), 3) for b in budgets},
+        "ratio_mcp_without_temporal": {str(b): round(ratio(by_budget[b], "mcp", UNDATED), 3) for b in budgets},
+        "ratio_typed": {str(b): round(ratio(by_budget[b], "ours"), 3) for b in budgets},
+        "ratio_typed_without_temporal": {str(b): round(ratio(by_budget[b], "ours", UNDATED), 3) for b in budgets},
+        "speaker_attribution": {str(b): {"checked": c, "correct": k} for b, (c, k) in attribution.items()},
         "targets": {str(b): TARGETS[b] for b in budgets if b in TARGETS},
         "conversations": per_conversation,
         "sample": sample,
@@ -344,14 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     (args.out_dir / "retention.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = [f"# Retention on LoCoMo\n\n`python benchmarks/retention.py` ({machine})\n", tables]
     if sample:
-        # Quoted, so that the overview's own headings stay inside the sample.
-        overview = "\n".join(f"> {line}".rstrip() for line in sample["overview"].strip().splitlines())
-        abstracts = "\n".join(f"- {a}: {text}" for a, text in sample["abstracts"])
         markdown.append(
             f"## Sample: conversation {sample['conversation']} at {sample['budget']:,} tokens\n\n"
-            "What get_context returned: the latest archive's overview (the longest rendering that fits), "
-            "then the earlier archives' abstracts, newest first, while they fit.\n\n"
-            f"### Overview\n\n{overview}\n\n### Abstracts (newest first)\n\n{abstracts or '(none)'}\n"
+            "What the model reads from get_context over MCP (the text; the structured content carries "
+            "the same):\n\n"
+            f"```text\n{sample['text']}\n```\n"
         )
     (args.out_dir / "retention.md").write_text("\n".join(markdown))
     return 0

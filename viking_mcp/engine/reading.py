@@ -28,10 +28,12 @@ from viking_mcp.engine.context import (
     active_messages,
     archive_stats,
     pick_archives,
+    shown_archives,
 )
 from viking_mcp.models import ContextStats, archive_id, message_text
 from viking_mcp.store.base import ContextSnapshot, StoredMessage
 from viking_mcp.summarize.dates import day, parse_day
+from viking_mcp.summarize.extractive import OVERVIEW_TITLE
 from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
 
 # Composing again while a form is over the budget: each try is smaller by what the last
@@ -39,8 +41,16 @@ from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
 _TRIES = 6
 # The framing every result has (tags, the closing notes), paid for up front.
 _FRAMING_TOKENS = 60
-# Blank lines cost a token in the text and two as JSON escapes; a model reads lines without them.
-_BLANK_LINES = re.compile(r"\n\s*\n")
+# What Python's json.dumps may cost beyond the budget (non-ASCII escaped): 2% or this much.
+_ESCAPE_ALLOWANCE = 50
+# Composed once more, larger, when at least this much of the budget is left unused.
+_GROW_TOKENS = 40
+# What an overview of ours carries for people reading it as a file, not for a model reading
+# its context: blank lines (a token in the text, two as JSON escapes), the title, the
+# "_2 earlier archives not shown._" notes (the closing line counts them); and the "·" of its
+# headings is four tokens when JSON escapes it.
+_FOR_FILES = re.compile(rf"^(?:{OVERVIEW_TITLE}|_\d+ earlier archives? not shown\._)\n|^\n", re.MULTILINE)
+_HEADING_DOT = re.compile(r"^(## archive_\d+) · ", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -55,14 +65,29 @@ class ReadContext:
 
 
 def read_context(snapshot: ContextSnapshot, session_id: str, token_budget: int, tokens: TokenCounter) -> ReadContext:
+    """get_context for a model: composed from stored counts, counted whole, and composed
+    again smaller while a form is over the budget (or larger, once, when the stored
+    counts left much of it unused: what the model reads costs less than they say, its
+    blank lines and notes gone)."""
     messages = active_messages(snapshot)
     target = token_budget
+    best: ReadContext | None = None
+    grown = False
     for _ in range(_TRIES):
         result, worst = _compose(snapshot, messages, session_id, target, tokens)
-        if worst <= token_budget or target <= 0:
+        if worst <= token_budget:
+            best = result
+            if grown or token_budget - worst < _GROW_TOKENS:
+                return result
+            grown = True
+            target += token_budget - worst
+        elif best is not None:  # grown too far: the last that fitted
+            return best
+        elif target <= 0:
             return result
-        target -= worst - token_budget
-    return _compose(snapshot, messages, session_id, 0, tokens)[0]
+        else:
+            target -= worst - token_budget
+    return best or _compose(snapshot, messages, session_id, 0, tokens)[0]
 
 
 def _compose(
@@ -108,9 +133,13 @@ def _compose(
 
 def _settle(session_id: str, inner: str, tokens: TokenCounter) -> tuple[str, dict[str, object], int, int]:
     """The text, the structured content, the estimate they both carry, and the most tokens
-    either costs (as JSON, JavaScript's JSON.stringify keeps non-ASCII; Python's json.dumps
-    escapes it). The JSON costs about a dozen tokens more than the text (its keys, its
-    escapes); the estimate is the middle of the two, within a few tokens of either."""
+    any form costs.
+
+    The estimate is the structured content's count as JavaScript's JSON.stringify writes
+    it (what Claude Code and VS Code hand the model). The text costs a little less: a line
+    that ends in punctuation shares a token with its newline ("?\\n"), which JSON escapes
+    apart; on a context of short lines that is a few percent. Python's json.dumps also
+    escapes non-ASCII (a token becomes up to six), so the bound counts that form too."""
 
     def forms(estimated: int) -> tuple[str, dict[str, object]]:
         text = f'<context session="{session_id}" tokens="{estimated}">\n{inner}\n</context>'
@@ -121,15 +150,16 @@ def _settle(session_id: str, inner: str, tokens: TokenCounter) -> tuple[str, dic
     estimated = 10 ** (len(str(len(inner) // 4)) - 1)
     for _ in range(3):
         text, structured = forms(estimated)
-        counts = [tokens.count(text), tokens.count(json.dumps(structured, ensure_ascii=False))]
-        middle = (counts[0] + counts[1] + 1) // 2
-        if len(str(middle)) == len(str(estimated)):
+        counted = tokens.count(json.dumps(structured, ensure_ascii=False))
+        if len(str(counted)) == len(str(estimated)):
             break
-        estimated = 10 ** (len(str(middle)) - 1)
-    text, structured = forms(middle)
-    if not inner.isascii():
-        counts.append(tokens.count(json.dumps(structured)))
-    return text, structured, middle, max(counts)
+        estimated = 10 ** (len(str(counted)) - 1)
+    text, structured = forms(counted)
+    worst = max(counted, tokens.count(text))
+    if not inner.isascii():  # escaped: the contract's framing allowance covers the escapes' cost
+        escaped = tokens.count(json.dumps(structured))
+        worst = max(worst, escaped - max(_ESCAPE_ALLOWANCE, counted // 50))
+    return text, structured, counted, worst
 
 
 def _day_of(stored: StoredMessage) -> str:
@@ -146,8 +176,11 @@ def _message_line(stored: StoredMessage) -> str:
 def _archive_blocks(pick: ArchivePick) -> list[str]:
     blocks = []
     if pick.overview is not None and pick.latest is not None:
-        overview = _BLANK_LINES.sub("\n", pick.overview.text.strip())
-        blocks.append(f'<overview archive="{archive_id(pick.latest.number)}">\n{overview}\n</overview>')
+        overview = _HEADING_DOT.sub(r"\1, ", _FOR_FILES.sub("", pick.overview.text.strip() + "\n")).strip()
+        # An overview of ours names each archive in its sections; one in an agent's own words is named here.
+        sections = shown_archives(overview, 0) != {0}
+        tag = "<overview>" if sections else f'<overview of="{archive_id(pick.latest.number)} and before">'
+        blocks.append(f"{tag}\n{overview}\n</overview>")
     if pick.abstracts:
         lines = "\n".join(f"- {archive_id(a.number)}: {a.abstract}" for a in pick.abstracts)
         heading = "other archives, newest first" if pick.overview is not None else "archives, newest first"
