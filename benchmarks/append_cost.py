@@ -92,7 +92,7 @@ def append_all(
                 {
                     "after_message": index,
                     "archive_id": result.archive_id,
-                    "archived": result.archived,
+                    "archived_messages": result.archived_messages,
                     "phase1_ms": round(phase1_ns / 1e6, 3),
                     "phase2_ms": round(phase2_ns / 1e6, 1),
                 }
@@ -159,7 +159,7 @@ def run(messages: int) -> dict[str, Any]:
         },
         "commit_phase1": {
             "live_messages": messages,
-            "archived": commit.archived,
+            "archived_messages": commit.archived_messages,
             "status": commit.status,
             "ms": round(commit_ns / 1e6, 3),
             "phase2_ms": round(big_phase2_ns / 1e6, 1),
@@ -202,7 +202,7 @@ def markdown(report: dict[str, Any]) -> str:
         *rows,
         "",
         f"commit Phase 1 with {commit['live_messages']:,} live messages: {commit['ms']:.2f} ms "
-        f"({commit['archived']:,} archived; its Phase 2 then took {commit['phase2_ms']:.0f} ms)",
+        f"({commit['archived_messages']:,} archived; its Phase 2 then took {commit['phase2_ms']:.0f} ms)",
     ]
     if phase1:
         lines.append(

@@ -324,7 +324,7 @@ async def agent_loop(home: Path) -> None:
             commit = await call(client, "commit", session_id=session_id, keep_recent_count=KEEP_RECENT)
             commits.append(commit)
             print(
-                f"[commit] {commit['archive_id']}: {commit['archived']} messages archived, "
+                f"[commit] {commit['archive_id']}: {commit['archived_messages']} messages archived, "
                 f"{KEEP_RECENT} kept live; summarising in the background (task {commit['task_id'][:8]})"
             )
 

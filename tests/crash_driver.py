@@ -133,7 +133,7 @@ def _commit(engine: Engine, session: str, keep_recent: int, out: int) -> None:
     except NotFound:  # a session nobody has written to yet
         _emit(out, f"c {session} - 0")
         return
-    _emit(out, f"c {session} {result.archive_id or '-'} {result.archived}")
+    _emit(out, f"c {session} {result.archive_id or '-'} {result.archived_messages}")
 
 
 def _child(command: dict[str, Any], out: int) -> None:

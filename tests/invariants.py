@@ -194,7 +194,7 @@ async def settle_over_stdio(home: Path, ledger: Ledger, timeout: float = 600.0) 
                         if not result.is_error:
                             committed = result.structured_content or {}
                             if committed.get("archive_id"):
-                                ledger.committed(session, committed["archive_id"], committed["archived"])
+                                ledger.committed(session, committed["archive_id"], committed["archived_messages"])
                             break
                         found = re.search(r"archive_id=(archive_\d+)", text)
                         assert "FAILED_PRECONDITION" in text and found, text

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import server_env
+from viking_mcp import models
+from viking_mcp.cli import render
 
 
 def cli(home: Path, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
@@ -127,7 +129,8 @@ def test_json_output_is_the_result_object(home: Path) -> None:
     committed = as_json(home, "session", "commit", "j1", "--wait", "--abstract", "Said hello.",
                         "--overview", "# Hello\n\nA greeting.")  # fmt: skip
     assert committed["status"] == "accepted" and committed["task_status"] == "completed"
-    assert committed["archive_id"] == "archive_001" and committed["archived"] == 1
+    assert committed["archive_id"] == "archive_001"
+    assert committed["archived"] is True and committed["archived_messages"] == 1
     context = as_json(home, "session", "context", "j1", "--budget", "1000")
     assert context["latest_archive_overview"] == "# Hello\n\nA greeting." and context["messages"] == []
     assert context["stats"]["totalArchives"] == 1
@@ -173,7 +176,7 @@ def test_keep_recent_leaves_the_newest_messages_live(home: Path) -> None:
     for n in range(5):
         ok(home, "session", "add-message", "k", "--role", "user", "--content", f"message {n}")
     committed = as_json(home, "session", "commit", "k", "--keep-recent", "2")
-    assert committed["archived"] == 3
+    assert committed["archived_messages"] == 3
     assert as_json(home, "session", "get", "k")["message_count"] == 2
 
 
@@ -329,6 +332,7 @@ def test_remote_mode_speaks_the_http_api(server: tuple[str, Path], tmp_path: Pat
     ok(here, "session", "add-message", "r1", "--role", "assistant", "--parts", parts, **ada)
     committed = as_json(here, "session", "commit", "r1", "--wait", **ada)
     assert committed["status"] == "accepted" and committed["task_status"] == "completed"
+    assert committed["archived"] is True and committed["archived_messages"] == 2
     context = as_json(here, "session", "context", "r1", "--budget", "2000", **ada)
     assert context["latest_archive_id"] == "archive_001" and context["stats"]["totalArchives"] == 1
     assert as_json(here, "session", "archive", "r1", "archive_001", **ada)["message_count"] == 2
@@ -353,6 +357,20 @@ def test_remote_mode_speaks_the_http_api(server: tuple[str, Path], tmp_path: Pat
     fails(here, "export", str(tmp_path / "tree"), code="FAILED_PRECONDITION", **ada)
     assert as_json(here, "session", "delete", "r1", **ada)["deleted"] is True
     fails(here, "session", "get", "r1", code="NOT_FOUND", **ada)
+
+
+def test_a_commit_result_from_an_older_server_still_reads() -> None:
+    """Servers before `archived` became OpenViking's boolean sent the count in it; remote mode
+    reads that as archived=true plus the count, and prints the count."""
+    old = {"session_id": "r1", "status": "accepted", "task_id": "t1", "archive_id": "archive_001",
+           "archive_uri": "viking://session/r1/history/archive_001", "archived": 3}  # fmt: skip
+    result = models.CommitResult.model_validate(old)
+    assert result.archived is True and result.archived_messages == 3
+    assert render.commit_result(result).startswith("Committed 3 messages of session r1 to archive_001.")
+    skipped = models.CommitResult.model_validate({**old, "status": "skipped", "archived": 0})
+    assert skipped.archived is False and skipped.archived_messages == 0
+    new = models.CommitResult.model_validate({**old, "archived": True, "archived_messages": 5})
+    assert new.archived is True and new.archived_messages == 5
 
 
 def test_an_unreachable_server_is_one_line(home: Path) -> None:

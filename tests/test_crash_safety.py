@@ -451,7 +451,7 @@ def test_the_real_server_killed_at_random_moments(tmp_path: Path) -> None:
                     elif what[0] == "retry":
                         ledger.retried += server.result(request_id) is not None
                     elif (committed := server.result(request_id)) is not None and committed["archive_id"]:
-                        ledger.committed(what[1], committed["archive_id"], committed["archived"])
+                        ledger.committed(what[1], committed["archive_id"], committed["archived_messages"])
                         commits_acknowledged += 1
                 if engine is None:
                     engine = Engine(Settings(home=home))

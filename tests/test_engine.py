@@ -181,7 +181,8 @@ def test_commit_archives_live_messages_and_keeps_the_newest(engine: Engine) -> N
     for i in range(12):
         engine.add_message("s", "user", content=f"message {i}")
     result = engine.commit("s", keep_recent_count=10)
-    assert (result.status, result.archive_id, result.archived) == ("accepted", "archive_001", 2)
+    assert (result.status, result.archive_id) == ("accepted", "archive_001")
+    assert result.archived is True and result.archived_messages == 2
     info = engine.get_session("s")
     assert (info.message_count, info.total_message_count, info.commit_count) == (10, 12, 1)
     assert info.last_commit_at is not None
@@ -192,6 +193,7 @@ def test_commit_archives_live_messages_and_keeps_the_newest(engine: Engine) -> N
         None,
         "no_messages",
     )
+    assert skipped.archived is False and skipped.archived_messages == 0
     assert engine.get_session("s").commit_count == 1
     assert engine.commit("s").archive_id == "archive_002"
     detail = engine.expand_archive("s", "archive_002")

@@ -72,5 +72,5 @@ def test_append_cost_benchmark_writes_its_report(tmp_path: Path) -> None:
     # 300 messages is under one commit interval: no commits, but the final Phase 1 is timed.
     assert report["with_commits"]["commits"] == []
     assert report["commit_phase1"]["status"] == "accepted"
-    assert report["commit_phase1"]["archived"] == 300
+    assert report["commit_phase1"]["archived_messages"] == 300
     assert report["commit_phase1"]["ms"] > 0

@@ -235,7 +235,7 @@ def test_openviking_curl_flow(server: Server) -> None:
     assert committed["status"] == "accepted"
     assert committed["task_id"] and committed["archive_id"] == "archive_001"
     assert committed["archive_uri"] == f"viking://session/{sid}/history/archive_001"
-    assert committed["archived"] == 2
+    assert committed["archived"] is True and committed["archived_messages"] == 2
 
     task = server.wait_task(committed["task_id"])
     assert task["status"] == "completed", task
@@ -429,7 +429,7 @@ def test_openclaw_style_commit_and_pending_tokens(server: Server) -> None:
         f"/api/v1/sessions/{sid}/commit",
         {"wait": True, "keep_recent_count": 10, "enable_working_memory": True, "telemetry": {"x": [1, 2]}},
     )
-    assert committed["status"] == "accepted" and committed["archived"] == 5
+    assert committed["status"] == "accepted" and committed["archived_messages"] == 5
     assert committed["task_status"] == "completed" and committed["task_id"] and committed["archive_uri"]
     after = server.ok("GET", f"/api/v1/sessions/{sid}")
     assert after["message_count"] == 10 and after["commit_count"] == 1
@@ -438,17 +438,20 @@ def test_openclaw_style_commit_and_pending_tokens(server: Server) -> None:
     for n in range(3):
         server.ok("POST", f"/api/v1/sessions/{sid}/messages", {"role": "user", "content": f"more {n}"})
     camel = server.ok("POST", f"/api/v1/sessions/{sid}/commit", {"keepRecentCount": 2, "wait": True})
-    assert camel["archived"] == 11 and camel["archive_id"] == "archive_002" and camel["task_status"] == "completed"
+    assert camel["archived_messages"] == 11 and camel["archive_id"] == "archive_002"
+    assert camel["task_status"] == "completed"
 
     # A bare POST: no body, no Content-Type.
     status, _, raw = server.raw("POST", f"/api/v1/sessions/{sid}/commit", headers={"X-API-Key": ADA})
     bare = json.loads(raw)
-    assert status == 200 and bare["result"]["archived"] == 2 and bare["result"]["task_id"]
+    assert status == 200 and bare["result"]["archived_messages"] == 2 and bare["result"]["task_id"]
     # Empty JSON body and JSON null work too; nothing left to archive then.
     status, _, raw = server.raw(
         "POST", f"/api/v1/sessions/{sid}/commit", b"", {"X-API-Key": ADA, "Content-Type": "application/json"}
     )
-    assert status == 200 and json.loads(raw)["result"]["status"] == "skipped"
+    empty = json.loads(raw)["result"]
+    assert status == 200 and empty["status"] == "skipped"
+    assert empty["archived"] is False and empty["archived_messages"] == 0
     assert server.ok("POST", f"/api/v1/sessions/{sid}/commit", None)["status"] == "skipped"
     assert server.ok("POST", f"/api/v1/sessions/{sid}/commit", {"wait": None})["status"] == "skipped"
 

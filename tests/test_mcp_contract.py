@@ -67,7 +67,17 @@ TOOLS: dict[str, tuple[set[str], set[str], tuple[bool, bool, bool], set[str]]] =
         {"session_id"},
         {"abstract", "overview", "keep_recent_count", "wait", "memories"},
         (False, False, False),
-        {"session_id", "status", "task_id", "archive_id", "archive_uri", "archived", "reason", "task_status"},
+        {
+            "session_id",
+            "status",
+            "task_id",
+            "archive_id",
+            "archive_uri",
+            "archived",
+            "archived_messages",
+            "reason",
+            "task_status",
+        },
     ),
     "get_task": (
         {"task_id"},

@@ -410,6 +410,55 @@ def test_dates_without_a_year_do_not_jump_into_the_future() -> None:
     assert resolve_when("On February 30 or so, well, yesterday, I moved.", date(2024, 3, 2)) == "2024-03-01"
 
 
+@pytest.mark.parametrize(
+    ("sentence", "said_on", "dated"),
+    [
+        # The words point forward: the first such day on or after the day it was said.
+        ("I fly to Lisbon on 3 May.", "2026-12-02", "2027-05-03"),
+        ("I'm flying to Lisbon on 3 May.", "2026-12-02", "2027-05-03"),
+        ("We leave for Porto on May 3rd!", "2026-12-02", "2027-05-03"),
+        ("I'm starting my new job on 3 May.", "2026-12-02", "2027-05-03"),
+        ("I\u2019ll be in Porto on 3 May.", "2026-12-02", "2027-05-03"),  # a typed apostrophe
+        ("My exam is on 10 January.", "2027-01-05", "2027-01-10"),
+        ("See you on 2 December, I will be there.", "2026-12-02", "2026-12-02"),  # the same day counts
+        # ... backward: the last such day on or before it.
+        ("I flew to Lisbon on 3 May.", "2026-12-02", "2026-05-03"),
+        ("We had a party on 31 December.", "2027-01-02", "2026-12-31"),
+        ("On 31 December we visited my aunt.", "2027-01-02", "2026-12-31"),
+        ("We got married on 3 May.", "2026-12-02", "2026-05-03"),
+        ("We're getting married on 3 May.", "2026-12-02", "2027-05-03"),
+        # Both: the clause that holds the date decides.
+        ("We went there last week and will go again on 3 May.", "2026-12-02", "2027-05-03"),
+        ("I flew to Lisbon on 3 May and I'm going back next year.", "2026-12-02", "2026-05-03"),
+        ("The next day, 3 May, we hiked.", "2026-12-02", "2026-05-03"),  # "the next day" tells a story
+        # Neither: the nearest, within half a year.
+        ("Party on 3 May!", "2026-12-02", "2027-05-03"),
+        ("My birthday: 3 June.", "2026-12-02", "2026-06-03"),
+        # A year given is the year; 29 February is a leap year's.
+        ("On May 3, 2025 I fly again.", "2026-12-02", "2025-05-03"),
+        ("I was born on 29 February.", "2026-12-02", "2024-02-29"),
+        ("We marry on 29 February.", "2026-12-02", "2028-02-29"),
+        ("It was 29 February.", "2028-02-29", "2028-02-29"),
+    ],
+)
+def test_a_date_without_a_year_is_the_one_the_words_point_to(sentence: str, said_on: str, dated: str) -> None:
+    from datetime import date
+
+    from viking_mcp.memory.offline import resolve_when
+
+    assert resolve_when(sentence, date.fromisoformat(said_on)) == dated
+
+
+def test_a_trip_announced_in_december_is_remembered_in_next_year(engine: Engine) -> None:
+    engine.add_message("s", "user", content="I fly to Lisbon on 3 May.", created_at="2026-12-02T10:00:00Z")
+    engine.add_message("s", "user", content="I flew to Porto on 3 May.", created_at="2026-12-02T10:01:00Z")
+    engine.commit("s")
+    engine.run_pending_phase2()
+    events = {m.abstract for m in stored(engine, "events")}
+    assert "3 May 2027: User: I fly to Lisbon on 3 May." in events
+    assert "3 May 2026: User: I flew to Porto on 3 May." in events
+
+
 def test_active_count_counts_each_context_once_and_only_the_owners(engine: Engine) -> None:
 
     ada, bob = Owner("default", "ada", "default"), Owner("default", "bob", "default")

@@ -204,7 +204,7 @@ class EngineAgainstModel(RuleBasedStateMachine):
             assert result.status == "skipped" and result.archive_id is None and result.task_id is None
             return
         number = len(session.archives) + 1
-        assert result.status == "accepted" and result.archived == moving
+        assert result.status == "accepted" and result.archived and result.archived_messages == moving
         assert result.archive_id == archive_id(number) == f"archive_{number:03d}"
         assert result.archive_uri == f"viking://session/{session_id}/history/archive_{number:03d}"
         session.archives.append(ModelArchive(number, session.live[:moving], supplied=supplied))

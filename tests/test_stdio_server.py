@@ -62,7 +62,7 @@ async def test_whole_lifecycle_over_stdio(tmp_path: Path) -> None:
 
         committed = await call(client, "commit", session_id="trip")
         assert committed["status"] == "accepted" and committed["archive_id"] == "archive_001"
-        assert committed["archived"] == 2
+        assert committed["archived"] is True and committed["archived_messages"] == 2
         task = await wait_for_task(client, committed["task_id"])
         assert task["status"] == "completed", task
         assert task["task_type"] == "session_commit" and task["resource_id"] == "trip"
@@ -103,7 +103,7 @@ async def test_a_restart_resumes_phase_2_left_pending(tmp_path: Path) -> None:
         for i in range(20):
             await call(client, "add_message", session_id="s", role="user", content=f"Fact {i}: Ada visited Porto.")
         committed = await call(client, "commit", session_id="s", keep_recent_count=5)
-        assert committed["archived"] == 15
+        assert committed["archived_messages"] == 15
         await anyio.sleep(0.3)
         task = await call(client, "get_task", task_id=committed["task_id"])
         assert task["status"] == "pending"

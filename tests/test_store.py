@@ -254,7 +254,7 @@ def test_two_engines_commit_concurrently_into_distinct_disjoint_archives(
     assert all(r.task_id for r in accepted) and len({r.task_id for r in accepted}) == len(accepted)
     for r in results:
         if r.status == "skipped":
-            assert r.archive_id is None and r.archived == 0
+            assert r.archive_id is None and r.archived is False and r.archived_messages == 0
 
     everything = [m for _, m in all_messages(engine, "shared")]
     assert len(everything) == len(set(everything)) == THREADS * PER_THREAD
@@ -264,7 +264,7 @@ def test_two_engines_commit_concurrently_into_distinct_disjoint_archives(
         assert detail.status == "pending" and detail.next_offset is None
         assert len(detail.messages) == detail.message_count > 0
         reported = next(r for r in accepted if r.archive_id == archive_id(number))
-        assert reported.archived == detail.message_count
+        assert reported.archived_messages == detail.message_count
         seen += [m.id for m in detail.messages]
     live = [m.message.id for m in engine.store.live_messages("shared")]
     assert len(live) == info.message_count
@@ -377,7 +377,7 @@ WRITER = textwrap.dedent(
         if (i + 1) % every == 0:
             result = engine.commit("shared")
             if result.archive_id is not None:
-                archives.append(f"{result.archive_id}:{result.archived}")
+                archives.append(f"{result.archive_id}:{result.archived_messages}")
     engine.close()
     print(" ".join(archives), flush=True)
     """

@@ -220,6 +220,21 @@ def test_relative_dates_resolve_against_the_day_they_were_said(said: str, resolv
     assert resolve_relative_dates(said, None) == said
 
 
+def test_relative_dates_cross_the_year_the_way_they_point() -> None:
+    """Every expression the summariser resolves says its own direction ("next", "last",
+    "ago"): none is a bare day and month, so none can land in the wrong year."""
+    from datetime import date
+
+    from viking_mcp.summarize.dates import resolve_relative_dates
+
+    assert resolve_relative_dates("I start next month, tomorrow, next year.", date(2026, 12, 31)) == (
+        "I start next month (January 2027), tomorrow (1 January 2027), next year (2027)."
+    )
+    assert resolve_relative_dates("We met last month, last Friday, two months ago.", date(2027, 1, 1)) == (
+        "We met last month (December 2026), last Friday (25 December 2026), two months ago (November 2026)."
+    )
+
+
 def test_opening_interjections_and_small_talk_are_cut() -> None:
     summary = summarise_turns(
         [

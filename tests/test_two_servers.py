@@ -79,7 +79,7 @@ class Agent:
                     self.client, "commit", session_id=session, keep_recent_count=self.rng.choice([0, 0, 2])
                 )
                 if committed["status"] == "accepted":
-                    self.ledger.committed(session, committed["archive_id"], committed["archived"])
+                    self.ledger.committed(session, committed["archive_id"], committed["archived_messages"])
                     self.figures["commits"] += 1
                 else:
                     self.figures["commits skipped (nothing to archive)"] += 1

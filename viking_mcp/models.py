@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Le
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from viking_mcp.errors import InvalidArgument
 
@@ -398,11 +398,22 @@ class CommitResult(BaseModel):
     task_id: str | None
     archive_id: str | None
     archive_uri: str | None
-    archived: int = Field(description="How many messages moved into the archive.")
+    archived: bool = Field(description="Whether an archive was made (as in OpenViking); false when skipped.")
+    archived_messages: int = Field(description="How many messages moved into the archive.")
     reason: str | None = Field(default=None, description="Why nothing was archived, when skipped.")
     task_status: TaskStatus | None = Field(
         default=None, description="With wait=true: the task's status when the call returned."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _count_in_archived(cls, data: Any) -> Any:
+        """Read a result from an older server, whose `archived` was the count of messages
+        (the CLI's --url talks to whatever version is running there)."""
+        if isinstance(data, dict) and type(data.get("archived")) is int and "archived_messages" not in data:
+            count = data["archived"]
+            return {**data, "archived": count > 0, "archived_messages": count}
+        return data
 
 
 class CommitTaskResult(BaseModel):

@@ -130,7 +130,8 @@ def message_added(result: models.MessageAdded) -> str:
 def commit_result(result: models.CommitResult) -> str:
     if result.status == "skipped":
         return f"Nothing to commit in session {result.session_id}: it has no live messages."
-    text = f"Committed {plural(result.archived, 'message')} of session {result.session_id} to {result.archive_id}."
+    count = plural(result.archived_messages, "message")
+    text = f"Committed {count} of session {result.session_id} to {result.archive_id}."
     task = result.task_id or "-"
     if result.task_status == "completed":
         return text + f"\n  Summarised (task {task})."

@@ -462,7 +462,8 @@ class Engine:
                 task_id=None,
                 archive_id=None,
                 archive_uri=None,
-                archived=0,
+                archived=False,
+                archived_messages=0,
                 reason="no_messages",
             )
         self._notify()
@@ -472,7 +473,8 @@ class Engine:
             task_id=outcome.task_id,
             archive_id=archive_id(outcome.archive_number),
             archive_uri=archive_uri(session_id, outcome.archive_number),
-            archived=outcome.archived,
+            archived=True,
+            archived_messages=outcome.archived_messages,
         )
         if wait:
             try:

@@ -5,7 +5,8 @@ It finds what plain rules can find in a transcript:
   "my kids love dinosaurs"), one memory per user, a line per fact;
 - preferences: "I love / enjoy / prefer / hate X", one memory per person and topic;
 - events: sentences with a time ("yesterday", "last Friday", "two weeks ago",
-  "on 7 May"), dated from the message they were said in;
+  "on 7 May"), dated from the message they were said in; a date without a year is the
+  one the words point to ("I fly on 3 May": the next; "I flew on 3 May": the last);
 - entities: the named speakers, and names that recur, with what was said of them;
 - tools and skills: usage counted from the session's tool parts and record_usage.
 
@@ -21,6 +22,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from viking_mcp.memory.categories import Candidate, slug
+from viking_mcp.memory.tense import Direction, direction
 from viking_mcp.models import Message, ToolPart
 from viking_mcp.summarize.dates import MONTHS as _MONTHS, NUMBERS, WEEKDAYS as _WEEKDAYS
 from viking_mcp.summarize.extractive import Unit, message_units, speaker_names
@@ -63,7 +65,6 @@ _NOT_NAMES = {
 
 
 _TOPIC_FILLER = {"to", "the", "a", "an", "my", "our", "your", "being", "going", "doing", "all", "some", "more", "so"}
-_FUTURE = re.compile(r"\b(will|next|going to|gonna|plan(?:ning)? to|tomorrow|soon)\b", re.I)
 
 
 def human(when: str) -> str:
@@ -82,15 +83,11 @@ def resolve_when(sentence: str, said_on: date) -> str | None:
         day, month, month2, day2, year = match.groups()
         month_index = _MONTHS.index((month or month2).lower()) + 1
         number = int(day or day2)
-        try:
-            resolved = date(int(year) if year else said_on.year, month_index, number)
-        except ValueError:
-            resolved = None  # "February 30": try the sentence's other time words
-        if resolved is not None:
-            # "on December 31", said on 2 January, was last year unless it is a plan (or 29 February).
-            late = not year and resolved > said_on + timedelta(days=7) and (month_index, number) != (2, 29)
-            if late and not _FUTURE.search(sentence):
-                resolved = resolved.replace(year=resolved.year - 1)
+        if year:
+            resolved = _day_or_none(int(year), month_index, number)
+        else:
+            resolved = _without_year(month_index, number, said_on, direction(sentence, match.span()))
+        if resolved is not None:  # else "February 30": try the sentence's other time words
             return resolved.isoformat()
     if match := _RELATIVE.search(sentence):
         offset = 1 if match.group(1).lower() == "yesterday" else 0
@@ -107,6 +104,27 @@ def resolve_when(sentence: str, said_on: date) -> str | None:
         back = (said_on.weekday() - target) % 7 or 7
         return (said_on - timedelta(days=back)).isoformat()
     return None
+
+
+def _day_or_none(year: int, month: int, day: int) -> date | None:
+    try:
+        return date(year, month, day)
+    except ValueError:
+        return None
+
+
+def _without_year(month: int, day: int, said_on: date, way: Direction | None) -> date | None:
+    """`day` `month` of the year the words point to: the first on or after the day it was
+    said when they speak of the future ("I fly to Lisbon on 3 May"), the last on or before
+    when they speak of the past ("I flew..."), else the nearest (within half a year; for
+    29 February, the nearest leap day)."""
+    days = [d for year in range(said_on.year - 8, said_on.year + 9) if (d := _day_or_none(year, month, day))]
+    if way == "future":
+        return next((d for d in days if d >= said_on), None)
+    if way == "past":
+        return next((d for d in reversed(days) if d <= said_on), None)
+    # The nearest; half a year either way is a tie only in a leap year, and the past wins it.
+    return min(days, key=lambda d: (abs((d - said_on).days), d > said_on), default=None)
 
 
 def _before(said_on: date, count: int, unit: str) -> str:

@@ -92,7 +92,7 @@ class ArchiveRow:
 @dataclass(frozen=True)
 class Phase1Outcome:
     archive_number: int | None  # None: nothing to archive
-    archived: int
+    archived_messages: int
     task_id: str | None
 
 

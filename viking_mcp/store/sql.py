@@ -591,7 +591,7 @@ class SQLStore(ABC):
                 )
             last_seq = row["next_seq"] - 1 - keep_recent
             if last_seq <= archived_through:
-                return Phase1Outcome(archive_number=None, archived=0, task_id=None)
+                return Phase1Outcome(archive_number=None, archived_messages=0, task_id=None)
             cum = tx.execute(
                 "SELECT cum_tokens FROM messages WHERE session_id = ? AND seq = ?", (session_id, last_seq)
             ).fetchone()["cum_tokens"]
@@ -611,7 +611,7 @@ class SQLStore(ABC):
                 "last_commit_at = ?, updated_at = ? WHERE session_id = ?",
                 (last_seq, cum, number, now, now, session_id),
             )
-        return Phase1Outcome(archive_number=number, archived=last_seq - archived_through, task_id=task_id)
+        return Phase1Outcome(archive_number=number, archived_messages=last_seq - archived_through, task_id=task_id)
 
     def list_archives(self, session_id: str) -> list[ArchiveRow]:
         return self._select_as(archive_row, ARCHIVES_OF, (session_id,))
