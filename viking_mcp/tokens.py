@@ -81,6 +81,8 @@ class TokenCounter:
         cut between tokens (a character split by the cut is dropped)."""
         if max_tokens <= 0:
             return ""
+        if len(text.encode()) <= max_tokens:  # a token is at least one byte: no need to count
+            return text
         window = text[: max_tokens * _CHARACTERS_PER_TOKEN]
         encoding = self._encoding or self._load()
         ids = encoding.encode_ordinary(window)

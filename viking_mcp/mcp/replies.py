@@ -28,13 +28,17 @@ from viking_mcp.tokens import TokenCounter
 
 # The closing line and the JSON around the text (its key, the paging fields), paid for up front.
 _FRAMING_TOKENS = 100
-# Composing again while a form is over the cap: each try is smaller by what the last was over.
+# Composing again while a form is over the cap (rare: the framing is paid for up front).
 _TRIES = 4
 # Even with no room left, a cut item keeps this much, so that a page never shows nothing.
 _LEAST_TOKENS = 40
 
 Composed = tuple[str, dict[str, object]]
 T = TypeVar("T")
+
+
+class _TooLong(Exception):
+    """Raised by uncounted `Lines` when a line does not fit whole: count, then."""
 
 
 def max_result_tokens(ctx: Ctx) -> int:
@@ -55,18 +59,29 @@ def result_tokens(text: str, structured: dict[str, object], tokens: TokenCounter
     return max(tokens.count(form) for form in forms)
 
 
-def capped(compose: Callable[[int], Composed], tokens: TokenCounter, cap: int) -> CallToolResult:
-    """The result `compose(room)` makes, with `room` made smaller until every form fits `cap`."""
+def capped(compose: Callable[[Lines], Composed], tokens: TokenCounter, cap: int) -> CallToolResult:
+    """The result `compose` makes of the lines it is given room for, within `cap` in every form.
+
+    First without the tokenizer: no form of a result costs more tokens than its JSON with
+    non-ASCII escaped has characters (a token is at least one byte), so a result that is
+    that short is whole and within the cap. Otherwise the lines are counted, and the room
+    made smaller while the finished result is over."""
+    try:
+        text, structured = compose(Lines(tokens, cap, counted=False))
+        if len(json.dumps(structured)) <= cap:
+            return reply(text, structured)
+    except _TooLong:
+        pass
     room = cap - _FRAMING_TOKENS
-    for _ in range(_TRIES):
-        text, structured = compose(room)
+    for attempt in range(_TRIES):
+        lines = Lines(tokens, room)
+        text, structured = compose(lines)
         over = result_tokens(text, structured, tokens) - cap
         if over <= 0:
-            break
-        room -= over + _LEAST_TOKENS
-    else:
-        text, structured = compose(0)  # the heading, one item cut short, the closing line
-    return reply(text, structured)
+            return reply(text, structured)
+        # Less room than these lines took, so that the next try holds less; more so each time.
+        room = min(room, room - lines.room) - over * 2**attempt
+    return reply(*compose(Lines(tokens, 0)))  # the heading, one item cut short, the closing line
 
 
 def minute(moment: str) -> str:
@@ -88,12 +103,17 @@ class Lines:
     the finished result); it is rarely below the whole, whose joins merge a token or two.
     """
 
-    def __init__(self, tokens: TokenCounter, room: int) -> None:
+    def __init__(self, tokens: TokenCounter, room: int, *, counted: bool = True) -> None:
         self.tokens = tokens
         self.room = room
         self.lines: list[str] = []
+        # Not counted: a line costs its characters as JSON (more than its tokens), and a
+        # line that does not fit whole ends the try (`capped` then counts).
+        self.counted = counted
 
     def cost(self, line: str) -> int:
+        if not self.counted:
+            return len(json.dumps(line)) - 1  # without its quotes, with its newline (`\\n`)
         return self.tokens.count(json.dumps(line)[1:-1]) + 1
 
     def put(self, line: str) -> None:
@@ -105,6 +125,8 @@ class Lines:
         """Add `line` if it fits what is left; say whether it did."""
         cost = self.cost(line)
         if cost > self.room:
+            if not self.counted:
+                raise _TooLong
             return False
         self.room -= cost
         self.lines.append(line)
@@ -118,6 +140,8 @@ class Lines:
         if self.cost(line) <= most:
             self.put(line)
             return False
+        if not self.counted:
+            raise _TooLong
         budget = wanted = most - noted - 1  # the cut line, with its " …"
         for _ in range(_TRIES):
             cut = self.tokens.head(line, max(wanted, 1))

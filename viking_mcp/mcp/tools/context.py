@@ -59,7 +59,7 @@ def expand_archive(
     have their messages and empty summaries."""
     engine, actor = caller(ctx)
     detail = engine.expand_archive(session_id, archive_id, offset, limit, actor=actor)
-    return capped(lambda room: _archive_page(detail, Lines(engine.tokens, room)), engine.tokens, max_result_tokens(ctx))
+    return capped(lambda lines: _archive_page(detail, lines), engine.tokens, max_result_tokens(ctx))
 
 
 def _archive_page(detail: ArchiveDetail, lines: Lines) -> Composed:

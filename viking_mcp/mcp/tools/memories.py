@@ -50,7 +50,7 @@ def search_memories(
     engine, actor = caller(ctx)
     found = engine.search_memories(query, category, limit, actor=actor).memories
     return capped(
-        lambda room: _memories_page(query, found, offset, Lines(engine.tokens, room)),
+        lambda lines: _memories_page(query, found, offset, lines),
         engine.tokens,
         max_result_tokens(ctx),
     )

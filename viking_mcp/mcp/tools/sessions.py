@@ -60,7 +60,7 @@ def list_sessions(
     updated, metadata. A page holds what fits one result: pass next_cursor back as cursor."""
     engine, actor = caller(ctx)
     page = engine.list_sessions(limit, cursor, actor=actor)
-    return capped(lambda room: _sessions_page(page, Lines(engine.tokens, room)), engine.tokens, max_result_tokens(ctx))
+    return capped(lambda lines: _sessions_page(page, lines), engine.tokens, max_result_tokens(ctx))
 
 
 def _sessions_page(page: SessionPage, lines: Lines) -> Composed:

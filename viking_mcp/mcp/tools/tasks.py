@@ -49,9 +49,7 @@ def list_tasks(
     more = len(tasks) == limit and bool(
         engine.list_tasks(task_type, status, resource_id, 1, offset=offset + limit, actor=actor).tasks
     )
-    return capped(
-        lambda room: _tasks_page(tasks, offset, more, Lines(engine.tokens, room)), engine.tokens, max_result_tokens(ctx)
-    )
+    return capped(lambda lines: _tasks_page(tasks, offset, more, lines), engine.tokens, max_result_tokens(ctx))
 
 
 def _tasks_page(tasks: list[TaskRecord], offset: int, more: bool, lines: Lines) -> Composed:
