@@ -61,7 +61,7 @@ def _memories_page(query: str, found: list[MemoryHit], offset: int, lines: Lines
     if not found:
         lines.put(f"(no memories match {asked!r})")
     elif offset >= len(found):
-        lines.put(f"(no more memories match {asked!r}: {len(found)} did)")
+        lines.put(f"(no memories match {asked!r} after the first {len(found)})")
     else:
         lines.put(f"memories matching {asked!r}, best first:")
     shown = lines.add_items(
