@@ -110,11 +110,14 @@ class Lines:
         # Not counted: a line costs its characters as JSON (more than its tokens), and a
         # line that does not fit whole ends the try (`capped` then counts).
         self.counted = counted
+        self._last: tuple[str, int] | None = None  # a line too long to add is costed again to cut it
 
     def cost(self, line: str) -> int:
         if not self.counted:
             return len(json.dumps(line)) - 1  # without its quotes, with its newline (`\\n`)
-        return self.tokens.count(json.dumps(line)[1:-1]) + 1
+        if self._last is None or self._last[0] is not line:
+            self._last = (line, self.tokens.count(json.dumps(line)[1:-1]) + 1)
+        return self._last[1]
 
     def put(self, line: str) -> None:
         """Add `line` whatever it costs (a heading, a closing line)."""
