@@ -11,6 +11,7 @@ import asyncio
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,6 +23,9 @@ from typing import Any
 from benchmarks.common import child_pids, server_env
 
 TERMINAL = ("completed", "failed")
+# What MCP's texts say: a message of expand_archive, get_context's line counting the archives.
+MESSAGE_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d\] \w+: ", re.MULTILINE)
+ARCHIVES_LINE = re.compile(r"^Archives: (\d+) \(", re.MULTILINE)
 VALIDATE_OUTPUT = os.environ.get("VIKING_BENCH_VALIDATE") == "1"
 
 
@@ -173,11 +177,23 @@ class McpFace(Face):
         return str((await self.call("get_task", task_id=task_id))["status"])
 
     async def get_context(self, session_id: str, token_budget: int) -> dict[str, Any]:
-        return dict((await self.call("get_context", session_id=session_id, token_budget=token_budget))["stats"])
+        # Over MCP the context is one text for the model; what it says of the archives is read off it.
+        read = await self.call("get_context", session_id=session_id, token_budget=token_budget)
+        archives = ARCHIVES_LINE.search(read["context"])
+        return {"totalArchives": int(archives.group(1)) if archives else 0, "estimatedTokens": read["estimatedTokens"]}
 
     async def expand_archive(self, session_id: str, archive_id: str, limit: int) -> int:
-        detail = await self.call("expand_archive", session_id=session_id, archive_id=archive_id, limit=limit)
-        return len(detail["messages"])
+        # A page holds what fits one tool result: read on as a model would, until `limit` messages.
+        shown, offset = 0, 0
+        while shown < limit:
+            page = await self.call(
+                "expand_archive", session_id=session_id, archive_id=archive_id, offset=offset, limit=limit - shown
+            )
+            shown += len(MESSAGE_LINE.findall(page["archive"]))
+            if page["next_offset"] is None:
+                break
+            offset = page["next_offset"]
+        return shown
 
     async def message_count(self, session_id: str) -> int:
         return int((await self.call("get_session", session_id=session_id))["message_count"])

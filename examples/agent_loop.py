@@ -20,8 +20,8 @@ What it shows, in the order an agent would do it:
    then rebuild the context window with `get_context(token_budget=...)`: the latest
    archive's overview, the abstracts of earlier archives, and the live messages, all
    within the budget. That, not the whole transcript, is what the model sees next.
-5. At the end, `expand_archive` reads the first archive back in full: nothing that was
-   summarised away is lost.
+5. At the end, `expand_archive` reads the first archive back (its summaries, then its raw
+   messages a page at a time): nothing that was summarised away is lost.
 
 The summaries here come from the server's built-in offline summariser. A real agent can
 pass its own `abstract` and `overview` to `commit`: the host model summarises better, at
@@ -257,30 +257,12 @@ def show(text: str, indent: str = "  | ", max_lines: int | None = None) -> None:
         print(f"{indent}{line}".rstrip())
 
 
-def one_line(message: dict[str, Any]) -> str:
-    text = " ".join(part.get("text", "") for part in message["parts"] if part["type"] == "text")
-    return textwrap.shorten(f"{message['role']}: {text}", width=96, placeholder=" ...")
-
-
-def show_context(context: dict[str, Any], budget: int, max_overview_lines: int | None = 12) -> None:
-    """Print what the model would now see in its window, rebuilt from get_context."""
-    stats = context["stats"]
-    print(
-        f"[context] rebuilt within {budget} tokens: estimatedTokens={context['estimatedTokens']} "
-        f"(messages {stats['activeTokens']}, archive summaries {stats['archiveTokens']}); "
-        f"archives: {stats['totalArchives']} total, overview of {context['latest_archive_id']}, "
-        f"{stats['includedArchives']} abstract(s), {stats['droppedArchives']} dropped"
-    )
-    overview = context["latest_archive_overview"]
-    print(f"  overview ({context['latest_archive_id']}):" if overview else "  overview: (none fits the budget)")
-    if overview:
-        show(overview, max_lines=max_overview_lines)
-    for item in context["pre_archive_abstracts"]:  # newest first
-        print(f"  abstract {item['archive_id']}:")
-        show(item["abstract"])
-    print(f"  live messages: {len(context['messages'])}")
-    for message in context["messages"]:
-        print(f"    {one_line(message)}")
+def show_context(context: dict[str, Any], budget: int, max_lines: int | None = None) -> None:
+    """Print what the model would now see in its window: get_context's text, as it reads it
+    (the latest archive's overview, abstracts of archives the overview does not cover, the
+    messages not yet summarised)."""
+    print(f"[context] rebuilt within {budget} tokens: estimatedTokens={context['estimatedTokens']}")
+    show(context["context"], max_lines=max_lines)
 
 
 # --- the loop ------------------------------------------------------------------------------
@@ -332,13 +314,13 @@ async def agent_loop(home: Path) -> None:
             task = await wait_for_phase2(client, commit["task_id"])
             print(f"[task] {task['task_type']} {task['status']}" + (f": {task['error']}" if task["error"] else ""))
             context = await call(client, "get_context", session_id=session_id, token_budget=CONTEXT_BUDGET_TOKENS)
-            show_context(context, CONTEXT_BUDGET_TOKENS, max_overview_lines=8)
+            show_context(context, CONTEXT_BUDGET_TOKENS, max_lines=12)
             print()
 
         # What a fresh model instance would get if the conversation resumed now.
         print("\n=== Final context window ===")
         context = await call(client, "get_context", session_id=session_id, token_budget=CONTEXT_BUDGET_TOKENS)
-        show_context(context, CONTEXT_BUDGET_TOKENS, max_overview_lines=None)
+        show_context(context, CONTEXT_BUDGET_TOKENS)
 
         info = await call(client, "get_session", session_id=session_id)
         print(
@@ -350,13 +332,8 @@ async def agent_loop(home: Path) -> None:
         if commits:
             first = commits[0]["archive_id"]
             archive = await call(client, "expand_archive", session_id=session_id, archive_id=first, limit=3)
-            print(f"\n=== expand_archive {first}: {archive['status']}, {archive['message_count']} messages ===")
-            print("  abstract:")
-            show(archive["abstract"])
-            for message in archive["messages"][:2]:
-                text = " ".join(part.get("text", "") for part in message["parts"] if part["type"] == "text")
-                print(f"  {message['id']} ({message['created_at']}):")
-                show(text)
+            print(f"\n=== expand_archive {first}, its first 3 messages (next_offset={archive['next_offset']}) ===")
+            show(archive["archive"], max_lines=30)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,9 @@ why, except under CI (CI=true), where it must run.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -92,6 +94,28 @@ async def mcp(settings: Settings) -> AsyncIterator[Client]:
     """An in-process MCP client on a fresh server (with its background worker)."""
     async with Client(build_server(settings)) as client:
         yield client
+
+
+# A message as get_context and expand_archive show it: `[HH:MM] role: text` or `[YYYY-MM-DD HH:MM] role: text`.
+_MESSAGE_LINE = re.compile(r"^\[(?:\d{4}-\d\d-\d\d )?\d\d:\d\d\] (\w+: .*)$", re.MULTILINE)
+
+
+def shown_messages(text: str) -> list[str]:
+    """`role: text` (its first line) of each message a tool's text shows, in order."""
+    return _MESSAGE_LINE.findall(text)
+
+
+def listed_ids(text: str) -> list[str]:
+    """The ids an MCP listing (list_sessions, list_tasks) shows: one line each, after its
+    heading, the id before the first colon; lines in brackets are notes."""
+    return [line.split(":", 1)[0] for line in text.splitlines()[1:] if not line.startswith("(")]
+
+
+async def message_ids(client: Client, uri: str) -> list[str]:
+    """The ids of the messages a messages.jsonl resource (a session's, an archive's) holds, in order.
+    The tools show messages as text for a model; the resources hold them whole."""
+    contents = (await client.read_resource(uri)).contents
+    return [json.loads(line)["id"] for line in getattr(contents[0], "text", "").splitlines()]
 
 
 def server_env(home: Path, **extra: str) -> dict[str, str]:

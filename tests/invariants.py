@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 from mcp import Client
 
-from tests.conftest import stdio_params
+from tests.conftest import listed_ids, message_ids, stdio_params
 from tests.crash_driver import content_for
 from tests.test_stdio_server import call
 from viking_mcp.engine import Engine
@@ -182,7 +182,7 @@ async def settle_over_stdio(home: Path, ledger: Ledger, timeout: float = 600.0) 
         cursor = None
         while True:
             page = await call(client, "list_sessions", limit=500, **({"cursor": cursor} if cursor else {}))
-            sessions += [s["session_id"] for s in page["sessions"]]
+            sessions += listed_ids(page["sessions"])
             if not (cursor := page["next_cursor"]):
                 break
         with anyio.fail_after(timeout):
@@ -203,7 +203,7 @@ async def settle_over_stdio(home: Path, ledger: Ledger, timeout: float = 600.0) 
                 busy = [
                     t
                     for status in ("pending", "running")
-                    for t in (await call(client, "list_tasks", status=status, limit=1))["tasks"]
+                    for t in listed_ids((await call(client, "list_tasks", status=status, limit=1))["tasks"])
                 ]
                 if not busy:
                     break
@@ -212,21 +212,19 @@ async def settle_over_stdio(home: Path, ledger: Ledger, timeout: float = 600.0) 
         seen: Counter[str] = Counter()
         for session in sessions:
             info = await call(client, "get_session", session_id=session)
+            # The tools show messages as text for a model; their ids are read from the
+            # session's files (resources), which hold every message whole.
             ids: list[str] = []
             for number in range(1, info["commit_count"] + 1):
-                offset: int | None = 0
-                while offset is not None:
-                    archive = await call(
-                        client, "expand_archive", session_id=session, archive_id=archive_id(number),
-                        offset=offset, limit=1000,
-                    )  # fmt: skip
-                    assert archive["status"] == "completed", archive
-                    ids += [m["id"] for m in archive["messages"]]
-                    offset = archive["next_offset"]
+                name = archive_id(number)
+                archive = await call(client, "expand_archive", session_id=session, archive_id=name, limit=1)
+                heading = archive["archive"].splitlines()[0]
+                assert heading.startswith(f"{name} of session {session} ") and ": completed, " in heading, heading
+                ids += await message_ids(client, f"viking://session/{session}/history/{name}/messages.jsonl")
                 checked.archives["completed"] += 1
-            context = await call(client, "get_context", session_id=session, token_budget=20_000)
-            assert context["stats"]["failedArchives"] == 0
-            ids += [m["id"] for m in context["messages"]]
+            context = (await call(client, "get_context", session_id=session, token_budget=20_000))["context"]
+            assert "failed: retry_archive" not in context
+            ids += await message_ids(client, f"viking://session/{session}/messages.jsonl")
             assert len(ids) == info["total_message_count"]
             assert all(ledger.sent.get(m) == session for m in ids), f"{session} holds a message nobody sent there"
             seen.update(ids)

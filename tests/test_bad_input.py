@@ -28,7 +28,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, INVALID_REQUEST, PARSE_ERROR, PROTOCOL_VERSION_META_KEY
 
-from tests.conftest import stdio_params
+from tests.conftest import listed_ids, shown_messages, stdio_params
 from viking_mcp.config import Limits, Settings, settings_from_env
 from viking_mcp.engine import Engine
 from viking_mcp.errors import ErrorCode, VikingError
@@ -720,9 +720,8 @@ def test_raw_stdio_invalid_utf8_inside_text_is_stored_replaced(raw_server: RawSt
     answer = raw_server.receive()
     assert answer["id"] == 1 and not answer["result"].get("isError"), answer
     context = raw_server.call(2, "get_context", {"session_id": "u", "token_budget": 1000})
-    (message,) = context["result"]["structuredContent"]["messages"]
-    text = message["parts"][0]["text"]
-    assert text.startswith("bad \ufffd") and text.endswith(" end") and "\ud800" not in text
+    (message,) = shown_messages(context["result"]["structuredContent"]["context"])
+    assert message.startswith("user: bad \ufffd") and message.endswith(" end") and "\ud800" not in message
     # A lone surrogate written as a JSON escape is refused with a code (the SDK's JSON parser
     # does not read it: a parse error, answered with the request's id), not stored.
     raw_server.send(b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"add_message",'
@@ -885,8 +884,11 @@ async def test_mcp_rejects_bad_cursors_and_limits(mcp: Client, settings: Setting
         await call_error(mcp, "list_tasks", {"task_type": "bogus"}, INVALID)
         await call_error(mcp, "get_task", {"task_id": "../x"}, INVALID)
         await call_error(mcp, "get_task", {"task_id": "0" * 32}, NOT_FOUND)
+        archive = {"session_id": "good", "archive_id": "archive_001"}
+        for tool, arguments in [("list_tasks", {}), ("search_memories", {"query": "x"}), ("expand_archive", archive)]:
+            assert "offset" in await call_error(mcp, tool, {**arguments, "offset": -1}, INVALID)
     page = await call_ok(mcp, "list_sessions", {"limit": 500})
-    assert [s["session_id"] for s in page["sessions"]] == ["good"]
+    assert listed_ids(page["sessions"]) == ["good"]
 
 
 # --- wrong types and unknown enum values over MCP ----------------------------------------------
@@ -982,7 +984,9 @@ def test_engine_stores_odd_text_intact(engine: Engine, text: str) -> None:
 async def test_mcp_stores_odd_text_intact(mcp: Client, text: str) -> None:
     await call_ok(mcp, "add_message", {"session_id": "odd", "role": "user", "content": text, "message_id": "m1"})
     context = await call_ok(mcp, "get_context", {"session_id": "odd", "token_budget": 1000})
-    assert context["messages"][0]["parts"] == [{"type": "text", "text": text}]
-    assert context["stats"]["activeTokens"] > MESSAGE_OVERHEAD_TOKENS
+    shown = "user: " + text.replace("\n", "\n  ")  # a message's own lines are indented under it
+    assert shown in context["context"]
+    stored = (await mcp.read_resource("viking://session/odd/messages.jsonl")).contents[0].text  # type: ignore[union-attr]
+    assert json.loads(stored)["parts"] == [{"type": "text", "text": text}]
     info = await call_ok(mcp, "get_session", {"session_id": "odd"})
-    assert info["pending_tokens"] == context["stats"]["activeTokens"]
+    assert info["pending_tokens"] > MESSAGE_OVERHEAD_TOKENS

@@ -26,7 +26,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from tests.conftest import REPO, server_env, stdio_params
+from tests.conftest import REPO, server_env, shown_messages, stdio_params
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
 from viking_mcp.errors import ErrorCode, VikingError
@@ -310,8 +310,8 @@ async def test_stdio_server_serves_reads_while_another_process_holds_the_lock(tm
             with anyio.fail_after(30):
                 context = await client.call_tool("get_context", {"session_id": "trip", "token_budget": 2000})
             assert not context.is_error and context.structured_content is not None
-            assert len(context.structured_content["messages"]) == 2
-            assert context.structured_content["latest_archive_id"] == "archive_001"
+            text = context.structured_content["context"]
+            assert len(shown_messages(text)) == 2 and '<overview archive="archive_001">' in text
     async with Client(stdio_params(home, VIKING_MCP_BUSY_TIMEOUT_MS="300")) as client:
         with anyio.fail_after(30):
             added = await client.call_tool("add_message", {"session_id": "trip", "role": "user", "content": "ok"})

@@ -116,7 +116,8 @@ async def test_count_arguments_past_their_bound_are_invalid_over_stdio(tmp_path:
             "expand_archive", {"session_id": "trip", "archive_id": "archive_001", "offset": MAX_COUNT}
         )
         assert not page.is_error and page.structured_content is not None
-        assert page.structured_content["messages"] == []
+        assert page.structured_content["next_offset"] is None
+        assert f"(no messages from offset {MAX_COUNT}: the archive has " in page.structured_content["archive"]
         context = await client.call_tool("get_context", {"session_id": "trip", "token_budget": MAX_COUNT})
         assert not context.is_error, context.content
         live = await client.call_tool("commit", {"session_id": "trip", "keep_recent_count": MAX_COUNT})

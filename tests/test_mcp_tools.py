@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from mcp import Client, MCPError
 
+from tests.conftest import listed_ids
 from viking_mcp.mcp.server import result_text
 
 pytestmark = pytest.mark.anyio
@@ -18,6 +19,12 @@ async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
     assert not result.is_error, result_text(result)
     assert result.structured_content is not None
     return result.structured_content
+
+
+async def archived_parts(client: Client, archive_uri: str) -> list[Any]:
+    """Each archived message's parts, exactly as stored (the archive's messages.jsonl resource)."""
+    contents = (await client.read_resource(f"{archive_uri}/messages.jsonl")).contents
+    return [json.loads(line)["parts"] for line in contents[0].text.splitlines()]  # type: ignore[union-attr]
 
 
 async def error(client: Client, tool: str, **arguments: Any) -> str:
@@ -53,8 +60,8 @@ async def test_commit_with_wait_reports_the_finished_task(mcp: Client) -> None:
     await call(mcp, "add_message", session_id="s", role="user", content="Ada's flat in Lisbon has a blue door.")
     committed = await call(mcp, "commit", session_id="s", wait=True)
     assert committed["task_status"] == "completed"
-    context = await call(mcp, "get_context", session_id="s")
-    assert "blue door" in context["latest_archive_overview"]
+    context = (await call(mcp, "get_context", session_id="s"))["context"]
+    assert '<overview archive="archive_001">' in context and "blue door" in context
 
 
 async def test_default_budget_is_20000(mcp: Client) -> None:
@@ -68,8 +75,9 @@ async def test_list_sessions_pages(mcp: Client) -> None:
     first = await call(mcp, "list_sessions", limit=2)
     second = await call(mcp, "list_sessions", limit=2, cursor=first["next_cursor"])
     third = await call(mcp, "list_sessions", limit=2, cursor=second["next_cursor"])
-    ids = [s["session_id"] for page in (first, second, third) for s in page["sessions"]]
+    ids = [session_id for page in (first, second, third) for session_id in listed_ids(page["sessions"])]
     assert ids == ["s4", "s3", "s2", "s1", "s0"]
+    assert f'cursor="{first["next_cursor"]}"' in first["sessions"]  # a model that reads only the text pages too
     assert third["next_cursor"] is None
 
 
@@ -130,12 +138,14 @@ async def test_memories_over_mcp(mcp: Client) -> None:
     committed = await call(mcp, "commit", session_id="s", wait=True, memories=memories)
     assert committed["task_status"] == "completed"
     found = await call(mcp, "search_memories", query="Who is Bea?")
-    [hit] = found["memories"]
-    assert hit["uri"] == "viking://user/default/memories/entities/bea.md" and hit["category"] == "entities"
-    text = (await mcp.read_resource(hit["uri"])).contents[0].text  # type: ignore[union-attr]
+    uri = "viking://user/default/memories/entities/bea.md"
+    [hit] = found["memories"].splitlines()[1:]
+    assert hit == f"{uri} (entities, score 1.00): Bea: my sister, a nurse in Porto."
+    assert found["next_offset"] is None
+    text = (await mcp.read_resource(uri)).contents[0].text  # type: ignore[union-attr]
     assert "# Bea: my sister, a nurse in Porto." in text
     listing = json.loads((await mcp.read_resource("viking://user/default/memories")).contents[0].text)  # type: ignore[union-attr]
-    assert [m["uri"] for m in listing["memories"]] == [hit["uri"]]
+    assert [m["uri"] for m in listing["memories"]] == [uri]
 
     await call(mcp, "add_message", session_id="s", role="user", content="Yesterday I ran my first 10k in Porto.")
     extracted = await call(mcp, "extract", session_id="s")
@@ -207,8 +217,8 @@ async def test_an_append_waits_for_another_writer_off_the_event_loop(mcp: Client
             other.execute("ROLLBACK")
         other.close()
     assert added["message_count"] == 2
-    context = await call(mcp, "get_context", session_id="s", token_budget=1000)
-    assert [m["parts"][0]["text"] for m in context["messages"]] == ["first", "second"]
+    context = (await call(mcp, "get_context", session_id="s", token_budget=1000))["context"]
+    assert "] user: first\n" in context and context.index("user: first") < context.index("user: second")
 
 
 @pytest.mark.parametrize(
@@ -222,10 +232,11 @@ async def test_text_that_reads_as_json_is_stored_as_text(mcp: Client, content: s
     added = await call(mcp, "add_message", session_id="s", role="assistant", content=content)
     assert not added["duplicate"]
     archive = await call(mcp, "commit", session_id="s", abstract=content, overview=content, wait=True)
-    detail = await call(mcp, "expand_archive", session_id="s", archive_id=archive["archive_id"])
-    assert detail["messages"][0]["parts"] == [{"type": "text", "text": content}]
-    assert detail["abstract"] == content
-    assert detail["overview"] == content
+    detail = (await call(mcp, "expand_archive", session_id="s", archive_id=archive["archive_id"]))["archive"]
+    assert f"] assistant: {content}\n" in detail
+    assert f"\nabstract: {content}\n" in detail
+    assert f"\noverview:\n{content}\n" in detail
+    assert await archived_parts(mcp, archive["archive_uri"]) == [[{"type": "text", "text": content}]]
 
 
 async def test_an_explicit_null_for_free_text_means_not_given(mcp: Client) -> None:
@@ -233,9 +244,10 @@ async def test_an_explicit_null_for_free_text_means_not_given(mcp: Client) -> No
     added = await call(mcp, "add_message", session_id="s", role="user", content=None, parts=parts)
     assert added["message_count"] == 1
     committed = await call(mcp, "commit", session_id="s", abstract=None, overview=None, wait=True)
-    detail = await call(mcp, "expand_archive", session_id="s", archive_id=committed["archive_id"])
-    assert detail["messages"][0]["parts"] == parts
-    assert detail["abstract"] and detail["overview"]  # the built-in summariser wrote them
+    detail = (await call(mcp, "expand_archive", session_id="s", archive_id=committed["archive_id"]))["archive"]
+    assert "] user: in parts\n" in detail
+    assert "\nabstract: " in detail and "\noverview:\n" in detail  # the built-in summariser wrote them
+    assert await archived_parts(mcp, committed["archive_uri"]) == [parts]
     refused = await mcp.call_tool("add_message", {"session_id": "s", "role": "user", "content": 42})
     assert refused.is_error and "INVALID_ARGUMENT" in result_text(refused)
 
@@ -254,8 +266,8 @@ async def test_lists_and_objects_sent_as_json_text_are_still_read(mcp: Client) -
     await call(mcp, "update_session", session_id="s", metadata=json.dumps({"topic": "json"}))
     info = await call(mcp, "get_session", session_id="s")
     assert info["metadata"] == {"topic": "json"}
-    context = await call(mcp, "get_context", session_id="s")
-    assert context["messages"][0]["parts"] == [{"type": "text", "text": "as JSON text"}]
+    context = (await call(mcp, "get_context", session_id="s"))["context"]
+    assert "] user: as JSON text\n" in context
 
 
 async def test_null_for_an_optional_id_or_filter_still_means_none(mcp: Client) -> None:
@@ -265,6 +277,6 @@ async def test_null_for_an_optional_id_or_filter_still_means_none(mcp: Client) -
     second = await call(mcp, "add_message", session_id="s", role="user", content="two", message_id="null")
     assert not second["duplicate"] and first["message_id"] != second["message_id"] != "null"
     tasks = await call(mcp, "list_tasks", status="null", task_type="null")
-    assert tasks["tasks"] == []
+    assert tasks == {"tasks": "(no tasks)", "next_offset": None}
     page = await call(mcp, "list_sessions", cursor="null")
-    assert [s["session_id"] for s in page["sessions"]] == ["s"]
+    assert listed_ids(page["sessions"]) == ["s"]

@@ -14,7 +14,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from tests.conftest import server_env, stdio_params
+from tests.conftest import listed_ids, server_env, shown_messages, stdio_params
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
 
@@ -70,25 +70,32 @@ async def test_whole_lifecycle_over_stdio(tmp_path: Path) -> None:
 
         await call(client, "add_message", session_id="trip", role="user", content="What seat did I get?")
         context = await call(client, "get_context", session_id="trip", token_budget=2000)
-        assert context["latest_archive_id"] == "archive_001"
-        assert "Lisbon" in context["latest_archive_overview"]
-        assert [m["parts"][0]["text"] for m in context["messages"]] == ["What seat did I get?"]
-        assert context["stats"]["totalArchives"] == 1 and context["estimatedTokens"] <= 2000
+        overview = context["context"].split('<overview archive="archive_001">\n', 1)[1].split("</overview>")[0]
+        assert "Lisbon" in overview
+        assert shown_messages(context["context"]) == ["user: What seat did I get?"]
+        assert "Archives: 1 (1 in the overview)" in context["context"] and context["estimatedTokens"] <= 2000
 
-        archive = await call(client, "expand_archive", session_id="trip", archive_id="archive_001")
-        assert archive["status"] == "completed" and archive["abstract"]
-        assert [m["role"] for m in archive["messages"]] == ["user", "assistant"]
-        assert archive["messages"][1]["parts"] == [
-            {**parts[0]},
-            {**parts[1]},
-            {**parts[2], "skill_uri": None},
+        archive = (await call(client, "expand_archive", session_id="trip", archive_id="archive_001"))["archive"]
+        lines = archive.splitlines()
+        assert (
+            lines[0] == "archive_001 of session trip (viking://session/trip/history/archive_001): completed, 2 messages"
+        )
+        assert lines[1].startswith("abstract: ") and len(lines[1]) > len("abstract: ")
+        assert shown_messages(archive) == [
+            "user: I'm Ada. I fly to Lisbon on 3 May.",
+            "assistant: Booked: TAP flight TP1351, seat 14C.",
         ]
+        assert "  [memory: viking://user/default/memories/preferences/seats] Ada prefers aisle seats" in lines
+        assert "  [tool book_flight (completed)] {'flight': 'TP1351'} -> confirmed" in lines
+        stored = await client.read_resource("viking://session/trip/history/archive_001/messages.jsonl")
+        kept = [json.loads(line) for line in stored.contents[0].text.splitlines()]  # type: ignore[union-attr]
+        assert kept[1]["parts"] == [{**parts[0]}, {**parts[1]}, {**parts[2], "skill_uri": None}]
 
         done = await client.read_resource("viking://session/trip/history/archive_001/.done")
         assert done.contents[0].text.startswith("20")  # type: ignore[union-attr]
 
         tasks = await call(client, "list_tasks", resource_id="trip")
-        assert [t["task_id"] for t in tasks["tasks"]] == [committed["task_id"]]
+        assert listed_ids(tasks["tasks"]) == [committed["task_id"]] and tasks["next_offset"] is None
 
         deleted = await call(client, "delete_session", session_id="trip")
         assert deleted == {"session_id": "trip", "deleted": True}
@@ -113,8 +120,8 @@ async def test_a_restart_resumes_phase_2_left_pending(tmp_path: Path) -> None:
         assert task["status"] == "completed"
         archive = await call(client, "expand_archive", session_id="s", archive_id="archive_001", limit=1000)
         context = await call(client, "get_context", session_id="s", token_budget=10_000)
-        texts = [m["parts"][0]["text"] for m in archive["messages"] + context["messages"]]
-        assert texts == [f"Fact {i}: Ada visited Porto." for i in range(20)]  # none lost, none twice
+        texts = shown_messages(archive["archive"]) + shown_messages(context["context"])
+        assert texts == [f"user: Fact {i}: Ada visited Porto." for i in range(20)]  # none lost, none twice
         done = await client.read_resource("viking://session/s/history/archive_001/.done")
         assert done.contents
 
@@ -155,8 +162,8 @@ async def test_a_server_killed_in_the_middle_of_phase_2_is_taken_over(tmp_path: 
     async with Client(stdio_params(home)) as client:
         task = await wait_for_task(client, commit.task_id or "")
         assert task["status"] == "completed"
-        archive = await call(client, "expand_archive", session_id="s", archive_id="archive_001")
-        assert archive["status"] == "completed" and len(archive["messages"]) == 10
+        archive = (await call(client, "expand_archive", session_id="s", archive_id="archive_001"))["archive"]
+        assert archive.splitlines()[0].endswith(": completed, 10 messages") and len(shown_messages(archive)) == 10
         session = await call(client, "get_session", session_id="s")
         assert session["total_message_count"] == 10 and session["commit_count"] == 1
 

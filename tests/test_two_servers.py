@@ -25,7 +25,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from tests.conftest import stdio_params
+from tests.conftest import listed_ids, message_ids, stdio_params
 from tests.crash_driver import content_for
 from tests.invariants import Ledger, check_store
 from tests.test_stdio_server import call
@@ -97,7 +97,7 @@ async def settled(client: Client, timeout: float = 120) -> None:
     """Until no Phase 2 task is pending or running."""
     with anyio.fail_after(timeout):
         for status in ("pending", "running", "pending"):
-            while (await call(client, "list_tasks", status=status, limit=1))["tasks"]:
+            while listed_ids((await call(client, "list_tasks", status=status, limit=1))["tasks"]):
                 await anyio.sleep(0.1)
 
 
@@ -111,14 +111,16 @@ async def read_back(clients: list[Client], session: str) -> tuple[dict[str, Any]
     info = infos[0]
     ids: list[str] = []
     for number in range(1, info["commit_count"] + 1):
-        client = clients[number % 2]
-        archive = await call(client, "expand_archive", session_id=session, archive_id=archive_id(number), limit=1000)
-        assert archive["status"] == "completed" and archive["next_offset"] is None, archive
-        assert archive["message_count"] == len(archive["messages"])
-        ids += [m["id"] for m in archive["messages"]]
+        name = archive_id(number)
+        pages = [await call(c, "expand_archive", session_id=session, archive_id=name, limit=1000) for c in clients]
+        assert pages[0] == pages[1], "the two servers show an archive differently"
+        heading = pages[0]["archive"].splitlines()[0]
+        archived = await message_ids(clients[number % 2], f"viking://session/{session}/history/{name}/messages.jsonl")
+        assert heading.endswith(f": completed, {len(archived)} messages"), heading
+        ids += archived
     contexts = [await call(c, "get_context", session_id=session, token_budget=20_000) for c in clients]
     assert contexts[0] == contexts[1], "the two servers assemble different contexts"
-    ids += [m["id"] for m in contexts[0]["messages"]]
+    ids += await message_ids(clients[0], f"viking://session/{session}/messages.jsonl")
     assert len(ids) == info["total_message_count"]
     return info, ids
 
@@ -153,7 +155,12 @@ async def test_two_servers_on_one_directory(tmp_path: Path) -> None:
             for agent in agents:  # each agent's messages in the order it sent them
                 mine = [m for m in ids if m.startswith(f"{agent.name}-")]
                 assert mine == sorted(mine), f"{agent.name}'s messages in {session} are out of order"
-        tasks = (await call(ide, "list_tasks", task_type="session_commit", limit=500))["tasks"]
+        tasks: list[dict[str, Any]] = []
+        offset = 0
+        while offset is not None:  # every commit's task, a page at a time, each read whole
+            page = await call(ide, "list_tasks", task_type="session_commit", limit=500, offset=offset)
+            tasks += [await call(ide, "get_task", task_id=task_id) for task_id in listed_ids(page["tasks"])]
+            offset = page["next_offset"]
 
     twice = [m for m, n in seen.items() if n > 1]
     assert not twice, f"stored twice: {twice[:5]}"

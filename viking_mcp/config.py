@@ -125,6 +125,10 @@ class Settings:
     # refused with RESOURCE_EXHAUSTED.
     extracts_per_user: Annotated[int, Field(ge=1, le=256)] = 2
     mcp_default_token_budget: Annotated[Count, Field(alias="VIKING_MCP_DEFAULT_TOKEN_BUDGET")] = 20_000
+    # The most tokens one MCP tool result that can grow (expand_archive, search_memories,
+    # list_sessions, list_tasks) may cost the model, in whichever form its host hands over;
+    # past it the result stops and says how to read on. Well under Claude Code's 25k cut.
+    max_result_tokens: Annotated[int, Field(ge=1_000, le=1_000_000)] = 10_000
     limits: Limits = field(default_factory=Limits)
     # An LLM endpoint for Phase 2 (VIKING_MCP_LLM_*); None: the offline default, no network.
     llm: LlmSettings | None = None

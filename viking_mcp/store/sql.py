@@ -665,8 +665,15 @@ class SQLStore(ABC):
         return rows[0] if rows else None
 
     def list_tasks(
-        self, task_type: str | None, status: str | None, session_id: str | None, limit: int, owner: Owner | None = None
+        self,
+        task_type: str | None,
+        status: str | None,
+        session_id: str | None,
+        limit: int,
+        owner: Owner | None = None,
+        offset: int = 0,
     ) -> list[TaskRow]:
+        """Tasks, newest first, after skipping `offset` of them."""
         clauses: list[str] = []
         params: list[Any] = []
         if owner is not None:
@@ -679,8 +686,9 @@ class SQLStore(ABC):
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         return self._select_as(
             task_row,
-            f"SELECT {TASK_COLUMNS} FROM tasks {where} ORDER BY created_at DESC, {self._TASK_ORDER} DESC LIMIT ?",
-            (*params, limit),
+            f"SELECT {TASK_COLUMNS} FROM tasks {where} "
+            f"ORDER BY created_at DESC, {self._TASK_ORDER} DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset),
         )
 
     def previous_overview(self, session_id: str, number: int) -> str:

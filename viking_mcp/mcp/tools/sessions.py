@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
-from pydantic import Field
+from mcp.types import CallToolResult
+from pydantic import BaseModel, Field
 
+from viking_mcp.engine.engine import session_cursor
+from viking_mcp.mcp.replies import Composed, Lines, capped, clip, max_result_tokens, minute
 from viking_mcp.mcp.state import READ_ONLY, Ctx, SessionId, caller, tool, writes
-from viking_mcp.models import MetadataUpdated, PageLimit, SessionCreated, SessionDeleted, SessionInfo, SessionPage
+from viking_mcp.models import (
+    MetadataUpdated,
+    PageLimit,
+    SessionCreated,
+    SessionDeleted,
+    SessionInfo,
+    SessionPage,
+    SessionSummary,
+)
+from viking_mcp.tokens import TokenCounter
+
+# A session's metadata on its line: longer is cut (get_session shows it whole).
+METADATA_TOKENS = 200
 
 
 @tool("Create session", writes())
@@ -27,15 +43,53 @@ def create_session(
     return engine.create_session(session_id, metadata, user_id, actor=actor)
 
 
+class SessionsRead(BaseModel):
+    """list_sessions over MCP: a page of sessions as lines (the same text `content` carries)."""
+
+    sessions: str = Field(description="One line per session, newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
 @tool("List sessions", READ_ONLY)
 def list_sessions(
     ctx: Ctx,
-    limit: Annotated[PageLimit, Field(description="Sessions per page.")] = 50,
+    limit: Annotated[PageLimit, Field(description="At most this many sessions per page.")] = 50,
     cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
-) -> SessionPage:
-    """List sessions, newest first, a page at a time; pass next_cursor back for the next page."""
+) -> Annotated[CallToolResult, SessionsRead]:
+    """List sessions, newest first, one line each: id, live messages, when created and last
+    updated, metadata. A page holds what fits one result: pass next_cursor back as cursor."""
     engine, actor = caller(ctx)
-    return engine.list_sessions(limit, cursor, actor=actor)
+    page = engine.list_sessions(limit, cursor, actor=actor)
+    return capped(lambda lines: _sessions_page(page, lines), engine.tokens, max_result_tokens(ctx))
+
+
+def _sessions_page(page: SessionPage, lines: Lines) -> Composed:
+    lines.put("sessions, newest first:" if page.sessions else "(no sessions)")
+    shown = lines.add_items(
+        page.sessions,
+        lambda session: _session_line(session, lines.tokens),
+        lambda session: f"(cut short: get_session(session_id={session.session_id!r}) shows it)",
+    )
+    if shown < len(page.sessions):
+        last = page.sessions[shown - 1]
+        next_cursor: str | None = session_cursor(last.created_at, last.session_id)
+    else:
+        next_cursor = page.next_cursor
+    if next_cursor is not None:
+        lines.put(f'(more: list_sessions with cursor="{next_cursor}")')
+    return lines.text, {"sessions": lines.text, "next_cursor": next_cursor}
+
+
+def _session_line(session: SessionSummary, tokens: TokenCounter) -> str:
+    count = session.message_count
+    line = (
+        f"{session.session_id}: {count} live message{'s' if count != 1 else ''}, "
+        f"created {minute(session.created_at)}, updated {minute(session.updated_at)}"
+    )
+    if session.metadata:
+        metadata = json.dumps(session.metadata, ensure_ascii=False, separators=(",", ":"))
+        line += ", metadata " + clip(metadata, METADATA_TOKENS, tokens, "(cut short: get_session shows it whole)")
+    return line
 
 
 @tool("Get session", writes(idempotent=True))
