@@ -39,8 +39,8 @@ def test_agent_loop_example_commits_and_rebuilds_context(tmp_path: Path) -> None
     assert "[context] rebuilt within" in out
     # A rebuilt context shows the latest archive's overview, with its text; a later one
     # carries the earlier archive forward.
-    assert '<overview archive="archive_001">\n  | # Session overview\n  | ## archive_001 ' in out
-    assert '<overview archive="archive_002">\n  | # Session overview\n  | ## archive_001 ' in out
+    assert out.count("<overview>\n  | ## archive_001, ") >= 4  # after each of the four commits
+    assert "  | ## archive_004, " in out
     # The first archive reads back in full, from the start of the conversation.
     expanded = out.split("=== expand_archive archive_001", 1)[1].replace("\n  | ", " ")  # unwrapped
     assert "/history/archive_001): completed, 10 messages " in expanded

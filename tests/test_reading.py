@@ -132,3 +132,26 @@ def test_the_http_shape_keeps_every_message_and_lists_the_latest_abstract(archiv
     assert context.pre_archive_abstracts[0].archive_id == context.latest_archive_id == "archive_019"
     shown = set(re.findall(r"^## (archive_\d{3})", context.latest_archive_overview, re.MULTILINE))
     assert not shown & {a.archive_id for a in context.pre_archive_abstracts[1:]}
+
+
+def test_every_budget_is_filled_and_never_passed(tmp_path: Path) -> None:
+    """Stored counts misjudge the rendered lines (JSON escapes "?\\n" apart): whatever the
+    budget, the result is recomposed until it fits, and it still shows the newest messages
+    and uses most of the budget (a try that was over by a few tokens used to pick the same
+    messages again, six times, and fall back to none)."""
+    engine = Engine(Settings(home=tmp_path))
+    try:
+        for n in range(300):
+            ending = "?!."[n % 3]
+            engine.add_message(
+                "s", "user" if n % 2 else "assistant", content=f"Line {n} says {'so ' * (n % 7)}much{ending}"
+            )
+        for budget in range(100, 3_000, 97):
+            read = engine.read_context("s", budget)
+            forms = [read.text, json.dumps(read.structured, ensure_ascii=False)]
+            worst = max(COUNTER.count(form) for form in forms)
+            assert worst <= budget, (budget, worst)
+            assert "Line 299 says" in read.text, budget
+            assert budget - worst <= max(60, budget // 10), (budget, worst)
+    finally:
+        engine.close()

@@ -36,13 +36,15 @@ from viking_mcp.summarize.dates import day, parse_day
 from viking_mcp.summarize.extractive import OVERVIEW_TITLE
 from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
 
-# Composing again while a form is over the budget: each try is smaller by what the last
-# was over; after this many, whatever is left is dropped.
-_TRIES = 6
+# Composing again while a form is over the budget (or once under it by much); after this
+# many, whatever is left is dropped.
+_TRIES = 8
 # The framing every result has (tags, the closing notes), paid for up front.
 _FRAMING_TOKENS = 60
 # What Python's json.dumps may cost beyond the budget (non-ASCII escaped): 2% or this much.
 _ESCAPE_ALLOWANCE = 50
+# Each try over the budget leaves at least this much less room than the last, doubling.
+_STEP_TOKENS = 16
 # Composed once more, larger, when at least this much of the budget is left unused.
 _GROW_TOKENS = 40
 # What an overview of ours carries for people reading it as a file, not for a model reading
@@ -73,6 +75,7 @@ def read_context(snapshot: ContextSnapshot, session_id: str, token_budget: int, 
     target = token_budget
     best: ReadContext | None = None
     grown = False
+    step = _STEP_TOKENS
     for _ in range(_TRIES):
         result, worst = _compose(snapshot, messages, session_id, target, tokens)
         if worst <= token_budget:
@@ -83,10 +86,11 @@ def read_context(snapshot: ContextSnapshot, session_id: str, token_budget: int, 
             target += token_budget - worst
         elif best is not None:  # grown too far: the last that fitted
             return best
-        elif target <= 0:
-            return result
         else:
-            target -= worst - token_budget
+            # Less room than the last try by what it was over, and by a step that doubles: the
+            # same items picked again would be over again.
+            target -= max(worst - token_budget, step)
+            step *= 2
     return best or _compose(snapshot, messages, session_id, 0, tokens)[0]
 
 
