@@ -7,6 +7,11 @@ Summaries and memories come from, in order:
 2. the configured LLM endpoint, if any (`VIKING_MCP_LLM_*`), for whatever the agent
    did not supply;
 3. the offline default: the extractive summariser and the rule-based extractor.
+An overview the agent or the LLM wrote is the archive's `.overview.md` as written; the
+extractive summariser renders it shorter for tight budgets, and longer, up to the overview
+bound, after the best of the earlier archives' sections it carries forward, so that a
+short overview does not leave a large budget unused and the built-in history goes on
+across commits whose overview the agent wrote.
 Tool and skill usage statistics are always counted from the archive itself. What an LLM
 writes is held to the limits an agent's own commit is held to (`llm_output`).
 
@@ -96,8 +101,9 @@ def extract(
     """Summary and memory candidates for an archive, from the best source available.
 
     An overview written by the agent or an LLM is kept verbatim as the archive's overview and
-    its longest rendering; the extractive summariser adds shorter ones beside it, so one fits
-    a tight budget."""
+    one of its renderings; the extractive summariser adds renderings beside it: shorter ones,
+    so that one fits a tight budget, and longer ones that show it whole after the earlier
+    archives' sections, so that a large budget is not left unused."""
     abstract = (supplied.get("abstract") or "").strip()
     overview = (supplied.get("overview") or "").strip()
     given = supplied.get("memories")
@@ -128,7 +134,12 @@ def extract(
     if memories is None:
         memories = extract_offline(archive.messages)
     if summary.overview and isinstance(summariser, ExtractiveSummariser):
-        summary = replace(summary, overviews=[summary.overview, *summariser.shorter_renderings(summary.overview)])
+        beside = summariser.renderings_for(archive, summary.overview)
+        summary = replace(
+            summary,
+            overviews=[summary.overview, *(text for text, _ in beside)],
+            overview_tokens=[summariser.tokens.count(summary.overview), *(tokens for _, tokens in beside)],
+        )
     return summary, memories + usage
 
 
