@@ -434,7 +434,27 @@ def test_a_line_named_for_someone_no_longer_speaking_stays_whole() -> None:
                 )
 
 
-# --- overviews the agent writes ------------------------------------------------------------------
+# --- text beside a tool call, and overviews the agent writes -------------------------------------
+
+
+def test_the_text_beside_a_tool_call_is_kept(small_engine: Engine) -> None:
+    """The README's booking: a short sentence that carries a fact (a flight number) is kept
+    in the overview, on its speaker's line, beside the tool's own line, and in the abstract."""
+    small_engine.add_message("trip", "user", content="I fly to Lisbon on 3 May.")
+    small_engine.add_message("trip", "assistant", parts=[
+        {"type": "text", "text": "Booked TP1351."},
+        {"type": "tool", "tool_id": "c1", "tool_name": "book", "tool_status": "completed", "tool_output": "ok"},
+    ])  # fmt: skip
+    small_engine.commit("trip")
+    small_engine.run_pending_phase2()
+    archive = small_engine.store.get_archive("trip", 1)
+    assert archive is not None
+    lines = archive.overview.splitlines()
+    assert "User: I fly to Lisbon on 3 May." in lines
+    assert "Assistant: Booked TP1351." in lines
+    assert "Tool book (completed): ok" in lines
+    assert "Booked TP1351" in archive.abstract and "Lisbon" in archive.abstract
+    assert 1 <= len(split_sentences(archive.abstract)) <= 2
 
 
 AGENT_OVERVIEW = """# Trip planning

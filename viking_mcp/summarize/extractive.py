@@ -2,10 +2,11 @@
 
 It keeps the sentences that carry facts and drops chit-chat. A sentence is worth what it
 tells: words that are rare in the conversation (inverse sentence frequency), names and
-places (capitalised words that are not the speakers'), numbers and dates, per token it
-costs. Greetings, thanks, acknowledgements and bare questions score nothing or little.
-Interjections that open a sentence ("Wow, ", "Yeah! ") are cut, relative dates are made
-absolute ("yesterday (7 May 2023)"), and a sentence that repeats another is kept once.
+places (capitalised words that are not the speakers'), numbers, codes and dates, per token
+it costs. Greetings, thanks, acknowledgements and bare questions score nothing or little;
+a short sentence counts only when it carries a fact ("Booked TP1351."). Interjections that
+open a sentence ("Wow, ", "Yeah! ") are cut, relative dates are made absolute
+("yesterday (7 May 2023)"), and a sentence that repeats another is kept once.
 
 The overview is markdown, one section per archive under its heading
 (`## archive_NNN · date`), oldest first. Inside a section each run of one speaker's
@@ -97,6 +98,9 @@ _FILLER_RATIO = 0.1
 # transcript again.
 _SECTION_FRACTION = 0.6
 _SECTION_FLOOR_TOKENS = 120
+# The abstract adds, after the archive's best sentence, the next best ones worth at least
+# this fraction of it, while it stays within its bound: a small archive is told whole.
+_ABSTRACT_RATIO = 0.5
 # Token counts of sentences seen before (carried-forward sections come back every commit).
 _TOKEN_CACHE_SIZE = 50_000
 
@@ -235,21 +239,24 @@ class _Scorer:
 
 
 _Features = tuple[int, tuple[str, ...], tuple[str, ...], int, int, bool, bool]
+# A word that is a fact in itself: a number or code ("3", "TP1351", "14C") or an acronym ("TAP").
+_FACT_WORD = re.compile(r"\d|[A-Z]{2,}")
 
 
 @lru_cache(maxsize=_TOKEN_CACHE_SIZE)
 def _features(sentence: str) -> _Features | None:
     """What scoring reads of a sentence, whatever the conversation: cached, as carried-forward
-    sentences come back at every commit. None for a sentence too short to tell anything."""
+    sentences come back at every commit. None for a sentence too short to tell anything:
+    under four words, unless it carries a fact (a number, a code, a name: "Booked TP1351.")."""
     # Scored on what was said: the role prefix says who, and the dates written beside
     # "yesterday" are for the reader (scoring them would favour every dated small-talk line).
     text = strip_date_notes(_ROLE_PREFIX.sub("", sentence, count=1))
     words = _WORD.findall(text)
-    if len(words) < 4:
+    capitalised = tuple(sorted({w for w in words[1:] if w[0].isupper() and w != "I"}))
+    if len(words) < 4 and not (capitalised or _FACT_WORD.search(text)):
         return None
     # a fixed order: float sums must not depend on hash seeds
     content = tuple(sorted({w.lower() for w in words if w.lower() not in _STOPWORDS and len(w) > 1}))
-    capitalised = tuple(sorted({w for w in words[1:] if w[0].isupper() and w != "I"}))
     numbers = sum(1 for w in words if w[0].isdigit())
     dates = sum(1 for w in words if w.lower() in _DATE_WORDS)
     lowered = {w.lower() for w in words}
@@ -426,14 +433,43 @@ class ExtractiveSummariser:
     # --- abstract -----------------------------------------------------------------------------
 
     def _abstract(self, lead: str, units: list[Unit], scorer: _Scorer) -> str:
-        """The lead ("12 messages on 8 May 2023.") and the best sentence (the first of equals)."""
-        scores = [scorer.score(u.text) for u in units]
-        if not units or max(scores) == 0:
+        """The lead ("12 messages on 8 May 2023.") and the best sentence (the first of equals),
+        then the next best (_ABSTRACT_RATIO) while they fit, in the order they were said, as
+        one sentence: "2 messages on 3 May 2025. User: I fly to Lisbon on 3 May; Assistant:
+        Booked TP1351.\""""
+        ranked = sorted(
+            ((score, order) for order, unit in enumerate(units) if (score := scorer.score(unit.text)) > 0),
+            key=lambda pair: (-pair[0], pair[1]),
+        )
+        if not ranked:
             return lead
-        best = units[scores.index(max(scores))].attributed().rstrip()
-        if best[-1] not in ".!?":
-            best += "."
-        return self._fit(f"{lead} {best}", self.abstract_max_tokens)
+        best, chosen = ranked[0][0], [ranked[0][1]]
+        text = self._abstract_text(lead, units, chosen)
+        if self.tokens.count(text) > self.abstract_max_tokens:
+            return self._fit(text, self.abstract_max_tokens)
+        for score, order in ranked[1:]:
+            if score < _ABSTRACT_RATIO * best:
+                break
+            if units[order].text.rstrip().endswith("?"):
+                continue
+            trial = self._abstract_text(lead, units, sorted([*chosen, order]))
+            if self.tokens.count(trial) <= self.abstract_max_tokens and len(split_sentences(trial)) <= 2:
+                chosen, text = sorted([*chosen, order]), trial
+        return text
+
+    @staticmethod
+    def _abstract_text(lead: str, units: list[Unit], chosen: list[int]) -> str:
+        clauses, speaker = [], ""
+        for order in chosen:
+            unit = units[order]
+            text = unit.text.rstrip()
+            clauses.append(f"{unit.speaker}: {text}" if unit.speaker and unit.speaker != speaker else text)
+            speaker = unit.speaker
+        # one sentence after the lead: the clauses but the last end in ";" (a question stays
+        # one, and then the abstract has a sentence too many: `_abstract` does not take it)
+        ends = [c if c.endswith("?") else c.rstrip(".!;") + ";" for c in clauses[:-1]]
+        joined = " ".join([*ends, clauses[-1]])
+        return f"{lead} {joined}" + ("" if joined[-1] in ".!?" else ".")
 
     def _fit(self, text: str, max_tokens: int) -> str:
         if self.tokens.count(text) <= max_tokens:
