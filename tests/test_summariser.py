@@ -61,6 +61,9 @@ def test_overviews_stay_bounded_and_carry_the_past_forward(small_engine: Engine)
         assert all(small_engine.tokens.count(r.text) == r.tokens for r in archive.overview_renderings)
         assert small_engine.tokens.count(archive.abstract) <= 60
         assert 1 <= len(split_sentences(archive.abstract)) <= 2
+    # Once there is more to say than the bound, the longest rendering (what the next commit
+    # carries forward) is filled to it.
+    assert all(a.overview_renderings[0].tokens >= 0.9 * 600 for a in archives[2:])
     latest = archives[-1].overview
     # The latest overview still speaks of earlier archives, in prose under dated headings.
     headings = re.findall(r"^## (archive_\d+) · (\d{1,2} [A-Z][a-z]+ \d{4})", latest, re.MULTILINE)

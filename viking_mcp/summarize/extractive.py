@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -536,7 +537,7 @@ class ExtractiveSummariser:
                 renderings.append(("\n\n".join(whole) + "\n", tokens))
                 target = int(tokens * _RENDERING_STEP)
         while ranked and target >= max(_MIN_RENDERING_TOKENS, fixed):
-            text, tokens = self._render_within(sections, ranked, heading_tokens, target, measure)
+            text, tokens = self._render_within(sections, ranked, heading_tokens, target, measure, packed=not renderings)
             if text and (not renderings or text != renderings[-1][0]):
                 renderings.append((text, tokens))
             target = int(target * _RENDERING_STEP)
@@ -616,18 +617,42 @@ class ExtractiveSummariser:
         heading_tokens: list[int],
         target: int,
         measure: _Measure,
+        *,
+        packed: bool,
     ) -> tuple[str, int]:
         """The best-ranked sentences that fit `target` tokens with their sections' headings,
-        and the rendering's exact size ("", 0 when not even one sentence fits)."""
+        and the rendering's exact size ("", 0 when not even one sentence fits).
+
+        `packed`: a sentence is estimated at what it adds where it goes (its speaker's name
+        only if it starts a line), which fills `target` to within a few tokens. Otherwise at
+        an upper bound (its name with every sentence), which leaves a rendering 10-20% under
+        `target`. The longest rendering is packed (it is what the next commit carries forward
+        and what a large budget gets); the shorter ones keep the upper bound, the sizes they
+        had before lines were named: packing them only moved their sizes against a budget,
+        no better over budgets from 800 to 8,000 tokens on LoCoMo (benchmarks/retention.py)."""
         used = self._fixed_tokens(sections, heading_tokens)
         opened = {len(sections) - 1} | {i for i, s in enumerate(sections) if s.whole}
         chosen: list[_Candidate] = []
+        picked: dict[int, list[int]] = {}  # the orders chosen in each section, sorted
         for candidate in ranked:
-            cost = candidate.tokens
+            section, order = sections[candidate.section], candidate.order
+            orders = picked.setdefault(candidate.section, [])
+            at = bisect_left(orders, order)
+            if packed:
+                # its text, its speaker's name if it starts a line, and the name the next
+                # chosen sentence of its section gains or loses by it
+                before = orders[at - 1] if at else None
+                cost = self._count(candidate.unit.text) + self._line_cost(section, before, order)
+                if at < len(orders):
+                    after = orders[at]
+                    cost += self._line_cost(section, order, after) - self._line_cost(section, before, after)
+            else:
+                cost = candidate.tokens
             if candidate.section not in opened:  # its heading, and perhaps an "earlier archives not shown" note
                 cost += heading_tokens[candidate.section] + 4
             if used + cost <= target:
                 chosen.append(candidate)
+                orders.insert(at, order)
                 used += cost
                 opened.add(candidate.section)
         blocks = self._blocks(sections, chosen)
@@ -640,6 +665,18 @@ class ExtractiveSummariser:
             blocks = self._blocks(sections, chosen)
             tokens = measure(blocks)
         return ("\n\n".join(blocks) + "\n", tokens) if chosen else ("", 0)  # headings alone are no overview
+
+    def _line_cost(self, section: _Section, before: int | None, order: int) -> int:
+        """What unit `order` of a section costs beyond its text when shown after unit `before`:
+        its speaker's name if it starts a line (as `_lines` writes them), else nothing."""
+        unit = section.units[order]
+        if before is not None and not unit.line:
+            previous = section.units[before]
+            if unit.speaker == previous.speaker and (
+                unit.speaker or section.paragraph[order] == section.paragraph[before]
+            ):
+                return 0
+        return self._count(f"{unit.speaker}:") if unit.speaker else 0
 
 
 def _lines(section: _Section, picked: list[int]) -> list[str]:
