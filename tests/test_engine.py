@@ -257,6 +257,8 @@ def test_agent_supplied_summaries_win(engine: Engine) -> None:
     detail = engine.expand_archive("s", "archive_002")
     assert detail.abstract == "Migration planned."
     assert "June 2024" in detail.overview and "PostgreSQL" in detail.overview  # carried forward
+    # under its archive's heading, its own heading one level down, its bullet a line of its own
+    assert "\n## archive_001\n\n### Decisions\n- PostgreSQL for the ledger.\n" in detail.overview
 
 
 def test_commit_wait_returns_after_phase_2(engine: Engine) -> None:

@@ -117,6 +117,19 @@ def build_rich(home: Path) -> None:
         engine.run_pending_phase2()
         engine.retry_archive("epsilon", "archive_001", "skip")
 
+        # omega: two offline archives, then one whose short overview the agent wrote (stored
+        # as written, with longer renderings that show it after the earlier archives').
+        for when in ("2026-01-05", "2026-01-12"):
+            engine.add_message(
+                "omega", "user", content=f"On {when} I flew to Oslo with Bea for the Nordic data summit."
+            )
+            engine.add_message("omega", "assistant", content="Booked the Radisson Blu by Oslo Central Station for you.")
+            engine.commit("omega")
+            engine.run_pending_phase2()
+        engine.add_message("omega", "user", content="Plan the return flight.")
+        engine.commit("omega", overview="## Return\n- Flight SK4035 on 20 January.\n- Seat 12A, window.")
+        engine.run_pending_phase2()
+
         # delta: another user's session, and an extraction (a session_extract task).
         engine.create_session("delta", {"owner": "bob"}, user_id="bob")
         engine.add_message("delta", "user", content="I'm Bob. I live in Oslo and I love skiing.")
@@ -199,6 +212,10 @@ def test_the_rich_fixture_has_what_the_round_trip_must_keep(rich: tuple[Engine, 
     assert engine.list_tasks(task_type="session_extract").tasks
     assert engine.get_session("trip").llm_token_usage.total == 1050
     assert len(engine.store.list_archives("trip")[0].overview_renderings) > 1
+    written = engine.store.list_archives("omega")[-1]
+    assert written.overview == "## Return\n- Flight SK4035 on 20 January.\n- Seat 12A, window."
+    assert written.overview_renderings[0].text != written.overview  # longer renderings show the earlier archives too
+    assert written.overview in [r.text for r in written.overview_renderings]
     categories = {m.category for s in ("user", "agent") for m in engine.store.list_memories("default", s, "default",
                                                                                               None, 500)}  # fmt: skip
     assert categories == {"profile", "preferences", "entities", "events", "cases", "patterns", "tools", "skills"}

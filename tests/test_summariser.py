@@ -61,6 +61,9 @@ def test_overviews_stay_bounded_and_carry_the_past_forward(small_engine: Engine)
         assert all(small_engine.tokens.count(r.text) == r.tokens for r in archive.overview_renderings)
         assert small_engine.tokens.count(archive.abstract) <= 60
         assert 1 <= len(split_sentences(archive.abstract)) <= 2
+    # Once there is more to say than the bound, the longest rendering (what the next commit
+    # carries forward) is filled to it.
+    assert all(a.overview_renderings[0].tokens >= 0.9 * 600 for a in archives[2:])
     latest = archives[-1].overview
     # The latest overview still speaks of earlier archives, in prose under dated headings.
     headings = re.findall(r"^## (archive_\d+) · (\d{1,2} [A-Z][a-z]+ \d{4})", latest, re.MULTILINE)
@@ -323,3 +326,215 @@ def test_scoring_reads_past_the_written_out_dates() -> None:
     for text in ("I went to a pottery workshop in Porto yesterday with Ines.", "We moved last month to Braga."):
         resolved = resolve_relative_dates(text, said)
         assert resolved != text and strip_date_notes(resolved) == text
+
+
+# --- who said what ---------------------------------------------------------------------------
+
+
+def ingest_conversation(
+    engine: Engine, data: dict[str, Any], *, named: bool, agent_overviews: tuple[int, ...] = ()
+) -> list[tuple[str, str]]:
+    """Every session of a LoCoMo conversation as messages (speaker_a as user, speaker_b as
+    assistant; `named`: the text prefixed with the speaker's name), each committed as one
+    archive; on the sessions numbered in `agent_overviews` the agent supplies the overview.
+    Returns what was said, as (who, text), by the name the summaries should give."""
+    said = []
+    number = 1
+    while data.get(f"session_{number}"):
+        when = datetime.strptime(data[f"session_{number}_date_time"], "%I:%M %p on %d %B, %Y").isoformat()
+        turns = data[f"session_{number}"]
+        for turn in turns:
+            role = "user" if turn["speaker"] == data["speaker_a"] else "assistant"
+            content = f"{turn['speaker']}: {turn['text']}" if named else turn["text"]
+            engine.add_message("locomo", role, content=content, created_at=when)
+            said.append((turn["speaker"] if named else role.capitalize(), turn["text"]))
+        overview = None
+        if number in agent_overviews:
+            # markdown of the agent's own, and two turns quoted under their speakers' names
+            quoted = "\n".join(f"{t['speaker']}: {t['text']}" for t in turns[2:4])
+            overview = f"### Session {number}\n\n{quoted}\n\n- The agent noted {len(turns)} turns.\n- Nothing booked."
+        engine.commit("locomo", overview=overview)
+        engine.run_pending_phase2()
+        number += 1
+    return said
+
+
+@pytest.mark.parametrize("ingestion", ["roles", "names", "names, agent overviews"])
+def test_every_summary_sentence_names_who_said_it_after_every_carry_forward(tmp_path: Path, ingestion: str) -> None:
+    """LoCoMo conversation 30, all 19 sessions: in every rendering of every archive's
+    overview, and in every abstract, each sentence's line names the speaker of the message
+    it comes from; 18 carry-forwards later, too."""
+    from benchmarks.attribution import Attribution, SpeakerIndex
+
+    data = locomo("30")
+    engine = Engine(Settings(home=tmp_path))
+    try:
+        agent_overviews = (5, 10, 15) if "agent" in ingestion else ()
+        said = ingest_conversation(engine, data, named=ingestion != "roles", agent_overviews=agent_overviews)
+        speakers = {"User", "Assistant"} if ingestion == "roles" else {data["speaker_a"], data["speaker_b"]}
+        index = SpeakerIndex(said, speakers)
+        overviews, abstracts = Attribution(), Attribution()
+        archives = engine.store.list_archives("locomo")
+        assert [a.status for a in archives] == ["completed"] * 19
+        for archive in archives:
+            for rendering in archive.overview_renderings:
+                overviews.add(index.check(rendering.text))
+            abstracts.add(index.check(archive.abstract, within_line=True))
+        assert overviews.mistakes == [] and abstracts.mistakes == []
+        assert overviews.correct == overviews.checked > 5_000
+        assert abstracts.correct == abstracts.checked >= 19
+        latest = archives[-1].overview
+        if agent_overviews:
+            # the agent's markdown is carried forward in its archive's section, its lines kept
+            assert "## archive_005 · " in latest and "\n### Session 5\n" in latest
+            assert "\n- The agent noted " in latest and "## Earlier" not in latest
+    finally:
+        engine.close()
+
+
+def test_overviews_of_earlier_versions_are_read_back_by_speaker() -> None:
+    """An overview stored by an earlier version (one paragraph per section, the speaker named
+    where it changes, even after a sentence that ends without punctuation) is carried forward
+    with every sentence under its own speaker."""
+    from viking_mcp.models import Message, TextPart
+    from viking_mcp.summarize.base import ArchiveInput
+    from viking_mcp.tokens import TokenCounter
+
+    previous = (
+        "# Session overview\n\n## archive_001 · 8 May 2023\n\n"
+        "User: Winning first place at the Lisbon regionals in 2019 was amazing 🎉 Assistant: We just did a "
+        "contemporary piece called Finding Freedom at the Porto festival. It was really emotional and powerful. "
+        "User: My team trained for 6 months with coach Marta Silva.\n"
+    )
+    message = Message(id="m1", role="user", parts=[TextPart(text="I start at the Braga dance school on 3 June.")],
+                      created_at="2023-05-20T10:00:00Z")  # fmt: skip
+    summariser = ExtractiveSummariser(TokenCounter(), overview_max_tokens=400)
+    summary = summariser.summarise(ArchiveInput("s", "archive_002", [message], previous_overview=previous))
+    longest = summary.overviews[0]
+    assert "\nUser: Winning first place at the Lisbon regionals in 2019 was amazing 🎉\n" in longest
+    assert (
+        "\nAssistant: We just did a contemporary piece called Finding Freedom at the Porto festival. "
+        "It was really emotional and powerful.\n" in longest
+    )
+    assert "\nUser: My team trained for 6 months with coach Marta Silva.\n" in longest
+    for rendering in summary.overviews:
+        for line in rendering.splitlines():
+            if "Finding Freedom" in line or "emotional" in line:
+                assert line.startswith("Assistant: "), rendering
+
+
+def test_a_line_named_for_someone_no_longer_speaking_stays_whole() -> None:
+    """A speaker named on one line only of the previous overview, who says nothing in the new
+    archive, is not known as a speaker: their line is kept whole or not at all, never a
+    sentence of it without their name."""
+    from viking_mcp.models import Message, TextPart
+    from viking_mcp.summarize.base import ArchiveInput
+    from viking_mcp.tokens import TokenCounter
+
+    previous = (
+        "# Session overview\n\n## archive_001 · 8 May 2023\n\n"
+        "User: I moved to Oslo in 2019 for a job at Equinor.\n"
+        "Bea Lund: I sold the Bergen flat in March 2021. I bought a cabin in Geilo with 2 bedrooms.\n"
+        "User: I run the Holmenkollen relay every June with 4 colleagues.\n"
+    )
+    messages = [
+        Message(id=f"m{i}", role="user", parts=[TextPart(text=text)], created_at="2023-06-01T10:00:00Z")
+        for i, text in enumerate(["I adopted a cat named Pixel from the Oslo shelter.", "Pixel is 3 years old."])
+    ]
+    summariser = ExtractiveSummariser(TokenCounter(), overview_max_tokens=300)
+    summary = summariser.summarise(ArchiveInput("s", "archive_002", messages, previous_overview=previous))
+    assert len(summary.overviews) >= 2
+    for rendering in summary.overviews:
+        for line in rendering.splitlines():
+            if "Geilo" in line or "Bergen" in line:
+                assert (
+                    line == "Bea Lund: I sold the Bergen flat in March 2021. I bought a cabin in Geilo with 2 bedrooms."
+                )
+
+
+# --- text beside a tool call, and overviews the agent writes -------------------------------------
+
+
+def test_the_text_beside_a_tool_call_is_kept(small_engine: Engine) -> None:
+    """The README's booking: a short sentence that carries a fact (a flight number) is kept
+    in the overview, on its speaker's line, beside the tool's own line, and in the abstract."""
+    small_engine.add_message("trip", "user", content="I fly to Lisbon on 3 May.")
+    small_engine.add_message("trip", "assistant", parts=[
+        {"type": "text", "text": "Booked TP1351."},
+        {"type": "tool", "tool_id": "c1", "tool_name": "book", "tool_status": "completed", "tool_output": "ok"},
+    ])  # fmt: skip
+    small_engine.commit("trip")
+    small_engine.run_pending_phase2()
+    archive = small_engine.store.get_archive("trip", 1)
+    assert archive is not None
+    lines = archive.overview.splitlines()
+    assert "User: I fly to Lisbon on 3 May." in lines
+    assert "Assistant: Booked TP1351." in lines
+    assert "Tool book (completed): ok" in lines
+    assert "Booked TP1351" in archive.abstract and "Lisbon" in archive.abstract
+    assert 1 <= len(split_sentences(archive.abstract)) <= 2
+
+
+AGENT_OVERVIEW = """# Trip planning
+
+## Bookings
+- Flight TP1351 to Lisbon on 3 May, seat 14C.
+- Hotel Avenida Palace for 3 nights, breakfast included.
+1. Taxi to the airport at 6:00 booked with Uber.
+2. Dinner at Belcanto on 4 May at 20:30, a table for 2.
+
+## People
+- Ada prefers window seats. She is vegetarian and allergic to peanuts.
+- Bea, her sister, joins in Porto on 6 May by the Alfa Pendular train.
+
+Still open: the museum pass for the Gulbenkian and the Sintra day trip on 5 May."""
+
+
+def test_an_agents_overview_keeps_its_lines_and_leaves_its_budget_to_older_archives(small_engine: Engine) -> None:
+    """A short overview supplied at commit is the archive's overview as written; get_context
+    shows it whole after the earlier archives' built-in sections when the budget allows,
+    alone (or shorter) when it does not; its lines stay lines in every rendering, its
+    headings become ours only as `###`; and the next offline overview carries it forward
+    under its archive's heading, the built-in history continuing."""
+    data = locomo("26")
+    ingest(small_engine, data, sessions=3)
+    small_engine.add_message("locomo", "user", content="Caroline: I booked the Lisbon trip with Ada.")
+    small_engine.commit("locomo", overview=AGENT_OVERVIEW)
+    small_engine.run_pending_phase2()
+    archive = small_engine.store.get_archive("locomo", 4)
+    assert archive is not None and archive.overview == AGENT_OVERVIEW
+    assert small_engine.expand_archive("locomo", "archive_004").overview == AGENT_OVERVIEW
+    renderings = archive.overview_renderings
+    sizes = [r.tokens for r in renderings]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] <= 600
+    assert all(small_engine.tokens.count(r.text) == r.tokens for r in renderings)
+    own = small_engine.tokens.count(AGENT_OVERVIEW)
+    assert AGENT_OVERVIEW in [r.text for r in renderings]
+
+    longer = [r.text for r in renderings if r.tokens > own]
+    assert longer, sizes
+    demoted = re.sub(r"^#{1,2} ", "### ", AGENT_OVERVIEW, flags=re.MULTILINE)
+    for text in longer:  # the agent's overview whole, as archive_004's section, after older ones
+        head, section = text.split("\n## archive_004 · ")
+        assert "\n## archive_00" in head and section.split("\n", 2)[2] == demoted + "\n"
+    wide = small_engine.get_context("locomo", 600)
+    assert wide.latest_archive_overview == longer[0] and wide.stats.archiveTokens > 2 * own
+    assert small_engine.get_context("locomo", own).latest_archive_overview == AGENT_OVERVIEW
+
+    shorter = [r.text for r in renderings if r.tokens < own]
+    assert shorter
+    for text in shorter:  # lines of the agent's, whole, under this archive's heading
+        assert text.startswith("# Session overview\n\n## archive_004 · ")
+        assert "\n## Bookings" not in text and "\n# Trip" not in text
+        for line in text.splitlines()[4:]:  # each a line of the agent's, or a sentence opening one
+            assert any(whole.startswith(line) for whole in demoted.splitlines()), line
+
+    small_engine.add_message("locomo", "user", content="Caroline: The Lisbon flight leaves from gate 12 at 7:10.")
+    small_engine.commit("locomo")
+    small_engine.run_pending_phase2()
+    carried = small_engine.store.get_archive("locomo", 5)
+    assert carried is not None
+    overview = carried.overview
+    assert "\n## archive_001 · " in overview and "\n## archive_004 · " in overview and "## Earlier" not in overview
+    assert "\n- Flight TP1351 to Lisbon on 3 May, seat 14C.\n" in overview
+    assert "\n### Bookings\n" in overview and "\n## Bookings" not in overview

@@ -3,7 +3,7 @@
 `viking-mcp export DIR` writes the viking:// tree as plain files, and `viking-mcp import
 DIR` reads them back. A file that the tree already has (a session's `.meta.json`, a
 `messages.jsonl`, an archive's `.abstract.md`) has the tree's content; what the store
-keeps beyond the tree (token counts, an overview's shorter renderings, the summaries an
+keeps beyond the tree (token counts, an overview's other renderings, the summaries an
 agent supplied for a pending archive, the order of usage records) is added where it
 belongs, so the round trip loses nothing:
 
@@ -17,8 +17,9 @@ belongs, so the round trip loses nothing:
         .relations.json                 contexts and skills used (record_usage), in order
         tools/{tool_id}/tool.json       each tool call's latest state
         history/archive_NNN/
-          .meta.json                    status, times, error, task, token counts, shorter
-                                        overviews, the summaries the agent supplied
+          .meta.json                    status, times, error, task, token counts, the
+                                        overview's other renderings, the summaries the
+                                        agent supplied
           messages.jsonl  .abstract.md  .overview.md  memory_diff.json  .done
       user/{user_id}/memories/          profile.md  preferences/ entities/ events/ ({key}.md)
       agent/{agent_id}/memories/        cases/ patterns/ tools/ skills/ ({key}.md)
@@ -128,6 +129,11 @@ class ArchiveMeta(BaseModel):
     abstract_tokens: Count | None = None
     overview_tokens: Count | None = Field(
         default=None, description="Tokens of .overview.md; null with an empty .overview.md means no overview at all."
+    )
+    longer_overviews: list[Rendering] = Field(
+        default_factory=list,
+        description="Renderings longer than .overview.md, longest first: an overview the agent or an LLM wrote, "
+        "after the earlier archives' sections.",
     )
     shorter_overviews: list[Rendering] = Field(
         default_factory=list, description="The overview's shorter renderings, longest first (get_context fits one)."

@@ -330,13 +330,16 @@ class _Writer:
         name = archive_id(archive.number)
         where = (*base, files.HISTORY, name)
         renderings = archive.overview_renderings
+        # .overview.md is one of the renderings (the longest, unless the agent or an LLM wrote it)
+        at = next((i for i, r in enumerate(renderings) if r.text == archive.overview), 0)
         meta = _copy(
             ArchiveMeta,
             archive,
             archive_id=name,
             uri=archive_uri(dump.session.session_id, archive.number),
-            overview_tokens=renderings[0].tokens if renderings else None,
-            shorter_overviews=[Rendering(tokens=r.tokens, text=r.text) for r in renderings[1:]],
+            overview_tokens=renderings[at].tokens if renderings else None,
+            longer_overviews=[Rendering(tokens=r.tokens, text=r.text) for r in renderings[:at]],
+            shorter_overviews=[Rendering(tokens=r.tokens, text=r.text) for r in renderings[at + 1 :]],
         )
         self.text((*where, files.META), _dumps(meta.model_dump(mode="json")))
         self.messages(
@@ -674,10 +677,11 @@ class _FileRecords:
         messages += stored
         abstract = self.text((*where, files.ABSTRACT), "")
         overview = self.text((*where, files.OVERVIEW), "")
-        renderings: list[OverviewRendering] = []
+        renderings = [OverviewRendering(self.count(r.text, r.tokens), r.text) for r in meta.longer_overviews]
         if overview or meta.overview_tokens is not None:
             renderings.append(OverviewRendering(tokens=self.count(overview, meta.overview_tokens), text=overview))
         renderings += [OverviewRendering(self.count(r.text, r.tokens), r.text) for r in meta.shorter_overviews]
+        renderings.sort(key=lambda r: -r.tokens)  # get_context takes the first that fits
         memory_diff: dict[str, Any] | None = None
         if self.exists((*where, files.MEMORY_DIFF)):
             diff = self.text((*where, files.MEMORY_DIFF))

@@ -7,6 +7,11 @@ Summaries and memories come from, in order:
 2. the configured LLM endpoint, if any (`VIKING_MCP_LLM_*`), for whatever the agent
    did not supply;
 3. the offline default: the extractive summariser and the rule-based extractor.
+An overview the agent or the LLM wrote is the archive's `.overview.md` as written; the
+extractive summariser renders it shorter for tight budgets, and longer, up to the overview
+bound, after the best of the earlier archives' sections it carries forward, so that a
+short overview does not leave a large budget unused and the built-in history goes on
+across commits whose overview the agent wrote.
 Tool and skill usage statistics are always counted from the archive itself. What an LLM
 writes is held to the limits an agent's own commit is held to (`llm_output`).
 
@@ -95,8 +100,10 @@ def extract(
 ) -> tuple[ArchiveSummary, list[Candidate]]:
     """Summary and memory candidates for an archive, from the best source available.
 
-    An overview written by the agent or an LLM is kept verbatim as the longest rendering;
-    the extractive summariser adds shorter ones beside it, so one fits a tight budget."""
+    An overview written by the agent or an LLM is kept verbatim as the archive's overview and
+    one of its renderings; the extractive summariser adds renderings beside it: shorter ones,
+    so that one fits a tight budget, and longer ones that show it whole after the earlier
+    archives' sections, so that a large budget is not left unused."""
     abstract = (supplied.get("abstract") or "").strip()
     overview = (supplied.get("overview") or "").strip()
     given = supplied.get("memories")
@@ -105,27 +112,34 @@ def extract(
 
     if llm is not None and not (abstract and overview and memories is not None):
         result = llm_output(llm, archive, limits or Limits())
+        written = overview or result.overview
         summary = ArchiveSummary(
             abstract=abstract or result.abstract,
-            overviews=[overview or result.overview],
+            overviews=[written],
             llm_prompt_tokens=result.prompt_tokens,
             llm_completion_tokens=result.completion_tokens,
+            overview=written,
         )
         memories = memories if memories is not None else candidates_from(result.memories)
     elif abstract and overview:
-        summary = ArchiveSummary(abstract=abstract, overviews=[overview])
+        summary = ArchiveSummary(abstract=abstract, overviews=[overview], overview=overview)
     else:
         generated = summariser.summarise(archive)
         summary = ArchiveSummary(
             abstract=abstract or generated.abstract,
             overviews=[overview] if overview else generated.overviews,
             overview_tokens=[] if overview else generated.overview_tokens,  # counted once, while rendering
+            overview=overview,
         )
     if memories is None:
         memories = extract_offline(archive.messages)
-    overviews = summary.overviews
-    if len(overviews) == 1 and isinstance(summariser, ExtractiveSummariser):
-        summary = replace(summary, overviews=overviews + summariser.shorter_renderings(overviews[0]))
+    if summary.overview and isinstance(summariser, ExtractiveSummariser):
+        beside = summariser.renderings_for(archive, summary.overview)
+        summary = replace(
+            summary,
+            overviews=[summary.overview, *(text for text, _ in beside)],
+            overview_tokens=[summariser.tokens.count(summary.overview), *(tokens for _, tokens in beside)],
+        )
     return summary, memories + usage
 
 
@@ -155,6 +169,7 @@ def _output(
     return Phase2Output(
         abstract=summary.abstract,
         abstract_tokens=tokens.count(summary.abstract),
+        overview=summary.overview or (renderings[0].text if renderings else ""),
         overview_renderings=renderings,
         memory_diff=plan.diff(name),
         memories_extracted=extracted,
@@ -194,7 +209,12 @@ def run_phase2(
     ]
     previous = store.previous_overview(task.session_id, task.archive_number)
     archive_input = ArchiveInput(
-        session_id=task.session_id, archive_id=name, messages=messages, previous_overview=previous
+        session_id=task.session_id,
+        archive_id=name,
+        messages=messages,
+        previous_overview=previous.overview,
+        carried_overview=previous.longest,
+        previous_archive=archive_id(previous.number) if previous.number else "",
     )
     try:
         skills = store.archive_usage(task.session_id, task.archive_number).skills

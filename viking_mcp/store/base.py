@@ -67,7 +67,9 @@ class ArchiveRow:
     abstract: str
     abstract_tokens: int
     overview: str
-    # Every stored rendering of the overview, longest first (the first is `overview`).
+    # Every stored rendering of the overview, longest first; `overview` is one of them (the
+    # first, unless the agent or an LLM wrote it: then the longer ones show it after the
+    # earlier archives' sections).
     overview_renderings: list[OverviewRendering]
     memory_diff: dict[str, Any] | None
     supplied: dict[str, Any]
@@ -120,6 +122,9 @@ class Phase2Output:
 
     abstract: str
     abstract_tokens: int
+    # The archive's `.overview.md`: the overview as the agent or an LLM wrote it, or the
+    # longest of the extractive summariser's renderings. It is one of the renderings.
+    overview: str
     overview_renderings: list[OverviewRendering]
     memory_diff: dict[str, Any]
     memories_extracted: dict[str, int]
@@ -138,6 +143,15 @@ class Phase2Output:
             if uri.startswith(prefix):
                 return uri[len(prefix) :].split("/", 1)[0] == self.memory_owners.get(scope)
         return True
+
+
+@dataclass(frozen=True)
+class PreviousOverview:
+    """What Phase 2 carries forward from the latest completed archive before another."""
+
+    number: int  # 0: there is none
+    overview: str  # its `.overview.md`, as written
+    longest: str  # its longest rendering
 
 
 @dataclass(frozen=True)

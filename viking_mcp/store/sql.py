@@ -51,6 +51,7 @@ from viking_mcp.store.base import (
     OverviewRendering,
     Phase1Outcome,
     Phase2Output,
+    PreviousOverview,
     SessionDump,
     SessionRow,
     StoredMessage,
@@ -691,15 +692,22 @@ class SQLStore(ABC):
             (*params, limit, offset),
         )
 
-    def previous_overview(self, session_id: str, number: int) -> str:
-        """The overview of the latest completed archive before archive `number`."""
-        overviews = self._select_as(
-            lambda row: str(row["overview"]),
-            "SELECT overview FROM archives WHERE session_id = ? AND archive_no < ? AND status = 'completed' "
-            "ORDER BY archive_no DESC LIMIT 1",
+    def previous_overview(self, session_id: str, number: int) -> PreviousOverview:
+        """The overview and the longest rendering of the latest completed archive before archive `number`."""
+        found = self._select_as(
+            lambda row: PreviousOverview(
+                number=row["archive_no"],
+                overview=str(row["overview"]),
+                longest=next(
+                    (str(text) for _, text in stored_json(row["overview_renderings"], "archive's overview")),
+                    str(row["overview"]),
+                ),
+            ),
+            "SELECT archive_no, overview, overview_renderings FROM archives "
+            "WHERE session_id = ? AND archive_no < ? AND status = 'completed' ORDER BY archive_no DESC LIMIT 1",
             (session_id, number),
         )
-        return overviews[0] if overviews else ""
+        return found[0] if found else PreviousOverview(0, "", "")
 
     def release_phase2(self, task: TaskRow, now: str) -> None:
         """Give a claimed task back to the queue (its owner could not finish it)."""
@@ -715,7 +723,7 @@ class SQLStore(ABC):
         """Write the summaries, the memory diff and the `.done` marker at once. False if the
         task lost its claim meanwhile (the session was deleted, or another owner took over)."""
         renderings = dumps([[r.tokens, r.text] for r in output.overview_renderings])
-        overview = output.overview_renderings[0].text if output.overview_renderings else ""
+        overview = output.overview
         try:
             with self._write() as tx:
                 self._lock_session(tx, task.session_id)

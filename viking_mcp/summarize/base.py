@@ -16,20 +16,30 @@ class ArchiveInput:
     session_id: str
     archive_id: str
     messages: list[Message]
-    # The overview of the latest completed archive before this one ("" for the first).
+    # The overview of the latest completed archive before this one ("" for the first), as
+    # its author wrote it (the agent, an LLM, or a summariser: its longest rendering).
     previous_overview: str
+    # That archive's longest rendering, which the extractive summariser carries forward
+    # ("": the previous overview). It differs from the overview when the agent or an LLM
+    # wrote that: then it is their overview after the earlier archives' sections.
+    carried_overview: str = ""
+    # That archive's id ("archive_002"), the heading of a carried overview that has none.
+    previous_archive: str = ""
 
 
 @dataclass(frozen=True)
 class ArchiveSummary:
     abstract: str
-    # The overview at one or more lengths, longest first. The first is the archive's
-    # `.overview.md`; get_context returns the longest that fits its budget.
+    # The overview at one or more lengths (a summariser gives them longest first; Phase 2
+    # stores them so); get_context returns the longest that fits its budget.
     overviews: list[str]
     # Exact token counts of `overviews`, when the summariser counted them already (else Phase 2 counts).
     overview_tokens: list[int] = field(default_factory=list)
     llm_prompt_tokens: int = 0
     llm_completion_tokens: int = 0
+    # The archive's `.overview.md` when it is not the longest rendering: the overview the
+    # agent or an LLM wrote, which the renderings include ("": the first rendering).
+    overview: str = ""
 
 
 class Summariser(Protocol):

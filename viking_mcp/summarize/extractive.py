@@ -2,26 +2,36 @@
 
 It keeps the sentences that carry facts and drops chit-chat. A sentence is worth what it
 tells: words that are rare in the conversation (inverse sentence frequency), names and
-places (capitalised words that are not the speakers'), numbers and dates, per token it
-costs. Greetings, thanks, acknowledgements and bare questions score nothing or little.
-Interjections that open a sentence ("Wow, ", "Yeah! ") are cut, relative dates are made
-absolute ("yesterday (7 May 2023)"), and a sentence that repeats another is kept once.
+places (capitalised words that are not the speakers'), numbers, codes and dates, per token
+it costs. Greetings, thanks, acknowledgements and bare questions score nothing or little;
+a short sentence counts only when it carries a fact ("Booked TP1351."). Interjections that
+open a sentence ("Wow, ", "Yeah! ") are cut, relative dates are made absolute
+("yesterday (7 May 2023)"), and a sentence that repeats another is kept once.
 
-The overview is markdown prose, one section per archive under its date, oldest first,
-each sentence attributed to its speaker. It carries the previous overview forward, and
-its sentences go in best first whatever their archive, with barely a thought for age: a
-fact said long ago is as likely to be needed as one said last week.
-It is rendered at many lengths, each about three quarters of the one before, so that
+The overview is markdown, one section per archive under its heading
+(`## archive_NNN · date`), oldest first. Inside a section each run of one speaker's
+sentences is a line of its own that opens with their name ("Caroline: ..."), so that who
+said what survives any cut: every sentence on a line is the named speaker's. A tool result
+or a context used is a line of its own, and so is each line of an overview written by the
+agent or an LLM (its bullet, number or heading marker kept). The overview carries the
+previous one forward, and its sentences go in best first whatever their archive, with
+barely a thought for age: a fact said long ago is as likely to be needed as one said last
+week. It is rendered at many lengths, each about three quarters of the one before, so that
 get_context can return one that nearly fills whatever is left of a budget.
+
+An overview written by the agent or an LLM is kept as written; `renderings_for` adds
+shorter renderings of it, and longer ones that put it whole, as its archive's section,
+after the best of the earlier archives' sections carried forward.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from functools import cache, lru_cache
 
@@ -32,7 +42,16 @@ from viking_mcp.tokens import TokenCounter
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*|\d+(?:[.,:/-]\d+)*")
-_SECTION = re.compile(r"^## (.+)$", re.MULTILINE)
+# Our sections' headings: `## archive_001 · 8 May 2023` (`## Earlier` in overviews of old
+# versions). Any other `## ` line is an agent's markdown, and is demoted inside our overview.
+_SECTION = re.compile(r"^## ((?:archive_\d+(?: · [^\n]*)?|Earlier)) *$", re.MULTILINE)
+_HEADING = re.compile(r"^#{1,2}(?= )", re.MULTILINE)
+# What opens a markdown line before its text: indentation, a bullet, a number, a heading's #s.
+_MARKER = re.compile(r"^\s*(?:[-*+]|\d{1,9}[.)]|#{1,6})?\s*")
+_MD_HEADING = re.compile(r"^#{1,6} ")
+_NOTE = re.compile(r"^_\d+ earlier archives? not shown\._$")
+# A tool result or a context used, as `message_units` writes them: theirs, not a speaker's.
+_TOOL_LINE = re.compile(r"^(?:Tool \S+ \((?:pending|running|completed|error)\)|Used (?:resource|memory|skill) \S)")
 # "Caroline: ..." (a transcript line that names its speaker): one to three capitalised words.
 _SPEAKER_PREFIX = re.compile(r"^([A-Z][\w'-]*(?: [A-Z][\w'-]*){0,2}):\s")
 # What the summariser itself puts before a sentence; only this is stripped for scoring.
@@ -80,16 +99,24 @@ _FILLER_RATIO = 0.1
 # transcript again.
 _SECTION_FRACTION = 0.6
 _SECTION_FLOOR_TOKENS = 120
+# The abstract adds, after the archive's best sentence, the next best ones worth at least
+# this fraction of it, while it stays within its bound: a small archive is told whole.
+_ABSTRACT_RATIO = 0.5
 # Token counts of sentences seen before (carried-forward sections come back every commit).
 _TOKEN_CACHE_SIZE = 50_000
 
 
 @dataclass(frozen=True)
 class Unit:
-    """A sentence and who said it ("" when unknown, e.g. carried forward from an overview)."""
+    """A sentence and who said it ("" for no one: a tool result, an agent's own overview).
+
+    `line`: it starts a line of its own (a tool result, a context used, a line of an
+    overview written elsewhere, with its bullet, number or heading marker in `text`); the
+    sentences after it without a speaker continue that line."""
 
     speaker: str
     text: str
+    line: bool = False
 
     def attributed(self) -> str:
         return f"{self.speaker}: {self.text}" if self.speaker else self.text
@@ -108,6 +135,24 @@ class _Candidate:
 class _Section:
     heading: str
     units: list[Unit]
+    # An overview written elsewhere, shown whole as this section's body (its units are only
+    # read for word frequencies, never picked one by one).
+    whole: str = ""
+    # paragraph[i]: the unit that starts unit i's line; heading_of[i]: the markdown heading
+    # (`### ...`) unit i sits under, if any, shown with it.
+    paragraph: list[int] = field(init=False)
+    heading_of: list[int | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.paragraph, self.heading_of = [], []
+        start, heading = 0, None
+        for order, unit in enumerate(self.units):
+            if unit.line or unit.speaker:
+                start = order
+            if unit.line and not unit.speaker and _MD_HEADING.match(unit.text):
+                heading = order
+            self.paragraph.append(start)
+            self.heading_of.append(heading if heading != order else None)
 
 
 def split_sentences(text: str) -> list[str]:
@@ -137,9 +182,10 @@ def message_units(message: Message, names: set[str]) -> list[Unit]:
             units += [Unit(speaker, s) for s in split_sentences(text)]
         elif isinstance(part, ToolPart):
             output = " ".join(part.tool_output.split())[:200]
-            units.append(Unit("", f"Tool {part.tool_name} ({part.tool_status}): {output}".rstrip(": ")))
+            units.append(Unit("", f"Tool {part.tool_name} ({part.tool_status}): {output}".rstrip(": "), line=True))
         elif isinstance(part, ContextPart) and part.abstract:
-            units.append(Unit("", f"Used {part.context_type} {part.uri}: {part.abstract}"))
+            abstract = " ".join(part.abstract.split())
+            units.append(Unit("", f"Used {part.context_type} {part.uri}: {abstract}", line=True))
     return units
 
 
@@ -194,21 +240,24 @@ class _Scorer:
 
 
 _Features = tuple[int, tuple[str, ...], tuple[str, ...], int, int, bool, bool]
+# A word that is a fact in itself: a number or code ("3", "TP1351", "14C") or an acronym ("TAP").
+_FACT_WORD = re.compile(r"\d|[A-Z]{2,}")
 
 
 @lru_cache(maxsize=_TOKEN_CACHE_SIZE)
 def _features(sentence: str) -> _Features | None:
     """What scoring reads of a sentence, whatever the conversation: cached, as carried-forward
-    sentences come back at every commit. None for a sentence too short to tell anything."""
+    sentences come back at every commit. None for a sentence too short to tell anything:
+    under four words, unless it carries a fact (a number, a code, a name: "Booked TP1351.")."""
     # Scored on what was said: the role prefix says who, and the dates written beside
     # "yesterday" are for the reader (scoring them would favour every dated small-talk line).
     text = strip_date_notes(_ROLE_PREFIX.sub("", sentence, count=1))
     words = _WORD.findall(text)
-    if len(words) < 4:
+    capitalised = tuple(sorted({w for w in words[1:] if w[0].isupper() and w != "I"}))
+    if len(words) < 4 and not (capitalised or _FACT_WORD.search(text)):
         return None
     # a fixed order: float sums must not depend on hash seeds
     content = tuple(sorted({w.lower() for w in words if w.lower() not in _STOPWORDS and len(w) > 1}))
-    capitalised = tuple(sorted({w for w in words[1:] if w[0].isupper() and w != "I"}))
     numbers = sum(1 for w in words if w[0].isdigit())
     dates = sum(1 for w in words if w.lower() in _DATE_WORDS)
     lowered = {w.lower() for w in words}
@@ -216,32 +265,91 @@ def _features(sentence: str) -> _Features | None:
     return (len(words), content, capitalised, numbers, dates, text.rstrip().endswith("?"), second_person)
 
 
-def _parse_sections(overview: str, speakers: set[str]) -> list[_Section]:
-    """Sections of a previous overview (ours, or an agent's free-form one as 'Earlier').
+# --- reading an overview back ----------------------------------------------------------------
 
-    A sentence that starts "Name: " for a known speaker is theirs, and so are the sentences
-    after it until another speaker is named, as the overview attributes them."""
+
+def overview_speakers(overview: str) -> set[str]:
+    """The speakers an overview names: at the start of two or more lines, or of two or more
+    sentences inside a line (where earlier versions named them), and the roles."""
+    lines = [line.strip() for line in overview.splitlines()]
+    inside = (s for line in lines if line.count(": ") > 1 for s in split_sentences(line))
+    return _named_twice(lines) | _named_twice(inside) | {"User", "Assistant"}
+
+
+def _line_units(body: str, speakers: set[str]) -> list[Unit]:
+    """The units of a section in lines: a line that opens with a speaker's name is theirs,
+    sentence by sentence; any other line is a line of its own (a tool result, a line of an
+    agent's overview), its first sentence starting it and the others continuing it. A line
+    that opens with what looks like a name but is no speaker's is kept whole, so that what
+    it names stays with all of it."""
+    units: list[Unit] = []
+    for raw in body.splitlines():
+        line = raw.rstrip()
+        stripped = line.strip()
+        if not stripped or _NOTE.match(stripped):
+            continue
+        if (match := _SPEAKER_PREFIX.match(stripped)) and match.group(1) in speakers:
+            units += [Unit(match.group(1), s) for s in split_sentences(stripped[match.end() :])]
+        elif match or _TOOL_LINE.match(stripped):
+            units.append(Unit("", line, line=True))
+        else:
+            # the line's indentation and marker ("  - ", "2. ", "### ") stay with its first sentence
+            marker = _MARKER.match(line)
+            lead = marker.group(0) if marker else ""
+            first, *rest = split_sentences(line[len(lead) :]) or [""]
+            units += [Unit("", lead + first, line=True), *(Unit("", s) for s in rest)]
+    return units
+
+
+def _paragraph_units(body: str, speakers: set[str]) -> list[Unit]:
+    """The units of a section as earlier versions wrote it: one paragraph, in which a
+    sentence that starts "Name: " for a known speaker is theirs, and so are the sentences
+    after it until another speaker is named. A name is also found where the sentence
+    before it ended without punctuation ("amazing 🎉 Melanie: ...")."""
+    names = "|".join(re.escape(name) for name in sorted(speakers, key=len, reverse=True))
+    before_name = re.compile(rf"\s+(?=(?:{names}): )")
+    units, speaker = [], ""
+    for sentence in (piece for s in split_sentences(body) for piece in before_name.split(s)):
+        if _NOTE.match(sentence):
+            continue
+        if _TOOL_LINE.match(sentence):
+            units.append(Unit("", sentence, line=True))
+            speaker = ""
+            continue
+        if (found := _SPEAKER_PREFIX.match(sentence)) and found.group(1) in speakers:
+            speaker, sentence = found.group(1), sentence[found.end() :]
+        units.append(Unit(speaker, sentence))
+    return units
+
+
+def demote_headings(text: str) -> str:
+    """An overview written elsewhere, as the body of one of our sections: its `# ` and `## `
+    headings become `### `, so that they are not taken for archives' sections."""
+    return _HEADING.sub("###", text)
+
+
+def _parse_sections(overview: str, speakers: set[str], label: str = "Earlier") -> list[_Section]:
+    """Sections of a previous overview: ours (under `## archive_NNN · date` headings), or one
+    written elsewhere (by the agent or an LLM), which becomes one section under `label`."""
     if not overview.strip():
         return []
     pieces = _SECTION.split(overview)  # before the first heading, then each heading and its body
-    if len(pieces) == 1:
-        body = overview.replace(OVERVIEW_TITLE, "").strip()
-        return [_Section("Earlier", [Unit("", s) for s in split_sentences(body)])] if body else []
+    bodies = pieces[2::2]
+    # Earlier versions wrote each section as one paragraph, naming the speaker where it changed.
+    old = bool(bodies) and all(
+        sum(1 for line in body.splitlines() if line.strip() and not _NOTE.match(line.strip())) <= 1 for body in bodies
+    )
     sections = []
-    for heading, body in zip(pieces[1::2], pieces[2::2], strict=True):
-        units, speaker = [], ""
-        for sentence in split_sentences(body.strip()):
-            if sentence.startswith("_") and sentence.endswith("_"):
-                continue
-            if (found := _SPEAKER_PREFIX.match(sentence)) and found.group(1) in speakers:
-                speaker, sentence = found.group(1), sentence[found.end() :]
-            units.append(Unit(speaker, sentence))
+    before = pieces[0].strip()
+    if before.startswith(OVERVIEW_TITLE):
+        before = before[len(OVERVIEW_TITLE) :].strip()
+    if before:
+        sections.append(_Section(label, _line_units(demote_headings(before), speakers)))
+    for heading, body in zip(pieces[1::2], bodies, strict=True):
+        body = demote_headings(body)
+        units = _paragraph_units(body, speakers) if old else _line_units(body, speakers)
         sections.append(_Section(heading.strip(), units))
     return sections
-
-
-def _overview_speakers(overview: str) -> set[str]:
-    return _named_twice(split_sentences(overview)) | {"User", "Assistant"}
 
 
 def _date_span(messages: list[Message]) -> str:
@@ -252,14 +360,14 @@ def _date_span(messages: list[Message]) -> str:
 
 
 class _Measure:
-    """Exact token counts of renderings, paragraph by paragraph.
+    """Exact token counts of renderings, block by block.
 
-    The renderings of one overview share most of their paragraphs, and a tokenizer such as
-    cl100k_base never makes a token across a blank line followed by a heading or a new
-    paragraph (its pre-tokenizer splits there), so a rendering's count is the sum of its
-    blocks' counts, each with the blank line after it. The first call (the longest
-    rendering) compares that sum with a count of the whole text; should an encoding ever
-    disagree, every rendering is counted whole.
+    The renderings of one overview share most of their blocks (title, headings, section
+    bodies), and a tokenizer such as cl100k_base never makes a token across a blank line
+    followed by a heading or a new block (its pre-tokenizer splits there), so a rendering's
+    count is the sum of its blocks' counts, each with the blank line after it. The first
+    call (the longest rendering) compares that sum with a count of the whole text; should
+    an encoding ever disagree, every rendering is counted whole.
     """
 
     def __init__(self, tokens: TokenCounter) -> None:
@@ -288,24 +396,13 @@ class ExtractiveSummariser:
 
     def summarise(self, archive: ArchiveInput) -> ArchiveSummary:
         names = speaker_names(archive.messages)
-        units = []
-        seen: set[tuple[str, ...]] = set()
-        for message in archive.messages:
-            said = parse_day(message.created_at)
-            for unit in message_units(message, names):
-                unit = Unit(unit.speaker, clean_sentence(unit.text, said))
-                features = _features(unit.text)
-                if features is not None and len(features[1]) >= 3:
-                    if features[1] in seen:  # said before, in other words at most
-                        continue
-                    seen.add(features[1])
-                units.append(unit)
-        span = _date_span(archive.messages)
+        units = self._units(archive, names)
         count = len(archive.messages)
+        span = _date_span(archive.messages)
         lead = f"{count} message{'s' if count != 1 else ''}" + (f" on {span}" if span else "") + "."
-        heading = " · ".join(p for p in (archive.archive_id, span) if p)
-        speakers = names | _overview_speakers(archive.previous_overview)
-        sections = [*_parse_sections(archive.previous_overview, speakers), _Section(heading, units)]
+        carried, label = archive.carried_overview or archive.previous_overview, archive.previous_archive or "Earlier"
+        speakers = names | overview_speakers(carried)
+        sections = [*_parse_sections(carried, speakers, label), _Section(self._heading(archive), units)]
         scorer = _Scorer([u.text for s in sections for u in s.units], speakers)
         renderings = self._renderings(sections, scorer)
         return ArchiveSummary(
@@ -314,17 +411,66 @@ class ExtractiveSummariser:
             overview_tokens=[tokens for _, tokens in renderings],  # counted once, while rendering
         )
 
+    def _units(self, archive: ArchiveInput, names: set[str]) -> list[Unit]:
+        """The archive's sentences, cleaned, each said once."""
+        units = []
+        seen: set[tuple[str, ...]] = set()
+        for message in archive.messages:
+            said = parse_day(message.created_at)
+            for unit in message_units(message, names):
+                unit = Unit(unit.speaker, clean_sentence(unit.text, said), unit.line)
+                features = _features(unit.text)
+                if features is not None and len(features[1]) >= 3:
+                    if features[1] in seen:  # said before, in other words at most
+                        continue
+                    seen.add(features[1])
+                units.append(unit)
+        return units
+
+    @staticmethod
+    def _heading(archive: ArchiveInput) -> str:
+        return " · ".join(p for p in (archive.archive_id, _date_span(archive.messages)) if p)
+
     # --- abstract -----------------------------------------------------------------------------
 
     def _abstract(self, lead: str, units: list[Unit], scorer: _Scorer) -> str:
-        """The lead ("12 messages on 8 May 2023.") and the best sentence (the first of equals)."""
-        scores = [scorer.score(u.text) for u in units]
-        if not units or max(scores) == 0:
+        """The lead ("12 messages on 8 May 2023.") and the best sentence (the first of equals),
+        then the next best (_ABSTRACT_RATIO) while they fit, in the order they were said, as
+        one sentence: "2 messages on 3 May 2025. User: I fly to Lisbon on 3 May; Assistant:
+        Booked TP1351.\""""
+        ranked = sorted(
+            ((score, order) for order, unit in enumerate(units) if (score := scorer.score(unit.text)) > 0),
+            key=lambda pair: (-pair[0], pair[1]),
+        )
+        if not ranked:
             return lead
-        best = units[scores.index(max(scores))].attributed().rstrip()
-        if best[-1] not in ".!?":
-            best += "."
-        return self._fit(f"{lead} {best}", self.abstract_max_tokens)
+        best, chosen = ranked[0][0], [ranked[0][1]]
+        text = self._abstract_text(lead, units, chosen)
+        if self.tokens.count(text) > self.abstract_max_tokens:
+            return self._fit(text, self.abstract_max_tokens)
+        for score, order in ranked[1:]:
+            if score < _ABSTRACT_RATIO * best:
+                break
+            if units[order].text.rstrip().endswith("?"):
+                continue
+            trial = self._abstract_text(lead, units, sorted([*chosen, order]))
+            if self.tokens.count(trial) <= self.abstract_max_tokens and len(split_sentences(trial)) <= 2:
+                chosen, text = sorted([*chosen, order]), trial
+        return text
+
+    @staticmethod
+    def _abstract_text(lead: str, units: list[Unit], chosen: list[int]) -> str:
+        clauses, speaker = [], ""
+        for order in chosen:
+            unit = units[order]
+            text = unit.text.rstrip()
+            clauses.append(f"{unit.speaker}: {text}" if unit.speaker and unit.speaker != speaker else text)
+            speaker = unit.speaker
+        # one sentence after the lead: the clauses but the last end in ";" (a question stays
+        # one, and then the abstract has a sentence too many: `_abstract` does not take it)
+        ends = [c if c.endswith("?") else c.rstrip(".!;") + ";" for c in clauses[:-1]]
+        joined = " ".join([*ends, clauses[-1]])
+        return f"{lead} {joined}" + ("" if joined[-1] in ".!?" else ".")
 
     def _fit(self, text: str, max_tokens: int) -> str:
         if self.tokens.count(text) <= max_tokens:
@@ -339,24 +485,46 @@ class ExtractiveSummariser:
                 high = middle - 1
         return " ".join(words[:low]).rstrip(",;:") + "…"
 
-    # --- overview -----------------------------------------------------------------------------
+    # --- overviews written elsewhere -----------------------------------------------------------
 
-    def shorter_renderings(self, overview: str) -> list[str]:
-        """Shorter renderings of an overview written elsewhere (by the agent or an LLM), so
-        that get_context can fit one to a tight budget. The original stays the longest."""
-        speakers = _overview_speakers(overview)
-        sections = _parse_sections(overview, speakers)
+    def renderings_for(self, archive: ArchiveInput, overview: str) -> list[tuple[str, int]]:
+        """Renderings of an overview written elsewhere (by the agent or an LLM) for `archive`,
+        besides the overview itself, with their exact token counts: shorter ones, so that
+        get_context can fit one to a tight budget, and longer ones, up to the overview's
+        bound, that show it whole as the archive's section after the best of the earlier
+        archives' sections (carried forward from the previous overview, as `summarise`
+        does), so that a budget it leaves unused goes to them."""
+        names = speaker_names(archive.messages)
+        heading = self._heading(archive)
+        return self._shorter(overview, names, heading) + self._longer(archive, overview, names, heading)
+
+    def _shorter(self, overview: str, names: set[str], heading: str) -> list[tuple[str, int]]:
+        speakers = names | overview_speakers(overview)
+        sections = _parse_sections(overview, speakers, heading)
         scorer = _Scorer([u.text for s in sections for u in s.units], speakers)
         size = self.tokens.count(overview)
         empty = self._render(sections, [])  # headings alone are no overview
         renderings = self._renderings(sections, scorer, start=int(size * _RENDERING_STEP))
-        return [r for r, _ in renderings if r != empty and r.strip() != overview.strip()]
+        return [(r, n) for r, n in renderings if r != empty and r.strip() != overview.strip()]
+
+    def _longer(self, archive: ArchiveInput, overview: str, names: set[str], heading: str) -> list[tuple[str, int]]:
+        carried = archive.carried_overview or archive.previous_overview
+        speakers = names | overview_speakers(carried) | overview_speakers(overview)
+        whole = demote_headings(overview.strip("\n").rstrip()).lstrip()
+        own = _Section(heading, _line_units(whole, speakers), whole=whole)
+        sections = [*_parse_sections(carried, speakers, archive.previous_archive or "Earlier"), own]
+        scorer = _Scorer([u.text for s in sections for u in s.units], speakers)
+        return [(r, n) for r, n in self._renderings(sections, scorer) if n > self.tokens.count(overview)]
+
+    # --- overview -----------------------------------------------------------------------------
 
     def _renderings(self, sections: list[_Section], scorer: _Scorer, start: int | None = None) -> list[tuple[str, int]]:
         """The overview at its bound (or `start`) and at shorter lengths, longest first, each
-        distinct, with its exact token count."""
+        distinct, with its exact token count. A section shown whole is in every one of them,
+        and each of them has more than that section."""
         ranked = self._rank(sections, scorer)
         heading_tokens = [self._count(f"## {s.heading}") + 2 for s in sections]
+        fixed = self._fixed_tokens(sections, heading_tokens)
         renderings: list[tuple[str, int]] = []
         target = self.overview_max_tokens if start is None else start
         measure = _Measure(self.tokens)
@@ -368,15 +536,22 @@ class ExtractiveSummariser:
             if tokens <= target:
                 renderings.append(("\n\n".join(whole) + "\n", tokens))
                 target = int(tokens * _RENDERING_STEP)
-        while target >= _MIN_RENDERING_TOKENS:
-            text, tokens = self._render_within(sections, ranked, heading_tokens, target, measure)
+        while ranked and target >= max(_MIN_RENDERING_TOKENS, fixed):
+            text, tokens = self._render_within(sections, ranked, heading_tokens, target, measure, packed=not renderings)
             if text and (not renderings or text != renderings[-1][0]):
                 renderings.append((text, tokens))
             target = int(target * _RENDERING_STEP)
-        if not renderings:
+        if not renderings and not any(s.whole for s in sections):
             text = self._render(sections, [])
             renderings.append((text, self.tokens.count(text)))
         return renderings
+
+    def _fixed_tokens(self, sections: list[_Section], heading_tokens: list[int]) -> int:
+        """What every rendering costs whatever it picks: the title, the newest section's
+        heading, the sections shown whole; and about 8 tokens for an "N earlier archives not
+        shown" note, paid for up front."""
+        shown = {len(sections) - 1} | {i for i, s in enumerate(sections) if s.whole}
+        return 8 + sum(heading_tokens[i] for i in shown) + sum(self._count(s.whole) + 2 for s in sections if s.whole)
 
     def _rank(self, sections: list[_Section], scorer: _Scorer) -> list[_Candidate]:
         """Every candidate sentence, best first: not filler (_FILLER_RATIO), and from the newest
@@ -384,6 +559,8 @@ class ExtractiveSummariser:
         newest = len(sections) - 1
         ranked: list[_Candidate] = []
         for index in range(newest, -1, -1):
+            if sections[index].whole:
+                continue
             recency = _RECENCY ** (newest - index)
             candidates = []
             for order, unit in enumerate(sections[index].units):
@@ -413,29 +590,24 @@ class ExtractiveSummariser:
         return "\n\n".join(self._blocks(sections, chosen)) + "\n"
 
     def _blocks(self, sections: list[_Section], chosen: list[_Candidate]) -> list[str]:
-        """The title, headings, notes and paragraphs of a rendering, in order."""
-        by_section: dict[int, list[_Candidate]] = {}
+        """The title, headings, notes and section bodies of a rendering, in order."""
+        by_section: dict[int, list[int]] = {}
         for candidate in chosen:
-            by_section.setdefault(candidate.section, []).append(candidate)
+            by_section.setdefault(candidate.section, []).append(candidate.order)
         blocks = [OVERVIEW_TITLE]
         omitted = 0
         for index, section in enumerate(sections):
-            picked = sorted(by_section.get(index, []), key=lambda c: c.order)
-            if not picked and index != len(sections) - 1:
+            picked = by_section.get(index, [])
+            if not picked and not section.whole and index != len(sections) - 1:
                 omitted += 1
                 continue
             if omitted:
                 blocks.append(f"_{omitted} earlier archive{'s' if omitted > 1 else ''} not shown._")
                 omitted = 0
             blocks.append(f"## {section.heading}")
-            sentences, speaker = [], None
-            for candidate in picked:
-                unit = candidate.unit
-                # Name the speaker when it changes, not on every sentence.
-                sentences.append(unit.attributed() if unit.speaker and unit.speaker != speaker else unit.text)
-                speaker = unit.speaker or None
-            if sentences:
-                blocks.append(" ".join(sentences))
+            body = section.whole or "\n".join(_lines(section, picked)).lstrip()
+            if body:
+                blocks.append(body)
         return blocks
 
     def _render_within(
@@ -445,20 +617,42 @@ class ExtractiveSummariser:
         heading_tokens: list[int],
         target: int,
         measure: _Measure,
+        *,
+        packed: bool,
     ) -> tuple[str, int]:
         """The best-ranked sentences that fit `target` tokens with their sections' headings,
-        and the rendering's exact size ("", 0 when not even one sentence fits)."""
-        # The newest section's heading is always shown; "N earlier archives not shown" notes
-        # cost about 8 tokens each, paid for up front.
-        used = 8 + heading_tokens[-1]
-        opened = {len(sections) - 1}
+        and the rendering's exact size ("", 0 when not even one sentence fits).
+
+        `packed`: a sentence is estimated at what it adds where it goes (its speaker's name
+        only if it starts a line), which fills `target` to within a few tokens. Otherwise at
+        an upper bound (its name with every sentence), which leaves a rendering 10-20% under
+        `target`. The longest rendering is packed (it is what the next commit carries forward
+        and what a large budget gets); the shorter ones keep the upper bound, the sizes they
+        had before lines were named: packing them only moved their sizes against a budget,
+        no better over budgets from 800 to 8,000 tokens on LoCoMo (benchmarks/retention.py)."""
+        used = self._fixed_tokens(sections, heading_tokens)
+        opened = {len(sections) - 1} | {i for i, s in enumerate(sections) if s.whole}
         chosen: list[_Candidate] = []
+        picked: dict[int, list[int]] = {}  # the orders chosen in each section, sorted
         for candidate in ranked:
-            cost = candidate.tokens
+            section, order = sections[candidate.section], candidate.order
+            orders = picked.setdefault(candidate.section, [])
+            at = bisect_left(orders, order)
+            if packed:
+                # its text, its speaker's name if it starts a line, and the name the next
+                # chosen sentence of its section gains or loses by it
+                before = orders[at - 1] if at else None
+                cost = self._count(candidate.unit.text) + self._line_cost(section, before, order)
+                if at < len(orders):
+                    after = orders[at]
+                    cost += self._line_cost(section, order, after) - self._line_cost(section, before, after)
+            else:
+                cost = candidate.tokens
             if candidate.section not in opened:  # its heading, and perhaps an "earlier archives not shown" note
                 cost += heading_tokens[candidate.section] + 4
             if used + cost <= target:
                 chosen.append(candidate)
+                orders.insert(at, order)
                 used += cost
                 opened.add(candidate.section)
         blocks = self._blocks(sections, chosen)
@@ -471,3 +665,40 @@ class ExtractiveSummariser:
             blocks = self._blocks(sections, chosen)
             tokens = measure(blocks)
         return ("\n\n".join(blocks) + "\n", tokens) if chosen else ("", 0)  # headings alone are no overview
+
+    def _line_cost(self, section: _Section, before: int | None, order: int) -> int:
+        """What unit `order` of a section costs beyond its text when shown after unit `before`:
+        its speaker's name if it starts a line (as `_lines` writes them), else nothing."""
+        unit = section.units[order]
+        if before is not None and not unit.line:
+            previous = section.units[before]
+            if unit.speaker == previous.speaker and (
+                unit.speaker or section.paragraph[order] == section.paragraph[before]
+            ):
+                return 0
+        return self._count(f"{unit.speaker}:") if unit.speaker else 0
+
+
+def _lines(section: _Section, picked: list[int]) -> list[str]:
+    """The lines of a section's body showing the units `picked` (by order), in order: each
+    run of one speaker's sentences a line that opens with their name, each unit that starts
+    a line of its own (with the markdown heading it sits under) on a new line, and the
+    sentences that continued such a line back on it."""
+    shown = set(picked)
+    shown |= {heading for order in picked if (heading := section.heading_of[order]) is not None}
+    lines: list[str] = []
+    speaker: str | None = None  # whose line is open ("" no one's); None: no line open
+    paragraph = -1
+    for order in sorted(shown):
+        unit = section.units[order]
+        if unit.speaker:
+            if unit.speaker == speaker and not unit.line:
+                lines[-1] += " " + unit.text
+            else:
+                lines.append(f"{unit.speaker}: {unit.text}")
+        elif speaker == "" and not unit.line and section.paragraph[order] == paragraph:
+            lines[-1] += " " + unit.text
+        else:
+            lines.append(unit.text)
+        speaker, paragraph = unit.speaker, section.paragraph[order]
+    return lines
