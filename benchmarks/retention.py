@@ -46,6 +46,9 @@ from viking_mcp.engine import Engine
 from viking_mcp.models import SessionContext, message_text
 from viking_mcp.tokens import TokenCounter
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attribution import Attribution, SpeakerIndex
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "locomo10.zip"
 DEFAULT_BUDGETS = (1000, 2000, 4000, 8000)
@@ -176,6 +179,18 @@ class Tally:
         }
 
 
+def attributed(index: SpeakerIndex, text: str) -> Attribution:
+    """Speaker attribution of the overview and abstracts in what the model reads."""
+    found = Attribution()
+    overview = text.split("<overview", 1)[1].split("</overview>", 1)[0] if "<overview" in text else ""
+    for line in overview.split("\n")[1:]:
+        found.add(index.check(line, within_line=not line.startswith("#")))
+    abstracts = text.split("<abstracts", 1)[1].split("</abstracts>", 1)[0] if "<abstracts" in text else ""
+    for line in abstracts.splitlines()[1:]:
+        found.add(index.check(line.split(": ", 1)[-1], within_line=True))
+    return found
+
+
 def run_conversation(
     conversation: Conversation, budgets: list[int], home: Path, log: Any
 ) -> tuple[dict[str, dict[int, Tally]], dict[str, Any], dict[str, Any] | None]:
@@ -200,6 +215,8 @@ def run_conversation(
         questions = scorable(conversation, words(transcript))
         tallies: dict[str, dict[int, Tally]] = {"mcp": {}, "ours": {}, "truncation": {}, "ceiling": {}}
         checks: dict[str, Any] = {"budgets": {}, "phase2_seconds": round(phase2_seconds, 2)}
+        turns = [(speaker, text) for _, session_turns in conversation.sessions for speaker, text in session_turns]
+        index = SpeakerIndex(turns, {conversation.speaker_a, conversation.speaker_b})
         sample = None
         for budget in budgets:
             context = engine.get_context(session_id, budget)
@@ -219,7 +236,9 @@ def run_conversation(
                 raise SystemExit(
                     f"conversation {conversation.name}, budget {budget}: MCP text {rendered_tokens} tokens"
                 )
+            named = attributed(index, read.text)
             checks["budgets"][str(budget)] = {
+                "attribution": {"checked": named.checked, "correct": named.correct, "mistakes": named.mistakes[:5]},
                 "payload_tokens": payload_tokens,
                 "rendered_tokens": rendered_tokens,
                 "overview_tokens": engine.tokens.count(context.latest_archive_overview),
@@ -336,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, by_budget in tallies.items():
                 for budget, tally in by_budget.items():
                     totals[name][budget].merge(tally)
+            for budget, check in checks["budgets"].items():
+                done = attribution.get(int(budget), (0, 0))
+                named = check["attribution"]
+                attribution[int(budget)] = (done[0] + named["checked"], done[1] + named["correct"])
             per_conversation[conversation.name] = {
                 **checks,
                 "results": {n: {str(b): t.as_json()["overall"] for b, t in tallies[n].items()} for n in tallies},

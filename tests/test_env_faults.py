@@ -311,7 +311,7 @@ async def test_stdio_server_serves_reads_while_another_process_holds_the_lock(tm
                 context = await client.call_tool("get_context", {"session_id": "trip", "token_budget": 2000})
             assert not context.is_error and context.structured_content is not None
             text = context.structured_content["context"]
-            assert len(shown_messages(text)) == 2 and '<overview>\n## archive_001, ' in text
+            assert len(shown_messages(text)) == 2 and "<overview>\n## archive_001, " in text
     async with Client(stdio_params(home, VIKING_MCP_BUSY_TIMEOUT_MS="300")) as client:
         with anyio.fail_after(30):
             added = await client.call_tool("add_message", {"session_id": "trip", "role": "user", "content": "ok"})

@@ -61,7 +61,7 @@ async def test_commit_with_wait_reports_the_finished_task(mcp: Client) -> None:
     committed = await call(mcp, "commit", session_id="s", wait=True)
     assert committed["task_status"] == "completed"
     context = (await call(mcp, "get_context", session_id="s"))["context"]
-    assert '<overview>\n## archive_001, ' in context and "blue door" in context
+    assert "<overview>\n## archive_001, " in context and "blue door" in context
 
 
 async def test_default_budget_is_20000(mcp: Client) -> None:

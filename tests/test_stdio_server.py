@@ -70,7 +70,7 @@ async def test_whole_lifecycle_over_stdio(tmp_path: Path) -> None:
 
         await call(client, "add_message", session_id="trip", role="user", content="What seat did I get?")
         context = await call(client, "get_context", session_id="trip", token_budget=2000)
-        overview = context["context"].split('<overview>\n', 1)[1].split("</overview>")[0]
+        overview = context["context"].split("<overview>\n", 1)[1].split("</overview>")[0]
         assert "Lisbon" in overview
         assert shown_messages(context["context"]) == ["user: What seat did I get?"]
         assert "Archives: 1 (1 in the overview)" in context["context"] and context["estimatedTokens"] <= 2000

@@ -112,7 +112,7 @@ class Settings:
     busy_timeout_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 5_000
     # Upper bound of an archive overview; shorter renderings are kept beside it.
     overview_max_tokens: Annotated[int, Field(ge=64)] = 8_000
-    abstract_max_tokens: Annotated[int, Field(ge=16)] = 80
+    abstract_max_tokens: Annotated[int, Field(ge=16)] = 48
     # Background Phase 2 threads in this process; 0 leaves the work to another process.
     phase2_workers: Annotated[int, Field(ge=0)] = 1
     # How long `commit(wait=true)` blocks: well under the ~60 s a desktop host waits.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from viking_mcp.engine.context import (
     ArchivePick,
@@ -31,7 +31,7 @@ from viking_mcp.engine.context import (
     shown_archives,
 )
 from viking_mcp.models import ContextStats, archive_id, message_text
-from viking_mcp.store.base import ContextSnapshot, StoredMessage
+from viking_mcp.store.base import ArchiveRow, ContextSnapshot, StoredMessage
 from viking_mcp.summarize.dates import day, parse_day
 from viking_mcp.summarize.extractive import OVERVIEW_TITLE
 from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
@@ -40,11 +40,13 @@ from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
 # many, whatever is left is dropped.
 _TRIES = 8
 # The framing every result has (tags, the closing notes), paid for up front.
-_FRAMING_TOKENS = 60
+_FRAMING_TOKENS = 45
 # What Python's json.dumps may cost beyond the budget (non-ASCII escaped): 2% or this much.
 _ESCAPE_ALLOWANCE = 50
 # Each try over the budget leaves at least this much less room than the last, doubling.
 _STEP_TOKENS = 16
+# What an abstract's line adds to it ("- archive_007: ").
+_ABSTRACT_LINE_TOKENS = 8
 # Composed once more, larger, when at least this much of the budget is left unused.
 _GROW_TOKENS = 40
 # What an overview of ours carries for people reading it as a file, not for a model reading
@@ -52,6 +54,7 @@ _GROW_TOKENS = 40
 # "_2 earlier archives not shown._" notes (the closing line counts them); and the "·" of its
 # headings is four tokens when JSON escapes it.
 _FOR_FILES = re.compile(rf"^(?:{OVERVIEW_TITLE}|_\d+ earlier archives? not shown\._)\n|^\n", re.MULTILINE)
+_RUN_BREAK = re.compile(r"(?<=[.!?…\"')])\n(?=[A-Z][\w'-]*(?: [A-Z][\w'-]*){0,2}: )")
 _HEADING_DOT = re.compile(r"^(## archive_\d+) · ", re.MULTILINE)
 
 
@@ -126,6 +129,7 @@ def _compose(
         shown.append(current_day)
     omitted = len(messages) - kept
     pick = pick_archives(snapshot.archives, max(0, remaining), latest_abstract=False)
+    _cut_abstract_into(pick, snapshot.archives, max(0, remaining) - pick.tokens, tokens)
     active_tokens = sum(m.tokens for m in messages[omitted:])
     stats = archive_stats(snapshot.archives, pick, active_tokens)
 
@@ -133,6 +137,28 @@ def _compose(
     inner = "\n".join(block for block in body if block)
     text, structured, estimated, worst = _settle(session_id, inner, tokens)
     return ReadContext(text, structured, estimated, omitted, stats), worst
+
+
+def _cut_abstract_into(pick: ArchivePick, archives: list[ArchiveRow], left: int, tokens: TokenCounter) -> None:
+    """Spend what the archive payload left on the newest archive not shown, its abstract cut
+    after a sentence ("12 messages on 8 May 2023. Caroline: ...; Melanie: ...") to fit: the
+    renderings come at steps, and the step above would not have fitted."""
+    left -= _ABSTRACT_LINE_TOKENS
+    if pick.latest is None or left < _ABSTRACT_LINE_TOKENS:
+        return
+    shown = pick.represented
+    for archive in reversed(archives):
+        if archive.status != "completed" or archive.number in shown or archive.number > pick.latest.number:
+            continue
+        pieces = re.split(r"(?<=[.;])\s", archive.abstract)
+        for end in range(len(pieces) - 1, 0, -1):
+            cut = " ".join(pieces[:end]).rstrip(";") + "…"
+            cost = tokens.count(cut)
+            if cost <= left:
+                pick.abstracts.append(replace(archive, abstract=cut, abstract_tokens=cost))
+                pick.tokens += cost
+                return
+        return  # the newest not shown does not fit even cut: an older one would be no better
 
 
 def _settle(session_id: str, inner: str, tokens: TokenCounter) -> tuple[str, dict[str, object], int, int]:
@@ -181,6 +207,7 @@ def _archive_blocks(pick: ArchivePick) -> list[str]:
     blocks = []
     if pick.overview is not None and pick.latest is not None:
         overview = _HEADING_DOT.sub(r"\1, ", _FOR_FILES.sub("", pick.overview.text.strip() + "\n")).strip()
+        overview = _RUN_BREAK.sub(" ", overview)
         # An overview of ours names each archive in its sections; one in an agent's own words is named here.
         sections = shown_archives(overview, 0) != {0}
         tag = "<overview>" if sections else f'<overview of="{archive_id(pick.latest.number)} and before">'
@@ -213,7 +240,4 @@ def _closing(stats: ContextStats, pick: ArchivePick, omitted: int) -> str:
     parts += [f"{len(pick.abstracts)} as abstracts"] if pick.abstracts else []
     parts += [f"{stats.droppedArchives} left out"] if stats.droppedArchives else []
     parts += [f"{failed} failed: retry_archive"] if failed else []
-    return (
-        f"Archives: {stats.totalArchives} ({', '.join(parts) or 'none shown'}). "
-        "expand_archive(session_id, archive_id) reads any archive in full."
-    )
+    return f"{stats.totalArchives} archives ({', '.join(parts) or 'none shown'}); expand_archive reads one in full."

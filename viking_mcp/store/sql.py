@@ -746,6 +746,7 @@ class SQLStore(ABC):
                         (now, task.task_id),
                     )
                     return False
+                self._prune_renderings(tx, task.session_id, task.archive_number or 0)
                 source = {"session_id": task.session_id, "archive_id": archive_id(task.archive_number or 0)}
                 self._apply_memory_writes(tx, output.account_id, output.memory_writes, source, now)
                 used = {
@@ -775,6 +776,26 @@ class SQLStore(ABC):
             return True
         finally:
             self._forget_claim(task.task_id)
+
+    def _prune_renderings(self, tx: Tx, session_id: str, number: int) -> None:
+        """Keep only the renderings of the previous completed archive that something still
+        reads: get_context reads the latest completed archive's renderings only, the next
+        commit carries the longest forward, and `.overview.md` is the overview as written.
+        Its shorter ones (two thirds of what it stored) would never be read again."""
+        row = tx.execute(
+            "SELECT archive_no, overview, overview_renderings FROM archives "
+            "WHERE session_id = ? AND archive_no < ? AND status = 'completed' ORDER BY archive_no DESC LIMIT 1",
+            (session_id, number),
+        ).fetchone()
+        if row is None:
+            return
+        renderings = stored_json(row["overview_renderings"], "archive's overview")
+        kept = [r for i, r in enumerate(renderings) if i == 0 or r[1] == row["overview"]]
+        if len(kept) < len(renderings):
+            tx.execute(
+                "UPDATE archives SET overview_renderings = ? WHERE session_id = ? AND archive_no = ?",
+                (dumps(kept), session_id, row["archive_no"]),
+            )
 
     def _add_counts(self, tx: Tx, session_id: str, counts: dict[str, int], prompt: int, completion: int) -> None:
         """Add memories extracted (per category) and LLM tokens used to the session's totals."""

@@ -88,7 +88,7 @@ OVERVIEW_TITLE = "# Session overview"
 _MIN_RENDERING_TOKENS = 64
 # Each rendering is about this fraction of the next longer one: fine steps, so that one
 # of them nearly fills whatever is left of a budget.
-_RENDERING_STEP = 0.75
+_RENDERING_STEP = 0.88
 # Each step back in time weighs a section's sentences this much less: barely, as what was
 # said long ago matters as much as what was said last.
 _RECENCY = 0.98
@@ -236,8 +236,21 @@ class _Scorer:
             score *= 0.4
         if second_person:  # "you ..." without "I" echoes what the listener said
             score *= 0.7
+        if _LIFE_FACT.search(sentence):  # who the speaker is: what every later archive builds on
+            score *= _LIFE_FACT_WEIGHT
         return score / math.pow(words, 0.7)
 
+
+# A speaker telling who they are and what changed in their life: a job, a home, a family, a
+# venture ("Lost my job as a banker", "I moved from Sweden", "we adopted a dog").
+_LIFE_FACT = re.compile(
+    r"\b(?:lost|quit|left|got|started|found|changed) (?:my|a|the) (?:job|work|career)\b|\bmy (?:job|career) as\b|"
+    r"\bi (?:work|worked) (?:as|at|for)\b|\bi(?:'m| am) (?:a|an) (?!\w+ (?:bit|lot|little|fan)\b)\w+|"
+    r"\b(?:i|we) (?:moved|graduated|retired|got married|got divorced|adopted|opened|founded|launched|bought)\b|"
+    r"\bstarting (?:my|a|our) own\b",
+    re.IGNORECASE,
+)
+_LIFE_FACT_WEIGHT = 1.5
 
 _Features = tuple[int, tuple[str, ...], tuple[str, ...], int, int, bool, bool]
 # A word that is a fact in itself: a number or code ("3", "TP1351", "14C") or an acronym ("TAP").
@@ -537,7 +550,7 @@ class ExtractiveSummariser:
                 renderings.append(("\n\n".join(whole) + "\n", tokens))
                 target = int(tokens * _RENDERING_STEP)
         while ranked and target >= max(_MIN_RENDERING_TOKENS, fixed):
-            text, tokens = self._render_within(sections, ranked, heading_tokens, target, measure, packed=not renderings)
+            text, tokens = self._render_within(sections, ranked, heading_tokens, target, measure, packed=True)
             if text and (not renderings or text != renderings[-1][0]):
                 renderings.append((text, tokens))
             target = int(target * _RENDERING_STEP)
