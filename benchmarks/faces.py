@@ -25,7 +25,7 @@ from benchmarks.common import child_pids, server_env
 TERMINAL = ("completed", "failed")
 # What MCP's texts say: a message of expand_archive, get_context's line counting the archives.
 MESSAGE_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d\] \w+: ", re.MULTILINE)
-ARCHIVES_LINE = re.compile(r"^Archives: (\d+) \(", re.MULTILINE)
+ARCHIVES_LINE = re.compile(r"^(\d+) archives? \(", re.MULTILINE)
 VALIDATE_OUTPUT = os.environ.get("VIKING_BENCH_VALIDATE") == "1"
 
 

@@ -62,7 +62,7 @@ async def test_install_command_on_a_fresh_copy_gives_a_working_server(tmp_path: 
         context = await client.call_tool("get_context", {"session_id": "readme", "token_budget": 500})
         assert context.structured_content is not None
         text = context.structured_content["context"]
-        assert "<overview>\n## archive_001, " in text and "Archives: 1 (" in text
+        assert "<overview>\n## archive_001, " in text and "1 archive (" in text
 
 
 def _free_port() -> int:

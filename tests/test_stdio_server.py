@@ -73,7 +73,7 @@ async def test_whole_lifecycle_over_stdio(tmp_path: Path) -> None:
         overview = context["context"].split("<overview>\n", 1)[1].split("</overview>")[0]
         assert "Lisbon" in overview
         assert shown_messages(context["context"]) == ["user: What seat did I get?"]
-        assert "Archives: 1 (1 in the overview)" in context["context"] and context["estimatedTokens"] <= 2000
+        assert "1 archive (1 in the overview)" in context["context"] and context["estimatedTokens"] <= 2000
 
         archive = (await call(client, "expand_archive", session_id="trip", archive_id="archive_001"))["archive"]
         lines = archive.splitlines()

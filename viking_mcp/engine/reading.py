@@ -240,4 +240,5 @@ def _closing(stats: ContextStats, pick: ArchivePick, omitted: int) -> str:
     parts += [f"{len(pick.abstracts)} as abstracts"] if pick.abstracts else []
     parts += [f"{stats.droppedArchives} left out"] if stats.droppedArchives else []
     parts += [f"{failed} failed: retry_archive"] if failed else []
-    return f"{stats.totalArchives} archives ({', '.join(parts) or 'none shown'}); expand_archive reads one in full."
+    total = f"{stats.totalArchives} archive{'s' if stats.totalArchives != 1 else ''}"
+    return f"{total} ({', '.join(parts) or 'none shown'}); expand_archive reads one in full."
