@@ -29,7 +29,7 @@ def test_retention_benchmark_scores_one_conversation_within_budget(tmp_path: Pat
 
     result = json.loads((tmp_path / "retention.json").read_text())
     assert result["budgets"] == [1000, 4000]
-    for name in ("ours", "truncation", "ceiling"):
+    for name in ("mcp", "ours", "truncation", "ceiling"):
         for budget in ("1000", "4000"):
             overall = result["totals"][name][budget]["overall"]
             assert overall["questions"] > 50 and 0 <= overall["retained"] <= overall["questions"]
@@ -37,8 +37,13 @@ def test_retention_benchmark_scores_one_conversation_within_budget(tmp_path: Pat
     assert result["totals"]["ceiling"]["1000"]["overall"]["rate"] == 1.0  # only answerable questions count
     for budget, checks in result["conversations"]["26"]["budgets"].items():
         assert 0 < checks["payload_tokens"] <= int(budget)
+        assert 0 < checks["rendered_tokens"] <= int(budget)  # what the model reads over MCP
         assert checks["overview_tokens"] > 0
+        named = checks["attribution"]
+        assert named["checked"] > 0 and named["correct"] == named["checked"], named["mistakes"]
+    assert set(result["speaker_attribution"]) == {"1000", "4000"}
+    assert "| speaker attribution |" in run.stdout
 
     markdown = (tmp_path / "retention.md").read_text()
     assert "## Sample: conversation 26 at 4,000 tokens" in markdown
-    assert "### Overview" in markdown and "### Abstracts" in markdown
+    assert "```text\n<context session=" in markdown and "<overview>" in markdown
