@@ -65,10 +65,13 @@ def latest_completed(archives: list[ArchiveRow]) -> ArchiveRow | None:
     return next((a for a in reversed(archives) if a.status == "completed"), None)
 
 
-def pick_archives(archives: list[ArchiveRow], budget: int, *, latest_abstract: bool) -> ArchivePick:
+def pick_archives(
+    archives: list[ArchiveRow], budget: int, *, latest_abstract: bool, abstract_overhead: int = 0
+) -> ArchivePick:
     """The latest overview's longest rendering within `budget`, then abstracts (the latest
     archive's own when `latest_abstract`, then the earlier ones the overview does not show,
-    newest first) in what is left."""
+    newest first) in what is left, each costing `abstract_overhead` beside its text (the
+    line a rendering puts it on)."""
     latest = latest_completed(archives)
     pick = ArchivePick(latest)
     if latest is None:
@@ -85,9 +88,10 @@ def pick_archives(archives: list[ArchiveRow], budget: int, *, latest_abstract: b
         if a.status == "completed" and a.number < latest.number and a.number not in pick.shown
     ]
     for archive in candidates:
-        if archive.abstract and archive.abstract_tokens <= remaining:
+        cost = archive.abstract_tokens + abstract_overhead
+        if archive.abstract and cost <= remaining:
             pick.abstracts.append(archive)
-            remaining -= archive.abstract_tokens
+            remaining -= cost
     pick.tokens = budget - remaining
     return pick
 

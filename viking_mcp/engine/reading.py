@@ -83,7 +83,8 @@ def read_context(snapshot: ContextSnapshot, session_id: str, token_budget: int, 
         result, worst = _compose(snapshot, messages, session_id, target, tokens)
         if worst <= token_budget:
             best = result
-            if grown or token_budget - worst < _GROW_TOKENS:
+            complete = not result.omitted_messages and not result.stats.droppedArchives
+            if grown or complete or token_budget - worst < _GROW_TOKENS:
                 return result
             grown = True
             target += token_budget - worst
@@ -128,7 +129,9 @@ def _compose(
     if shown:
         shown.append(current_day)
     omitted = len(messages) - kept
-    pick = pick_archives(snapshot.archives, max(0, remaining), latest_abstract=False)
+    pick = pick_archives(
+        snapshot.archives, max(0, remaining), latest_abstract=False, abstract_overhead=_ABSTRACT_LINE_TOKENS
+    )
     _cut_abstract_into(pick, snapshot.archives, max(0, remaining) - pick.tokens, tokens)
     active_tokens = sum(m.tokens for m in messages[omitted:])
     stats = archive_stats(snapshot.archives, pick, active_tokens)
@@ -156,7 +159,7 @@ def _cut_abstract_into(pick: ArchivePick, archives: list[ArchiveRow], left: int,
             cost = tokens.count(cut)
             if cost <= left:
                 pick.abstracts.append(replace(archive, abstract=cut, abstract_tokens=cost))
-                pick.tokens += cost
+                pick.tokens += cost + _ABSTRACT_LINE_TOKENS
                 return
         return  # the newest not shown does not fit even cut: an older one would be no better
 
