@@ -128,10 +128,15 @@ def test_at_2000_tokens_the_premise_is_kept(archives_only: Engine) -> None:
 
 
 def test_the_http_shape_keeps_every_message_and_lists_the_latest_abstract(archives_only: Engine) -> None:
-    context = archives_only.get_context("jon-gina", 2_000)
-    assert context.pre_archive_abstracts[0].archive_id == context.latest_archive_id == "archive_019"
-    shown = set(re.findall(r"^## (archive_\d{3})", context.latest_archive_overview, re.MULTILINE))
-    assert not shown & {a.archive_id for a in context.pre_archive_abstracts[1:]}
+    # With room for everything: the whole overview (every archive's section) and beside it
+    # the latest archive's abstract, as in the seed's example, and no other.
+    context = archives_only.get_context("jon-gina", 1_000_000)
+    assert [a.archive_id for a in context.pre_archive_abstracts] == [context.latest_archive_id] == ["archive_019"]
+    for budget in (500, 2_000, 4_000):
+        context = archives_only.get_context("jon-gina", budget)
+        shown = set(re.findall(r"^## (archive_\d{3})", context.latest_archive_overview, re.MULTILINE))
+        others = {a.archive_id for a in context.pre_archive_abstracts} - {"archive_019"}
+        assert not shown & others, budget
 
 
 def test_every_budget_is_filled_and_never_passed(tmp_path: Path) -> None:

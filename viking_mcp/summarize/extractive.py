@@ -89,6 +89,10 @@ _MIN_RENDERING_TOKENS = 64
 # Each rendering is about this fraction of the next longer one: fine steps, so that one
 # of them nearly fills whatever is left of a budget.
 _RENDERING_STEP = 0.88
+# Below this many tokens the steps are finer: a tight budget misses most by a coarse step,
+# and small renderings cost little to keep.
+_FINE_BELOW = 2500
+_FINE_STEP = 0.93
 # Each step back in time weighs a section's sentences this much less: barely, as what was
 # said long ago matters as much as what was said last.
 _RECENCY = 0.98
@@ -372,6 +376,11 @@ def _date_span(messages: list[Message]) -> str:
     return day(days[0]) if len(days) == 1 else f"{day(days[0])} to {day(days[-1])}"
 
 
+def _step_down(tokens: int) -> int:
+    """The size of the next shorter rendering."""
+    return int(tokens * (_FINE_STEP if tokens < _FINE_BELOW else _RENDERING_STEP))
+
+
 class _Measure:
     """Exact token counts of renderings, block by block.
 
@@ -548,12 +557,12 @@ class ExtractiveSummariser:
             tokens = measure(whole)
             if tokens <= target:
                 renderings.append(("\n\n".join(whole) + "\n", tokens))
-                target = int(tokens * _RENDERING_STEP)
+                target = _step_down(tokens)
         while ranked and target >= max(_MIN_RENDERING_TOKENS, fixed):
             text, tokens = self._render_within(sections, ranked, heading_tokens, target, measure, packed=True)
             if text and (not renderings or text != renderings[-1][0]):
                 renderings.append((text, tokens))
-            target = int(target * _RENDERING_STEP)
+            target = _step_down(target)
         if not renderings and not any(s.whole for s in sections):
             text = self._render(sections, [])
             renderings.append((text, self.tokens.count(text)))
