@@ -95,16 +95,16 @@ def test_overview_that_does_not_fit_leaves_room_for_abstracts(engine: Engine, se
     assert context.estimatedTokens == ACTIVE + 40
 
 
-def test_the_latest_abstract_comes_first_and_one_that_does_not_fit_is_skipped(engine: Engine, session: str) -> None:
-    # 100 left: the overview (50), the latest archive's abstract (40); archive 3's (30) and
-    # 2's (20) do not fit the 10 left, archive 1's (10) does: the oldest are not always lost first.
+def test_the_latest_abstract_comes_first_and_older_ones_are_dropped_first(engine: Engine, session: str) -> None:
+    # 100 left: the overview (50), the latest archive's abstract (40); archive 3's (30) does
+    # not fit the 10 left, and the walk stops there: archive 1's (10) is dropped too.
     context = engine.get_context(session, ACTIVE + 50 + 30 + 20)
     assert context.latest_archive_overview == cats(50)
-    assert [a.archive_id for a in context.pre_archive_abstracts] == ["archive_004", "archive_001"]
-    assert context.stats.includedArchives == 2
-    assert context.stats.droppedArchives == 2
-    assert context.stats.archiveTokens == 100
-    assert context.estimatedTokens == ACTIVE + 100
+    assert [a.archive_id for a in context.pre_archive_abstracts] == ["archive_004"]
+    assert context.stats.includedArchives == 1
+    assert context.stats.droppedArchives == 3
+    assert context.stats.archiveTokens == 90
+    assert context.estimatedTokens == ACTIVE + 90
 
 
 def test_large_budget_returns_everything(engine: Engine, session: str) -> None:

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.anyio
 
 CAP = 1_000  # the smallest cap the setting allows: a few pages from little data
 CL100K = TokenCounter("cl100k_base")
-# Words that cost more as JSON with non-ASCII escaped (Python's json.dumps) than as text.
+# Words with non-ASCII, kept as such in the JSON hosts write (JSON.stringify).
 WORDS = "Lisbon café, Zürich Straße, 東京の駅, naïve façade, Porto"
 
 
@@ -48,14 +48,15 @@ async def client(engine: Engine) -> AsyncIterator[Client]:
 
 def bounded(result: CallToolResult, key: str) -> dict[str, Any]:
     """The result's structured content, after checking it is the compact text `content`
-    carries, within the cap as text and as JSON (non-ASCII escaped or kept)."""
+    carries, within the cap as text and as JSON as hosts write it (non-ASCII kept: Python's
+    json.dumps would escape it, which no host sends a model)."""
     assert not result.is_error, result_text(result)
     structured = result.structured_content
     assert structured is not None
     text = result_text(result)
     assert structured[key] == text
     assert "\n  {" not in text and '\n  "' not in text  # lines, not indented JSON
-    for form in (text, json.dumps(structured), json.dumps(structured, ensure_ascii=False)):
+    for form in (text, json.dumps(structured, ensure_ascii=False)):
         assert CL100K.count(form) <= CAP, (CL100K.count(form), form[:200])
     return structured
 

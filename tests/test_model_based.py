@@ -298,19 +298,18 @@ class EngineAgainstModel(RuleBasedStateMachine):
         failed = [a for a in session.archives if a.status == "failed"]
         assert stats.totalArchives == len(done) + len(failed)
         assert stats.failedArchives == len(failed)
-        # Abstracts, newest first: the latest archive's own (as in the seed), then those of the
-        # earlier completed archives the returned overview has no section for; one that does
-        # not fit is skipped, so they are in that order with gaps.
+        # Abstracts, newest first, as the seed has them: the latest archive's own, then the
+        # earlier ones, the oldest dropped first.
         completed = [archive_id(a.number) for a in reversed(session.archives) if a.status == "completed"]
         overview_in = bool(context.latest_archive_overview)
-        shown = set(re.findall(r"^## (archive_\d+)", context.latest_archive_overview, re.MULTILINE))
-        if overview_in and not shown:  # an overview without our sections shows its own archive
-            shown = {completed[0]}
-        candidates = completed[:1] + [a for a in completed[1:] if a not in shown]
+        candidates = completed
         abstracts = [a.archive_id for a in context.pre_archive_abstracts]
-        assert abstracts == [a for a in candidates if a in abstracts], (abstracts, candidates)
+        assert abstracts == candidates[: len(abstracts)], (abstracts, candidates)
         assert all(a.abstract for a in context.pre_archive_abstracts)
         assert stats.includedArchives == len(abstracts)
+        # an overview of ours shows the archives it has sections for; another, its own
+        shown = set(re.findall(r"^## (archive_\d+)(?: · .*)?$", context.latest_archive_overview, re.MULTILINE))
+        shown = (shown or {completed[0]}) if overview_in else set()
         assert stats.droppedArchives == len(done) - len(shown | set(abstracts))
         if budget == 0 or not latest:
             assert not overview_in and not abstracts and stats.archiveTokens == 0

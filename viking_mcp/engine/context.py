@@ -8,12 +8,12 @@ The rules (OpenViking 0.3.x semantics, see the contract's section 4):
 - messages: every message of archives after the latest completed one (Phase 2 not done
   yet, or failed), then the live messages, oldest first; always returned.
 - the budget left after those messages goes to the latest completed archive's overview
-  (the longest stored rendering that fits), then to abstracts, newest first: the latest
-  archive's own (as the seed's example has it), then those of the earlier archives the
-  overview does not show. An archive the chosen rendering has a section for is not
-  given an abstract as well: that budget goes to the archives not shown, so that the
-  oldest facts are not the first lost. An abstract that does not fit is skipped, and a
-  smaller, older one may still fit.
+  (the longest stored rendering that fits), then to abstracts, newest first: as the
+  seed's example has it, the latest archive's own, then the earlier ones, older ones
+  dropped first. For a model (MCP, `engine/reading.py`), an archive the chosen rendering
+  has a section for is not given an abstract as well: that budget goes to the archives
+  not shown, so that the oldest facts are not the first lost, and an abstract that does
+  not fit is skipped, so that a smaller, older one may still fit.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from viking_mcp.models import ArchiveAbstract, ContextStats, SessionContext, archive_id
 from viking_mcp.store.base import ArchiveRow, ContextSnapshot, OverviewRendering, StoredMessage
 
-# An overview's section for an archive: "## archive_007" (and perhaps " · 3 May 2023").
-_SECTION = re.compile(r"^## archive_(\d+)\b", re.MULTILINE)
+# An overview's section for an archive: "## archive_007" (and perhaps " · 3 May 2023"); an
+# agent's own "## archive_001 notes" is not one.
+_SECTION = re.compile(r"^## archive_(\d+)(?: · [^\n]*)?$", re.MULTILINE)
 
 
 def shown_archives(rendering: str, own: int) -> set[int]:
@@ -66,12 +67,16 @@ def latest_completed(archives: list[ArchiveRow]) -> ArchiveRow | None:
 
 
 def pick_archives(
-    archives: list[ArchiveRow], budget: int, *, latest_abstract: bool, abstract_overhead: int = 0
+    archives: list[ArchiveRow], budget: int, *, for_model: bool, abstract_overhead: int = 0
 ) -> ArchivePick:
-    """The latest overview's longest rendering within `budget`, then abstracts (the latest
-    archive's own when `latest_abstract`, then the earlier ones the overview does not show,
-    newest first) in what is left, each costing `abstract_overhead` beside its text (the
-    line a rendering puts it on)."""
+    """The latest overview's longest rendering within `budget`, then abstracts, newest first,
+    in what is left, each costing `abstract_overhead` beside its text (the line a rendering
+    puts it on).
+
+    As the seed has it (HTTP, embedded): the latest archive's own abstract first, then the
+    earlier ones, stopping at the first that does not fit. For a model (`for_model`): only
+    the abstracts of archives the overview has no section for, so none is shown twice, and
+    one that does not fit is skipped, so that a smaller, older one may still fit."""
     latest = latest_completed(archives)
     pick = ArchivePick(latest)
     if latest is None:
@@ -81,17 +86,15 @@ def pick_archives(
     if fitting is not None:
         pick.overview, pick.shown = fitting, shown_archives(fitting.text, latest.number)
         remaining -= fitting.tokens
-    candidates = [latest] if latest_abstract else []
-    candidates += [
-        a
-        for a in reversed(archives)
-        if a.status == "completed" and a.number < latest.number and a.number not in pick.shown
-    ]
+    earlier = [a for a in reversed(archives) if a.status == "completed" and a.number < latest.number]
+    candidates = [a for a in earlier if a.number not in pick.shown] if for_model else [latest, *earlier]
     for archive in candidates:
         cost = archive.abstract_tokens + abstract_overhead
         if archive.abstract and cost <= remaining:
             pick.abstracts.append(archive)
             remaining -= cost
+        elif not for_model:
+            break
     pick.tokens = budget - remaining
     return pick
 
@@ -114,7 +117,7 @@ def assemble_context(snapshot: ContextSnapshot, token_budget: int) -> SessionCon
     active message, the archive payload within what the messages leave of the budget."""
     messages = active_messages(snapshot)
     active_tokens = sum(m.tokens for m in messages)
-    pick = pick_archives(snapshot.archives, max(0, token_budget - active_tokens), latest_abstract=True)
+    pick = pick_archives(snapshot.archives, max(0, token_budget - active_tokens), for_model=False)
     return SessionContext(
         latest_archive_id=archive_id(pick.latest.number) if pick.latest else None,
         latest_archive_overview=pick.overview.text if pick.overview else "",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from viking_mcp.engine.context import (
     ArchivePick,
@@ -41,8 +42,9 @@ from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
 _TRIES = 8
 # The framing every result has (tags, the closing notes), paid for up front.
 _FRAMING_TOKENS = 45
-# What Python's json.dumps may cost beyond the budget (non-ASCII escaped): 2% or this much.
-_ESCAPE_ALLOWANCE = 50
+# A day's line above its messages ("3 December 2026"), and the note a cut message ends with.
+_DAY_LINE_TOKENS = 6
+_CUT_NOTE_TOKENS = 20
 # Each try over the budget leaves at least this much less room than the last, doubling.
 _STEP_TOKENS = 16
 # What an abstract's line adds to it ("- archive_007: ").
@@ -54,7 +56,8 @@ _GROW_TOKENS = 40
 # "_2 earlier archives not shown._" notes (the closing line counts them); and the "·" of its
 # headings is four tokens when JSON escapes it.
 _FOR_FILES = re.compile(rf"^(?:{OVERVIEW_TITLE}|_\d+ earlier archives? not shown\._)\n|^\n", re.MULTILINE)
-_RUN_BREAK = re.compile(r"(?<=[.!?…\"')])\n(?=[A-Z][\w'-]*(?: [A-Z][\w'-]*){0,2}: )")
+# The speakers the built-in abstracts name: after the lead's full stop, or after "; ".
+_ABSTRACT_SPEAKER = re.compile(r"(?:\. |; )([A-Z][\w'-]*(?: [A-Z][\w'-]*){0,2}): ")
 _HEADING_DOT = re.compile(r"^(## archive_\d+) · ", re.MULTILINE)
 
 
@@ -71,39 +74,67 @@ class ReadContext:
 
 def read_context(snapshot: ContextSnapshot, session_id: str, token_budget: int, tokens: TokenCounter) -> ReadContext:
     """get_context for a model: composed from stored counts, counted whole, and composed
-    again smaller while a form is over the budget (or larger, once, when the stored
-    counts left much of it unused: what the model reads costs less than they say, its
-    blank lines and notes gone)."""
+    again while it is over the budget: with less room for archives first (the messages are
+    what the agent asked for last), then for messages; or larger, once, when the stored
+    counts left much of it unused (what the model reads costs less than they say: its
+    blank lines and notes are gone)."""
     messages = active_messages(snapshot)
-    target = token_budget
+    room = token_budget - _FRAMING_TOKENS  # for messages and archives
+    archive_cut = 0  # taken from the archives' share
     best: ReadContext | None = None
     grown = False
     step = _STEP_TOKENS
     for _ in range(_TRIES):
-        result, worst = _compose(snapshot, messages, session_id, target, tokens)
+        result, worst, archive_tokens = _compose(snapshot, messages, session_id, room, archive_cut, tokens)
         if worst <= token_budget:
             best = result
             complete = not result.omitted_messages and not result.stats.droppedArchives
             if grown or complete or token_budget - worst < _GROW_TOKENS:
                 return result
             grown = True
-            target += token_budget - worst
-        elif best is not None:  # grown too far: the last that fitted
+            room += token_budget - worst
+            continue
+        if best is not None:  # grown too far: the last that fitted
             return best
+        # Less room than the last try by what it was over, and by a step that doubles (the
+        # same items picked again would be over again): from the archives while they have it.
+        over = max(worst - token_budget, step)
+        step *= 2
+        if archive_tokens > 0:
+            archive_cut += min(over, archive_tokens)
         else:
-            # Less room than the last try by what it was over, and by a step that doubles: the
-            # same items picked again would be over again.
-            target -= max(worst - token_budget, step)
-            step *= 2
-    return best or _compose(snapshot, messages, session_id, 0, tokens)[0]
+            room -= over
+        if room <= 0:
+            break
+    return best or _nothing_fits(snapshot, messages, tokens)
+
+
+def _nothing_fits(snapshot: ContextSnapshot, messages: list[StoredMessage], tokens: TokenCounter) -> ReadContext:
+    """A budget too small for any message or summary: what there is, in a line."""
+    stats = archive_stats(snapshot.archives, pick_archives(snapshot.archives, 0, for_model=True), 0)
+    total = stats.totalArchives
+    inner = (
+        f"(token_budget too small to show any of {len(messages)} messages not yet summarised "
+        f"and {total} archive{'s' if total != 1 else ''})"
+    )
+    structured: dict[str, object] = {"context": f"<context>{inner}</context>", "estimatedTokens": 0}
+    estimated = tokens.count(json.dumps(structured, ensure_ascii=False))
+    structured["estimatedTokens"] = estimated
+    return ReadContext(f'<context tokens="{estimated}">{inner}</context>', structured, estimated, len(messages), stats)
 
 
 def _compose(
-    snapshot: ContextSnapshot, messages: list[StoredMessage], session_id: str, budget: int, tokens: TokenCounter
-) -> tuple[ReadContext, int]:
-    """The context composed from stored counts for `budget`, and the most tokens any host
-    hands the model for it, counted whole."""
-    remaining = budget - _FRAMING_TOKENS
+    snapshot: ContextSnapshot,
+    messages: list[StoredMessage],
+    session_id: str,
+    room: int,
+    archive_cut: int,
+    tokens: TokenCounter,
+) -> tuple[ReadContext, int, int]:
+    """The context composed from stored counts for `room` tokens of messages and summaries
+    (the archives' share `archive_cut` less), the most tokens a host hands the model for
+    it, counted whole, and the tokens its archive payload was estimated at."""
+    remaining = room
     shown: list[str] = []  # message lines, newest first
     current_day = ""
     kept = 0
@@ -117,8 +148,15 @@ def _compose(
         cost = stored.tokens - MESSAGE_OVERHEAD_TOKENS + prefixes[prefix] + 1
         said = _day_of(stored)
         if said != current_day:
-            cost += 6
+            cost += _DAY_LINE_TOKENS
         if cost > remaining:
+            if not shown and remaining > prefixes[prefix] + _CUT_NOTE_TOKENS + _DAY_LINE_TOKENS:
+                # The newest message alone is too big: its start, rather than nothing at all.
+                room_for_text = remaining - prefixes[prefix] - _CUT_NOTE_TOKENS - _DAY_LINE_TOKENS
+                shown.append(_cut_line(line, prefix, room_for_text, tokens))
+                current_day = said
+                kept += 1
+                remaining = 0
             break
         remaining -= cost
         if said != current_day and shown:
@@ -129,17 +167,25 @@ def _compose(
     if shown:
         shown.append(current_day)
     omitted = len(messages) - kept
-    pick = pick_archives(
-        snapshot.archives, max(0, remaining), latest_abstract=False, abstract_overhead=_ABSTRACT_LINE_TOKENS
-    )
-    _cut_abstract_into(pick, snapshot.archives, max(0, remaining) - pick.tokens, tokens)
+    archive_room = max(0, remaining - archive_cut)
+    pick = pick_archives(snapshot.archives, archive_room, for_model=True, abstract_overhead=_ABSTRACT_LINE_TOKENS)
+    _cut_abstract_into(pick, snapshot.archives, archive_room - pick.tokens, tokens)
     active_tokens = sum(m.tokens for m in messages[omitted:])
     stats = archive_stats(snapshot.archives, pick, active_tokens)
 
-    body = _archive_blocks(pick) + _message_block(shown[::-1], omitted) + [_closing(stats, pick, omitted)]
+    body = (
+        _archive_blocks(pick, _speakers(snapshot.archives))
+        + _message_block(shown[::-1], omitted)
+        + [_closing(stats, pick)]
+    )
     inner = "\n".join(block for block in body if block)
     text, structured, estimated, worst = _settle(session_id, inner, tokens)
-    return ReadContext(text, structured, estimated, omitted, stats), worst
+    return ReadContext(text, structured, estimated, omitted, stats), worst, pick.tokens
+
+
+def _cut_line(line: str, prefix: str, room: int, tokens: TokenCounter) -> str:
+    head = tokens.head(line[len(prefix) :], room)
+    return f"{prefix}{head}… (cut to fit: the whole message is in the session's messages.jsonl resource)"
 
 
 def _cut_abstract_into(pick: ArchivePick, archives: list[ArchiveRow], left: int, tokens: TokenCounter) -> None:
@@ -159,6 +205,7 @@ def _cut_abstract_into(pick: ArchivePick, archives: list[ArchiveRow], left: int,
             cost = tokens.count(cut)
             if cost <= left:
                 pick.abstracts.append(replace(archive, abstract=cut, abstract_tokens=cost))
+                pick.abstracts.sort(key=lambda a: -a.number)
                 pick.tokens += cost + _ABSTRACT_LINE_TOKENS
                 return
         return  # the newest not shown does not fit even cut: an older one would be no better
@@ -171,8 +218,9 @@ def _settle(session_id: str, inner: str, tokens: TokenCounter) -> tuple[str, dic
     The estimate is the structured content's count as JavaScript's JSON.stringify writes
     it (what Claude Code and VS Code hand the model). The text costs a little less: a line
     that ends in punctuation shares a token with its newline ("?\\n"), which JSON escapes
-    apart; on a context of short lines that is a few percent. Python's json.dumps also
-    escapes non-ASCII (a token becomes up to six), so the bound counts that form too."""
+    apart; on a context of short lines that is a few percent. (Python's json.dumps escapes
+    non-ASCII as \\uXXXX by default, which no host sends a model: a Cyrillic line costs four
+    times its tokens so. The bound is on what hosts send: the text and the JSON as written.)"""
 
     def forms(estimated: int) -> tuple[str, dict[str, object]]:
         text = f'<context session="{session_id}" tokens="{estimated}">\n{inner}\n</context>'
@@ -189,9 +237,6 @@ def _settle(session_id: str, inner: str, tokens: TokenCounter) -> tuple[str, dic
         estimated = 10 ** (len(str(counted)) - 1)
     text, structured = forms(counted)
     worst = max(counted, tokens.count(text))
-    if not inner.isascii():  # escaped: the contract's framing allowance covers the escapes' cost
-        escaped = tokens.count(json.dumps(structured))
-        worst = max(worst, escaped - max(_ESCAPE_ALLOWANCE, counted // 50))
     return text, structured, counted, worst
 
 
@@ -206,13 +251,31 @@ def _message_line(stored: StoredMessage) -> str:
     return f"[{message.created_at[11:16]}] {message.role}: {text}"
 
 
-def _archive_blocks(pick: ArchivePick) -> list[str]:
+def _speakers(archives: list[ArchiveRow]) -> frozenset[str]:
+    """Who speaks in the session, as the built-in abstracts name them ("12 messages on 8 May
+    2023. Caroline: ...; Melanie: ...")."""
+    return frozenset(name for a in archives for name in _ABSTRACT_SPEAKER.findall(a.abstract))
+
+
+@lru_cache(maxsize=64)
+def _run_break(speakers: frozenset[str]) -> re.Pattern[str] | None:
+    """A line break before a line that opens with one of `speakers`, after a sentence."""
+    if not speakers:
+        return None
+    names = "|".join(sorted(map(re.escape, speakers)))
+    return re.compile(rf"(?<=[.!?…\"')])\n(?=(?:{names}): )")
+
+
+def _archive_blocks(pick: ArchivePick, speakers: frozenset[str]) -> list[str]:
     blocks = []
     if pick.overview is not None and pick.latest is not None:
         overview = _HEADING_DOT.sub(r"\1, ", _FOR_FILES.sub("", pick.overview.text.strip() + "\n")).strip()
-        overview = _RUN_BREAK.sub(" ", overview)
+        # A section's speaker runs share a paragraph, each still named: a newline after a
+        # sentence costs JSON a token. Only the speakers' lines: an agent's "Owner: Alice" stays a line.
+        if (run_break := _run_break(speakers)) is not None:
+            overview = run_break.sub(" ", overview)
         # An overview of ours names each archive in its sections; one in an agent's own words is named here.
-        sections = shown_archives(overview, 0) != {0}
+        sections = shown_archives(pick.overview.text, 0) != {0}
         tag = "<overview>" if sections else f'<overview of="{archive_id(pick.latest.number)} and before">'
         blocks.append(f"{tag}\n{overview}\n</overview>")
     if pick.abstracts:
@@ -226,15 +289,15 @@ def _message_block(lines: list[str], omitted: int) -> list[str]:
     if not lines and not omitted:
         return []
     note = (
-        f"({omitted} older message{'s' if omitted != 1 else ''} not shown: commit to archive them and read them "
-        "with expand_archive, or ask for a larger token_budget)\n"
+        f"({omitted} older message{'s' if omitted != 1 else ''} not shown: a larger token_budget shows more; "
+        "once committed, expand_archive reads them)\n"
         if omitted
         else ""
     )
     return [f"<messages not-yet-summarised>\n{note}" + "\n".join(lines) + "\n</messages>"]
 
 
-def _closing(stats: ContextStats, pick: ArchivePick, omitted: int) -> str:
+def _closing(stats: ContextStats, pick: ArchivePick) -> str:
     if not stats.totalArchives:
         return ""
     failed = stats.failedArchives

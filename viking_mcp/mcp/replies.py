@@ -9,7 +9,7 @@ Either way the model reads the same lines, and a program still pages without par
 
 Every form stays within the server's cap (VIKING_MCP_MAX_RESULT_TOKENS), counted with the
 server's tokenizer on the finished result: the text, and the structured content as JSON
-with non-ASCII kept (JavaScript's JSON.stringify) and escaped (Python's json.dumps).
+as hosts write it (JavaScript's JSON.stringify, non-ASCII kept).
 A tool composes a page with `Lines` (lines go in while they fit; the first item of a page
 is cut rather than left out, so that every page moves on), and `capped` composes it again
 smaller while a finished form is over the cap.
@@ -52,23 +52,22 @@ def reply(text: str, structured: dict[str, object]) -> CallToolResult:
 
 
 def result_tokens(text: str, structured: dict[str, object], tokens: TokenCounter) -> int:
-    """The most tokens any host hands the model for this result: the text, or the structured
-    content as JSON (non-ASCII kept, and escaped as `\\uXXXX`, which costs more)."""
-    as_json = json.dumps(structured, ensure_ascii=False)
-    forms = [text, as_json] if as_json.isascii() else [text, as_json, json.dumps(structured)]
-    return max(tokens.count(form) for form in forms)
+    """The most tokens a host hands the model for this result: the text, or the structured
+    content as JSON as hosts write it (JSON.stringify keeps non-ASCII; Python's json.dumps
+    would escape it as \\uXXXX, a Cyrillic word at four times its tokens, which no host sends)."""
+    return max(tokens.count(text), tokens.count(json.dumps(structured, ensure_ascii=False)))
 
 
 def capped(compose: Callable[[Lines], Composed], tokens: TokenCounter, cap: int) -> CallToolResult:
     """The result `compose` makes of the lines it is given room for, within `cap` in every form.
 
-    First without the tokenizer: no form of a result costs more tokens than its JSON with
-    non-ASCII escaped has characters (a token is at least one byte), so a result that is
-    that short is whole and within the cap. Otherwise the lines are counted, and the room
+    First without the tokenizer: no form of a result costs more tokens than its JSON has
+    bytes (a token is at least one byte), so a result that is that short is whole and
+    within the cap. Otherwise the lines are counted, and the room
     made smaller while the finished result is over."""
     try:
         text, structured = compose(Lines(tokens, cap, counted=False))
-        if len(json.dumps(structured)) <= cap:
+        if len(json.dumps(structured, ensure_ascii=False).encode()) <= cap:
             return reply(text, structured)
     except _TooLong:
         pass
@@ -99,7 +98,7 @@ class Lines:
     """The lines of one page, added in order while they fit `room` tokens.
 
     A line costs what it costs in the largest form a host may hand over: inside a JSON
-    string, non-ASCII escaped, with its newline. The sum is an estimate (`capped` counts
+    string, with its newline. The sum is an estimate (`capped` counts
     the finished result); it is rarely below the whole, whose joins merge a token or two.
     """
 
@@ -114,9 +113,9 @@ class Lines:
 
     def cost(self, line: str) -> int:
         if not self.counted:
-            return len(json.dumps(line)) - 1  # without its quotes, with its newline (`\\n`)
+            return len(json.dumps(line, ensure_ascii=False).encode()) - 1  # bytes: quotes out, its newline (`\\n`) in
         if self._last is None or self._last[0] is not line:
-            self._last = (line, self.tokens.count(json.dumps(line)[1:-1]) + 1)
+            self._last = (line, self.tokens.count(json.dumps(line, ensure_ascii=False)[1:-1]) + 1)
         return self._last[1]
 
     def put(self, line: str) -> None:
