@@ -203,6 +203,16 @@ def message_text(message: Message) -> str:
     return "\n".join(lines)
 
 
+def message_line(message: Message, when: str) -> str:
+    """A message as one line a model reads: `[when] role: text`, its own lines indented under it."""
+    return f"[{when}] {message.role}: " + message_text(message).replace("\n", "\n  ")
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """`1 message`, `2 messages` (`nouns` when the plural is not `noun` + s)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {nouns or noun + 's'}"
+
+
 # --- sessions ------------------------------------------------------------------------------
 
 

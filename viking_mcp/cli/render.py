@@ -22,10 +22,6 @@ def when(timestamp: str | None, seconds: bool = True) -> str:
     return timestamp[: 19 if seconds else 16].replace("T", " ") + " UTC"
 
 
-def plural(count: int, noun: str, nouns: str | None = None) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {nouns or noun + 's'}"
-
-
 def short(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -103,7 +99,7 @@ def session_info(result: models.SessionInfo) -> str:
         ("commits", commits),
         ("memories", memory_counts(result.memories_extracted)),
         ("LLM tokens", f"{usage.total} (prompt {usage.prompt}, completion {usage.completion})"),
-        ("usage", f"{plural(result.contexts_used, 'context')}, {plural(result.skills_used, 'skill')}"),
+        ("usage", f"{models.plural(result.contexts_used, 'context')}, {models.plural(result.skills_used, 'skill')}"),
         ("user", user(result.user)),
         ("metadata", compact(result.metadata)),
     ]
@@ -123,14 +119,14 @@ def message_added(result: models.MessageAdded) -> str:
     created = " (new session)" if result.session_created else ""
     return (
         f"Added {result.message_id} to session {result.session_id}{created}: "
-        f"{plural(result.message_count, 'live message')}."
+        f"{models.plural(result.message_count, 'live message')}."
     )
 
 
 def commit_result(result: models.CommitResult) -> str:
     if result.status == "skipped":
         return f"Nothing to commit in session {result.session_id}: it has no live messages."
-    count = plural(result.archived_messages, "message")
+    count = models.plural(result.archived_messages, "message")
     text = f"Committed {count} of session {result.session_id} to {result.archive_id}."
     task = result.task_id or "-"
     if result.task_status == "completed":
@@ -172,7 +168,7 @@ def context(result: models.SessionContext) -> str:
 def archive(result: models.ArchiveDetail) -> str:
     blocks = [
         f"{result.archive_id} of session {result.session_id}: {result.status}, "
-        f"{plural(result.message_count, 'message')}"
+        f"{models.plural(result.message_count, 'message')}"
     ]
     if result.error:
         blocks.append(f"Error: {result.error}")
@@ -229,9 +225,9 @@ def search(result: models.MemorySearchResult) -> str:
 
 def _inventory(result: TransferResult) -> str:
     return (
-        f"{plural(result.sessions, 'session')} ({plural(result.messages, 'message')}, "
-        f"{plural(result.archives, 'archive')}, {plural(result.tool_records, 'tool record')}), "
-        f"{plural(result.tasks, 'task')} and {plural(result.memories, 'memory', 'memories')}"
+        f"{models.plural(result.sessions, 'session')} ({models.plural(result.messages, 'message')}, "
+        f"{models.plural(result.archives, 'archive')}, {models.plural(result.tool_records, 'tool record')}), "
+        f"{models.plural(result.tasks, 'task')} and {models.plural(result.memories, 'memory', 'memories')}"
     )
 
 

@@ -31,7 +31,7 @@ from viking_mcp.engine.context import (
     pick_archives,
     shown_archives,
 )
-from viking_mcp.models import ContextStats, archive_id, message_text
+from viking_mcp.models import ContextStats, archive_id, message_line, plural
 from viking_mcp.store.base import ArchiveRow, ContextSnapshot, StoredMessage
 from viking_mcp.summarize.dates import day, parse_day
 from viking_mcp.summarize.extractive import OVERVIEW_TITLE
@@ -115,7 +115,7 @@ def _nothing_fits(snapshot: ContextSnapshot, messages: list[StoredMessage], toke
     total = stats.totalArchives
     inner = (
         f"(token_budget too small to show any of {len(messages)} messages not yet summarised "
-        f"and {total} archive{'s' if total != 1 else ''})"
+        f"and {plural(total, 'archive')})"
     )
     structured: dict[str, object] = {"context": f"<context>{inner}</context>", "estimatedTokens": 0}
     estimated = tokens.count(json.dumps(structured, ensure_ascii=False))
@@ -246,9 +246,7 @@ def _day_of(stored: StoredMessage) -> str:
 
 
 def _message_line(stored: StoredMessage) -> str:
-    message = stored.message
-    text = message_text(message).replace("\n", "\n  ")  # a message's own lines stay inside it
-    return f"[{message.created_at[11:16]}] {message.role}: {text}"
+    return message_line(stored.message, stored.message.created_at[11:16])  # its day is a line above
 
 
 def _speakers(archives: list[ArchiveRow]) -> frozenset[str]:
@@ -289,7 +287,7 @@ def _message_block(lines: list[str], omitted: int) -> list[str]:
     if not lines and not omitted:
         return []
     note = (
-        f"({omitted} older message{'s' if omitted != 1 else ''} not shown: a larger token_budget shows more; "
+        f"({plural(omitted, 'older message')} not shown: a larger token_budget shows more; "
         "once committed, expand_archive reads them)\n"
         if omitted
         else ""
@@ -306,5 +304,5 @@ def _closing(stats: ContextStats, pick: ArchivePick) -> str:
     parts += [f"{len(pick.abstracts)} as abstracts"] if pick.abstracts else []
     parts += [f"{stats.droppedArchives} left out"] if stats.droppedArchives else []
     parts += [f"{failed} failed: retry_archive"] if failed else []
-    total = f"{stats.totalArchives} archive{'s' if stats.totalArchives != 1 else ''}"
+    total = plural(stats.totalArchives, "archive")
     return f"{total} ({', '.join(parts) or 'none shown'}); expand_archive reads one in full."

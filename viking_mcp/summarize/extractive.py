@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from functools import cache, lru_cache
 
-from viking_mcp.models import ContextPart, Message, TextPart, ToolPart
+from viking_mcp.models import ContextPart, Message, TextPart, ToolPart, plural
 from viking_mcp.summarize.base import ArchiveInput, ArchiveSummary
 from viking_mcp.summarize.dates import MONTHS, WEEKDAYS, day, parse_day, resolve_relative_dates, strip_date_notes
 from viking_mcp.tokens import TokenCounter
@@ -421,7 +421,7 @@ class ExtractiveSummariser:
         units = self._units(archive, names)
         count = len(archive.messages)
         span = _date_span(archive.messages)
-        lead = f"{count} message{'s' if count != 1 else ''}" + (f" on {span}" if span else "") + "."
+        lead = plural(count, "message") + (f" on {span}" if span else "") + "."
         carried, label = archive.carried_overview or archive.previous_overview, archive.previous_archive or "Earlier"
         speakers = names | overview_speakers(carried)
         sections = [*_parse_sections(carried, speakers, label), _Section(self._heading(archive), units)]

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from viking_mcp.mcp.replies import Composed, Lines, capped, max_result_tokens, minute, reply
 from viking_mcp.mcp.state import READ_ONLY, ArchiveId, Ctx, SessionId, caller, tool, writes
-from viking_mcp.models import ArchiveDetail, Count, Message, RetryResult, message_text
+from viking_mcp.models import ArchiveDetail, Count, Message, RetryResult, message_line
 
 # A model reads lines without the blank ones between them (each costs a token, two as JSON).
 _BLANK_LINES = re.compile(r"\n\s*\n")
@@ -97,8 +97,7 @@ def _archive_page(detail: ArchiveDetail, lines: Lines) -> Composed:
 
 
 def _message_line(message: Message) -> str:
-    text = message_text(message).replace("\n", "\n  ")  # a message's own lines stay inside it
-    return f"[{minute(message.created_at)}] {message.role}: {text}"
+    return message_line(message, minute(message.created_at))
 
 
 # Destructive: skipping gives up an archive's summaries for good.

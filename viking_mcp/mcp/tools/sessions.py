@@ -19,6 +19,7 @@ from viking_mcp.models import (
     SessionInfo,
     SessionPage,
     SessionSummary,
+    plural,
 )
 from viking_mcp.tokens import TokenCounter
 
@@ -81,9 +82,8 @@ def _sessions_page(page: SessionPage, lines: Lines) -> Composed:
 
 
 def _session_line(session: SessionSummary, tokens: TokenCounter) -> str:
-    count = session.message_count
     line = (
-        f"{session.session_id}: {count} live message{'s' if count != 1 else ''}, "
+        f"{session.session_id}: {plural(session.message_count, 'live message')}, "
         f"created {minute(session.created_at)}, updated {minute(session.updated_at)}"
     )
     if session.metadata:
