@@ -6,8 +6,8 @@ text whenever structured content is present; other hosts read `content`. So both
 the same text: `content` is the text, `structuredContent` is `{"context": text,
 "estimatedTokens": n}`. The budget bounds what either kind of host hands the model,
 counted with the server's tokenizer (cl100k) on the finished result, JSON escapes
-(and Python's `\\uXXXX` for non-ASCII) included: after composing from stored counts, the
-result is counted whole, and composed again smaller while any form is over.
+included (as hosts write JSON: non-ASCII kept): after composing from stored counts, the
+result is counted whole, and composed again while either form is over.
 
 What is spent first: the messages not yet summarised, newest first (when they do not
 all fit, one line says how many older ones were left out and how to reach them); then
@@ -79,13 +79,14 @@ def read_context(snapshot: ContextSnapshot, session_id: str, token_budget: int, 
     counts left much of it unused (what the model reads costs less than they say: its
     blank lines and notes are gone)."""
     messages = active_messages(snapshot)
+    speakers = _speakers(snapshot.archives)
     room = token_budget - _FRAMING_TOKENS  # for messages and archives
     archive_cut = 0  # taken from the archives' share
     best: ReadContext | None = None
     grown = False
     step = _STEP_TOKENS
     for _ in range(_TRIES):
-        result, worst, archive_tokens = _compose(snapshot, messages, session_id, room, archive_cut, tokens)
+        result, worst, archive_tokens = _compose(snapshot, messages, speakers, session_id, room, archive_cut, tokens)
         if worst <= token_budget:
             best = result
             complete = not result.omitted_messages and not result.stats.droppedArchives
@@ -126,6 +127,7 @@ def _nothing_fits(snapshot: ContextSnapshot, messages: list[StoredMessage], toke
 def _compose(
     snapshot: ContextSnapshot,
     messages: list[StoredMessage],
+    speakers: frozenset[str],
     session_id: str,
     room: int,
     archive_cut: int,
@@ -173,11 +175,7 @@ def _compose(
     active_tokens = sum(m.tokens for m in messages[omitted:])
     stats = archive_stats(snapshot.archives, pick, active_tokens)
 
-    body = (
-        _archive_blocks(pick, _speakers(snapshot.archives))
-        + _message_block(shown[::-1], omitted)
-        + [_closing(stats, pick)]
-    )
+    body = _archive_blocks(pick, speakers) + _message_block(shown[::-1], omitted) + [_closing(stats, pick)]
     inner = "\n".join(block for block in body if block)
     text, structured, estimated, worst = _settle(session_id, inner, tokens)
     return ReadContext(text, structured, estimated, omitted, stats), worst, pick.tokens

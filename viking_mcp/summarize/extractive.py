@@ -410,7 +410,7 @@ class _Measure:
 class ExtractiveSummariser:
     """Deterministic sentence extraction; see the module docstring."""
 
-    def __init__(self, tokens: TokenCounter, *, overview_max_tokens: int = 8000, abstract_max_tokens: int = 80):
+    def __init__(self, tokens: TokenCounter, *, overview_max_tokens: int = 8000, abstract_max_tokens: int = 48):
         self.tokens = tokens
         self.overview_max_tokens = overview_max_tokens
         self.abstract_max_tokens = abstract_max_tokens
