@@ -40,6 +40,15 @@ def queue_commits(engine: Engine, owner: Owner, sessions: list[str], commits: in
         engine.commit(session, actor=owner)
 
 
+def llm_env(llm: FakeLlmServer) -> dict[str, str]:
+    """A server with both users' keys, summarising through the fake endpoint, one try each."""
+    return {
+        "VIKING_MCP_API_KEYS": json.dumps(KEYS), "VIKING_MCP_LLM_MODEL": "fake",
+        "VIKING_MCP_LLM_BASE_URL": llm.base_url, "VIKING_MCP_LLM_API_KEY": "sk-test",
+        "VIKING_MCP_LLM_MAX_ATTEMPTS": "1",
+    }  # fmt: skip
+
+
 # --- B4a: Phase 2 round-robin over tenants ---------------------------------------------------
 
 
@@ -96,11 +105,7 @@ def test_a_flood_of_commits_does_not_hold_back_another_keys_commit_and_wait(sett
     finally:
         engine.close()
     with FakeLlmServer(responder=slow_summary) as llm:
-        env = {
-            "VIKING_MCP_API_KEYS": json.dumps(KEYS), "VIKING_MCP_LLM_MODEL": "fake",
-            "VIKING_MCP_LLM_BASE_URL": llm.base_url, "VIKING_MCP_LLM_API_KEY": "sk-test",
-            "VIKING_MCP_LLM_MAX_ATTEMPTS": "1",
-        }  # fmt: skip
+        env = llm_env(llm)
         if settings.store is not None:
             env["VIKING_MCP_STORE"] = settings.store
         with http_server(tmp_path, **env) as server:
@@ -243,11 +248,7 @@ def test_extracts_held_by_a_slow_endpoint_do_not_hold_back_another_users_request
         return json.dumps(SUMMARY)
 
     with FakeLlmServer(responder=held) as llm:
-        env = {
-            "VIKING_MCP_API_KEYS": json.dumps(KEYS), "VIKING_MCP_LLM_MODEL": "fake",
-            "VIKING_MCP_LLM_BASE_URL": llm.base_url, "VIKING_MCP_LLM_API_KEY": "sk-test",
-            "VIKING_MCP_LLM_MAX_ATTEMPTS": "1",
-        }  # fmt: skip
+        env = llm_env(llm)
         with http_server(tmp_path, **env) as server:
             server.ok("POST", "/api/v1/sessions/ada-0/messages", {"role": "user", "content": "I moved to Porto."})
             server.ok("POST", "/api/v1/sessions/bob-0/messages", {"role": "user", "content": "Hi."}, key=BOB)
