@@ -18,21 +18,18 @@ The rules (OpenViking 0.3.x semantics, see the contract's section 4):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from viking_mcp.models import ArchiveAbstract, ContextStats, SessionContext, archive_id
 from viking_mcp.store.base import ArchiveRow, ContextSnapshot, OverviewRendering, StoredMessage
-
-# An overview's section for an archive: "## archive_007" (and perhaps " · 3 May 2023"); an
-# agent's own "## archive_001 notes" is not one.
-_SECTION = re.compile(r"^## archive_(\d+)(?: · [^\n]*)?$", re.MULTILINE)
+from viking_mcp.summarize.extractive import ARCHIVE_SECTION
 
 
 def shown_archives(rendering: str, own: int) -> set[int]:
-    """The archives an overview rendering has a section for; one without sections (written
-    by an agent or an LLM, in its own words) shows the archive it belongs to."""
-    return {int(n) for n in _SECTION.findall(rendering)} or {own}
+    """The archives an overview rendering has a section for ("## archive_007 · 3 May 2023";
+    an agent's own "## archive_001 notes" is not one); one without sections (written by an
+    agent or an LLM, in its own words) shows the archive it belongs to."""
+    return {int(n) for n in ARCHIVE_SECTION.findall(rendering)} or {own}
 
 
 @dataclass

@@ -34,7 +34,7 @@ from viking_mcp.engine.context import (
 from viking_mcp.models import ContextStats, archive_id, message_line, plural
 from viking_mcp.store.base import ArchiveRow, ContextSnapshot, StoredMessage
 from viking_mcp.summarize.dates import day, parse_day
-from viking_mcp.summarize.extractive import OVERVIEW_TITLE
+from viking_mcp.summarize.extractive import NOT_SHOWN_NOTE, OVERVIEW_TITLE
 from viking_mcp.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter
 
 # Composing again while a form is over the budget (or once under it by much); after this
@@ -55,7 +55,7 @@ _GROW_TOKENS = 40
 # its context: blank lines (a token in the text, two as JSON escapes), the title, the
 # "_2 earlier archives not shown._" notes (the closing line counts them); and the "·" of its
 # headings is four tokens when JSON escapes it.
-_FOR_FILES = re.compile(rf"^(?:{OVERVIEW_TITLE}|_\d+ earlier archives? not shown\._)\n|^\n", re.MULTILINE)
+_FOR_FILES = re.compile(rf"^(?:{OVERVIEW_TITLE}|{NOT_SHOWN_NOTE})\n|^\n", re.MULTILINE)
 # The speakers the built-in abstracts name: after the lead's full stop, or after "; ".
 _ABSTRACT_SPEAKER = re.compile(r"(?:\. |; )([A-Z][\w'-]*(?: [A-Z][\w'-]*){0,2}): ")
 _HEADING_DOT = re.compile(r"^(## archive_\d+) · ", re.MULTILINE)

@@ -44,12 +44,18 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*|\d+(?:[.,:/-]\d+)*")
 # Our sections' headings: `## archive_001 · 8 May 2023` (`## Earlier` in overviews of old
 # versions). Any other `## ` line is an agent's markdown, and is demoted inside our overview.
-_SECTION = re.compile(r"^## ((?:archive_\d+(?: · [^\n]*)?|Earlier)) *$", re.MULTILINE)
+_AFTER_ARCHIVE = r"(?: · [^\n]*)?"  # the dates
+_SECTION = re.compile(rf"^## ((?:archive_\d+{_AFTER_ARCHIVE}|Earlier)) *$", re.MULTILINE)
+# An archive's section in a rendering, its number captured (get_context reads which archives
+# a rendering shows from these).
+ARCHIVE_SECTION = re.compile(rf"^## archive_(\d+){_AFTER_ARCHIVE} *$", re.MULTILINE)
 _HEADING = re.compile(r"^#{1,2}(?= )", re.MULTILINE)
 # What opens a markdown line before its text: indentation, a bullet, a number, a heading's #s.
 _MARKER = re.compile(r"^\s*(?:[-*+]|\d{1,9}[.)]|#{1,6})?\s*")
 _MD_HEADING = re.compile(r"^#{1,6} ")
-_NOTE = re.compile(r"^_\d+ earlier archives? not shown\._$")
+# What a rendering writes where it leaves earlier sections out.
+NOT_SHOWN_NOTE = r"_\d+ earlier archives? not shown\._"
+_NOTE = re.compile(rf"^{NOT_SHOWN_NOTE}$")
 # A tool result or a context used, as `message_units` writes them: theirs, not a speaker's.
 _TOOL_LINE = re.compile(r"^(?:Tool \S+ \((?:pending|running|completed|error)\)|Used (?:resource|memory|skill) \S)")
 # "Caroline: ..." (a transcript line that names its speaker): one to three capitalised words.
@@ -624,7 +630,7 @@ class ExtractiveSummariser:
                 omitted += 1
                 continue
             if omitted:
-                blocks.append(f"_{omitted} earlier archive{'s' if omitted > 1 else ''} not shown._")
+                blocks.append(f"_{plural(omitted, 'earlier archive')} not shown._")
                 omitted = 0
             blocks.append(f"## {section.heading}")
             body = section.whole or "\n".join(_lines(section, picked)).lstrip()
