@@ -34,6 +34,8 @@ TARGETS = {
     "tail_get_context_10",
     "tail_get_context_100",
     "tail_get_context_1000",
+    *(f"search_engine_{s}" for s in ("session_10k", "locomo_session", "locomo_store", "locomo_user")),
+    *(f"search_mcp_in_process_{s}" for s in ("session_10k", "locomo_session", "locomo_store")),
 }
 
 

@@ -109,6 +109,9 @@ def test_a_session_from_new_to_delete(home: Path) -> None:
 
     found = ok(home, "search", "tea coffee")
     assert "preferences" in found and "viking://user/default/memories/preferences/" in found
+    found = ok(home, "search", "tea coffee", "--kinds", "message,archive")
+    assert found.startswith("2 results for 'tea coffee', best first") and "viking://session/demo/" in found
+    assert "memories/preferences" not in found
 
     assert ok(home, "session", "delete", "demo").startswith("Deleted session demo")
     fails(home, "session", "get", "demo", code="NOT_FOUND")
@@ -340,7 +343,11 @@ def test_remote_mode_speaks_the_http_api(server: tuple[str, Path], tmp_path: Pat
     assert [s["session_id"] for s in as_json(here, "session", "list", **ada)["sessions"]] == ["r1"]
     assert as_json(here, "task", "get", committed["task_id"], **ada)["status"] == "completed"
     assert len(as_json(here, "task", "list", "--session", "r1", **ada)["tasks"]) == 1
-    assert isinstance(as_json(here, "search", "Lisbon", **ada)["memories"], list)
+    found = as_json(here, "search", "Lisbon", **ada)
+    assert any("I live in Lisbon" in hit["text"] for hit in found["results"]), found
+    in_session = as_json(here, "search", "Lisbon", "--session", "r1", "--kinds", "message", **ada)
+    assert [hit["kind"] for hit in in_session["results"]] == ["message"]
+    assert isinstance(as_json(here, "search", "Lisbon", "--category", "profile", **ada)["memories"], list)
     assert "Context:" in ok(here, "session", "context", "r1", **ada)  # human output in remote mode too
     assert not here.exists()
 

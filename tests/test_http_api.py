@@ -343,6 +343,8 @@ def test_one_user_never_reaches_another_users_data(server: Server) -> None:
         ("POST", f"/api/v1/sessions/{sid}/commit", None),
         ("POST", f"/api/v1/sessions/{sid}/extract", None),
         ("GET", f"/api/v1/sessions/{sid}/context", None),
+        ("GET", f"/api/v1/sessions/{sid}/context?query=passport", None),
+        ("POST", "/api/v1/search", {"query": "passport", "session_id": sid}),
         ("GET", f"/api/v1/sessions/{sid}/archives/archive_001", None),
         ("POST", f"/api/v1/sessions/{sid}/archives/archive_001/retry", None),
         *(("GET", f"/api/v1/tasks/{task_id}", None) for task_id in task_ids),
@@ -373,6 +375,17 @@ def test_one_user_never_reaches_another_users_data(server: Server) -> None:
         assert sid not in json.dumps(result)
     for query in ("Porto", "passport%20X1234567", "Ada&category=entities", "payroll", "payroll&category=tools"):
         assert server.ok("GET", f"/api/v1/memories/search?query={query}", key=BOB)["memories"] == []
+    # Search over everything finds Ada's messages, summaries and memories for Ada, none for Bob.
+    everything = {"query": "Ada passport X1234567 Porto payroll salary"}
+    assert {hit["kind"] for hit in server.ok("POST", "/api/v1/search", everything)["results"]} == {
+        "message",
+        "archive",
+        "memory",
+    }
+    for kinds in (None, ["message"], ["archive"], ["memory"]):
+        found = server.ok("POST", "/api/v1/search", {**everything, "kinds": kinds}, key=BOB)
+        assert found["results"] == [], found
+        no_leak(found)
 
     # Ada's session is untouched by all of that; the admin key sees it.
     info = server.ok("GET", f"/api/v1/sessions/{sid}")
@@ -543,8 +556,14 @@ async def test_mcp_over_http_sees_the_same_sessions(server: Server) -> None:
         )
         assert len(archive["messages"]) == 2
 
+        found = await tool(client, "search", query="Hello over MCP")
+        assert "Hello over MCP" in found["results"]
+
     async with mcp_client(server, BOB) as client:
         result = await client.call_tool("get_context", {"session_id": sid, "token_budget": 1000})
+        assert result.is_error and "NOT_FOUND" in str(result.content)
+        assert (await tool(client, "search", query="Hello over MCP"))["results"].startswith("(nothing matches")
+        result = await client.call_tool("search", {"query": "Hello", "session_id": sid})
         assert result.is_error and "NOT_FOUND" in str(result.content)
         listed = await tool(client, "list_sessions", limit=500)
         assert sid not in listed_ids(listed["sessions"]) and listed["next_cursor"] is None

@@ -93,7 +93,7 @@ TOOLS: dict[str, tuple[set[str], set[str], tuple[bool, bool, bool], set[str]]] =
     ),
     "get_context": (
         {"session_id"},
-        {"token_budget"},
+        {"token_budget", "query"},
         (True, False, True),
         {"context", "estimatedTokens"},
     ),
@@ -110,6 +110,12 @@ TOOLS: dict[str, tuple[set[str], set[str], tuple[bool, bool, bool], set[str]]] =
         {"session_id", "task_id", "memories", "memories_extracted"},
     ),
     "search_memories": ({"query"}, {"category", "limit", "offset"}, (True, False, True), {"memories", "next_offset"}),
+    "search": (
+        {"query"},
+        {"session_id", "kinds", "since", "until", "limit", "token_budget"},
+        (True, False, True),
+        {"results"},
+    ),
     "retry_archive": (
         {"session_id", "archive_id"},
         {"action"},
@@ -191,4 +197,4 @@ async def test_resources_and_prompts_are_listed(mcp: Client) -> None:
     prompts = {p.name: p for p in (await mcp.list_prompts()).prompts}
     assert "rebuild_context" in prompts
     arguments = {a.name: a.required for a in prompts["rebuild_context"].arguments or []}
-    assert arguments == {"session_id": True, "token_budget": False}
+    assert arguments == {"session_id": True, "token_budget": False, "query": False}

@@ -128,6 +128,10 @@ async def test_rebuild_context_prompt(mcp: Client) -> None:
     prompt = await mcp.get_prompt("rebuild_context", {"session_id": "s", "token_budget": "2000"})
     text = prompt.messages[0].content.text  # type: ignore[union-attr]
     assert "Porto" in text and "Where does Bea live?" in text and "expand_archive" in text
+    arguments = {"session_id": "s", "token_budget": "2000", "query": "sister in Porto"}
+    asked = await mcp.get_prompt("rebuild_context", arguments)
+    relevant = asked.messages[0].content.text  # type: ignore[union-attr]
+    assert "<archived relevant-to-query best-first>\n[archive_001, " in relevant and "Bea lives in Porto" in relevant
     with pytest.raises(MCPError, match="NOT_FOUND: session nope not found"):
         await mcp.get_prompt("rebuild_context", {"session_id": "nope"})
 

@@ -147,9 +147,9 @@ class Client:
         return self.engine.commit(session_id, abstract, overview, keep_recent_count, wait, on_progress)
 
     def get_session_context(
-        self, session_id: str, token_budget: int = OPENVIKING_TOKEN_BUDGET
+        self, session_id: str, token_budget: int = OPENVIKING_TOKEN_BUDGET, query: str | None = None
     ) -> models.SessionContext:
-        return self.engine.get_context(session_id, token_budget)
+        return self.engine.get_context(session_id, token_budget, query)
 
     def get_session_archive(
         self, session_id: str, archive_id: str, offset: int = 0, limit: int | None = None
@@ -159,7 +159,19 @@ class Client:
     def retry_archive(self, session_id: str, archive_id: str, action: str = "retry") -> models.RetryResult:
         return self.engine.retry_archive(session_id, archive_id, action)  # type: ignore[arg-type]
 
-    # long-term memories
+    # recall and long-term memories
+    def search(
+        self,
+        query: str,
+        session_id: str | None = None,
+        kinds: list[str] | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int = 10,
+        token_budget: int | None = None,
+    ) -> models.SearchResult:
+        return self.engine.search(query, session_id, kinds, since, until, limit, token_budget)
+
     def search_memories(self, query: str, category: str | None = None, limit: int = 10) -> models.MemorySearchResult:
         return self.engine.search_memories(query, category, limit)
 

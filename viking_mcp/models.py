@@ -83,7 +83,8 @@ MAX_COUNT = 2**53
 PageLimit = Annotated[int, Ge(1), Le(MAX_PAGE)]
 SearchLimit = Annotated[int, Ge(1), Le(MAX_SEARCH_RESULTS)]
 Count = Annotated[int, Ge(0), Le(MAX_COUNT)]
-SearchQuery = Annotated[str, Field(min_length=1, max_length=2000)]
+MAX_QUERY_CHARS = 2000
+SearchQuery = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS)]
 # OpenViking's default budget for get_session_context: the HTTP API, the embedded Client
 # and the CLI keep it, so that OpenViking's clients see the same context. MCP's default is
 # a setting (config.py, VIKING_MCP_DEFAULT_TOKEN_BUDGET, 20,000): a model's window is
@@ -395,6 +396,33 @@ class MemorySearchResult(BaseModel):
     memories: list[MemoryHit]
 
 
+# --- recall: search over everything remembered ----------------------------------------------
+
+SearchKind = Literal["message", "archive", "memory"]
+SEARCH_KINDS: tuple[SearchKind, ...] = ("message", "archive", "memory")
+
+
+class SearchHit(BaseModel):
+    uri: str = Field(description="Where the passage is: a message (#its id in the messages.jsonl it is in), an "
+                     "archive, or a memory; read it as an MCP resource (without the #fragment).")  # fmt: skip
+    kind: SearchKind
+    session_id: str | None = Field(description="The session it is from (null for a memory).")
+    archive_id: str | None = Field(description="The archive holding it (null for a live message or a memory).")
+    created_at: str = Field(description="When it was said (a message), the last message it summarises (an archive), "
+                            "or the memory's last update.")  # fmt: skip
+    score: float = Field(description="0..1: the share of the query's words (weighed by rarity) it holds, a little "
+                         "more for many; the same scale for every kind and every query.")  # fmt: skip
+    text: str = Field(description="A readable passage: the message with its speaker and date (relative dates "
+                      "resolved) and the neighbouring question or answer; an archive's summary; a memory's "
+                      "abstract.")  # fmt: skip
+
+
+class SearchResult(BaseModel):
+    query: str
+    results: list[SearchHit]
+    estimatedTokens: int = Field(description="The passages' tokens (cl100k), within token_budget when one was given.")
+
+
 # --- commit, archives, tasks -------------------------------------------------------------
 
 ArchiveStatus = Literal["pending", "completed", "failed", "skipped"]
@@ -486,13 +514,27 @@ class ContextStats(BaseModel):
     droppedArchives: int = Field(description="Completed archives left out for lack of budget.")
     failedArchives: int = Field(description="Archives whose Phase 2 failed; retry them with retry_archive.")
     activeTokens: int = Field(description="Tokens of the returned messages.")
-    archiveTokens: int = Field(description="Tokens of the returned overview and abstracts.")
+    archiveTokens: int = Field(description="Tokens of the returned overview, abstracts and relevant passages.")
+
+
+class RelevantPassage(BaseModel):
+    """An archived message the query asked for (get_context with `query`), with its neighbours."""
+
+    archive_id: str
+    uri: str
+    created_at: str
+    score: float
+    text: str
 
 
 class SessionContext(BaseModel):
     latest_archive_id: str | None
     latest_archive_overview: str
     pre_archive_abstracts: list[ArchiveAbstract]
+    relevant_passages: list[RelevantPassage] = Field(
+        default_factory=list,
+        description="With a query: the archived messages most relevant to it, best first (counted in estimatedTokens).",
+    )
     messages: list[Message]
     estimatedTokens: int
     stats: ContextStats

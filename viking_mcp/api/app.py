@@ -48,6 +48,7 @@ from viking_mcp.api.envelope import API_PREFIX, HttpState, error_response
 from viking_mcp.api.mcp_endpoint import McpEndpoint, SessionsPerKey
 from viking_mcp.api.memories import memories
 from viking_mcp.api.messages import messages
+from viking_mcp.api.search import search
 from viking_mcp.api.sessions import sessions
 from viking_mcp.auth import KeyRing, key_from_headers, keyring_from_env
 from viking_mcp.config import Settings
@@ -393,7 +394,7 @@ def build_app(
         """Liveness; needs no key."""
         return {"status": "ok", "version": __version__}
 
-    for routes in (sessions, messages, commits, context, memories):
+    for routes in (sessions, messages, commits, context, memories, search):
         app.include_router(routes, dependencies=[Depends(_documented_auth)])
     mcp_endpoint = McpEndpoint(
         state, SessionsPerKey(settings.http_mcp_sessions_per_key, settings.http_mcp_session_idle_seconds)

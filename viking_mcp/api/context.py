@@ -18,6 +18,7 @@ from viking_mcp.models import (
     Count,
     Owner,
     RetryResult,
+    SearchQuery,
     SessionContext,
 )
 
@@ -37,9 +38,14 @@ async def get_context(
     token_budget: Annotated[
         Count, Query(description="Tokens to spend on archive summaries after the messages.")
     ] = OPENVIKING_TOKEN_BUDGET,
+    query: Annotated[
+        SearchQuery | None,
+        Query(description="The task at hand: archived messages relevant to it get part of the budget."),
+    ] = None,
 ) -> JSONResponse:
-    """The latest archive overview, earlier abstracts within budget, and the unsummarised messages."""
-    return await call(request, lambda e, a: e.get_context(session_id, token_budget, actor=a))
+    """The latest archive overview, earlier abstracts within budget, and the unsummarised messages;
+    with a query, the archived messages most relevant to it (relevant_passages) first."""
+    return await call(request, lambda e, a: e.get_context(session_id, token_budget, query, actor=a))
 
 
 @context.get(

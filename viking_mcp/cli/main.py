@@ -4,7 +4,7 @@
     viking-mcp serve [--transport http]         the same, or HTTP: /mcp and /api/v1
     viking-mcp session new|list|get|delete|add-message|commit|context|archive ...
     viking-mcp task get|list ...
-    viking-mcp search QUERY                     long-term memories
+    viking-mcp search QUERY                     everything remembered: messages, archives, memories
     viking-mcp export DIR / import DIR          the viking:// tree as plain files, and back
     viking-mcp migrate                          bring the store's schema up to date
 
@@ -38,7 +38,7 @@ from viking_mcp.engine import Engine
 from viking_mcp.engine.export_import import export_tree, import_tree
 from viking_mcp.errors import FailedPrecondition, InvalidArgument, Unavailable, VikingError
 from viking_mcp.memory import MEMORY_CATEGORIES
-from viking_mcp.models import OPENVIKING_TOKEN_BUDGET
+from viking_mcp.models import OPENVIKING_TOKEN_BUDGET, SEARCH_KINDS
 
 logger = logging.getLogger("viking_mcp")
 
@@ -233,6 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     commit.add_argument("--overview", help="your own markdown overview of it")
     context = command(sessions, "context", "the context an agent would get back", "get_session_context", render.context)
     context.add_argument("session_id", metavar="ID", help="the session's id")
+    context.add_argument("--query", help="the task at hand: archived messages relevant to it get part of the budget")
     context.add_argument(
         "--budget",
         dest="token_budget",
@@ -259,9 +260,27 @@ def _parser() -> argparse.ArgumentParser:
     task_list.add_argument("--limit", type=int, default=50, help="at most this many (1..500, default 50)")
 
     # memories and files
-    search = command(commands, "search", "search long-term memories", "search_memories", render.search)
+    search = command(
+        commands,
+        "search",
+        "search messages (archived too), archive summaries and long-term memories",
+        _search,
+        render.search,
+    )
     search.add_argument("query", metavar="QUERY", help="words to look for")
-    search.add_argument("--category", choices=MEMORY_CATEGORIES)
+    search.add_argument("--session", dest="session_id", metavar="ID", help="only this session")
+    search.add_argument(
+        "--kinds",
+        type=_kinds,
+        metavar="KINDS",
+        help="comma-separated: message, archive, memory (default all; with --session, message,archive)",
+    )
+    search.add_argument("--since", metavar="WHEN", help="only what was said at or after (ISO 8601)")
+    search.add_argument("--until", metavar="WHEN", help="only what was said at or before (ISO 8601)")
+    search.add_argument("--budget", dest="token_budget", type=int, metavar="N", help="passages within N tokens")
+    search.add_argument(
+        "--category", choices=MEMORY_CATEGORIES, help="search only memories of this category (relative scores)"
+    )
     search.add_argument("--limit", type=int, default=10, help="at most this many (1..100, default 10)")
     export = command(
         commands, "export", "write the data directory as plain files (JSONL and markdown)", _export, render.exported
@@ -288,6 +307,22 @@ def _add_message(backend: Backend, arguments: dict[str, Any]) -> BaseModel:
     if arguments["content"] is None and arguments["parts"] is None:
         arguments["content"] = _stdin_text()
     return backend.add_message(**arguments)
+
+
+def _kinds(value: str) -> list[str]:
+    kinds = [k.strip() for k in value.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in SEARCH_KINDS]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(f"{value!r}: comma-separated, of {', '.join(SEARCH_KINDS)}")
+    return kinds
+
+
+def _search(backend: Backend, arguments: dict[str, Any]) -> BaseModel:
+    """search: everything remembered; with --category, only memories (search_memories, as before)."""
+    category = arguments.pop("category")
+    if category is not None:
+        return backend.search_memories(arguments["query"], category, arguments["limit"])
+    return backend.search(**arguments)
 
 
 def _engine(backend: Backend, verb: str) -> Engine:

@@ -74,6 +74,7 @@ class RemoteClient:
     get_task = _route("GET", "/tasks/{task_id}", models.TaskRecord)
     list_tasks = _route("GET", "/tasks", models.TaskList)
     search_memories = _route("GET", "/memories/search", models.MemorySearchResult)
+    search = _route("POST", "/search", models.SearchResult)
 
     def __init__(self, url: str, api_key: str | None, timeout: float = TIMEOUT_SECONDS) -> None:
         example = "e.g. http://127.0.0.1:1933"

@@ -157,6 +157,9 @@ def context(result: models.SessionContext) -> str:
     if result.pre_archive_abstracts:
         rows = [(a.archive_id, a.abstract) for a in result.pre_archive_abstracts]
         blocks.append("Earlier archives, newest first:\n" + fields(rows))
+    if result.relevant_passages:
+        lines = "\n".join(f"{indented(p.text)}" for p in result.relevant_passages)
+        blocks.append(f"Archived messages relevant to the query ({len(result.relevant_passages)}):\n{lines}")
     if result.messages:
         lines = "\n".join(indented(message_line(m)) for m in result.messages)
         blocks.append(f"Messages ({len(result.messages)}):\n{lines}")
@@ -208,7 +211,9 @@ def task_list(result: models.TaskList) -> str:
     return table(["TASK", "TYPE", "STATUS", "SESSION", "CREATED"], rows)
 
 
-def search(result: models.MemorySearchResult) -> str:
+def search(result: models.MemorySearchResult | models.SearchResult) -> str:
+    if isinstance(result, models.SearchResult):
+        return found(result)
     if not result.memories:
         return f"No memories match {result.query!r}."
     rows = [[f"{m.score:.2f}", m.category, short(m.abstract, 80)] for m in result.memories]
@@ -218,6 +223,17 @@ def search(result: models.MemorySearchResult) -> str:
     for line, memory in zip(lines[1:], result.memories, strict=True):
         out += [line, " " * indent + memory.uri]
     return "\n".join(out)
+
+
+def found(result: models.SearchResult) -> str:
+    if not result.results:
+        return f"Nothing matches {result.query!r}."
+    count = models.plural(len(result.results), "result")
+    blocks = [f"{count} for {result.query!r}, best first ({result.estimatedTokens} tokens):"]
+    for hit in result.results:
+        where = hit.session_id if hit.session_id is not None else "memory"
+        blocks.append(f"{hit.score:.2f}  {where}  {hit.uri}\n{indented(hit.text)}")
+    return "\n\n".join(blocks)
 
 
 # --- export, import -------------------------------------------------------------------------------

@@ -14,15 +14,35 @@ The rules (OpenViking 0.3.x semantics, see the contract's section 4):
   has a section for is not given an abstract as well: that budget goes to the archives
   not shown, so that the oldest facts are not the first lost, and an abstract that does
   not fit is skipped, so that a smaller, older one may still fit.
+- with a query (`passages`: archived messages recall found for it, best first), up to
+  PASSAGE_SHARE of what the messages leave goes to them first, each whole or not at
+  all; what they do not use goes to the overview and abstracts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from viking_mcp.models import ArchiveAbstract, ContextStats, SessionContext, archive_id
+from viking_mcp.engine.recall import Passage
+from viking_mcp.models import ArchiveAbstract, ContextStats, RelevantPassage, SessionContext, archive_id
 from viking_mcp.store.base import ArchiveRow, ContextSnapshot, OverviewRendering, StoredMessage
 from viking_mcp.summarize.extractive import ARCHIVE_SECTION
+
+# With a query, the passages' share of what the messages leave (benchmarks/results/recall.md).
+PASSAGE_SHARE = 0.8
+
+
+def choose_passages(passages: Sequence[Passage], room: int, overhead: int = 0) -> list[Passage]:
+    """The passages, best first, that fit `room` together, each costing `overhead` beside its
+    tokens; one that does not fit is skipped, so that a shorter one may still fit."""
+    chosen = []
+    for passage in passages:
+        cost = passage.tokens + overhead
+        if cost <= room:
+            chosen.append(passage)
+            room -= cost
+    return chosen
 
 
 def shown_archives(rendering: str, own: int) -> set[int]:
@@ -109,19 +129,35 @@ def archive_stats(archives: list[ArchiveRow], pick: ArchivePick, active_tokens: 
     )
 
 
-def assemble_context(snapshot: ContextSnapshot, token_budget: int) -> SessionContext:
+def assemble_context(snapshot: ContextSnapshot, token_budget: int, passages: Sequence[Passage] = ()) -> SessionContext:
     """The context as the HTTP API and the embedded client return it: typed fields, every
-    active message, the archive payload within what the messages leave of the budget."""
+    active message, the passages for a query and the archive payload within what the
+    messages leave of the budget."""
     messages = active_messages(snapshot)
     active_tokens = sum(m.tokens for m in messages)
-    pick = pick_archives(snapshot.archives, max(0, token_budget - active_tokens), for_model=False)
+    left = max(0, token_budget - active_tokens)
+    relevant = choose_passages(passages, int(left * PASSAGE_SHARE))
+    passage_tokens = sum(p.tokens for p in relevant)
+    pick = pick_archives(snapshot.archives, left - passage_tokens, for_model=False)
+    stats = archive_stats(snapshot.archives, pick, active_tokens)
+    stats.archiveTokens += passage_tokens
     return SessionContext(
         latest_archive_id=archive_id(pick.latest.number) if pick.latest else None,
         latest_archive_overview=pick.overview.text if pick.overview else "",
         pre_archive_abstracts=[
             ArchiveAbstract(archive_id=archive_id(a.number), abstract=a.abstract) for a in pick.abstracts
         ],
+        relevant_passages=[
+            RelevantPassage(
+                archive_id=archive_id(p.archive_number or 0),
+                uri=p.uri,
+                created_at=p.created_at,
+                score=round(p.score, 4),
+                text=p.text,
+            )
+            for p in relevant
+        ],
         messages=[m.message for m in messages],
-        estimatedTokens=active_tokens + pick.tokens,
-        stats=archive_stats(snapshot.archives, pick, active_tokens),
+        estimatedTokens=active_tokens + pick.tokens + passage_tokens,
+        stats=stats,
     )

@@ -18,16 +18,18 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import TypeAdapter
 
 from viking_mcp.config import Settings
 from viking_mcp.engine.batching import WriteBatcher
-from viking_mcp.engine.context import assemble_context
+from viking_mcp.engine.context import active_messages, assemble_context
 from viking_mcp.engine.messages import build_message, check_encodable, validated
 from viking_mcp.engine.phase2 import candidates_from, llm_output, owners_of, plan_memories, run_phase2
 from viking_mcp.engine.reading import ReadContext, read_context
+from viking_mcp.engine.recall import CANDIDATES, CANDIDATES_IN_RANGE, Passage, Recall, fit, parse_moment
 from viking_mcp.errors import (
     AlreadyExists,
     Conflict,
@@ -39,11 +41,13 @@ from viking_mcp.errors import (
 )
 from viking_mcp.memory import MEMORY_CATEGORIES
 from viking_mcp.memory.offline import extract_offline
-from viking_mcp.memory.search import fts_query
+from viking_mcp.memory.search import fts_query, search_terms
 from viking_mcp.models import (
     MAX_ARCHIVE_PAGE,
     MAX_PAGE,
+    MAX_QUERY_CHARS,
     MAX_SEARCH_RESULTS,
+    SEARCH_KINDS,
     ArchiveDetail,
     CommitResult,
     CommitTaskResult,
@@ -58,6 +62,8 @@ from viking_mcp.models import (
     MetadataUpdated,
     Owner,
     RetryResult,
+    SearchHit,
+    SearchResult,
     SessionContext,
     SessionCreated,
     SessionDeleted,
@@ -159,6 +165,10 @@ def _task_record(row: TaskRow) -> TaskRecord:
     )
 
 
+# get_context with a query reads at most this many passages (the budget takes fewer).
+MAX_CONTEXT_PASSAGES = 60
+
+
 @dataclass(frozen=True)
 class PreparedMessage:
     """A message ready to be appended (`Engine.prepare_message`)."""
@@ -206,6 +216,7 @@ class Engine:
         self.on_task_queued: Callable[[], None] | None = None
         # Appends for async callers (the servers): on a thread of their own, many to a transaction.
         self.batched_writes = WriteBatcher(self.store)
+        self.recall = Recall(self.store, self.tokens)
         self.closed = False
 
     def close(self) -> None:
@@ -655,14 +666,48 @@ class Engine:
 
     # --- context ----------------------------------------------------------------------------------
 
-    def get_context(self, session_id: str, token_budget: int, *, actor: Owner | None = None) -> SessionContext:
-        """Rebuild a context window: archive overview and abstracts within budget, plus messages."""
-        return assemble_context(self._context_snapshot(session_id, token_budget, actor), token_budget)
+    def get_context(
+        self, session_id: str, token_budget: int, query: str | None = None, *, actor: Owner | None = None
+    ) -> SessionContext:
+        """Rebuild a context window: archive overview and abstracts within budget, plus messages;
+        with a query, part of the budget goes to the archived messages most relevant to it."""
+        snapshot = self._context_snapshot(session_id, token_budget, actor)
+        passages = self._relevant(session_id, snapshot, query, token_budget)
+        return assemble_context(snapshot, token_budget, passages)
 
-    def read_context(self, session_id: str, token_budget: int, *, actor: Owner | None = None) -> ReadContext:
+    def read_context(
+        self, session_id: str, token_budget: int, query: str | None = None, *, actor: Owner | None = None
+    ) -> ReadContext:
         """The context as a model reads it (MCP): one text, within the budget, counted whole."""
         snapshot = self._context_snapshot(session_id, token_budget, actor)
-        return read_context(snapshot, session_id, token_budget, self.tokens)
+        passages = self._relevant(session_id, snapshot, query, token_budget)
+        return read_context(snapshot, session_id, token_budget, self.tokens, passages)
+
+    def _relevant(
+        self, session_id: str, snapshot: ContextSnapshot, query: str | None, token_budget: int
+    ) -> list[Passage]:
+        """For get_context's query: the archived messages (not those it shows anyway) recall
+        finds for it, best first, passages of about the budget in all, each counted."""
+        if query is None:
+            return []
+        if not isinstance(query, str) or len(query) > MAX_QUERY_CHARS:
+            raise InvalidArgument(f"query: text of at most {MAX_QUERY_CHARS} characters")
+        terms = search_terms(query)
+        if not terms:
+            return []
+        shown = {m.seq for m in active_messages(snapshot)}
+        found = self.recall.candidates(
+            terms, owner=None, session_id=session_id, kinds=("message",), memories=None, many=2 * CANDIDATES
+        )
+        passages: list[Passage] = []
+        total = 0
+        for passage in self.recall.passages(found, terms, keep=lambda c: c.number not in shown):
+            passage = replace(passage, tokens=self.tokens.count(passage.text) + 1)  # and its line's end
+            passages.append(passage)
+            total += passage.tokens
+            if total >= token_budget or len(passages) >= MAX_CONTEXT_PASSAGES:
+                break
+        return passages
 
     def _context_snapshot(self, session_id: str, token_budget: int, actor: Owner | None) -> ContextSnapshot:
         validate_id(session_id)
@@ -729,6 +774,93 @@ class Engine:
             memories_extracted={**counts, "total": sum(counts.values())},
         )
 
+    def search(
+        self,
+        query: str,
+        session_id: str | None = None,
+        kinds: Sequence[str] | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int = 10,
+        token_budget: int | None = None,
+        *,
+        actor: Owner | None = None,
+    ) -> SearchResult:
+        """Search everything remembered: messages (live and archived), archives' summaries and
+        long-term memories; best first, scores 0..1, passages cut to `token_budget` tokens.
+
+        Without `session_id`, every session the caller may see (an API key's own; with no key,
+        every session) and the caller's memories; with one, that session only (memories only
+        when `kinds` names them). `since`/`until`: ISO 8601, on when it was said."""
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidArgument("query is empty; give some words to look for")
+        if len(query) > MAX_QUERY_CHARS:
+            raise InvalidArgument(f"query is {len(query)} characters; at most {MAX_QUERY_CHARS}")
+        check_limit(limit, MAX_SEARCH_RESULTS)
+        if token_budget is not None:
+            check_whole(token_budget, "token_budget")
+        chosen = self._search_kinds(kinds, session_id is None)
+        start, end = (self._moment(v, n) if v is not None else None for v, n in ((since, "since"), (until, "until")))
+        if start is not None and end is not None and start > end:
+            raise InvalidArgument(f"since ({since}) is after until ({until}); swap them")
+        scope: tuple[str, str] | None = None
+        if session_id is not None:
+            self._require_session(session_id, actor)  # another user's session is not found
+        elif actor is not None:
+            scope = (actor.account_id, actor.user_id)
+        terms = search_terms(query)
+        if not terms:
+            return SearchResult(query=query, results=[], estimatedTokens=0)
+        owner = actor or self.owner
+        owners = {str(scope): space for scope, space in owners_of(owner).items()}
+        found = self.recall.candidates(
+            terms,
+            owner=scope,
+            session_id=session_id,
+            kinds=chosen,
+            memories=lambda match, many: self.store.search_memories(owner.account_id, owners, match, None, many),
+            many=CANDIDATES_IN_RANGE if start or end else max(CANDIDATES, 2 * limit),
+        )
+        passages, used = fit(
+            self.recall.passages(found, terms, since=start, until=end), limit, token_budget, self.tokens
+        )
+        return SearchResult(
+            query=query,
+            results=[
+                SearchHit(
+                    uri=p.uri,
+                    kind=p.kind,  # type: ignore[arg-type]
+                    session_id=p.session_id,
+                    archive_id=archive_id(p.archive_number) if p.archive_number is not None else None,
+                    created_at=p.created_at,
+                    score=round(p.score, 4),
+                    text=p.text,
+                )
+                for p in passages
+            ],
+            estimatedTokens=used,
+        )
+
+    @staticmethod
+    def _search_kinds(kinds: Sequence[str] | None, everywhere: bool) -> tuple[str, ...]:
+        if kinds is None:
+            return SEARCH_KINDS if everywhere else ("message", "archive")
+        if isinstance(kinds, str) or not isinstance(kinds, Sequence) or not kinds:
+            raise InvalidArgument(f"kinds: a non-empty list of {', '.join(SEARCH_KINDS)}")
+        unknown = [k for k in kinds if k not in SEARCH_KINDS]
+        if unknown:
+            raise InvalidArgument(f"kinds: {unknown[0]!r} is not one of {', '.join(SEARCH_KINDS)}")
+        return tuple(k for k in SEARCH_KINDS if k in kinds)
+
+    @staticmethod
+    def _moment(value: object, what: str) -> datetime:
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{what}: an ISO 8601 date or time, e.g. 2023-05-08 or 2023-05-08T13:00:00Z")
+        try:
+            return parse_moment(value, what)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+
     def search_memories(
         self,
         query: str,
@@ -749,7 +881,11 @@ class Engine:
         if match is None:
             return MemorySearchResult(query=query, memories=[])
         owners = {str(scope): space for scope, space in owners_of(owner).items()}
-        rows = self.store.search_memories(owner.account_id, owners, match, category, limit)
+        hits = self.store.search_memories(owner.account_id, owners, match, category, limit)
+        # Scores as fractions of the best hit's (which scores 1.0): the same scale on every
+        # store, whatever the database's own rank (see README, "Search"). Rows come best first.
+        best = hits[0][1] if hits else 0.0
+        rows = [(memory, score / best if best > 0 else 1.0) for memory, score in hits]
         return MemorySearchResult(
             query=query,
             memories=[

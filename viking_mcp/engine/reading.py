@@ -14,23 +14,29 @@ all fit, one line says how many older ones were left out and how to reach them);
 the archive payload `engine/context.py` picks (the latest overview's longest rendering
 that fits, then abstracts of the archives it does not show, newest first), so no
 archive is shown twice. Messages are lines of `[HH:MM] role: text` under a line for
-each day.
+each day. With a query, the archived messages recall found for it come before the
+overview takes its share (engine/context.py, PASSAGE_SHARE), in a block of their own,
+each with its archive and day.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from viking_mcp.engine.context import (
+    PASSAGE_SHARE,
     ArchivePick,
     active_messages,
     archive_stats,
+    choose_passages,
     pick_archives,
     shown_archives,
 )
+from viking_mcp.engine.recall import Passage
 from viking_mcp.models import ContextStats, archive_id, message_line, plural
 from viking_mcp.store.base import ArchiveRow, ContextSnapshot, StoredMessage
 from viking_mcp.summarize.dates import day, parse_day
@@ -49,6 +55,8 @@ _CUT_NOTE_TOKENS = 20
 _STEP_TOKENS = 16
 # What an abstract's line adds to it ("- archive_007: ").
 _ABSTRACT_LINE_TOKENS = 8
+# The block of passages for a query: its tags.
+_PASSAGES_FRAMING_TOKENS = 14
 # Composed once more, larger, when at least this much of the budget is left unused.
 _GROW_TOKENS = 40
 # What an overview of ours carries for people reading it as a file, not for a model reading
@@ -72,7 +80,13 @@ class ReadContext:
     stats: ContextStats
 
 
-def read_context(snapshot: ContextSnapshot, session_id: str, token_budget: int, tokens: TokenCounter) -> ReadContext:
+def read_context(
+    snapshot: ContextSnapshot,
+    session_id: str,
+    token_budget: int,
+    tokens: TokenCounter,
+    passages: Sequence[Passage] = (),
+) -> ReadContext:
     """get_context for a model: composed from stored counts, counted whole, and composed
     again while it is over the budget: with less room for archives first (the messages are
     what the agent asked for last), then for messages; or larger, once, when the stored
@@ -86,7 +100,9 @@ def read_context(snapshot: ContextSnapshot, session_id: str, token_budget: int, 
     grown = False
     step = _STEP_TOKENS
     for _ in range(_TRIES):
-        result, worst, archive_tokens = _compose(snapshot, messages, speakers, session_id, room, archive_cut, tokens)
+        result, worst, archive_tokens = _compose(
+            snapshot, messages, speakers, passages, session_id, room, archive_cut, tokens
+        )
         if worst <= token_budget:
             best = result
             complete = not result.omitted_messages and not result.stats.droppedArchives
@@ -128,6 +144,7 @@ def _compose(
     snapshot: ContextSnapshot,
     messages: list[StoredMessage],
     speakers: frozenset[str],
+    passages: Sequence[Passage],
     session_id: str,
     room: int,
     archive_cut: int,
@@ -170,15 +187,24 @@ def _compose(
         shown.append(current_day)
     omitted = len(messages) - kept
     archive_room = max(0, remaining - archive_cut)
+    relevant = choose_passages(passages, int(archive_room * PASSAGE_SHARE) - _PASSAGES_FRAMING_TOKENS)
+    passage_tokens = sum(p.tokens for p in relevant) + (_PASSAGES_FRAMING_TOKENS if relevant else 0)
+    archive_room -= passage_tokens
     pick = pick_archives(snapshot.archives, archive_room, for_model=True, abstract_overhead=_ABSTRACT_LINE_TOKENS)
     _cut_abstract_into(pick, snapshot.archives, archive_room - pick.tokens, tokens)
     active_tokens = sum(m.tokens for m in messages[omitted:])
     stats = archive_stats(snapshot.archives, pick, active_tokens)
+    stats.archiveTokens += passage_tokens
 
-    body = _archive_blocks(pick, speakers) + _message_block(shown[::-1], omitted) + [_closing(stats, pick)]
+    body = (
+        _archive_blocks(pick, speakers)
+        + _passage_block(relevant)
+        + _message_block(shown[::-1], omitted)
+        + [_closing(stats, pick)]
+    )
     inner = "\n".join(block for block in body if block)
     text, structured, estimated, worst = _settle(session_id, inner, tokens)
-    return ReadContext(text, structured, estimated, omitted, stats), worst, pick.tokens
+    return ReadContext(text, structured, estimated, omitted, stats), worst, pick.tokens + passage_tokens
 
 
 def _cut_line(line: str, prefix: str, room: int, tokens: TokenCounter) -> str:
@@ -279,6 +305,13 @@ def _archive_blocks(pick: ArchivePick, speakers: frozenset[str]) -> list[str]:
         heading = "other archives, newest first" if pick.overview is not None else "archives, newest first"
         blocks.append(f"<abstracts {heading}>\n{lines}\n</abstracts>")
     return blocks
+
+
+def _passage_block(passages: list[Passage]) -> list[str]:
+    if not passages:
+        return []
+    lines = "\n".join(p.text for p in passages)
+    return [f"<archived relevant-to-query best-first>\n{lines}\n</archived>"]
 
 
 def _message_block(lines: list[str], omitted: int) -> list[str]:

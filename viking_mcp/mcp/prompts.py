@@ -20,9 +20,10 @@ def add_prompts(server: MCPServer[ServerState], state: ServerState) -> None:
 
     @server.prompt(title="Rebuild context from a session")
     def rebuild_context(
-        ctx: Context[ServerState, Any], session_id: str, token_budget: str = str(budget_default)
+        ctx: Context[ServerState, Any], session_id: str, token_budget: str = str(budget_default), query: str = ""
     ) -> list[PromptMessage]:
-        """Rebuild an agent's context window from a session within a token budget."""
+        """Rebuild an agent's context window from a session within a token budget; with a query
+        (the task at hand), archived messages relevant to it take part of the budget."""
         try:
             budget = int(token_budget)
         except ValueError:
@@ -31,7 +32,8 @@ def add_prompts(server: MCPServer[ServerState], state: ServerState) -> None:
                 message=f"INVALID_ARGUMENT: token_budget {token_budget!r} is not a whole number",
             ) from None
         try:
-            text = state.require_engine().read_context(session_id, budget, actor=state.actor(ctx)).text
+            engine = state.require_engine()
+            text = engine.read_context(session_id, budget, query or None, actor=state.actor(ctx)).text
         except (VikingError, ToolError) as exc:
             # A protocol error keeps its message (the SDK hides a plain exception's text).
             raise MCPError(code=INVALID_PARAMS, message=str(exc)) from exc

@@ -47,6 +47,9 @@ viking-mcp keeps this conversation's memory across context windows.
 - To rebuild your window, call get_context(session_id, token_budget): the latest
   archive overview, earlier archive abstracts and the live messages, within budget.
 - expand_archive(session_id, archive_id) returns any archive's full messages.
+- search(query) finds again what was said (archived messages too), summarised or
+  remembered, in this session or every one; get_context(..., query=the task) spends part
+  of the budget on the archived messages relevant to it.
 - search_memories(query) finds long-term memories (profile, preferences, people, events,
   cases, patterns, tools, skills) kept across sessions.
 """

@@ -37,6 +37,17 @@ class StoredMessage:
 
 
 @dataclass(frozen=True)
+class RecallRow:
+    """A document recall's full-text index matched: a message or an archive's summaries."""
+
+    session_id: str
+    kind: str  # "message" or "archive"
+    number: int  # the message's seq, or the archive's number
+    rank: float  # the database's relevance (BM25 on SQLite, ts_rank on PostgreSQL): higher is better
+    text: str  # the text indexed (memory.search.indexed_message / indexed_archive)
+
+
+@dataclass(frozen=True)
 class AppendOutcome:
     message_id: str
     live_message_count: int

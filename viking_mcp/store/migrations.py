@@ -6,6 +6,10 @@ Never edit a released migration: add the next one.
 
 from __future__ import annotations
 
+# A step of a migration that is not SQL: every message and completed archive stored before
+# recall existed is indexed, with the text indexing them at write time gives (store/sql.py).
+INDEX_RECALL = "-- viking-mcp: index every message and archive for recall"
+
 MIGRATIONS: list[list[str]] = [
     # 1: sessions, messages, archives, tasks, tool records, usage.
     [
@@ -174,6 +178,25 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE TABLE phase2_turns (tenant TEXT PRIMARY KEY, last_turn INTEGER NOT NULL) WITHOUT ROWID",
         "CREATE INDEX phase2_turns_by_turn ON phase2_turns (last_turn)",
+    ],
+    # 6: recall (search over messages and archives). One FTS5 table holds both, so one IDF
+    # ranks them. A document's rowid is derived from its session's doc_base (never reused
+    # while the session lives): a message's is doc_base << 32 | seq, an archive's
+    # doc_base << 32 | 1 << 31 | archive_no, so one session's documents are one rowid range,
+    # which FTS5 searches (and deletes) without reading the rest. `tags` holds the owner's
+    # tenant tag and the kind ("qkind1" message, "qkind2" archive), filters that ranking
+    # weighs at 0. recall_vocab gives each term's document count (a query's weights).
+    [
+        "ALTER TABLE sessions ADD COLUMN doc_base INTEGER",
+        "UPDATE sessions SET doc_base = rowid",
+        "CREATE UNIQUE INDEX sessions_by_doc_base ON sessions (doc_base)",
+        """CREATE TRIGGER sessions_doc_base AFTER INSERT ON sessions WHEN NEW.doc_base IS NULL BEGIN
+            UPDATE sessions SET doc_base = (SELECT COALESCE(MAX(doc_base), 0) + 1 FROM sessions)
+            WHERE session_id = NEW.session_id;
+        END""",
+        "CREATE VIRTUAL TABLE recall_fts USING fts5 (body, tags, tokenize = 'porter unicode61')",
+        "CREATE VIRTUAL TABLE recall_vocab USING fts5vocab (recall_fts, 'row')",
+        INDEX_RECALL,
     ],
 ]
 

@@ -15,6 +15,8 @@ Never edit a released migration: add the next one.
 
 from __future__ import annotations
 
+from viking_mcp.store.migrations import INDEX_RECALL
+
 # Every text column sorts bytewise, as SQLite's do.
 _T = 'TEXT COLLATE "C"'
 
@@ -166,6 +168,16 @@ MIGRATIONS: list[list[str]] = [
         )""",
         f"CREATE TABLE phase2_turns (tenant {_T} PRIMARY KEY, last_turn BIGINT NOT NULL)",
         "CREATE INDEX phase2_turns_by_turn ON phase2_turns (last_turn)",
+    ],
+    # 3: recall (search over messages and archives), as the SQLite store's migration 6: a
+    # tsvector per message and per completed archive, written with the row, GIN-indexed.
+    # (Building the indexes locks the tables for as long as it takes: minutes on millions.)
+    [
+        "ALTER TABLE messages ADD COLUMN search tsvector",
+        "ALTER TABLE archives ADD COLUMN search tsvector",
+        INDEX_RECALL,
+        "CREATE INDEX messages_search ON messages USING GIN (search)",
+        "CREATE INDEX archives_search ON archives USING GIN (search)",
     ],
 ]
 

@@ -39,17 +39,20 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from viking_mcp.config import redacted
 from viking_mcp.errors import Conflict, Internal, InvalidArgument, ResourceExhausted, Unavailable, VikingError
-from viking_mcp.store.base import TaskRow
+from viking_mcp.memory.search import Term, indexed_archive, indexed_message
+from viking_mcp.store.base import RecallRow, TaskRow
 from viking_mcp.store.pg_migrations import MIGRATIONS, SCHEMA_VERSION
 from viking_mcp.store.sql import (
     MEMORY_COLUMNS,
     MEMORY_FROM,
+    MESSAGE_INSERT,
     QUEUED_TENANTS,
     RUNNABLE,
     TASK_COLUMNS,
     MaybeText,
     SQLStore,
     Tx,
+    message_row,
     task_row,
     tenant_head,
 )
@@ -63,6 +66,9 @@ _DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
 _MIGRATION_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('viking-mcp migrate ' || current_schema())) AS got"
 # Search weights for name, abstract, overview and content (ts_rank's order is D, C, B, A).
 _RANK_WEIGHTS = "'{0.25, 0.375, 0.75, 1.0}'"
+# Recall's tsvector of a text; a message's is written by the INSERT that stores it.
+_VECTOR = "to_tsvector('english'::regconfig, ?)"
+_MESSAGE_INSERT_INDEXED = MESSAGE_INSERT.replace(") VALUES (", ", search) VALUES (").replace("?)", f"?, {_VECTOR})")
 
 
 @lru_cache(maxsize=1024)
@@ -282,6 +288,78 @@ class PostgresStore(SQLStore):
 
     def _listing(self, tx: Tx, sql: str, params: Sequence[Any]) -> Iterable[Sequence[Any]]:
         return [tuple(row.values()) for row in tx.execute(sql, params)]
+
+    # --- recall: a tsvector column of messages and archives, written with the row ---------------
+
+    def _insert_messages(self, tx: Tx, session: Any, rows: list[tuple[Any, ...]], texts: list[str]) -> None:
+        tx.executemany(
+            _MESSAGE_INSERT_INDEXED, [(*row, self._text(text)) for row, text in zip(rows, texts, strict=True)]
+        )
+
+    def _index_messages(self, tx: Tx, session_id: str, session: Any, texts: list[tuple[int, str]]) -> None:
+        tx.executemany(
+            f"UPDATE messages SET search = {_VECTOR} WHERE session_id = ? AND seq = ?",
+            [(self._text(text), session_id, seq) for seq, text in texts],
+        )
+
+    def _index_archive(self, tx: Tx, session_id: str, session: Any, number: int, text: str) -> None:
+        tx.execute(
+            f"UPDATE archives SET search = {_VECTOR} WHERE session_id = ? AND archive_no = ?",
+            (self._text(text), session_id, number),
+        )
+
+    def search_recall(
+        self, match: str, owner: tuple[str, str] | None, session_id: str | None, kinds: tuple[str, ...], limit: int
+    ) -> list[RecallRow]:
+        where = " AND s.account_id = ? AND s.user_id = ?" if owner else ""
+        where += " AND s.session_id = ?" if session_id else ""
+        scope = [*(owner or ()), *((session_id,) if session_id else ())]
+        parts, params = [], []
+        if "message" in kinds:
+            parts.append(
+                "SELECT m.session_id, 'message' AS kind, m.seq, ts_rank(m.search, q.query) AS rank, m.message_id, "
+                "m.role, m.parts, m.created_at, m.tokens, NULL AS abstract, NULL AS overview "
+                "FROM messages m JOIN sessions s ON s.session_id = m.session_id, "
+                "websearch_to_tsquery('english', ?) q(query) "
+                f"WHERE m.search @@ q.query{where}"
+            )
+            params += [match, *scope]
+        if "archive" in kinds:
+            parts.append(
+                "SELECT a.session_id, 'archive' AS kind, a.archive_no AS seq, ts_rank(a.search, q.query) AS rank, "
+                "NULL, NULL, NULL, NULL, NULL, a.abstract, a.overview "
+                "FROM archives a JOIN sessions s ON s.session_id = a.session_id, "
+                "websearch_to_tsquery('english', ?) q(query) "
+                f"WHERE a.search @@ q.query AND a.status = 'completed'{where}"
+            )
+            params += [match, *scope]
+        if not parts:
+            return []
+        sql = f"SELECT * FROM ({' UNION ALL '.join(parts)}) d ORDER BY rank DESC, session_id, seq LIMIT ?"
+        found = []
+        with self._read() as tx:
+            for row in tx.execute(sql, (*params, limit)).fetchall():
+                if row["kind"] == "message":
+                    text = indexed_message(message_row(row).message)
+                else:
+                    text = indexed_archive(row["seq"], row["abstract"], row["overview"])
+                found.append(RecallRow(row["session_id"], row["kind"], row["seq"], float(row["rank"]), text))
+        return found
+
+    def recall_counts(self, terms: list[Term]) -> tuple[int, dict[str, int]]:
+        counts = {}
+        with self._read() as tx:
+            total = tx.execute(
+                "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM archives WHERE search IS NOT NULL) AS n"
+            ).fetchall()[0]["n"]
+            for term in terms:
+                counts[term.stem] = tx.execute(
+                    "SELECT (SELECT count(*) FROM messages WHERE search @@ q.query) "
+                    "+ (SELECT count(*) FROM archives WHERE search @@ q.query) AS n "
+                    "FROM plainto_tsquery('english', ?) q(query)",
+                    (term.word,),
+                ).fetchall()[0]["n"]
+        return int(total), counts
 
     def claim_phase2(
         self, owner: str, now: str, lease_until: float, owner_is_gone: Callable[[str | None, float], bool]

@@ -41,6 +41,7 @@ from dataclasses import fields
 from typing import Any, Protocol, TypeVar, get_args
 
 from viking_mcp.errors import AlreadyExists, Conflict, Damaged, FailedPrecondition, InvalidArgument, NotFound
+from viking_mcp.memory.search import Term, indexed_archive, indexed_message
 from viking_mcp.models import MAX_COUNT, MemoryCategory, MemoryWrite, Message, Owner, StoredMemory, archive_id
 from viking_mcp.store.base import (
     AppendOutcome,
@@ -52,6 +53,7 @@ from viking_mcp.store.base import (
     Phase1Outcome,
     Phase2Output,
     PreviousOverview,
+    RecallRow,
     SessionDump,
     SessionRow,
     StoredMessage,
@@ -62,6 +64,7 @@ from viking_mcp.store.base import (
     UsageEntry,
     UsageRecord,
 )
+from viking_mcp.store.migrations import INDEX_RECALL
 
 MEMORY_CATEGORIES = get_args(MemoryCategory)
 _ALL = 2**62  # a LIMIT (or a sequence number) past everything, on either database
@@ -124,7 +127,7 @@ def session_row(row: Any) -> SessionRow:
 
 MESSAGE_COLUMNS = "seq, message_id, role, parts, created_at, tokens"
 MESSAGES_AFTER = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq"
-_MESSAGE_INSERT = (
+MESSAGE_INSERT = (
     "INSERT INTO messages (session_id, seq, message_id, role, parts, created_at, tokens, cum_tokens) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
@@ -358,6 +361,59 @@ class SQLStore(ABC):
     def _forget_claim(self, task_id: str) -> None:  # noqa: B027 (a hook)
         """This process stops working on a Phase 2 task it claimed."""
 
+    # Recall's index (see `search_recall`): each message is indexed when it is stored, each
+    # archive when its summaries are; the text is `memory.search.indexed_*`'s.
+
+    # What indexing a session's documents reads of its row, beside its owner.
+    _RECALL_KEY = ""
+
+    def _insert_messages(self, tx: Tx, session: Any, rows: list[tuple[Any, ...]], texts: list[str]) -> None:
+        """Insert messages (`MESSAGE_INSERT`'s values) of the session whose row is `session`,
+        indexed for recall with `texts`."""
+        tx.executemany(MESSAGE_INSERT, rows)
+        if rows:
+            pairs = [(row[1], text) for row, text in zip(rows, texts, strict=True)]
+            self._index_messages(tx, rows[0][0], session, pairs)
+
+    @abstractmethod
+    def _index_messages(self, tx: Tx, session_id: str, session: Any, texts: list[tuple[int, str]]) -> None:
+        """Index stored messages (seq, text) of the session whose row is `session`."""
+
+    @abstractmethod
+    def _index_archive(self, tx: Tx, session_id: str, session: Any, number: int, text: str) -> None:
+        """Index (or index again) a completed archive's summaries."""
+
+    @abstractmethod
+    def search_recall(
+        self, match: str, owner: tuple[str, str] | None, session_id: str | None, kinds: tuple[str, ...], limit: int
+    ) -> list[RecallRow]:
+        """The messages and archives (of `kinds`) that match `match` (memory.search.match_any's
+        form), best first by the database's rank: of the sessions of `owner` (account, user;
+        None: everyone's), or of one session."""
+
+    @abstractmethod
+    def recall_counts(self, terms: list[Term]) -> tuple[int, dict[str, int]]:
+        """How many documents recall's index holds, and how many hold each term (by stem)."""
+
+    def _unindex_session(self, tx: Tx, session_id: str) -> None:  # noqa: B027 (a hook)
+        """Drop the session's documents from an index that is not its tables' columns."""
+
+    def _index_everything(self, tx: Tx) -> None:
+        """Index what was stored before recall existed (a migration's step)."""
+        sessions = tx.execute(f"SELECT session_id, account_id, user_id{self._RECALL_KEY} FROM sessions").fetchall()
+        for session in sessions:
+            session_id = session["session_id"]
+            messages = tx.execute(MESSAGES_AFTER, (session_id, 0)).fetchall()
+            texts = [(m.seq, indexed_message(m.message)) for m in map(message_row, messages)]
+            self._index_messages(tx, session_id, session, texts)
+            for archive in tx.execute(
+                "SELECT archive_no, abstract, overview FROM archives WHERE session_id = ? AND status = 'completed'",
+                (session_id,),
+            ).fetchall():
+                number = archive["archive_no"]
+                text = indexed_archive(number, archive["abstract"], archive["overview"])
+                self._index_archive(tx, session_id, session, number, text)
+
     def _upgrade(self, tx: Tx, version: int, migrations: list[list[str]], where: str) -> bool:
         """Run the migrations past `version`; False if there were none to run."""
         if version > len(migrations):
@@ -367,7 +423,10 @@ class SQLStore(ABC):
             )
         for statements in migrations[version:]:
             for statement in statements:
-                tx.execute(statement)
+                if statement == INDEX_RECALL:
+                    self._index_everything(tx)
+                else:
+                    tx.execute(statement)
         return version != len(migrations)
 
     def _select_as(self, record: Callable[[Any], Record], sql: str, params: Sequence[Any]) -> list[Record]:
@@ -433,6 +492,7 @@ class SQLStore(ABC):
 
     def _drop_session(self, tx: Tx, session_id: str, now: str, why: str) -> None:
         """Delete the session and all it holds; its unfinished tasks fail with `why`."""
+        self._unindex_session(tx, session_id)
         tx.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
         for table in ("messages", "archives", "tool_calls", "usage"):
             tx.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
@@ -464,7 +524,8 @@ class SQLStore(ABC):
         session's lock. With `only_for`, a session that belongs to someone else is refused
         inside the same transaction."""
         parts_json = dumps([p.model_dump(mode="json") for p in message.parts])
-        columns = "next_seq, archived_through, total_tokens, account_id, user_id"
+        columns = f"next_seq, archived_through, total_tokens, account_id, user_id{self._RECALL_KEY}"
+        text = indexed_message(message)
         with self._write() as tx:
             created = False
             row = self._lock_session(tx, session_id, columns)
@@ -484,10 +545,12 @@ class SQLStore(ABC):
             ).fetchone()
             if duplicate:
                 return AppendOutcome(message.id, next_seq - 1 - archived_through, created, True)
-            tx.execute(
-                _MESSAGE_INSERT,
-                (session_id, next_seq, message.id, message.role, parts_json, message.created_at, tokens,
-                 total_tokens + tokens),
+            self._insert_messages(
+                tx,
+                row,
+                [(session_id, next_seq, message.id, message.role, parts_json, message.created_at, tokens,
+                  total_tokens + tokens)],
+                [text],
             )  # fmt: skip
             tx.execute(
                 "UPDATE sessions SET next_seq = ?, total_tokens = ?, updated_at = ? WHERE session_id = ?",
@@ -614,6 +677,38 @@ class SQLStore(ABC):
             )
         return Phase1Outcome(archive_number=number, archived_messages=last_seq - archived_through, task_id=task_id)
 
+    def message_windows(
+        self, hits: list[tuple[str, int]], radius: int
+    ) -> dict[tuple[str, int], list[tuple[StoredMessage, int | None]]]:
+        """For each (session, seq): the messages from seq - radius to seq + radius, each with the
+        number of the archive that holds it (None: live); in one read."""
+        windows = {}
+        with self._read() as tx:
+            for session_id, seq in hits:
+                rows = tx.execute(
+                    f"SELECT {MESSAGE_COLUMNS}, (SELECT a.archive_no FROM archives a WHERE a.session_id = m.session_id "
+                    "AND a.first_seq <= m.seq AND a.last_seq >= m.seq) AS archive_no "
+                    "FROM messages m WHERE m.session_id = ? AND m.seq BETWEEN ? AND ? ORDER BY m.seq",
+                    (session_id, seq - radius, seq + radius),
+                ).fetchall()
+                windows[(session_id, seq)] = [(message_row(row), row["archive_no"]) for row in rows]
+        return windows
+
+    def archives_said_at(self, archives: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
+        """For each completed (session, archive number): when the last message it summarises
+        was said; in one read."""
+        said = {}
+        with self._read() as tx:
+            for session_id, number in archives:
+                row = tx.execute(
+                    "SELECT m.created_at FROM archives a JOIN messages m ON m.session_id = a.session_id "
+                    "AND m.seq = a.last_seq WHERE a.session_id = ? AND a.archive_no = ? AND a.status = 'completed'",
+                    (session_id, number),
+                ).fetchone()
+                if row is not None:
+                    said[(session_id, number)] = row["created_at"]
+        return said
+
     def list_archives(self, session_id: str) -> list[ArchiveRow]:
         return self._select_as(archive_row, ARCHIVES_OF, (session_id,))
 
@@ -726,7 +821,7 @@ class SQLStore(ABC):
         overview = output.overview
         try:
             with self._write() as tx:
-                self._lock_session(tx, task.session_id)
+                session = self._lock_session(tx, task.session_id, f"account_id, user_id{self._RECALL_KEY}")
                 current = tx.execute(
                     f"SELECT status, owner FROM tasks WHERE task_id = ?{self._LOCK}", (task.task_id,)
                 ).fetchone()
@@ -746,7 +841,10 @@ class SQLStore(ABC):
                         (now, task.task_id),
                     )
                     return False
-                self._prune_renderings(tx, task.session_id, task.archive_number or 0)
+                number = task.archive_number or 0
+                text = indexed_archive(number, output.abstract, overview)
+                self._index_archive(tx, task.session_id, session, number, text)
+                self._prune_renderings(tx, task.session_id, number)
                 source = {"session_id": task.session_id, "archive_id": archive_id(task.archive_number or 0)}
                 self._apply_memory_writes(tx, output.account_id, output.memory_writes, source, now)
                 used = {
@@ -951,7 +1049,8 @@ class SQLStore(ABC):
     def search_memories(
         self, account_id: str, owners: dict[str, str], match: str, category: str | None, limit: int
     ) -> list[tuple[StoredMemory, float]]:
-        """Ranked full-text search (name and abstract weigh most); use breaks ties.
+        """Ranked full-text search (name and abstract weigh most; the database's own score, higher
+        is better); use breaks ties.
 
         `match` is the engine's query: quoted words joined by OR, which FTS5 and PostgreSQL's
         `websearch_to_tsquery` both read the same way.
@@ -964,10 +1063,7 @@ class SQLStore(ABC):
             + " ORDER BY score DESC, active_count DESC, m.uri LIMIT ?",
             (match, account_id, owners["user"], owners["agent"], *((category,) if category else ()), limit),
         )
-        # Scores as fractions of the best hit's (which scores 1.0): the same scale on every
-        # store, whatever the database's own rank (see README, "Search"). Rows come best first.
-        best = hits[0][1] if hits else 0.0
-        return [(memory, score / best if best > 0 else 1.0) for memory, score in hits]
+        return hits
 
     # --- export and import ---------------------------------------------------------------------------
 
@@ -1040,7 +1136,6 @@ class SQLStore(ABC):
                 (session_id, stored.seq, message.id, message.role,
                  dumps([p.model_dump(mode="json") for p in message.parts]), message.created_at, stored.tokens, cum)
             )  # fmt: skip
-        tx.executemany(_MESSAGE_INSERT, messages)
         tx.executemany(
             "INSERT INTO archives (session_id, archive_no, first_seq, last_seq, message_count, tokens, status, "
             "created_at, done_at, abstract, abstract_tokens, overview, overview_renderings, memory_diff, supplied, "
@@ -1064,6 +1159,12 @@ class SQLStore(ABC):
                 row.llm_completion_tokens, dumps(row.memories_extracted), row.contexts_used, row.skills_used,
             ),
         )  # fmt: skip
+        session = self._lock_session(tx, session_id, f"account_id, user_id{self._RECALL_KEY}")
+        self._insert_messages(tx, session, messages, [indexed_message(m.message) for m in dump.messages])
+        for a in dump.archives:
+            if a.status == "completed":
+                indexed = indexed_archive(a.number, a.abstract, a.overview)
+                self._index_archive(tx, session_id, session, a.number, indexed)
         tx.executemany(
             _TOOL_INSERT,
             [

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from viking_mcp.errors import Damaged, Internal, Unavailable, VikingError
-from viking_mcp.store.base import TaskRow
+from viking_mcp.memory.search import Term, tenant_tag
+from viking_mcp.store.base import RecallRow, TaskRow
 from viking_mcp.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from viking_mcp.store.sql import (
     MEMORY_COLUMNS,
@@ -62,6 +63,15 @@ RUNNABLE_PHASE2 = (
     "FROM queued q LEFT JOIN phase2_turns p ON p.tenant = q.tenant WHERE q.tenant IS NOT NULL "
     "ORDER BY COALESCE(p.last_turn, 0), q.tenant"
 )
+
+
+# Recall's documents (store/migrations.py, migration 6): a session's are one rowid range.
+_ARCHIVE_BIT = 1 << 31
+_KIND_TAGS = {"message": "qkind1", "archive": "qkind2"}
+
+
+def _doc_range(doc_base: int) -> tuple[int, int]:
+    return doc_base << 32, (doc_base << 32) + (1 << 32) - 1
 
 
 # SQLite's primary result codes (extended codes keep them in the low byte).
@@ -425,6 +435,72 @@ class SQLiteStore(SQLStore):
                 "abstract, overview, content FROM memories WHERE account_id = ? AND uri = ?",
                 key,
             )
+
+    _RECALL_KEY = ", doc_base"
+
+    def _index_messages(self, tx: Tx, session_id: str, session: Any, texts: list[tuple[int, str]]) -> None:
+        base = session["doc_base"] << 32
+        tags = f"{tenant_tag(session['account_id'], session['user_id'])} {_KIND_TAGS['message']}"
+        rows = [(base | seq, text, tags) for seq, text in texts]
+        tx.executemany("INSERT INTO recall_fts (rowid, body, tags) VALUES (?, ?, ?)", rows)
+
+    def _index_archive(self, tx: Tx, session_id: str, session: Any, number: int, text: str) -> None:
+        rowid = session["doc_base"] << 32 | _ARCHIVE_BIT | number
+        tags = f"{tenant_tag(session['account_id'], session['user_id'])} {_KIND_TAGS['archive']}"
+        tx.execute("DELETE FROM recall_fts WHERE rowid = ?", (rowid,))
+        tx.execute("INSERT INTO recall_fts (rowid, body, tags) VALUES (?, ?, ?)", (rowid, text, tags))
+
+    def _unindex_session(self, tx: Tx, session_id: str) -> None:
+        row = tx.execute("SELECT doc_base FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+        if row is not None:
+            tx.execute("DELETE FROM recall_fts WHERE rowid BETWEEN ? AND ?", _doc_range(row["doc_base"]))
+
+    def search_recall(
+        self, match: str, owner: tuple[str, str] | None, session_id: str | None, kinds: tuple[str, ...], limit: int
+    ) -> list[RecallRow]:
+        # The owner and the kind are tokens of the `tags` column, which ranking weighs at 0:
+        # FTS5 intersects them with the words, and a session is a rowid range it seeks to.
+        filters = [f'tags : "{tenant_tag(*owner)}"'] if owner is not None else []
+        filters += [f'tags : "{_KIND_TAGS[kind]}"' for kind in kinds] if len(kinds) == 1 else []
+        sql = "SELECT rowid, body, bm25(recall_fts, 1.0, 0.0) AS score FROM recall_fts WHERE recall_fts MATCH ?"
+        params: list[Any] = [" AND ".join([*filters, f"body : ({match})"])]
+        with self._read() as tx:
+            if session_id is not None:
+                session = tx.execute("SELECT doc_base FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+                if session is None:
+                    return []
+                sql += " AND rowid BETWEEN ? AND ?"
+                params += _doc_range(session["doc_base"])
+            rows = tx.execute(f"{sql} ORDER BY score LIMIT ?", (*params, limit)).fetchall()
+            bases = sorted({row["rowid"] >> 32 for row in rows})
+            sessions = {
+                s["doc_base"]: s
+                for s in tx.execute(
+                    f"SELECT session_id, account_id, user_id, doc_base FROM sessions "
+                    f"WHERE doc_base IN ({', '.join('?' * len(bases))})",
+                    bases,
+                )
+            }
+        found = []
+        for row in rows:
+            session = sessions.get(row["rowid"] >> 32)
+            if session is None or (owner is not None and (session["account_id"], session["user_id"]) != owner):
+                continue  # deleted meanwhile, or (never: the tag says whose) another user's
+            low = row["rowid"] & 0xFFFFFFFF
+            kind = "archive" if low & _ARCHIVE_BIT else "message"
+            found.append(RecallRow(session["session_id"], kind, low & (_ARCHIVE_BIT - 1), -row["score"], row["body"]))
+        return found
+
+    def recall_counts(self, terms: list[Term]) -> tuple[int, dict[str, int]]:
+        wanted = [t.stem for t in terms] + list(_KIND_TAGS.values())
+        with self._read() as tx:
+            counts = dict(
+                tx.execute(
+                    f"SELECT term, doc FROM recall_vocab WHERE term IN ({', '.join('?' * len(wanted))})", wanted
+                ).fetchall()
+            )
+        total = sum(counts.pop(tag, 0) for tag in _KIND_TAGS.values())
+        return total, {t.stem: counts.get(t.stem, 0) for t in terms}
 
     def claim_phase2(
         self, owner: str, now: str, lease_until: float, owner_is_gone: Callable[[str | None, float], bool]

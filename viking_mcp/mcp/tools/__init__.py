@@ -6,11 +6,12 @@ loop. Two are async: `add_message` hands its append to the engine's batch thread
 (`engine/batching.py`), and `commit` waits for Phase 2 on the loop without holding a thread.
 """
 
-# In the order the tools were always listed: sessions, messages, commit, tasks, memories, context.
+# In the order the tools were always listed: sessions, messages, commit, tasks, memories, context;
+# then search, which came later.
 # isort: off
-from viking_mcp.mcp.tools import sessions, messages, commits, tasks, memories, context
+from viking_mcp.mcp.tools import sessions, messages, commits, tasks, memories, context, search
 
 # isort: on
 from viking_mcp.mcp.state import TOOLS
 
-__all__ = ["TOOLS", "commits", "context", "memories", "messages", "sessions", "tasks"]
+__all__ = ["TOOLS", "commits", "context", "memories", "messages", "search", "sessions", "tasks"]

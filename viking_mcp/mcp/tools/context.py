@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from viking_mcp.mcp.replies import Composed, Lines, capped, max_result_tokens, minute, reply
 from viking_mcp.mcp.state import READ_ONLY, ArchiveId, Ctx, SessionId, caller, tool, writes
-from viking_mcp.models import ArchiveDetail, Count, Message, RetryResult, message_line
+from viking_mcp.models import ArchiveDetail, Count, Message, RetryResult, SearchQuery, message_line
 
 # A model reads lines without the blank ones between them (each costs a token, two as JSON).
 _BLANK_LINES = re.compile(r"\n\s*\n")
@@ -29,12 +29,20 @@ def get_context(
     session_id: SessionId,
     # Its default is the server's setting (VIKING_MCP_DEFAULT_TOKEN_BUDGET), set when it is built.
     token_budget: Annotated[Count, Field(description="The most tokens this result may cost you, everything included.")],
+    query: Annotated[
+        SearchQuery | None,
+        Field(
+            description="The task at hand (e.g. the user's last message): archived messages relevant to it "
+            "get part of the budget."
+        ),
+    ] = None,
 ) -> Annotated[CallToolResult, ContextRead]:
     """Rebuild your context window within token_budget: the messages not yet summarised
-    (newest first if they do not all fit), then the latest archive's overview and the
-    abstracts of archives it does not show. Use expand_archive for any archive's full text."""
+    (newest first if they do not all fit), then, with a query, the archived messages most
+    relevant to it, then the latest archive's overview and the abstracts of archives it does
+    not show. Use expand_archive for any archive's full text, search to find more."""
     engine, actor = caller(ctx)
-    read = engine.read_context(session_id, token_budget, actor=actor)
+    read = engine.read_context(session_id, token_budget, query, actor=actor)
     return reply(read.text, read.structured)
 
 
