@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import fixtures
+from benchmarks import fixtures, recall_latency
 from benchmarks.common import RESULTS, machine
 from benchmarks.faces import EngineFace, Face, HttpFace, McpFace
 from benchmarks.scenarios import (
@@ -106,6 +106,11 @@ async def measure(args: argparse.Namespace, sizes: fixtures.Sizes, workdir: Path
         peer = {"failed": f"{type(exc).__name__}: {exc}"}
     report["peer_bench_client"] = peer.get("summary", peer)
     report["peer_bench_client_raw"] = peer.get("raw")
+    log("search: a 10,000-message session and 100 LoCoMo sessions (issue #17)")
+    try:
+        report["recall"] = await asyncio.to_thread(recall_latency.measure, workdir, args.quick)
+    except Exception as exc:
+        report["recall"] = {"failed": f"{type(exc).__name__}: {exc}"}
     report["total_seconds"] = round(time.perf_counter() - began, 1)
     report["targets"] = judge(report)
     return report
@@ -259,7 +264,29 @@ def judge(report: dict[str, Any]) -> list[dict[str, Any]]:
         5,
         " ms",
     )
+    recall = report.get("recall") or {}
+    store = recall.get("store") or {}
+    for face, label in (("engine", "engine"), ("mcp_in_process", "MCP in process")):
+        for scenario, what in SEARCH_SCENARIOS.items():
+            if scenario == "locomo_user" and face != "engine":
+                continue
+            row(
+                f"search_{face}_{scenario}",
+                f"search ({label}), {what.format(**store) if store else what}: p50 <= 10 ms",
+                _get(recall, face, scenario, "p50_ms"),
+                10,
+                " ms",
+            )
     return rows  # fmt: skip
+
+
+# What each search scenario of benchmarks/recall_latency.py is, for the targets' table.
+SEARCH_SCENARIOS = {
+    "session_10k": "in a 10,000-message session",
+    "locomo_session": "in one LoCoMo session",
+    "locomo_store": "over every session of {sessions} ({messages:,} messages)",
+    "locomo_user": "over one user's sessions (tenant filter) of {sessions}",
+}
 
 
 def _verdict(measured: float | None, limit: float, at_most: bool) -> str:
@@ -418,6 +445,25 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{entry['messages_per_second']:,.0f} | {entry['server_cpu_ms_per_message']:.3f} | "
                 f"{entry['messages_sent']:,} | {entry['messages_stored']:,} | {entry['lost']} |"
             )
+    recall = report.get("recall") or {}
+    lines += ["", "## Search (benchmarks/recall_latency.py; ms: p50 / p95 / p99)", ""]
+    if "engine" in recall:
+        store = recall["store"]
+        lines += [
+            f"A store of {store['sessions']} sessions, {store['messages']:,} messages (built in {store['seconds']} s); "
+            f"{recall['limit']} results within {recall['token_budget']:,} tokens per search.",
+            "",
+            "| search | engine | MCP in process |",
+            "|---|---:|---:|",
+        ]
+        for scenario, what in SEARCH_SCENARIOS.items():
+            shown = []
+            for face in ("engine", "mcp_in_process"):
+                entry = recall.get(face, {}).get(scenario)
+                shown.append("-" if not entry else f"{_ms(entry)} / {_ms(entry, 'p95_ms')} / {_ms(entry, 'p99_ms')}")
+            lines.append(f"| {what.format(**store)} | {' | '.join(shown)} |")
+    else:
+        lines.append(f"Not run: {recall}")
     peer = report["peer_bench_client"]
     ov = report["openviking"]
     lines += ["", "## The OpenViking bench client (session_api_bench.py): ours and OpenViking 0.5.2", ""]
