@@ -236,6 +236,8 @@ def test_errors_are_one_coded_line_and_exit_1(home: Path) -> None:
     fails(home, "session", "new", "--id", "here", code="ALREADY_EXISTS")
     fails(home, "session", "list", "--limit", "0", code="INVALID_ARGUMENT")
     fails(home, "search", "  ", code="INVALID_ARGUMENT")
+    fails(home, "search", "x", "--category", "events", "--session", "s1", code="INVALID_ARGUMENT")
+    fails(home, "search", "x", "--since", "last week", code="INVALID_ARGUMENT")
 
 
 def test_usage_errors_are_one_line_and_exit_2(home: Path) -> None:

@@ -31,7 +31,7 @@ DATABASE_FILES = {"viking.db", "viking.db-wal", "viking.db-shm"}
 async def test_the_tools_are_registered_before_the_server_runs(settings: Settings) -> None:
     server = build_server(settings)
     names = [tool.name for tool in await server.list_tools()]
-    assert len(names) == 15 and "add_message" in names and "retry_archive" in names
+    assert len(names) == 16 and "add_message" in names and "retry_archive" in names
     templates = await server.list_resource_templates()
     assert any(t.uri_template == "viking://session/{session_id}/history/{archive_id}" for t in templates)
     assert [prompt.name for prompt in await server.list_prompts()] == ["rebuild_context"]

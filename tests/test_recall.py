@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -116,6 +117,9 @@ def test_time_range_limit_and_session_filters(conversation: Engine) -> None:
     ]
     before = conversation.search("adoption", kinds=["message"], until="2023-05-31T23:59:59Z").results
     assert {hit.session_id for hit in before} == {"c1"}
+    # A date alone as until takes in that whole day.
+    that_day = conversation.search("adoption", kinds=["message"], since="2023-05-08", until="2023-05-08").results
+    assert {hit.session_id for hit in that_day} == {"c1"}
     assert len(conversation.search("adoption agencies pottery", session_id="c1", limit=1).results) == 1
     with pytest.raises(InvalidArgument, match="since"):
         conversation.search("adoption", since="last tuesday")
@@ -138,6 +142,52 @@ def test_token_budget_cuts_the_results(conversation: Engine) -> None:
         assert conversation.tokens.count("\n".join(h.text for h in cut.results)) <= budget
     first = conversation.search("adoption agencies", session_id="c1", token_budget=20).results
     assert len(first) == 1 and first[0].text.endswith("…")  # the first is cut, not dropped
+
+
+def test_accents_and_long_messages(engine: Engine) -> None:
+    talk(engine, "a", [("user", "Zoë loved the café in Montréal.")], "2023-05-08")
+    for query in ("cafe Montreal", "Zoe", "café Montréal"):
+        assert [hit.text for hit in engine.search(query, session_id="a").results] == [
+            "[live, 8 May 2023] user: Zoë loved the café in Montréal."
+        ], query
+    # 24,000 distinct words (900 KB): more than PostgreSQL's tsvector holds; indexed up to a bound.
+    many = "\n".join(f"{uuid.UUID(int=i)}" for i in range(24_000))
+    engine.add_message("long", "user", content=f"aardvarkian beginning\n{many}")
+    assert engine.search("aardvarkian", session_id="long").results[0].text.startswith("[live, ")
+
+
+def test_a_passage_keeps_within_its_archive(engine: Engine) -> None:
+    talk(
+        engine,
+        "z",
+        [("user", "Caroline: I got a pet."), ("assistant", "Melanie: Where did you adopt your zebrafish?")],
+        "2023-05-01",
+    )
+    archived(engine, "z")
+    talk(engine, "z", [("user", "Caroline: At the downtown pet shop.")], "2023-05-01")
+    hit = engine.search("downtown pet shop", session_id="z", kinds=["message"]).results[0]
+    assert hit.archive_id is None and hit.text == "[live, 1 May 2023] Caroline: At the downtown pet shop."
+    asked = engine.read_context("z", 2000, query="zebrafish adopt").text
+    assert asked.count("At the downtown pet shop.") == 1  # shown live, not again beside its question
+    assert "[archive_001, 1 May 2023] assistant: Melanie: Where did you adopt your zebrafish?" not in asked
+
+
+def test_scores_say_nothing_of_another_users_documents(engine: Engine) -> None:
+    talk(
+        engine,
+        "bob-1",
+        [("user", "I like zebra crossings.")] + [("user", f"filler {i}") for i in range(5)],
+        "2023-03-03",
+        BOB,
+    )
+    before = engine.search("zebra zorblax", actor=BOB).results[0].score
+    talk(
+        engine, "ada-1", [("user", f"The merger with Zorblax closes on day {i}.") for i in range(30)], "2023-03-03", ADA
+    )
+    talk(engine, "ada-2", [("user", "zebra " * 3)], "2023-03-03", ADA)
+    engine.recall._counts.clear()
+    engine.recall._sizes.clear()
+    assert engine.search("zebra zorblax", actor=BOB).results[0].score == before
 
 
 def test_deleting_a_session_removes_it_from_search(conversation: Engine) -> None:
@@ -223,6 +273,19 @@ async def test_search_over_mcp_is_one_text_within_the_budget(conversation: Engin
         assert conversation.tokens.count(text) <= 400
         small = await client.call_tool("search", {"query": "What did Caroline research?", "token_budget": 150})
         assert conversation.tokens.count(json.dumps(small.structured_content, ensure_ascii=False)) <= 150
+        for budget in (200, 230, 260, 300, 500):
+            cut = await client.call_tool("search", {"query": "adoption pottery happy", "token_budget": budget})
+            text = cut.content[0].text  # type: ignore[union-attr]
+            assert (
+                max(
+                    conversation.tokens.count(text),
+                    conversation.tokens.count(json.dumps(cut.structured_content, ensure_ascii=False)),
+                )
+                <= budget
+            )
+            assert "nothing matches" not in text
+        too_small = await client.call_tool("search", {"query": "adoption", "token_budget": 50})
+        assert too_small.is_error and "token_budget" in too_small.content[0].text  # type: ignore[union-attr]
         nothing = await client.call_tool("search", {"query": "xylophone quasar"})
         assert nothing.content[0].text == "(nothing matches 'xylophone quasar')"  # type: ignore[union-attr]
         asked = await client.call_tool(

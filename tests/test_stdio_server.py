@@ -196,7 +196,7 @@ def test_nothing_but_protocol_on_stdout(tmp_path: Path) -> None:
     assert proc.returncode == 0, stderr
     assert rest == ""
     assert [line.get("id") for line in lines] == [1, 2]
-    assert len(lines[1]["result"]["tools"]) == 15
+    assert len(lines[1]["result"]["tools"]) == 16
     assert "viking-mcp" in stderr  # the start-up line went to stderr
 
 

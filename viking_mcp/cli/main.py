@@ -320,9 +320,22 @@ def _kinds(value: str) -> list[str]:
 def _search(backend: Backend, arguments: dict[str, Any]) -> BaseModel:
     """search: everything remembered; with --category, only memories (search_memories, as before)."""
     category = arguments.pop("category")
-    if category is not None:
-        return backend.search_memories(arguments["query"], category, arguments["limit"])
-    return backend.search(**arguments)
+    if category is None:
+        return backend.search(**arguments)
+    others = [flag for name, flag in _RECALL_ONLY.items() if arguments.get(name) is not None]
+    if others:
+        raise InvalidArgument(f"--category searches memories only; drop {', '.join(others)} or --category")
+    return backend.search_memories(query=arguments["query"], category=category, limit=arguments["limit"])
+
+
+# The options of search that --category (memories only) does not take: dest, flag.
+_RECALL_ONLY = {
+    "session_id": "--session",
+    "kinds": "--kinds",
+    "since": "--since",
+    "until": "--until",
+    "token_budget": "--budget",
+}
 
 
 def _engine(backend: Backend, verb: str) -> Engine:

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import TypeAdapter
@@ -690,8 +690,10 @@ class Engine:
         finds for it, best first, passages of about the budget in all, each counted."""
         if query is None:
             return []
-        if not isinstance(query, str) or len(query) > MAX_QUERY_CHARS:
-            raise InvalidArgument(f"query: text of at most {MAX_QUERY_CHARS} characters")
+        if not isinstance(query, str) or len(query) > MAX_QUERY_CHARS or not query.strip():
+            raise InvalidArgument(
+                f"query: the task at hand in words (at most {MAX_QUERY_CHARS} characters), or no query at all"
+            )
         terms = search_terms(query)
         if not terms:
             return []
@@ -701,7 +703,7 @@ class Engine:
         )
         passages: list[Passage] = []
         total = 0
-        for passage in self.recall.passages(found, terms, keep=lambda c: c.number not in shown):
+        for passage in self.recall.passages(found, terms, shown={session_id: shown}):
             passage = replace(passage, tokens=self.tokens.count(passage.text) + 1)  # and its line's end
             passages.append(passage)
             total += passage.tokens
@@ -800,7 +802,8 @@ class Engine:
         if token_budget is not None:
             check_whole(token_budget, "token_budget")
         chosen = self._search_kinds(kinds, session_id is None)
-        start, end = (self._moment(v, n) if v is not None else None for v, n in ((since, "since"), (until, "until")))
+        start = self._moment(since, "since") if since is not None else None
+        end = self._moment(until, "until", through_the_day=True) if until is not None else None
         if start is not None and end is not None and start > end:
             raise InvalidArgument(f"since ({since}) is after until ({until}); swap them")
         scope: tuple[str, str] | None = None
@@ -853,13 +856,18 @@ class Engine:
         return tuple(k for k in SEARCH_KINDS if k in kinds)
 
     @staticmethod
-    def _moment(value: object, what: str) -> datetime:
+    def _moment(value: object, what: str, *, through_the_day: bool = False) -> datetime:
+        """A time from an ISO 8601 date or time; `through_the_day`: a date alone is its last moment
+        (until 2023-05-08 takes in what was said that day)."""
         if not isinstance(value, str):
             raise InvalidArgument(f"{what}: an ISO 8601 date or time, e.g. 2023-05-08 or 2023-05-08T13:00:00Z")
         try:
-            return parse_moment(value, what)
+            moment = parse_moment(value, what)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
+        if through_the_day and len(value.strip()) == len("2023-05-08"):
+            moment += timedelta(days=1, microseconds=-1)
+        return moment
 
     def search_memories(
         self,

@@ -7,14 +7,17 @@ Messages and summaries are indexed when they are stored (store/sql.py, `search_r
 so a search reads the index, never a session.
 
 Ranking. The database's full-text engine finds the candidates (SQLite: FTS5's BM25 over
-Porter stems; PostgreSQL: ts_rank over its English stems). Each is then scored on one
-absolute scale, 0..1, whatever the kind, the store or the query: the share of the query's
-weight the document holds (a word weighs its BM25 IDF over everything indexed, so a rare
-word counts most and a word found everywhere little), times 0.7 + 0.3 x how its database
-rank compares with the other candidates' (more occurrences in a shorter text). A document
-with every word of the query scores 0.7 or more; one that shares only a common word with
-it scores under MIN_SCORE and is left out: a search that matches nothing returns nothing,
-not filler.
+Porter stems; PostgreSQL: ts_rank over its English stems; accents dropped on both). Each
+is then scored on one scale, 0..1, for every kind, store and query (not as a fraction of
+the best hit): the share of the query's weight the document holds, times 0.7 + 0.3 x how
+its database rank compares with the other candidates' (more occurrences in a shorter
+text). A word weighs its BM25 IDF over the documents the search covers (the session, the
+caller's sessions, or with no keys every session), so a rare word counts most, one found
+everywhere little, and no score tells a caller what anyone else's documents hold. A
+message or memory with every word of the query scores 0.7 or more (a summary 0.6 of what
+its words give: it restates the messages, which say it first hand). What scores under
+MIN_SCORE is left out: a search that matches nothing, or only a common word, returns
+nothing, not filler.
 
 Passages. A message is shown with its speaker, the day it was said (relative dates
 resolved: "yesterday (7 May 2023)") and the archive that holds it; beside it the question
@@ -35,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from viking_mcp.memory.search import Term, match_any, stem
+from viking_mcp.memory.search import Term, folded, match_any, stem
 from viking_mcp.models import StoredMemory, archive_id, archive_uri, message_text, session_uri
 from viking_mcp.store import Store
 from viking_mcp.store.base import StoredMessage
@@ -43,11 +46,15 @@ from viking_mcp.summarize.dates import day, parse_day, resolve_relative_dates
 from viking_mcp.tokens import TokenCounter
 
 MIN_SCORE = 0.1
-# The weight (IDF) of a word in a fifth of the documents: a commoner one is not looked up
-# when the query has rarer ones.
-COMMON_WEIGHT = math.log(1 + 0.8 / 0.2)
+# A word in more than this share of the documents is not looked up when the query has
+# rarer ones; searching every session, the rarest words are looked up while together they
+# are in at most MATCH_DOCUMENTS documents (`_looked_up`).
+COMMON_SHARE = 0.2
+MATCH_DOCUMENTS = 2000
 # Candidates read from the index per kind: the best by the database's rank, then scored.
 CANDIDATES = 50
+# Memories read from the index (a user's are fewer than their messages, and longer).
+MEMORY_CANDIDATES = 20
 # With a time range, more: the range is checked on the candidates.
 CANDIDATES_IN_RANGE = 500
 # How long a term's document count is reused (counts move slowly; a search reads a few).
@@ -58,11 +65,17 @@ _COUNTS_KEPT = 20_000
 ARCHIVE_FACTOR = 0.6
 # A message longer than this is shown cut in a passage (the uri reads it whole).
 PASSAGE_MESSAGE_TOKENS = 400
+# How much of a document its score reads (a summary of a thousand messages holds most words
+# somewhere: what it says first counts).
+SCORED_CHARS = 8_000
 # Candidates whose passages are read from the store at once.
 _READ_AHEAD = 8
 # A summary's lines shown for an archive that matched.
 SUMMARY_LINES = 3
 _SPEAKER = re.compile(r"^[A-Z][\w.'-]*(?: [A-Z][\w.'-]*){0,2}: ")
+
+
+Scope = tuple[str, ...]  # what a search's word counts are over: ("session", id), ("user", account, user), ("all",)
 
 
 @dataclass
@@ -118,28 +131,37 @@ class Recall:
         self.store = store
         self.tokens = tokens
         self._lock = threading.Lock()
-        self._counts: dict[str, tuple[float, int]] = {}  # stem -> (when read, documents holding it)
-        self._total: tuple[float, int] = (-math.inf, 0)
+        # (scope, stem) -> (when read, documents holding it; None: every one); scope -> (when read, documents)
+        self._counts: dict[tuple[Scope, str], tuple[float, int | None]] = {}
+        self._sizes: dict[Scope, tuple[float, int]] = {}
 
     # --- scoring ---------------------------------------------------------------------------
 
-    def weights(self, terms: list[Term]) -> dict[str, float]:
-        """Each term's BM25 IDF over everything indexed: ln(1 + (N - n + 0.5) / (n + 0.5))."""
+    def counts(
+        self, terms: list[Term], owner: tuple[str, str] | None, session_id: str | None
+    ) -> tuple[int, dict[str, int]]:
+        """How many documents the search's scope holds (one session, one user's sessions, or
+        every session), and how many of them hold each term: counted in the caller's own
+        documents, so that no score says what anyone else's hold. Read again after
+        COUNTS_SECONDS."""
+        scope: Scope = ("session", session_id) if session_id is not None else ("user", *owner) if owner else ("all",)
         now = time.monotonic()
         with self._lock:
-            stale = [t for t in terms if now - self._counts.get(t.stem, (-math.inf, 0))[0] > COUNTS_SECONDS]
-            fresh = now - self._total[0] <= COUNTS_SECONDS
-        if stale or not fresh:
-            total, counts = self.store.recall_counts(stale)
-            with self._lock:
-                if len(self._counts) > _COUNTS_KEPT:
-                    self._counts.clear()
-                self._counts.update({stem: (now, n) for stem, n in counts.items()})
-                self._total = (now, total)
+            stale = [t for t in terms if now - self._counts.get((scope, t.stem), (-math.inf, 0))[0] > COUNTS_SECONDS]
+            fresh = now - self._sizes.get(scope, (-math.inf, 0))[0] <= COUNTS_SECONDS
+        read = self.store.recall_counts(stale, owner, session_id) if stale else {}
+        size = self.store.recall_size(owner, session_id) if not fresh else None
         with self._lock:
-            total = self._total[1]
-            counts = {t.stem: self._counts.get(t.stem, (0.0, 0))[1] for t in terms}
-        return {stem: math.log(1 + (total - n + 0.5) / (n + 0.5)) for stem, n in counts.items()}
+            total = size if size is not None else self._sizes.get(scope, (0.0, 0))[1]
+            held = {t.stem: read.get(t.stem, self._counts.get((scope, t.stem), (0.0, 0))[1]) for t in terms}
+            if len(self._counts) > _COUNTS_KEPT:
+                self._counts.clear()
+                self._sizes.clear()
+            self._counts.update({(scope, stem): (now, n) for stem, n in read.items()})
+            if size is not None or scope not in self._sizes:
+                self._sizes[scope] = (now, total)
+        # A word the database does not index (a stopword of PostgreSQL's) counts as in every document.
+        return total, {stem: total if n is None else min(n, total) for stem, n in held.items()}
 
     @staticmethod
     def score(candidates: list[Candidate], weights: dict[str, float]) -> None:
@@ -150,7 +172,7 @@ class Recall:
         middle = statistics.median(c.rank for c in candidates) or 1.0
         held_in = _holder(weights)
         for c in candidates:
-            held = held_in(c.text)
+            held = held_in(c.text[:SCORED_CHARS])
             coverage = sum(w for stem, w in weights.items() if stem in held) / whole
             rank = max(c.rank, 0.0)
             c.score = coverage * (0.7 + 0.3 * rank / (rank + middle)) if rank + middle > 0 else 0.7 * coverage
@@ -166,16 +188,17 @@ class Recall:
         many: int,
     ) -> list[Candidate]:
         """The index's best documents of `kinds`, scored, best first, MIN_SCORE and over."""
-        weights = self.weights(terms)
-        # A word found in a fifth of everything indexed ("Caroline" in her own conversation) still
-        # counts for the score, but finds nothing the rarer words do not: looking it up would rank
-        # half the index (the documents found are then fewer, and the search milliseconds).
-        rare = [t for t in terms if weights[t.stem] >= COMMON_WEIGHT]
-        match = match_any(rare or terms)
+        total, counts = self.counts(terms, owner, session_id)
+        weights = {stem: math.log(1 + (total - n + 0.5) / (n + 0.5)) for stem, n in counts.items()}
+        looked_up = _looked_up(terms, counts, total)
+        match = match_any(looked_up)
+        # Even the rarest word in more documents than are worth ranking (a query of only common
+        # words): the newest that hold it are scored instead of the best by the database's rank.
+        ranked = sum(counts[t.stem] for t in looked_up) <= MATCH_DOCUMENTS
         found: list[Candidate] = []
         recall_kinds = tuple(k for k in kinds if k in ("message", "archive"))
         if recall_kinds:
-            rows = self.store.search_recall(match, owner, session_id, recall_kinds, many)
+            rows = self.store.search_recall(match, owner, session_id, recall_kinds, many, ranked=ranked)
             documents = [Candidate(r.kind, r.session_id, r.number, r.text, r.rank) for r in rows]
             self.score(documents, weights)
             for document in documents:
@@ -185,7 +208,7 @@ class Recall:
         if "memory" in kinds and memories is not None:
             remembered = [
                 Candidate("memory", None, 0, f"{m.name or ''}\n{m.abstract}\n{m.content}", rank, memory=m)
-                for m, rank in memories(match, many)
+                for m, rank in memories(match, min(many, MEMORY_CANDIDATES))
             ]
             self.score(remembered, weights)
             found += remembered
@@ -202,13 +225,14 @@ class Recall:
         *,
         since: datetime | None = None,
         until: datetime | None = None,
-        keep: Callable[[Candidate], bool] = lambda c: True,
+        shown: dict[str, set[int]] | None = None,
     ) -> Iterator[Passage]:
         """The candidates made passages, best first, as they are wanted (`fit` takes what
-        fits); a message already shown in a better one's passage is not shown again."""
+        fits); a message already shown (in a better one's passage, or in `shown`: session ->
+        seqs) is not shown again."""
         wanted = _holder({t.stem: 1.0 for t in terms})
-        shown: dict[str, set[int]] = {}
-        kept = [c for c in found if keep(c)]
+        shown = {session: set(seqs) for session, seqs in (shown or {}).items()}
+        kept = list(found)
         for start in range(0, len(kept), _READ_AHEAD):
             chunk = kept[start : start + _READ_AHEAD]
             # What the chunk's passages show of the store, read at once (not a read per passage).
@@ -251,9 +275,21 @@ class Recall:
         shown = [hit]
         said = hit.message.created_at[:10]
         before, after = around.get(seq - 1), around.get(seq + 1)
-        if before is not None and before.seq not in seen and _asks(before) and before.message.created_at[:10] == said:
+
+        def beside(neighbour: StoredMessage | None, asks: StoredMessage) -> bool:
+            """A neighbour shown with the hit: said the same day, in the same archive (or live
+            too), not shown already, when the question of the two is `asks`."""
+            return (
+                neighbour is not None
+                and neighbour.seq not in seen
+                and holding[neighbour.seq] == holding[seq]
+                and neighbour.message.created_at[:10] == said
+                and _asks(asks)
+            )
+
+        if before is not None and beside(before, before):
             shown.insert(0, before)
-        if after is not None and after.seq not in seen and _asks(hit) and after.message.created_at[:10] == said:
+        if after is not None and beside(after, hit):
             shown.append(after)
         number = holding[seq]
         when = parse_day(hit.message.created_at)
@@ -300,6 +336,23 @@ def _archive_passage(candidate: Candidate, created_at: str | None, wanted: Calla
     return Passage(uri, "archive", session_id, number, created_at, candidate.score, text)
 
 
+def _looked_up(terms: list[Term], counts: dict[str, int], total: int) -> list[Term]:
+    """The terms the index is asked for: every one counts for the score, but a common one
+    finds little the rarer ones do not, and costs the database a rank for every document it
+    is in. So a word in a fifth of the documents searched ("Caroline" in her own
+    conversation) is left out when rarer ones are there, and the rarest words are looked up
+    while together they are in at most MATCH_DOCUMENTS documents (at least one word)."""
+    rare = [t for t in terms if counts[t.stem] <= total * COMMON_SHARE] or terms
+    chosen: list[Term] = []
+    documents = 0
+    for term in sorted(rare, key=lambda t: counts[t.stem]):
+        if chosen and documents + counts[term.stem] > MATCH_DOCUMENTS:
+            break
+        chosen.append(term)
+        documents += counts[term.stem]
+    return chosen
+
+
 def _holder(weights: dict[str, float]) -> Callable[[str], set[str]]:
     """A function giving which of the stems in `weights` a text holds. Only the words that
     begin like one of them are stemmed: Porter changes a word's last letters only (happy,
@@ -310,7 +363,7 @@ def _holder(weights: dict[str, float]) -> Callable[[str], set[str]]:
     pattern = re.compile(r"(?<![^\W_])(?:" + "|".join(map(re.escape, starts)) + r")[^\W_]*")
 
     def held(text: str) -> set[str]:
-        return {stem(w) for w in set(pattern.findall(text.lower()))} & weights.keys()
+        return {stem(w) for w in set(pattern.findall(folded(text)))} & weights.keys()
 
     return held
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -30,6 +31,12 @@ _COMMON = {
     "who", "why", "will", "with", "would", "you", "your", "s",
 }  # fmt: skip
 MAX_TERMS = 32
+# The combining marks NFKD splits accents into ("é" is "e" and U+0301).
+_COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+# What recall indexes of one text, at most (characters): the rest of a very long message is
+# reached through its passage's uri. PostgreSQL refuses a tsvector over 1 MB, which a
+# megabyte of distinct words makes; 100,000 characters stay far under it.
+INDEXED_CHARS = 100_000
 # A section of an overview of ours: "## archive_007 · 3 May 2023" up to the next heading.
 _SECTION = re.compile(r"^## archive_(\d+)\b[^\n]*\n(.*?)(?=^## |\Z)", re.MULTILINE | re.DOTALL)
 
@@ -60,11 +67,20 @@ def stem(word: str) -> str:
     return str(_stemmer().stemWord(word))
 
 
+def folded(text: str) -> str:
+    """`text` lowercased, accents dropped ("Café" is "cafe"), as FTS5's unicode61 tokenizer
+    reads it: what a word is compared as."""
+    text = text.lower()
+    if text.isascii():
+        return text
+    return _COMBINING.sub("", unicodedata.normalize("NFKD", text))
+
+
 def search_terms(text: str) -> list[Term]:
     """The words of a query worth looking for (not the common ones: a query of only those
     matches nothing), one per stem, in the order given."""
     terms: dict[str, Term] = {}
-    for word in _WORD.findall(text.lower()):
+    for word in _WORD.findall(folded(text)):
         if word in _COMMON:
             continue
         terms.setdefault(stem(word), Term(word, stem(word)))
@@ -78,7 +94,7 @@ def match_any(terms: list[Term]) -> str:
 
 def indexed_message(message: Message) -> str:
     """What recall indexes of a message: its text, relative dates resolved from when it was said."""
-    return resolve_relative_dates(message_text(message), parse_day(message.created_at))
+    return resolve_relative_dates(message_text(message)[:INDEXED_CHARS], parse_day(message.created_at))
 
 
 def indexed_archive(number: int, abstract: str, overview: str) -> str:
@@ -87,7 +103,8 @@ def indexed_archive(number: int, abstract: str, overview: str) -> str:
     or the whole overview when it has no sections (an agent's or an LLM's own words)."""
     sections = {int(n): body.strip() for n, body in _SECTION.findall(overview)}
     own = sections.get(number, "") if sections else overview.strip()
-    return f"{abstract}\n{own}".strip()
+    # The abstract on the first line (an agent's may have several: made one), the section after it.
+    return f"{' '.join(abstract.split())}\n{own}"[:INDEXED_CHARS]
 
 
 def tenant_tag(account_id: str, user_id: str) -> str:

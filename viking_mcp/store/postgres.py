@@ -39,7 +39,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from viking_mcp.config import redacted
 from viking_mcp.errors import Conflict, Internal, InvalidArgument, ResourceExhausted, Unavailable, VikingError
-from viking_mcp.memory.search import Term, indexed_archive, indexed_message
+from viking_mcp.memory.search import Term, folded, indexed_archive, indexed_message
 from viking_mcp.store.base import RecallRow, TaskRow
 from viking_mcp.store.pg_migrations import MIGRATIONS, SCHEMA_VERSION
 from viking_mcp.store.sql import (
@@ -291,26 +291,39 @@ class PostgresStore(SQLStore):
 
     # --- recall: a tsvector column of messages and archives, written with the row ---------------
 
+    def _indexed(self, text: str) -> str:
+        """Text as recall's tsvector is made of it: accents dropped, as SQLite's FTS5 drops them
+        (the English configuration keeps them: "cafe" would not find "café"), and no NUL."""
+        return str(self._text(folded(text)))
+
     def _insert_messages(self, tx: Tx, session: Any, rows: list[tuple[Any, ...]], texts: list[str]) -> None:
         tx.executemany(
-            _MESSAGE_INSERT_INDEXED, [(*row, self._text(text)) for row, text in zip(rows, texts, strict=True)]
+            _MESSAGE_INSERT_INDEXED, [(*row, self._indexed(text)) for row, text in zip(rows, texts, strict=True)]
         )
 
     def _index_messages(self, tx: Tx, session_id: str, session: Any, texts: list[tuple[int, str]]) -> None:
         tx.executemany(
             f"UPDATE messages SET search = {_VECTOR} WHERE session_id = ? AND seq = ?",
-            [(self._text(text), session_id, seq) for seq, text in texts],
+            [(self._indexed(text), session_id, seq) for seq, text in texts],
         )
 
     def _index_archive(self, tx: Tx, session_id: str, session: Any, number: int, text: str) -> None:
         tx.execute(
             f"UPDATE archives SET search = {_VECTOR} WHERE session_id = ? AND archive_no = ?",
-            (self._text(text), session_id, number),
+            (self._indexed(text), session_id, number),
         )
 
     def search_recall(
-        self, match: str, owner: tuple[str, str] | None, session_id: str | None, kinds: tuple[str, ...], limit: int
+        self,
+        match: str,
+        owner: tuple[str, str] | None,
+        session_id: str | None,
+        kinds: tuple[str, ...],
+        limit: int,
+        *,
+        ranked: bool = True,
     ) -> list[RecallRow]:
+        # Always ranked: the GIN index finds the rows either way, and ts_rank of them is cheap.
         where = " AND s.account_id = ? AND s.user_id = ?" if owner else ""
         where += " AND s.session_id = ?" if session_id else ""
         scope = [*(owner or ()), *((session_id,) if session_id else ())]
@@ -346,20 +359,24 @@ class PostgresStore(SQLStore):
                 found.append(RecallRow(row["session_id"], row["kind"], row["seq"], float(row["rank"]), text))
         return found
 
-    def recall_counts(self, terms: list[Term]) -> tuple[int, dict[str, int]]:
-        counts = {}
+    def recall_counts(
+        self, terms: list[Term], owner: tuple[str, str] | None, session_id: str | None
+    ) -> dict[str, int | None]:
+        where = " AND s.session_id = ?" if session_id is not None else ""
+        where += " AND s.account_id = ? AND s.user_id = ?" if owner is not None and session_id is None else ""
+        scope = (session_id,) if session_id is not None else owner or ()
+        counts: dict[str, int | None] = {}
         with self._read() as tx:
-            total = tx.execute(
-                "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM archives WHERE search IS NOT NULL) AS n"
-            ).fetchall()[0]["n"]
             for term in terms:
-                counts[term.stem] = tx.execute(
-                    "SELECT (SELECT count(*) FROM messages WHERE search @@ q.query) "
-                    "+ (SELECT count(*) FROM archives WHERE search @@ q.query) AS n "
-                    "FROM plainto_tsquery('english', ?) q(query)",
-                    (term.word,),
-                ).fetchall()[0]["n"]
-        return int(total), counts
+                row = tx.execute(
+                    "SELECT numnode(q.query) AS nodes, (SELECT count(*) FROM messages m JOIN sessions s "
+                    f"ON s.session_id = m.session_id WHERE m.search @@ q.query{where}) + (SELECT count(*) "
+                    "FROM archives a JOIN sessions s ON s.session_id = a.session_id "
+                    f"WHERE a.search @@ q.query{where}) AS n FROM plainto_tsquery('english', ?) q(query)",
+                    (*scope, *scope, term.word),
+                ).fetchall()[0]
+                counts[term.stem] = int(row["n"]) if row["nodes"] else None  # no node: a stopword
+        return counts
 
     def claim_phase2(
         self, owner: str, now: str, lease_until: float, owner_is_gone: Callable[[str | None, float], bool]

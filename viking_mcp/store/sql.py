@@ -385,15 +385,45 @@ class SQLStore(ABC):
 
     @abstractmethod
     def search_recall(
-        self, match: str, owner: tuple[str, str] | None, session_id: str | None, kinds: tuple[str, ...], limit: int
+        self,
+        match: str,
+        owner: tuple[str, str] | None,
+        session_id: str | None,
+        kinds: tuple[str, ...],
+        limit: int,
+        *,
+        ranked: bool = True,
     ) -> list[RecallRow]:
         """The messages and archives (of `kinds`) that match `match` (memory.search.match_any's
-        form), best first by the database's rank: of the sessions of `owner` (account, user;
-        None: everyone's), or of one session."""
+        form), best first by the database's rank (not `ranked`: the newest first, a hint that
+        too many match to rank them all; a dialect may rank anyway): of the sessions of `owner`
+        (account, user; None: everyone's), or of one session."""
 
     @abstractmethod
-    def recall_counts(self, terms: list[Term]) -> tuple[int, dict[str, int]]:
-        """How many documents recall's index holds, and how many hold each term (by stem)."""
+    def recall_counts(
+        self, terms: list[Term], owner: tuple[str, str] | None, session_id: str | None
+    ) -> dict[str, int | None]:
+        """How many of recall's documents hold each term (by stem): of one session, of the
+        sessions of `owner` (account, user), or of every session. None: the database does not
+        index the word (a stopword of PostgreSQL's)."""
+
+    def recall_size(self, owner: tuple[str, str] | None, session_id: str | None) -> int:
+        """How many documents recall's index holds (every message and completed archive): of
+        one session, of the sessions of `owner`, or of every session."""
+        where, params = (
+            ("WHERE s.session_id = ?", (session_id,))
+            if session_id is not None
+            else ("WHERE s.account_id = ? AND s.user_id = ?", owner)
+            if owner is not None
+            else ("", ())
+        )
+        with self._read() as tx:
+            row = tx.execute(
+                "SELECT COALESCE(SUM(s.next_seq - 1 + (SELECT count(*) FROM archives a "
+                f"WHERE a.session_id = s.session_id AND a.status = 'completed')), 0) AS n FROM sessions s {where}",
+                params,
+            ).fetchall()[0]
+        return int(row["n"])
 
     def _unindex_session(self, tx: Tx, session_id: str) -> None:  # noqa: B027 (a hook)
         """Drop the session's documents from an index that is not its tables' columns."""

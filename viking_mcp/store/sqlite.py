@@ -456,7 +456,14 @@ class SQLiteStore(SQLStore):
             tx.execute("DELETE FROM recall_fts WHERE rowid BETWEEN ? AND ?", _doc_range(row["doc_base"]))
 
     def search_recall(
-        self, match: str, owner: tuple[str, str] | None, session_id: str | None, kinds: tuple[str, ...], limit: int
+        self,
+        match: str,
+        owner: tuple[str, str] | None,
+        session_id: str | None,
+        kinds: tuple[str, ...],
+        limit: int,
+        *,
+        ranked: bool = True,
     ) -> list[RecallRow]:
         # The owner and the kind are tokens of the `tags` column, which ranking weighs at 0:
         # FTS5 intersects them with the words, and a session is a rowid range it seeks to.
@@ -471,7 +478,9 @@ class SQLiteStore(SQLStore):
                     return []
                 sql += " AND rowid BETWEEN ? AND ?"
                 params += _doc_range(session["doc_base"])
-            rows = tx.execute(f"{sql} ORDER BY score LIMIT ?", (*params, limit)).fetchall()
+            # In rowid order FTS5 stops at the limit, and ranks only the rows it returns.
+            order = "score" if ranked else "rowid DESC"
+            rows = tx.execute(f"{sql} ORDER BY {order} LIMIT ?", (*params, limit)).fetchall()
             bases = sorted({row["rowid"] >> 32 for row in rows})
             sessions = {
                 s["doc_base"]: s
@@ -491,16 +500,35 @@ class SQLiteStore(SQLStore):
             found.append(RecallRow(session["session_id"], kind, low & (_ARCHIVE_BIT - 1), -row["score"], row["body"]))
         return found
 
-    def recall_counts(self, terms: list[Term]) -> tuple[int, dict[str, int]]:
-        wanted = [t.stem for t in terms] + list(_KIND_TAGS.values())
+    def recall_counts(
+        self, terms: list[Term], owner: tuple[str, str] | None, session_id: str | None
+    ) -> dict[str, int | None]:
         with self._read() as tx:
-            counts = dict(
-                tx.execute(
-                    f"SELECT term, doc FROM recall_vocab WHERE term IN ({', '.join('?' * len(wanted))})", wanted
-                ).fetchall()
-            )
-        total = sum(counts.pop(tag, 0) for tag in _KIND_TAGS.values())
-        return total, {t.stem: counts.get(t.stem, 0) for t in terms}
+            if session_id is None and owner is None:
+                # fts5vocab reads a term's whole posting list to count it: a rare word costs next
+                # to nothing, one in every document a millisecond per 50,000.
+                wanted = [t.stem for t in terms]
+                counts = dict(
+                    tx.execute(
+                        f"SELECT term, doc FROM recall_vocab WHERE term IN ({', '.join('?' * len(wanted))})", wanted
+                    ).fetchall()
+                )
+                return {stem: counts.get(stem, 0) for stem in wanted}
+            sql = "SELECT count(*) AS n FROM recall_fts WHERE recall_fts MATCH ?"
+            scope: tuple[Any, ...] = ()
+            if session_id is not None:
+                session = tx.execute("SELECT doc_base FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+                if session is None:
+                    return {t.stem: 0 for t in terms}
+                sql += " AND rowid BETWEEN ? AND ?"
+                scope = _doc_range(session["doc_base"])
+                owned = ""
+            else:
+                assert owner is not None
+                owned = f'tags : "{tenant_tag(*owner)}" AND '
+            return {
+                t.stem: tx.execute(sql, (f'{owned}body : "{t.word}"', *scope)).fetchone()["n"] for t in terms
+            }
 
     def claim_phase2(
         self, owner: str, now: str, lease_until: float, owner_is_gone: Callable[[str | None, float], bool]

@@ -9,12 +9,17 @@ from pydantic import BaseModel, Field
 
 from viking_mcp.mcp.replies import Composed, Lines, capped, clip, max_result_tokens
 from viking_mcp.mcp.state import READ_ONLY, Ctx, caller, tool
-from viking_mcp.models import Count, SearchHit, SearchKind, SearchLimit, SearchQuery
+from viking_mcp.models import MAX_COUNT, SearchHit, SearchKind, SearchLimit, SearchQuery
 
 # The query, repeated at the top of the results.
 QUERY_TOKENS = 50
-# What the model reads of search's results when it gives no token_budget.
+# What the model reads of search's results when it gives no token_budget; and the least it
+# may ask for (a result has a heading and each passage a line of its own around its text).
 DEFAULT_SEARCH_TOKENS = 2000
+LEAST_SEARCH_TOKENS = 200
+# The heading and each result's score and session, beside the passages the engine fits.
+_HEADING_TOKENS = 60
+_PER_RESULT_TOKENS = 12
 
 
 class SearchRead(BaseModel):
@@ -48,7 +53,12 @@ def search(
     ] = None,
     limit: Annotated[SearchLimit, Field(description="At most this many results.")] = 10,
     token_budget: Annotated[
-        Count, Field(description="The most tokens this result may cost you, everything included.")
+        int,
+        Field(
+            description="The most tokens this result may cost you, everything included.",
+            ge=LEAST_SEARCH_TOKENS,
+            le=MAX_COUNT,
+        ),
     ] = DEFAULT_SEARCH_TOKENS,
 ) -> Annotated[CallToolResult, SearchRead]:
     """Find again what was said, summarised or remembered: messages of this or every session
@@ -58,7 +68,9 @@ def search(
     answers or the answer it got. Nothing matches: no results. expand_archive reads the
     archive a passage names."""
     engine, actor = caller(ctx)
-    found = engine.search(query, session_id, kinds, since, until, limit, token_budget, actor=actor).results
+    # The passages' share: what the heading and the results' first words leave (at least half).
+    passages = max(token_budget // 2, token_budget - _HEADING_TOKENS - _PER_RESULT_TOKENS * min(limit, 10))
+    found = engine.search(query, session_id, kinds, since, until, limit, passages, actor=actor).results
     cap = min(token_budget, max_result_tokens(ctx))
     return capped(lambda lines: _results(query, found, session_id is None, lines), engine.tokens, cap)
 
