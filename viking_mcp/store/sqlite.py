@@ -526,9 +526,7 @@ class SQLiteStore(SQLStore):
             else:
                 assert owner is not None
                 owned = f'tags : "{tenant_tag(*owner)}" AND '
-            return {
-                t.stem: tx.execute(sql, (f'{owned}body : "{t.word}"', *scope)).fetchone()["n"] for t in terms
-            }
+            return {t.stem: tx.execute(sql, (f'{owned}body : "{t.word}"', *scope)).fetchone()["n"] for t in terms}
 
     def claim_phase2(
         self, owner: str, now: str, lease_until: float, owner_is_gone: Callable[[str | None, float], bool]
