@@ -76,6 +76,7 @@ def build(home: Path, copies: int, big: int) -> dict[str, Any]:
             if (i + 1) % 1000 == 0:
                 engine.commit("big")
         engine.run_pending_phase2()
+        engine.store.catch_up_recall()  # a store at rest is indexed (its own thread does it when writes pause)
     finally:
         engine.close()
     rng = random.Random(17)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -317,7 +318,8 @@ def test_a_store_from_before_recall_is_indexed_when_it_opens(tmp_path: Path) -> 
     db = sqlite3.connect(tmp_path / "old" / "viking.db")
     db.executescript(
         "DROP TABLE recall_vocab; DROP TABLE recall_fts; DROP TRIGGER sessions_doc_base; "
-        "DROP INDEX sessions_by_doc_base; ALTER TABLE sessions DROP COLUMN doc_base; PRAGMA user_version = 5;"
+        "DROP INDEX sessions_by_doc_base; ALTER TABLE sessions DROP COLUMN doc_base; "
+        "DROP INDEX sessions_recall_backlog; ALTER TABLE sessions DROP COLUMN indexed_through; PRAGMA user_version = 5;"
     )
     db.close()
     engine = Engine(settings)
@@ -329,3 +331,30 @@ def test_a_store_from_before_recall_is_indexed_when_it_opens(tmp_path: Path) -> 
         assert {h.session_id for h in engine.search("adoption", kinds=["message"]).results} == {"old", "new"}
     finally:
         engine.close()
+
+
+@pytest.mark.sqlite_only
+def test_messages_are_indexed_in_batches_off_the_append(engine: Engine) -> None:
+    """An append does not write the index (FTS5 writes a segment per transaction); the store's
+    own thread indexes when writes pause, and a search indexes what is left first."""
+    store = engine.store
+
+    def behind() -> int:
+        with store._read() as tx:  # type: ignore[attr-defined]
+            row = tx.execute(
+                "SELECT next_seq - 1 - indexed_through AS n FROM sessions WHERE session_id = 'b'"
+            ).fetchone()
+        return int(row["n"])
+
+    for i in range(250):
+        engine.add_message("b", "user", content=f"note {i}: the heron flew over pond {i}")
+    assert behind() > 0 or store._checkpointer is not None  # type: ignore[attr-defined]
+    for _ in range(300):  # the thread's pause is half a second
+        if behind() == 0:
+            break
+        threading.Event().wait(0.01)
+    assert behind() == 0
+    engine.add_message("b", "user", content="the quetzal arrived at last")
+    assert behind() == 1
+    assert engine.search("quetzal", session_id="b").results[0].text.endswith("the quetzal arrived at last")
+    assert behind() == 0

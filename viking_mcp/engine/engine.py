@@ -697,6 +697,7 @@ class Engine:
         terms = search_terms(query)
         if not terms:
             return []
+        self.store.catch_up_recall()
         shown = {m.seq for m in active_messages(snapshot)}
         found = self.recall.candidates(
             terms, owner=None, session_id=session_id, kinds=("message",), memories=None, many=2 * CANDIDATES
@@ -814,6 +815,7 @@ class Engine:
         terms = search_terms(query)
         if not terms:
             return SearchResult(query=query, results=[], estimatedTokens=0)
+        self.store.catch_up_recall()
         owner = actor or self.owner
         owners = {str(scope): space for scope, space in owners_of(owner).items()}
         found = self.recall.candidates(

@@ -40,6 +40,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from viking_mcp.config import redacted
 from viking_mcp.errors import Conflict, Internal, InvalidArgument, ResourceExhausted, Unavailable, VikingError
 from viking_mcp.memory.search import Term, folded, indexed_archive, indexed_message
+from viking_mcp.models import Message
 from viking_mcp.store.base import RecallRow, TaskRow
 from viking_mcp.store.pg_migrations import MIGRATIONS, SCHEMA_VERSION
 from viking_mcp.store.sql import (
@@ -296,9 +297,10 @@ class PostgresStore(SQLStore):
         (the English configuration keeps them: "cafe" would not find "café"), and no NUL."""
         return str(self._text(folded(text)))
 
-    def _insert_messages(self, tx: Tx, session: Any, rows: list[tuple[Any, ...]], texts: list[str]) -> None:
+    def _insert_messages(self, tx: Tx, session: Any, rows: list[tuple[Any, ...]], messages: list[Message]) -> None:
         tx.executemany(
-            _MESSAGE_INSERT_INDEXED, [(*row, self._indexed(text)) for row, text in zip(rows, texts, strict=True)]
+            _MESSAGE_INSERT_INDEXED,
+            [(*row, self._indexed(indexed_message(m))) for row, m in zip(rows, messages, strict=True)],
         )
 
     def _index_messages(self, tx: Tx, session_id: str, session: Any, texts: list[tuple[int, str]]) -> None:

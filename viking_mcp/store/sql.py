@@ -367,13 +367,18 @@ class SQLStore(ABC):
     # What indexing a session's documents reads of its row, beside its owner.
     _RECALL_KEY = ""
 
-    def _insert_messages(self, tx: Tx, session: Any, rows: list[tuple[Any, ...]], texts: list[str]) -> None:
-        """Insert messages (`MESSAGE_INSERT`'s values) of the session whose row is `session`,
-        indexed for recall with `texts`."""
+    def _insert_messages(self, tx: Tx, session: Any, rows: list[tuple[Any, ...]], messages: list[Message]) -> None:
+        """Insert messages (`MESSAGE_INSERT`'s values, and the messages they are) of the
+        session whose row is `session`, and index them for recall (a dialect may do that
+        later, in batches: `catch_up_recall`)."""
         tx.executemany(MESSAGE_INSERT, rows)
         if rows:
-            pairs = [(row[1], text) for row, text in zip(rows, texts, strict=True)]
-            self._index_messages(tx, rows[0][0], session, pairs)
+            texts = [(row[1], indexed_message(m)) for row, m in zip(rows, messages, strict=True)]
+            self._index_messages(tx, rows[0][0], session, texts)
+
+    def catch_up_recall(self) -> None:  # noqa: B027 (a hook)
+        """Index what was stored and is not indexed yet (where the dialect indexes in batches):
+        a search calls it first, so that it finds every message stored before it."""
 
     @abstractmethod
     def _index_messages(self, tx: Tx, session_id: str, session: Any, texts: list[tuple[int, str]]) -> None:
@@ -555,7 +560,6 @@ class SQLStore(ABC):
         inside the same transaction."""
         parts_json = dumps([p.model_dump(mode="json") for p in message.parts])
         columns = f"next_seq, archived_through, total_tokens, account_id, user_id{self._RECALL_KEY}"
-        text = indexed_message(message)
         with self._write() as tx:
             created = False
             row = self._lock_session(tx, session_id, columns)
@@ -580,7 +584,7 @@ class SQLStore(ABC):
                 row,
                 [(session_id, next_seq, message.id, message.role, parts_json, message.created_at, tokens,
                   total_tokens + tokens)],
-                [text],
+                [message],
             )  # fmt: skip
             tx.execute(
                 "UPDATE sessions SET next_seq = ?, total_tokens = ?, updated_at = ? WHERE session_id = ?",
@@ -1190,7 +1194,7 @@ class SQLStore(ABC):
             ),
         )  # fmt: skip
         session = self._lock_session(tx, session_id, f"account_id, user_id{self._RECALL_KEY}")
-        self._insert_messages(tx, session, messages, [indexed_message(m.message) for m in dump.messages])
+        self._insert_messages(tx, session, messages, [m.message for m in dump.messages])
         for a in dump.archives:
             if a.status == "completed":
                 indexed = indexed_archive(a.number, a.abstract, a.overview)
