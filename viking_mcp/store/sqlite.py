@@ -398,7 +398,7 @@ class SQLiteStore(SQLStore):
             if not woke and self._writes != indexed:
                 indexed = self._writes
                 with suppress(sqlite3.Error, VikingError):
-                    self.catch_up_recall()
+                    self.catch_up_recall(yielding=True)
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -475,21 +475,26 @@ class SQLiteStore(SQLStore):
                 (max(seq for seq, _ in texts), session_id),
             )
 
-    def catch_up_recall(self) -> None:
+    def catch_up_recall(self, *, yielding: bool = False) -> None:
         """Index the messages stored since their sessions were last indexed, RECALL_BATCH at a
         time: their text is made outside the write lock, which each batch then holds for
-        a few milliseconds. The checkpointer thread runs it when writes pause, and a search
-        before it reads the index."""
+        a few milliseconds. A search runs it before it reads the index; the checkpointer
+        thread when writes pause (`yielding`: it stops at the next batch once others write
+        again, and goes on at the next pause)."""
+        others = self._writes
+        batch = RECALL_BATCH // 5 if yielding else RECALL_BATCH  # a burst that resumes waits for less
         for _ in range(_RECALL_ROUNDS):
+            if yielding and self._writes != others:
+                return
             with self._read() as tx:
                 behind = tx.execute(
                     "SELECT session_id, indexed_through, next_seq, doc_base FROM sessions "
                     "WHERE indexed_through < next_seq - 1 LIMIT ?",
-                    (RECALL_BATCH,),
+                    (batch,),
                 ).fetchall()
                 # (session, its doc_base, the seq it is indexed through once these are, their texts)
                 work: list[tuple[str, int, int, list[tuple[int, str]]]] = []
-                left = RECALL_BATCH
+                left = batch
                 for session in behind:
                     if left <= 0:
                         break
@@ -516,7 +521,8 @@ class SQLiteStore(SQLStore):
                         "UPDATE sessions SET indexed_through = MAX(indexed_through, ?) WHERE session_id = ?",
                         (through, session_id),
                     )
-            if len(behind) < RECALL_BATCH and left > 0:
+            others = self._writes  # this batch's own write counted
+            if len(behind) < batch and left > 0:
                 return
 
     def _index_archive(self, tx: Tx, session_id: str, session: Any, number: int, text: str) -> None:
