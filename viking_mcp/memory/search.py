@@ -17,8 +17,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
-
-import snowballstemmer
+from typing import Any
 
 from viking_mcp.models import Message, message_text
 from viking_mcp.summarize.dates import parse_day, resolve_relative_dates
@@ -58,7 +57,9 @@ class Term:
 
 
 @lru_cache(maxsize=1)
-def _stemmer() -> snowballstemmer.stemmer:
+def _stemmer() -> Any:
+    import snowballstemmer  # on first use: a server that never searches does not load it
+
     return snowballstemmer.stemmer("porter")
 
 
