@@ -30,6 +30,8 @@ from viking_mcp.tokens import TokenCounter
 _FRAMING_TOKENS = 100
 # Composing again while a form is over the cap (rare: the framing is paid for up front).
 _TRIES = 4
+# The least a try over the cap takes from the room of the next.
+_STEP_TOKENS = 16
 # Even with no room left, a cut item keeps this much, so that a page never shows nothing.
 _LEAST_TOKENS = 40
 
@@ -79,7 +81,10 @@ def capped(compose: Callable[[Lines], Composed], tokens: TokenCounter, cap: int)
         if over <= 0:
             return reply(text, structured)
         # Less room than these lines took, so that the next try holds less; more so each time.
-        room = min(room, room - lines.room) - over * 2**attempt
+        # Not by `over` alone: the closing lines are put whatever room is left, so the items may
+        # have left more room unused than a small overshoot takes away, and the same items
+        # would come back (a cursor of a few tokens more sent every try to the last resort).
+        room = min(room, room - lines.room) - max(over, _STEP_TOKENS) * 4**attempt
     return reply(*compose(Lines(tokens, 0)))  # the heading, one item cut short, the closing line
 
 
