@@ -451,7 +451,8 @@ def markdown(report: dict[str, Any]) -> str:
         store = recall["store"]
         lines += [
             f"A store of {store['sessions']} sessions, {store['messages']:,} messages (built in {store['seconds']} s); "
-            f"{recall['limit']} results within {recall['token_budget']:,} tokens per search.",
+            f"{recall['limit']} results within {recall['token_budget']:,} tokens per search."
+            + (f" The figures were {recall['measured_separately']}." if recall.get("measured_separately") else ""),
             "",
             "| search | engine | MCP in process |",
             "|---|---:|---:|",
