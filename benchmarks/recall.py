@@ -47,11 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from retention import (
     _WORD,
     CATEGORIES,
-    CATEGORY_NAMES,
     DEFAULT_DATA,
     REPO,
     Conversation,
     Tally,
+    category_rows,
     load_conversations,
     words,
 )
@@ -274,12 +274,7 @@ def targets_table(t: dict[str, Tally]) -> str:
 
 
 def category_table(t: dict[str, Tally]) -> str:
-    head = "| | " + " | ".join(f"{c} {CATEGORY_NAMES[c]}" for c in CATEGORIES) + " | overall |"
-    rows = [head, "|---|" + "---:|" * (len(CATEGORIES) + 1)]
-    for name, label in ROWS:
-        tally = t[name]
-        cells = [f"{tally.rate(c):.3f}" for c in CATEGORIES] + [f"**{tally.rate():.3f}**"]
-        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    rows = category_rows(ROWS, t)
     questions_count = sum(t["search"].total.values())
     return "## Per category\n\n" + "\n".join(rows) + f"\n\n({questions_count} questions)\n"
 

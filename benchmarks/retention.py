@@ -276,13 +276,19 @@ def ratio(tallies: dict[str, Tally], name: str, categories: tuple[int, ...] = CA
     return tallies[name].rate(categories=categories) / max(tallies["truncation"].rate(categories=categories), 1e-9)
 
 
-def table(budget: int, tallies: dict[str, Tally]) -> str:
+def category_rows(labels: tuple[tuple[str, str], ...], tallies: dict[str, Tally]) -> list[str]:
+    """A markdown table: a row per (name, label) of `labels`, its rate per category and overall."""
     head = "| | " + " | ".join(f"{c} {CATEGORY_NAMES[c]}" for c in CATEGORIES) + " | overall |"
     rows = [head, "|---|" + "---:|" * (len(CATEGORIES) + 1)]
-    for name, label in ROWS:
+    for name, label in labels:
         tally = tallies[name]
         cells = [f"{tally.rate(c):.3f}" for c in CATEGORIES] + [f"**{tally.rate():.3f}**"]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def table(budget: int, tallies: dict[str, Tally]) -> str:
+    rows = category_rows(ROWS, tallies)
     questions = sum(tallies["mcp"].total.values())
     # A date answer ("7 May 2023") is matched word by word, so a context dense in dates can
     # match one by chance: the ratio without the temporal category shows what that is worth.

@@ -35,7 +35,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from viking_mcp.memory.search import Term, folded, match_any, stem
@@ -396,10 +396,10 @@ def fit(passages: Iterable[Passage], limit: int, budget: int | None, tokens: Tok
     for passage in passages:
         if len(kept) >= limit:
             break
-        cost = tokens.count(passage.text) + (1 if kept else 0)
         if budget is None:
             kept.append(passage)
             continue
+        cost = tokens.count(passage.text) + (1 if kept else 0)
         if used + cost <= budget:
             kept.append(passage)
             used += cost
@@ -407,7 +407,7 @@ def fit(passages: Iterable[Passage], limit: int, budget: int | None, tokens: Tok
         room = budget - used - (1 if kept else 0) - 1  # the cut's "…"
         if room >= 8:
             cut = tokens.head(passage.text, room).rstrip()
-            kept.append(Passage(**{**passage.__dict__, "text": f"{cut}…"}))
+            kept.append(replace(passage, text=f"{cut}…"))
         break
     total = tokens.count("\n".join(p.text for p in kept))
     while (

@@ -203,6 +203,7 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE sessions ADD COLUMN indexed_through INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX sessions_recall_backlog ON sessions (session_id) WHERE indexed_through < next_seq - 1",
         INDEX_RECALL,
+        "UPDATE sessions SET indexed_through = next_seq - 1",  # what INDEX_RECALL indexed
     ],
 ]
 

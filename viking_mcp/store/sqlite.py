@@ -36,12 +36,10 @@ from typing import Any
 
 from viking_mcp.errors import Damaged, Internal, Unavailable, VikingError
 from viking_mcp.memory.search import Term, indexed_message, tenant_tag
-from viking_mcp.models import Message
 from viking_mcp.store.base import RecallRow, TaskRow
 from viking_mcp.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from viking_mcp.store.sql import (
     MEMORY_COLUMNS,
-    MESSAGE_INSERT,
     MESSAGES_AFTER,
     QUEUED_TENANTS_CTE,
     RUNNABLE,
@@ -459,21 +457,11 @@ class SQLiteStore(SQLStore):
 
     _RECALL_KEY = ", doc_base"
 
-    def _insert_messages(self, tx: Tx, session: Any, rows: list[tuple[Any, ...]], messages: list[Message]) -> None:
-        # Indexed later, many at once (`catch_up_recall`): FTS5 writes a segment of its index
-        # per transaction, which cost an append 0.1 ms (three quarters of it) when it was here.
-        tx.executemany(MESSAGE_INSERT, rows)
-
     def _index_messages(self, tx: Tx, session_id: str, session: Any, texts: list[tuple[int, str]]) -> None:
         base = session["doc_base"] << 32
         tags = f"{tenant_tag(session['account_id'], session['user_id'])} {_KIND_TAGS['message']}"
         rows = [(base | seq, text, tags) for seq, text in texts]
         tx.executemany("INSERT INTO recall_fts (rowid, body, tags) VALUES (?, ?, ?)", rows)
-        if texts:
-            tx.execute(
-                "UPDATE sessions SET indexed_through = MAX(indexed_through, ?) WHERE session_id = ?",
-                (max(seq for seq, _ in texts), session_id),
-            )
 
     def catch_up_recall(self, *, yielding: bool = False) -> None:
         """Index the messages stored since their sessions were last indexed, RECALL_BATCH at a
