@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -12,6 +15,7 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
+from tests.conftest import REPO
 from viking_mcp.config import Settings
 from viking_mcp.engine import Engine
 from viking_mcp.errors import InvalidArgument, NotFound
@@ -329,6 +333,9 @@ def test_a_store_from_before_recall_is_indexed_when_it_opens(tmp_path: Path) -> 
         assert kinds == {"message", "archive"}
         talk(engine, "new", [("user", "adoption day!")], "2023-09-09")  # new sessions get their own range
         assert {h.session_id for h in engine.search("adoption", kinds=["message"]).results} == {"old", "new"}
+        with engine.store._read() as tx:  # type: ignore[attr-defined]
+            documents = tx.execute("SELECT count(*) AS n FROM recall_fts").fetchone()["n"]
+        assert documents == len(CAROLINE) + 1 + 1  # each message and the archive once: none indexed twice
     finally:
         engine.close()
 
@@ -358,3 +365,25 @@ def test_messages_are_indexed_in_batches_off_the_append(engine: Engine) -> None:
     assert behind() == 1
     assert engine.search("quetzal", session_id="b").results[0].text.endswith("the quetzal arrived at last")
     assert behind() == 0
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.slow
+def test_a_process_that_never_closes_its_store_exits_cleanly(tmp_path: Path) -> None:
+    """The store's thread may be indexing for search when a script ends without closing its
+    engine: it is stopped before the interpreter is torn down (it was a segmentation fault)."""
+    script = (
+        "import pathlib, sys, time\n"
+        "from viking_mcp.config import Settings\n"
+        "from viking_mcp.engine import Engine\n"
+        "engine = Engine(Settings(home=pathlib.Path(sys.argv[1])))\n"
+        "for i in range(3000):\n"
+        "    engine.add_message('s', 'user', content=f'note {i}: the heron flew over the pond yesterday ' * 3)\n"
+        "time.sleep(float(sys.argv[2]))\n"
+    )
+    for pause in (0.45, 0.55, 0.65):
+        run = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / f"home-{pause}"), str(pause)],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        assert run.returncode == 0, (pause, run.returncode, run.stderr[-2000:])

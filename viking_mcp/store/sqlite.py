@@ -24,6 +24,7 @@ to the file, so that what is left of it can still be recovered.
 
 from __future__ import annotations
 
+import atexit
 import sqlite3
 import threading
 import time
@@ -160,6 +161,18 @@ class _Holder:
         self.conn = conn
 
 
+# Every open store, so that at exit its thread stops before its connections close: a store
+# never closed (a script's engine) had its connections closed by their finalizers while its
+# thread was indexing for search with one of them (a segmentation fault at exit).
+_OPEN: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    for store in list(_OPEN):
+        store.close()
+
+
 class SQLiteStore(SQLStore):
     """The `Store` interface over one SQLite file."""
 
@@ -177,6 +190,7 @@ class SQLiteStore(SQLStore):
         self._local = threading.local()
         self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
         self._closed = False
+        _OPEN.add(self)
         # This process's writers take turns here before BEGIN IMMEDIATE. SQLite has one
         # writer at a time anyway, and threads that meet its lock instead back off in its
         # busy handler (sleeps of 1, 2, 5, 10 ... ms): with 16 HTTP clients appending, most
@@ -222,7 +236,8 @@ class SQLiteStore(SQLStore):
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_AUTOCHECKPOINT}")
         holder = _Holder(conn)
-        weakref.finalize(holder, conn.close)
+        # Closed when its thread ends; at exit, by `close` once the store's thread has stopped.
+        weakref.finalize(holder, conn.close).atexit = False
         self._local.holder = holder
         self._holders.add(holder)
         return conn
@@ -429,7 +444,7 @@ class SQLiteStore(SQLStore):
             checkpointer = self._checkpointer
         if checkpointer is not None and checkpointer is not threading.current_thread():
             self._checkpoint_wanted.set()
-            checkpointer.join(5.0)  # a checkpoint under way finishes before its connection closes
+            checkpointer.join(5.0)  # what it is doing in SQLite finishes before its connection closes
         for holder in list(self._holders):
             with suppress(sqlite3.Error):
                 holder.conn.close()
@@ -472,7 +487,7 @@ class SQLiteStore(SQLStore):
         others = self._writes
         batch = RECALL_BATCH // 5 if yielding else RECALL_BATCH  # a burst that resumes waits for less
         for _ in range(_RECALL_ROUNDS):
-            if yielding and self._writes != others:
+            if yielding and (self._writes != others or self._closed):
                 return
             with self._read() as tx:
                 behind = tx.execute(
